@@ -1,0 +1,255 @@
+//! Client identity: verifies the bearer JWT and yields the caller's [`Identity`]; mints tokens
+//! for `tollgate token`. Only this module touches `jsonwebtoken`.
+//!
+//! Rules: HS256 with the configured secret; `exp` required and checked with the configured
+//! leeway; `nbf` checked when present; `iss`/`aud` checked when configured; `sub` and `plan`
+//! required; tokens that live longer than `auth.max_token_lifetime_secs` and oversized tokens
+//! are refused before they are trusted.
+
+use crate::config::AuthConfig;
+use crate::error::{ApiError, ErrorCode};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Who is calling, as proven by the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub plan: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    plan: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Verifies bearer tokens against one configuration.
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    max_lifetime_secs: u64,
+    leeway_secs: u64,
+    max_token_bytes: usize,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = config.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if config.issuer.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&[config.issuer.as_str()]);
+        }
+        if config.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[config.audience.as_str()]);
+        }
+        Self {
+            key: DecodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+            validation,
+            max_lifetime_secs: config.max_token_lifetime_secs,
+            leeway_secs: config.leeway_secs,
+            max_token_bytes: config.max_token_bytes,
+        }
+    }
+
+    /// Checks the value of an `Authorization` header (None when absent).
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, ApiError> {
+        let header = authorization.ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingToken,
+                "missing bearer token in Authorization header",
+            )
+        })?;
+        if header.len() > self.max_token_bytes + "Bearer ".len() {
+            return Err(invalid("bearer token is too large"));
+        }
+        let header =
+            std::str::from_utf8(header).map_err(|_| invalid("malformed Authorization header"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::MissingToken,
+                    "expected Authorization: Bearer <token>",
+                )
+            })?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::new(ErrorCode::TokenExpired, "the bearer token has expired")
+                }
+                _ => invalid("the bearer token is not valid"),
+            })?
+            .claims;
+        self.check_lifetime(&claims)?;
+        if claims.sub.is_empty() || claims.plan.is_empty() {
+            return Err(invalid(
+                "the bearer token needs non-empty sub and plan claims",
+            ));
+        }
+        Ok(Identity {
+            user_id: claims.sub,
+            plan: claims.plan,
+        })
+    }
+
+    fn check_lifetime(&self, claims: &Claims) -> Result<(), ApiError> {
+        let issued = claims.iat.unwrap_or_else(unix_now);
+        let lifetime = claims.exp.saturating_sub(issued);
+        if lifetime > self.max_lifetime_secs + self.leeway_secs {
+            return Err(invalid(
+                "the bearer token lives longer than this gateway allows",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::InvalidToken, message)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot sign token: {0}")]
+pub struct MintError(String);
+
+/// Signs an HS256 token for `sub` on `plan`, valid for `ttl_secs` from now.
+pub fn mint(
+    config: &AuthConfig,
+    sub: &str,
+    plan: &str,
+    ttl_secs: u64,
+) -> Result<String, MintError> {
+    let now = unix_now();
+    let claims = Claims {
+        sub: sub.to_string(),
+        plan: plan.to_string(),
+        exp: now + ttl_secs,
+        iat: Some(now),
+        iss: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
+        aud: (!config.audience.is_empty()).then(|| config.audience.clone()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+    )
+    .map_err(|e| MintError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            jwt_secret: Secret::new("test-secret"),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn sign(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn check(token: &str) -> Result<Identity, ErrorCode> {
+        let header = format!("Bearer {token}");
+        Authenticator::new(&config())
+            .authenticate(Some(header.as_bytes()))
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let token = mint(&config(), "alice", "pro", 600).unwrap();
+        assert_eq!(
+            check(&token),
+            Ok(Identity {
+                user_id: "alice".into(),
+                plan: "pro".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_have_the_right_code() {
+        let now = unix_now();
+        let a = Authenticator::new(&config());
+        assert_eq!(
+            a.authenticate(None).unwrap_err().code,
+            ErrorCode::MissingToken
+        );
+        assert_eq!(
+            a.authenticate(Some(b"Basic abc")).unwrap_err().code,
+            ErrorCode::MissingToken
+        );
+        let expired = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now - 60}),
+            "test-secret",
+        );
+        assert_eq!(check(&expired), Err(ErrorCode::TokenExpired));
+        let wrong_key = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now + 60}),
+            "other",
+        );
+        assert_eq!(check(&wrong_key), Err(ErrorCode::InvalidToken));
+        let no_exp = sign(serde_json::json!({"sub":"a","plan":"pro"}), "test-secret");
+        assert_eq!(check(&no_exp), Err(ErrorCode::InvalidToken));
+        let string_exp = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": "9999999999"}),
+            "test-secret",
+        );
+        assert_eq!(check(&string_exp), Err(ErrorCode::InvalidToken));
+        let too_long = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now + 86_400}),
+            "test-secret",
+        );
+        assert_eq!(check(&too_long), Err(ErrorCode::InvalidToken));
+        let not_yet = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now + 600, "nbf": now + 300}),
+            "test-secret",
+        );
+        assert_eq!(check(&not_yet), Err(ErrorCode::InvalidToken));
+        let no_plan = sign(
+            serde_json::json!({"sub":"a","exp": now + 60}),
+            "test-secret",
+        );
+        assert_eq!(check(&no_plan), Err(ErrorCode::InvalidToken));
+        assert_eq!(check("not.a.jwt"), Err(ErrorCode::InvalidToken));
+        let huge = "a".repeat(9000);
+        assert_eq!(check(&huge), Err(ErrorCode::InvalidToken));
+    }
+}

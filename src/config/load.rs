@@ -1,0 +1,304 @@
+//! Builds a [`Config`] from its sources: built-in defaults < TOML file < environment.
+//!
+//! The sources are merged as TOML trees, so a file or variable only has to name the keys it
+//! changes. The environment is passed in as a map (tests never touch the process environment).
+
+use super::{validate, Config};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use toml::{Table, Value};
+
+/// Variables with fixed names, and the key each one sets.
+const NAMED_VARIABLES: &[(&str, &str)] = &[
+    ("TOLLGATE_LISTEN", "server.listen"),
+    ("TOLLGATE_UPSTREAM_URL", "upstream.url"),
+    ("TOLLGATE_UPSTREAM_API_KEY", "upstream.api_key"),
+    ("TOLLGATE_JWT_SECRET", "auth.jwt_secret"),
+    ("TOLLGATE_REDIS_URL", "redis.url"),
+];
+
+/// Prefix of the generic `TOLLGATE__SECTION__KEY` variables.
+const KEY_PREFIX: &str = "TOLLGATE__";
+
+/// The variable naming the config file when `--config` is not given.
+pub const CONFIG_PATH_VARIABLE: &str = "TOLLGATE_CONFIG";
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `--config PATH`; falls back to `TOLLGATE_CONFIG` from `env`.
+    pub file: Option<PathBuf>,
+    /// The environment (normally `std::env::vars()`).
+    pub env: BTreeMap<String, String>,
+}
+
+/// Why the configuration could not be loaded. Every variant names what to fix.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Loads, merges and validates the configuration.
+pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let mut tree = defaults_tree()?;
+    let file = source
+        .file
+        .clone()
+        .or_else(|| source.env.get(CONFIG_PATH_VARIABLE).map(PathBuf::from));
+    if let Some(path) = file {
+        merge(&mut tree, read_file(&path)?);
+    }
+    apply_env(&mut tree, &source.env)?;
+    let config = deserialize(tree)?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+fn defaults_tree() -> Result<Table, ConfigError> {
+    Table::try_from(Config::default())
+        .map_err(|e| ConfigError::invalid("(defaults)", e.to_string()))
+}
+
+fn read_file(path: &Path) -> Result<Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse::<Table>().map_err(|e| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut Table, overlay: Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(existing)), Value::Table(incoming)) => merge(existing, incoming),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply_env(tree: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (variable, key) in NAMED_VARIABLES {
+        if let Some(raw) = env.get(*variable) {
+            set_key(tree, key, raw)?;
+        }
+    }
+    for (variable, raw) in env {
+        if let Some(rest) = variable.strip_prefix(KEY_PREFIX) {
+            let key = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
+            if key.is_empty() || key.split('.').any(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    variable.as_str(),
+                    "expected TOLLGATE__SECTION__KEY",
+                ));
+            }
+            set_key(tree, &key, raw)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `key` (dotted path) from a string, typed like the value it replaces.
+fn set_key(tree: &mut Table, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let leaf = parts.pop().unwrap_or_default();
+    let mut table = tree;
+    for part in parts {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        table = match entry {
+            Value::Table(t) => t,
+            _ => return Err(ConfigError::invalid(key, "is not a section")),
+        };
+    }
+    let value = typed_like(table.get(leaf), raw).map_err(|m| ConfigError::invalid(key, m))?;
+    table.insert(leaf.to_string(), value);
+    Ok(())
+}
+
+fn typed_like(existing: Option<&Value>, raw: &str) -> Result<Value, String> {
+    let trimmed = raw.trim();
+    match existing {
+        Some(Value::String(_)) => Ok(Value::String(raw.to_string())),
+        Some(Value::Integer(_)) => trimmed
+            .parse::<i64>()
+            .map(Value::Integer)
+            .map_err(|_| format!("expected an integer, got {trimmed:?}")),
+        Some(Value::Float(_)) => trimmed
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| format!("expected a number, got {trimmed:?}")),
+        Some(Value::Boolean(_)) => trimmed
+            .parse::<bool>()
+            .map(Value::Boolean)
+            .map_err(|_| format!("expected true or false, got {trimmed:?}")),
+        Some(Value::Array(_)) => parse_literal(trimmed)
+            .filter(Value::is_array)
+            .ok_or_else(|| {
+                format!("expected a TOML array such as [\"a\", \"b\"], got {trimmed:?}")
+            }),
+        Some(Value::Table(_)) => Err("is a section; set its keys instead".into()),
+        Some(Value::Datetime(_)) => Err("datetimes are not configurable".into()),
+        None => Ok(parse_literal(trimmed).unwrap_or_else(|| Value::String(raw.to_string()))),
+    }
+}
+
+fn parse_literal(text: &str) -> Option<Value> {
+    format!("v = {text}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+}
+
+fn deserialize(tree: Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(Value::Table(tree)).map_err(|err| {
+        // The path names the offending key, unknown keys included.
+        ConfigError::invalid(err.path().to_string(), err.inner().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_with(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        let file = file.map(|text| {
+            std::fs::write(&path, text).unwrap();
+            path.clone()
+        });
+        load(&ConfigSource {
+            file,
+            env: env(vars),
+        })
+    }
+
+    fn invalid_key(result: Result<Config, ConfigError>) -> String {
+        match result {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_reference_checklist() {
+        let c = load_with(None, &[]).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.default_max_tokens, 1000);
+        assert_eq!(c.limits.deadline_secs, 30);
+        assert_eq!(c.rate.requests_per_minute, 10);
+        assert_eq!(c.cost.max_daily_usd, 0.50);
+        assert!(c.upstream.url.is_empty());
+        assert!(c.pricing.contains_key("mock-gpt"));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let c = load_with(
+            Some("[limits]\ndeadline_secs = 5\ndefault_max_tokens = 7\n[plans.gold]\nfeatures = [\"x\"]\n"),
+            &[
+                ("TOLLGATE__LIMITS__DEADLINE_SECS", "9"),
+                ("TOLLGATE_LISTEN", "0.0.0.0:9999"),
+                ("TOLLGATE_UPSTREAM_API_KEY", "12345"),
+                ("TOLLGATE__PLANS__BASIC__FEATURES", "[\"a\", \"b\"]"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.deadline_secs, 9);
+        assert_eq!(c.limits.default_max_tokens, 7);
+        assert_eq!(c.server.listen, "0.0.0.0:9999");
+        assert_eq!(c.upstream.api_key.expose(), "12345");
+        assert_eq!(c.plans["gold"].features, vec!["x"]);
+        assert_eq!(c.plans["basic"].features, vec!["a", "b"]);
+        assert!(c.plans.contains_key("pro"), "maps merge, not replace");
+    }
+
+    #[test]
+    fn config_path_comes_from_the_environment_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[limits]\ndeadline_secs = 3\n").unwrap();
+        let c = load(&ConfigSource {
+            file: None,
+            env: env(&[("TOLLGATE_CONFIG", path.to_str().unwrap())]),
+        })
+        .unwrap();
+        assert_eq!(c.limits.deadline_secs, 3);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(
+            invalid_key(load_with(Some("[limits]\ndeadline_secs = \"soon\"\n"), &[])),
+            "limits.deadline_secs"
+        );
+        assert_eq!(
+            invalid_key(load_with(Some("[limits]\ndeadline_sec = 3\n"), &[])),
+            "limits.deadline_sec"
+        );
+        assert_eq!(
+            invalid_key(load_with(
+                None,
+                &[("TOLLGATE__LIMITS__MAX_BODY_BYTES", "lots")]
+            )),
+            "limits.max_body_bytes"
+        );
+        assert_eq!(
+            invalid_key(load_with(None, &[("TOLLGATE__NOPE__KEY", "1")])),
+            "nope"
+        );
+        assert_eq!(
+            invalid_key(load_with(None, &[("TOLLGATE__LIMITS__DEADLINE_SECS", "0")])),
+            "limits.deadline_secs"
+        );
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_reported() {
+        let missing = load(&ConfigSource {
+            file: Some("/nonexistent/tollgate.toml".into()),
+            env: BTreeMap::new(),
+        });
+        assert!(matches!(missing, Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            load_with(Some("[limits\n"), &[]),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+}

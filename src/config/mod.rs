@@ -1,0 +1,346 @@
+//! The typed configuration tree: every key, its default and its unit (in the field name).
+//!
+//! Sources, lowest first: the defaults in this file, a TOML file, then the environment
+//! ([`load`]). The result is validated once ([`validate`]); errors name the key path.
+//! Lower modules receive their own section, never the whole tree.
+
+mod load;
+mod secret;
+mod validate;
+
+pub use load::{load, ConfigError, ConfigSource};
+pub use secret::Secret;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The signing secret used when none is configured. Start-up warns loudly when it is in use.
+pub const DEVELOPMENT_JWT_SECRET: &str = "tollgate-development-secret-change-me";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub rate: RateConfig,
+    pub cost: CostConfig,
+    pub plans: BTreeMap<String, PlanConfig>,
+    pub pricing: BTreeMap<String, ModelPrice>,
+    pub redis: RedisConfig,
+    pub relay: RelayConfig,
+    pub users: UsersConfig,
+    pub logging: LoggingConfig,
+    pub mock: MockConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            upstream: UpstreamConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            rate: RateConfig::default(),
+            cost: CostConfig::default(),
+            plans: default_plans(),
+            pricing: default_pricing(),
+            redis: RedisConfig::default(),
+            relay: RelayConfig::default(),
+            users: UsersConfig::default(),
+            logging: LoggingConfig::default(),
+            mock: MockConfig::default(),
+        }
+    }
+}
+
+/// `[server]`: the listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to serve on (`TOLLGATE_LISTEN`).
+    pub listen: String,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Seconds a graceful shutdown waits for open streams before cutting them.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// `[upstream]`: the provider the gateway relays to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Provider base URL (`TOLLGATE_UPSTREAM_URL`); requests go to `{url}/chat/completions`.
+    /// Empty: the built-in mock provider runs in-process.
+    pub url: String,
+    /// Sent upstream as `Authorization: Bearer …` (`TOLLGATE_UPSTREAM_API_KEY`).
+    pub api_key: Secret,
+    /// Seconds to establish the TCP (and TLS) connection.
+    pub connect_timeout_secs: u64,
+    /// Seconds the upstream may stay silent mid-stream before the stream is cut.
+    pub idle_timeout_secs: u64,
+    /// Connections one worker's client may hold open to the upstream.
+    pub max_connections: usize,
+    /// Largest single SSE event or non-streamed body accepted from the upstream.
+    pub max_event_bytes: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            api_key: Secret::default(),
+            connect_timeout_secs: 5,
+            idle_timeout_secs: 10,
+            max_connections: 4096,
+            max_event_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[auth]`: client JWT verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret (`TOLLGATE_JWT_SECRET`).
+    pub jwt_secret: Secret,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Tokens whose `exp - iat` (or `exp - now` without `iat`) exceeds this are refused.
+    pub max_token_lifetime_secs: u64,
+    /// Required `iss` claim; empty = not checked.
+    pub issuer: String,
+    /// Required `aud` claim; empty = not checked.
+    pub audience: String,
+    /// Largest bearer token accepted, checked before any parsing.
+    pub max_token_bytes: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: Secret::new(DEVELOPMENT_JWT_SECRET),
+            leeway_secs: 5,
+            max_token_lifetime_secs: 3600,
+            issuer: String::new(),
+            audience: String::new(),
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// `[limits]`: per-request input and output limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_chars: usize,
+    pub max_history_turns: usize,
+    pub max_context_tokens: u64,
+    /// `max_tokens` granted when the request names none.
+    pub default_max_tokens: u32,
+    /// Largest request body; larger bodies get 413 without being read.
+    pub max_body_bytes: usize,
+    /// Total time a request may take, stream included.
+    pub deadline_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_chars: 4000,
+            max_history_turns: 10,
+            max_context_tokens: 8000,
+            default_max_tokens: 1000,
+            max_body_bytes: 1024 * 1024,
+            deadline_secs: 30,
+        }
+    }
+}
+
+/// `[rate]`: per-user windows (enforced by the per-user actor).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateConfig {
+    pub requests_per_minute: u64,
+    pub requests_per_day: u64,
+    pub tokens_per_day: u64,
+    pub max_concurrent_streams: u64,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 10,
+            requests_per_day: 100,
+            tokens_per_day: 50_000,
+            max_concurrent_streams: 3,
+        }
+    }
+}
+
+/// `[cost]`: per-user spend caps in USD.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostConfig {
+    pub max_daily_usd: f64,
+    pub max_monthly_usd: f64,
+    pub alert_threshold_percent: u8,
+    /// POSTed a JSON alert when a user crosses the threshold; empty = no webhook.
+    pub alert_webhook_url: String,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            max_daily_usd: 0.50,
+            max_monthly_usd: 10.00,
+            alert_threshold_percent: 80,
+            alert_webhook_url: String::new(),
+        }
+    }
+}
+
+/// `[plans.<plan>]`: what a plan may use.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanConfig {
+    pub features: Vec<String>,
+}
+
+/// `[pricing.<model>]`: USD per million tokens.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+}
+
+/// `[redis]`: shared state.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `TOLLGATE_REDIS_URL`; empty = in-process memory.
+    pub url: Secret,
+}
+
+/// `[relay]`: the streaming loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Output tokens counted between two reports to the user's actor. The most a stream can
+    /// overshoot a limit the actor enforces is one batch (plus the chunk that crossed it).
+    pub meter_batch_tokens: u32,
+    /// Events buffered between the upstream reader and a slow client.
+    pub client_buffer_events: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            meter_batch_tokens: 16,
+            client_buffer_events: 64,
+        }
+    }
+}
+
+/// `[users]`: the per-user actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    /// Messages an actor's mailbox holds before senders wait.
+    pub mailbox_capacity: usize,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 256,
+        }
+    }
+}
+
+/// `[logging]`: the request log.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// HMAC key for `prompt_hash`. Empty: a random key per process (hashes then only
+    /// correlate within one run).
+    pub prompt_hash_key: Secret,
+}
+
+/// `[mock]`: the built-in provider started when `upstream.url` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MockConfig {
+    pub tokens: u32,
+    pub tokens_per_second: f64,
+    pub first_token_delay_ms: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            tokens: 40,
+            tokens_per_second: 50.0,
+            first_token_delay_ms: 100,
+        }
+    }
+}
+
+fn default_plans() -> BTreeMap<String, PlanConfig> {
+    let plan = |features: &[&str]| PlanConfig {
+        features: features.iter().map(|f| f.to_string()).collect(),
+    };
+    BTreeMap::from([
+        ("basic".into(), plan(&["chat_support"])),
+        (
+            "pro".into(),
+            plan(&["chat_support", "document_analysis", "code_review"]),
+        ),
+        (
+            "enterprise".into(),
+            plan(&[
+                "chat_support",
+                "document_analysis",
+                "code_review",
+                "bulk_processing",
+            ]),
+        ),
+    ])
+}
+
+/// List prices (USD per million tokens) of common OpenAI models, and of the mock's models
+/// (priced like their namesakes so budget behaviour can be tried without a provider).
+fn default_pricing() -> BTreeMap<String, ModelPrice> {
+    let price = |input, output| ModelPrice {
+        input_per_million_usd: input,
+        output_per_million_usd: output,
+    };
+    BTreeMap::from([
+        ("gpt-4o".into(), price(2.50, 10.00)),
+        ("gpt-4o-mini".into(), price(0.15, 0.60)),
+        ("gpt-4.1".into(), price(2.00, 8.00)),
+        ("gpt-4.1-mini".into(), price(0.40, 1.60)),
+        ("gpt-4.1-nano".into(), price(0.10, 0.40)),
+        ("gpt-4-turbo".into(), price(10.00, 30.00)),
+        ("gpt-3.5-turbo".into(), price(0.50, 1.50)),
+        ("gpt-5".into(), price(1.25, 10.00)),
+        ("gpt-5-mini".into(), price(0.25, 2.00)),
+        ("o3-mini".into(), price(1.10, 4.40)),
+        ("o4-mini".into(), price(1.10, 4.40)),
+        ("mock-gpt".into(), price(2.50, 10.00)),
+        ("mock-gpt-mini".into(), price(0.15, 0.60)),
+    ])
+}

@@ -1,0 +1,114 @@
+//! Start-up validation of a loaded [`Config`]: every rule names the key it checks.
+
+use super::{Config, ConfigError};
+use std::net::SocketAddr;
+
+pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
+    if c.server.listen.parse::<SocketAddr>().is_err() {
+        return Err(ConfigError::invalid(
+            "server.listen",
+            format!("expected IP:PORT, got {:?}", c.server.listen),
+        ));
+    }
+    if !c.upstream.url.is_empty() {
+        match url::Url::parse(&c.upstream.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "expected an http:// or https:// base URL",
+                ))
+            }
+        }
+    }
+    positive(
+        "upstream.connect_timeout_secs",
+        c.upstream.connect_timeout_secs,
+    )?;
+    positive("upstream.idle_timeout_secs", c.upstream.idle_timeout_secs)?;
+    positive(
+        "upstream.max_connections",
+        c.upstream.max_connections as u64,
+    )?;
+    positive(
+        "upstream.max_event_bytes",
+        c.upstream.max_event_bytes as u64,
+    )?;
+    if c.auth.jwt_secret.is_empty() {
+        return Err(ConfigError::invalid("auth.jwt_secret", "must not be empty"));
+    }
+    if c.auth.leeway_secs > 300 {
+        return Err(ConfigError::invalid(
+            "auth.leeway_secs",
+            "must be at most 300",
+        ));
+    }
+    positive(
+        "auth.max_token_lifetime_secs",
+        c.auth.max_token_lifetime_secs,
+    )?;
+    positive("auth.max_token_bytes", c.auth.max_token_bytes as u64)?;
+    positive(
+        "limits.max_message_chars",
+        c.limits.max_message_chars as u64,
+    )?;
+    positive(
+        "limits.max_history_turns",
+        c.limits.max_history_turns as u64,
+    )?;
+    positive("limits.max_context_tokens", c.limits.max_context_tokens)?;
+    positive(
+        "limits.default_max_tokens",
+        c.limits.default_max_tokens.into(),
+    )?;
+    positive("limits.max_body_bytes", c.limits.max_body_bytes as u64)?;
+    positive("limits.deadline_secs", c.limits.deadline_secs)?;
+    usd("cost.max_daily_usd", c.cost.max_daily_usd)?;
+    usd("cost.max_monthly_usd", c.cost.max_monthly_usd)?;
+    if !(1..=100).contains(&c.cost.alert_threshold_percent) {
+        return Err(ConfigError::invalid(
+            "cost.alert_threshold_percent",
+            "must be between 1 and 100",
+        ));
+    }
+    for (model, price) in &c.pricing {
+        usd(
+            &format!("pricing.{model}.input_per_million_usd"),
+            price.input_per_million_usd,
+        )?;
+        usd(
+            &format!("pricing.{model}.output_per_million_usd"),
+            price.output_per_million_usd,
+        )?;
+    }
+    positive(
+        "relay.meter_batch_tokens",
+        c.relay.meter_batch_tokens.into(),
+    )?;
+    positive(
+        "relay.client_buffer_events",
+        c.relay.client_buffer_events as u64,
+    )?;
+    positive("users.mailbox_capacity", c.users.mailbox_capacity as u64)?;
+    if c.mock.tokens_per_second.is_nan() || c.mock.tokens_per_second < 0.0 {
+        return Err(ConfigError::invalid(
+            "mock.tokens_per_second",
+            "must be a number >= 0 (0 = no pacing)",
+        ));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn usd(key: &str, value: f64) -> Result<(), ConfigError> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(ConfigError::invalid(key, "must be a finite amount >= 0"));
+    }
+    Ok(())
+}

@@ -1,0 +1,202 @@
+//! The one error table: every error a client can receive, with its HTTP status, OpenAI error
+//! `type` and `code`, and the OpenAI-shaped body. `http` turns an [`ApiError`] into a response;
+//! the relay uses [`ErrorBody`] for the error event that ends a broken stream.
+
+use serde::Serialize;
+
+/// Every error code of the external contract (plus routing errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessages,
+    UnknownModel,
+    MessageTooLong,
+    ContextTooLong,
+    PromptInjection,
+    MissingToken,
+    InvalidToken,
+    TokenExpired,
+    FeatureNotInPlan,
+    UnknownFeature,
+    UnknownPlan,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+    RequestsPerMinute,
+    RequestsPerDay,
+    TokensPerDay,
+    ConcurrentStreams,
+    DailyBudget,
+    MonthlyBudget,
+    OrgDailyBudget,
+    UpstreamFailed,
+    UpstreamUnavailable,
+    StateUnavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status. Exhaustive on purpose: a new code must decide its status here.
+    pub fn status(self) -> u16 {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
+            | PromptInjection => 400,
+            MissingToken | InvalidToken | TokenExpired => 401,
+            FeatureNotInPlan | UnknownFeature | UnknownPlan => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
+            RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
+            | MonthlyBudget | OrgDailyBudget => 429,
+            Internal => 500,
+            UpstreamFailed => 502,
+            UpstreamUnavailable | StateUnavailable => 503,
+            UpstreamTimeout => 504,
+        }
+    }
+
+    /// OpenAI's error `type`.
+    pub fn kind(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
+            | PromptInjection | PayloadTooLarge | UnsupportedMediaType | NotFound
+            | MethodNotAllowed => "invalid_request_error",
+            MissingToken | InvalidToken | TokenExpired => "authentication_error",
+            FeatureNotInPlan | UnknownFeature | UnknownPlan => "permission_error",
+            RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
+            | MonthlyBudget | OrgDailyBudget => "rate_limit_error",
+            UpstreamFailed | UpstreamUnavailable | StateUnavailable | UpstreamTimeout => {
+                "upstream_error"
+            }
+            Internal => "server_error",
+        }
+    }
+
+    /// The machine-readable `code`.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidJson => "invalid_json",
+            InvalidMessages => "invalid_messages",
+            UnknownModel => "unknown_model",
+            MessageTooLong => "message_too_long",
+            ContextTooLong => "context_too_long",
+            PromptInjection => "prompt_injection",
+            MissingToken => "missing_token",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            FeatureNotInPlan => "feature_not_in_plan",
+            UnknownFeature => "unknown_feature",
+            UnknownPlan => "unknown_plan",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RequestsPerMinute => "requests_per_minute",
+            RequestsPerDay => "requests_per_day",
+            TokensPerDay => "tokens_per_day",
+            ConcurrentStreams => "concurrent_streams",
+            DailyBudget => "daily_budget",
+            MonthlyBudget => "monthly_budget",
+            OrgDailyBudget => "org_daily_budget",
+            UpstreamFailed => "upstream_failed",
+            UpstreamUnavailable => "upstream_unavailable",
+            StateUnavailable => "state_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal_error",
+        }
+    }
+}
+
+/// An error answered before a response body started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    /// Human-readable; never echoes tokens, prompt text or upstream secrets.
+    pub message: String,
+    /// `Retry-After` seconds, when waiting helps.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn body(&self) -> ErrorBody<'_> {
+        ErrorBody::new(&self.message, self.code.kind(), self.code.as_str())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// `{"error":{"message":…,"type":…,"param":null,"code":…}}`
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    pub message: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub param: Option<&'a str>,
+    pub code: &'a str,
+}
+
+impl<'a> ErrorBody<'a> {
+    pub fn new(message: &'a str, kind: &'a str, code: &'a str) -> Self {
+        Self {
+            error: ErrorDetail {
+                message,
+                kind,
+                param: None,
+                code,
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising a struct of strings cannot fail; fall back to a fixed body regardless.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#.into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_openai_shape() {
+        let e = ApiError::new(ErrorCode::MissingToken, "no token");
+        let v: serde_json::Value = serde_json::from_str(&e.body().to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":{"message":"no token","type":"authentication_error","param":null,"code":"missing_token"}})
+        );
+        assert_eq!(e.code.status(), 401);
+    }
+}

@@ -1,0 +1,253 @@
+//! `POST /v1/chat/completions`: authenticate → check input → admit → relay → settle → log.
+
+use super::errors::error_response;
+use super::request_id::request_id;
+use super::server::AppState;
+use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::error::{ApiError, ErrorCode};
+use crate::policy::ChatRequest;
+use crate::relay::complete::{complete, CompleteJob};
+use crate::relay::stream::{self, StreamJob};
+use crate::relay::{Finished, StreamEnd, UpstreamClient};
+use crate::telemetry::RequestLog;
+use crate::tokenize::TokenCounter;
+use crate::users::registry::AdmitRequest;
+use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The feature used when a request names none.
+const DEFAULT_FEATURE: &str = "chat_support";
+/// Longest header value copied into the request log.
+const MAX_LOGGED_HEADER_CHARS: usize = 128;
+
+pub(super) async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    upstream: web::Data<UpstreamClient>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
+    let mut log = RequestLog::new(state.log_sink.clone(), request_id(&req), started.into_std());
+    log.feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
+    log.session_id = header_text(&req, "x-session-id");
+
+    let request = match authenticate_and_parse(&req, payload, &state, &mut log).await {
+        Ok(request) => request,
+        Err(e) => return reject(log, &e),
+    };
+    let counter = TokenCounter::for_model(&request.model);
+    log.input_tokens_estimated = request.estimate_input_tokens(&counter);
+    log.prompt_hash = state.hasher.hash(&request.last_user_text());
+    let wanted = request
+        .requested_max_tokens
+        .unwrap_or(state.config.limits.default_max_tokens);
+    let admitted = state
+        .users
+        .admit(AdmitRequest {
+            user_id: &log.user_id,
+            request_id: &log.request_id,
+            estimated_input_tokens: log.input_tokens_estimated,
+            max_tokens: wanted,
+            stream: request.stream,
+        })
+        .await;
+    let ticket = match admitted {
+        Ok(ticket) => ticket,
+        Err(e) => return reject(log, &e),
+    };
+    let granted = ticket.max_tokens();
+    let body = match request.upstream_body(granted) {
+        Ok(body) => body,
+        Err(e) => {
+            ticket.settle(Usage::default(), Outcome::Rejected).await;
+            return reject(log, &e);
+        }
+    };
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let response = match upstream.send(body, wait).await {
+        Ok(response) => response,
+        Err(e) => {
+            // Refused or unreachable before any output: nothing is billed.
+            let outcome = if e.code == ErrorCode::UpstreamTimeout {
+                Outcome::CutDeadline
+            } else {
+                Outcome::UpstreamError
+            };
+            ticket.settle(Usage::default(), outcome).await;
+            log.finish(
+                outcome,
+                e.code.status(),
+                Usage::default(),
+                UsageSource::Counted,
+                None,
+                Some(e.code.as_str()),
+            );
+            return error_response(&e);
+        }
+    };
+    let choices = request_choices(&request);
+    let max_output_tokens = u64::from(granted) * choices;
+    let estimated_input_tokens = log.input_tokens_estimated;
+    let limits = &state.config;
+
+    if request.stream {
+        let body = stream::start(StreamJob {
+            upstream: response,
+            ticket,
+            counter,
+            max_output_tokens,
+            client_wants_usage: request.client_wants_usage,
+            estimated_input_tokens,
+            started,
+            deadline,
+            idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
+            max_event_bytes: limits.upstream.max_event_bytes,
+            meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
+            buffer_events: limits.relay.client_buffer_events,
+            on_finish: Box::new(move |finished: Finished| {
+                let error_code = match finished.end {
+                    StreamEnd::Deadline | StreamEnd::BudgetExceeded | StreamEnd::UpstreamFailed => {
+                        Some(finished.end.client_error().2)
+                    }
+                    StreamEnd::Completed | StreamEnd::TokenCap | StreamEnd::ClientGone => None,
+                };
+                log.finish(
+                    finished.end.outcome(),
+                    200,
+                    finished.usage,
+                    finished.usage_source,
+                    finished.ttft,
+                    error_code,
+                );
+            }),
+        });
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("cache-control", "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .insert_header(("x-tollgate-max-tokens", granted.to_string()))
+            .streaming(body);
+    }
+
+    let result = complete(CompleteJob {
+        upstream: response,
+        counter,
+        max_output_tokens,
+        estimated_input_tokens,
+        started,
+        deadline,
+        max_body_bytes: limits.upstream.max_event_bytes,
+    })
+    .await;
+    match result {
+        Ok((body, finished)) => {
+            ticket.settle(finished.usage, finished.end.outcome()).await;
+            log.finish(
+                finished.end.outcome(),
+                200,
+                finished.usage,
+                finished.usage_source,
+                finished.ttft,
+                None,
+            );
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .insert_header(("x-tollgate-max-tokens", granted.to_string()))
+                .body(body)
+        }
+        Err((error, finished)) => {
+            ticket.settle(finished.usage, finished.end.outcome()).await;
+            log.finish(
+                finished.end.outcome(),
+                error.code.status(),
+                finished.usage,
+                finished.usage_source,
+                None,
+                Some(error.code.as_str()),
+            );
+            error_response(&error)
+        }
+    }
+}
+
+/// Identity and request checks; fills the log with who is asking for what.
+async fn authenticate_and_parse(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    log: &mut RequestLog,
+) -> Result<ChatRequest, ApiError> {
+    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let identity = state.auth.authenticate(authorization)?;
+    log.user_id = identity.user_id;
+    log.plan = identity.plan;
+    if req.headers().contains_key(CONTENT_ENCODING) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "compressed request bodies are not accepted",
+        ));
+    }
+    let body = read_body(req, payload, state.config.limits.max_body_bytes).await?;
+    let request = ChatRequest::parse(&body)?;
+    log.model = request
+        .model
+        .chars()
+        .take(MAX_LOGGED_HEADER_CHARS)
+        .collect();
+    log.stream = request.stream;
+    log.price = state.prices.price(&request.model);
+    Ok(request)
+}
+
+/// Reads the body, refusing (without reading on) once it exceeds `limit` bytes.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::new(ErrorCode::InvalidJson, "the request body could not be read")
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `n` choices multiply the output the request may produce.
+fn request_choices(request: &ChatRequest) -> u64 {
+    request.choices().clamp(1, 128)
+}
+
+fn header_text(req: &HttpRequest, name: &str) -> Option<String> {
+    let value = req.headers().get(name)?.to_str().ok()?.trim();
+    (!value.is_empty()).then(|| value.chars().take(MAX_LOGGED_HEADER_CHARS).collect())
+}
+
+fn reject(log: RequestLog, error: &ApiError) -> HttpResponse {
+    log.reject(error.code.status(), error.code.as_str());
+    error_response(error)
+}

@@ -1,0 +1,21 @@
+//! [`ApiError`] → HTTP response: status, OpenAI error body and `Retry-After`.
+
+use crate::error::{ApiError, ErrorCode};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+pub(super) fn error_response(error: &ApiError) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    response.content_type("application/json");
+    if let Some(secs) = error.retry_after_secs {
+        response.insert_header(("retry-after", secs.to_string()));
+    }
+    if error.code == ErrorCode::InvalidToken || error.code == ErrorCode::TokenExpired {
+        response.insert_header(("www-authenticate", "Bearer error=\"invalid_token\""));
+    } else if error.code == ErrorCode::MissingToken {
+        response.insert_header(("www-authenticate", "Bearer"));
+    }
+    response.body(error.body().to_json())
+}

@@ -1,0 +1,10 @@
+//! The HTTP surface: routes, the request id on every response, error → response mapping, and
+//! the server itself. Only this module (and start-up) uses actix-web types.
+
+mod chat;
+mod errors;
+mod request_id;
+mod routes;
+mod server;
+
+pub use server::{serve, AppState, ServeOptions};

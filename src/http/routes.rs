@@ -1,0 +1,60 @@
+//! The route table and the small handlers (`/v1/usage`, health, 404/405).
+
+use super::chat::chat_completions;
+use super::errors::error_response;
+use super::server::AppState;
+use crate::error::{ApiError, ErrorCode};
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(chat_completions))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/usage")
+            .route(web::get().to(usage))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .default_service(web::to(not_found));
+}
+
+async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let identity = match state.auth.authenticate(authorization) {
+        Ok(identity) => identity,
+        Err(e) => return error_response(&e),
+    };
+    match state.users.usage(&identity.user_id).await {
+        Ok(usage) => HttpResponse::Ok().json(json!({
+            "user_id": identity.user_id,
+            "plan": identity.plan,
+            "usage": usage,
+        })),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ready"}))
+}
+
+async fn not_found() -> HttpResponse {
+    error_response(&ApiError::new(ErrorCode::NotFound, "no such route"))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    ))
+}

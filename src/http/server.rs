@@ -1,0 +1,81 @@
+//! Builds and starts the HTTP server on a listener the caller bound (port 0 in tests).
+
+use super::request_id::{new_request_id, RequestId};
+use super::routes;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::pricing::PriceTable;
+use crate::relay::UpstreamClient;
+use crate::telemetry::{LogSink, PromptHasher};
+use crate::users::UserRegistry;
+use actix_web::dev::{Server, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Read-mostly state shared by every worker.
+pub struct AppState {
+    pub config: Config,
+    pub upstream_url: String,
+    pub auth: Authenticator,
+    pub users: UserRegistry,
+    pub prices: PriceTable,
+    pub hasher: PromptHasher,
+    pub log_sink: LogSink,
+}
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub workers: usize,
+    /// Stop gracefully on SIGINT/SIGTERM (the binary); off in tests.
+    pub handle_signals: bool,
+}
+
+/// Starts serving `state` on `listener`; the returned server runs until stopped.
+pub fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    options: ServeOptions,
+) -> std::io::Result<Server> {
+    let data = web::Data::from(state.clone());
+    let shutdown_secs = state.config.server.shutdown_timeout_secs;
+    let server = HttpServer::new(move || {
+        // awc clients are not Send: one per worker, built here.
+        let upstream = web::Data::new(UpstreamClient::new(
+            &data.upstream_url,
+            &data.config.upstream,
+        ));
+        App::new()
+            .app_data(data.clone())
+            .app_data(upstream)
+            .wrap_fn(|req, srv| {
+                let id = new_request_id();
+                req.extensions_mut().insert(RequestId(id.clone()));
+                let response = srv.call(req);
+                async move {
+                    let mut response = response.await?;
+                    if let Ok(value) = HeaderValue::from_str(&id) {
+                        response
+                            .headers_mut()
+                            .insert(HeaderName::from_static("x-request-id"), value);
+                    }
+                    Ok(response)
+                }
+            })
+            .configure(routes::configure)
+    })
+    .workers(options.workers.max(1))
+    .tcp_nodelay(true)
+    .h1_allow_half_closed(false)
+    .client_request_timeout(Duration::from_secs(10))
+    .shutdown_timeout(shutdown_secs);
+    let server = if options.handle_signals {
+        server
+    } else {
+        server.disable_signals()
+    };
+    Ok(server.listen(listener)?.run())
+}

@@ -1,0 +1,261 @@
+//! What one mock provider instance received and how each reply ended, for tests to assert on.
+//!
+//! The recorder is per [`super::MockServer`], never global. Requests are kept in arrival order in
+//! a `std::sync::Mutex` (never held across an await); a `tokio::sync::watch` counter wakes waiters
+//! whenever anything changes. [`EndGuard`] is how a reply reports its end: it must live inside the
+//! response body stream's state, so that dropping the body (the peer went away) records
+//! [`StreamEnd::Dropped`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// How a reply ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The mock produced the reply's last item: `[DONE]`, a fault's error event or abort, a
+    /// non-streamed body, or an early error response.
+    Completed { at: Instant, tokens_sent: u32 },
+    /// The reply was dropped before its end, because the peer closed the connection.
+    Dropped { at: Instant, tokens_sent: u32 },
+}
+
+impl StreamEnd {
+    /// When the reply ended.
+    pub fn at(&self) -> Instant {
+        match self {
+            Self::Completed { at, .. } | Self::Dropped { at, .. } => *at,
+        }
+    }
+
+    /// Content tokens sent before the end (for non-streamed replies: tokens in the body).
+    pub fn tokens_sent(&self) -> u32 {
+        match self {
+            Self::Completed { tokens_sent, .. } | Self::Dropped { tokens_sent, .. } => *tokens_sent,
+        }
+    }
+}
+
+/// One request as the mock received it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedRequest {
+    /// Header names lower-cased, values lossily decoded as UTF-8 (order not significant).
+    pub headers: Vec<(String, String)>,
+    /// The parsed JSON body, or the raw body as a JSON string when it was not JSON.
+    pub body: serde_json::Value,
+    /// How the reply ended; `None` while it is still running.
+    pub end: Option<StreamEnd>,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (give it lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Requests received by one mock instance, in arrival order.
+#[derive(Debug)]
+pub struct MockRecorder {
+    requests: Mutex<Vec<RecordedRequest>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for MockRecorder {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(Vec::new()),
+            changes: watch::Sender::new(0),
+        }
+    }
+}
+
+impl MockRecorder {
+    /// A snapshot of every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.lock().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived; false on timeout.
+    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |requests| (requests.len() >= n).then_some(()))
+            .await
+            .is_some()
+    }
+
+    /// Waits until request number `index` (0-based) has ended and returns how; `None` on
+    /// timeout (including when that request never arrives).
+    pub async fn wait_for_end(&self, index: usize, timeout: Duration) -> Option<StreamEnd> {
+        self.wait_until(timeout, |requests| requests.get(index).and_then(|r| r.end))
+            .await
+    }
+
+    /// Records a new request and returns the guard that will record its end.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        headers: Vec<(String, String)>,
+        body: serde_json::Value,
+    ) -> EndGuard {
+        let index = {
+            let mut requests = self.lock();
+            requests.push(RecordedRequest {
+                headers,
+                body,
+                end: None,
+            });
+            requests.len() - 1
+        };
+        self.changed();
+        EndGuard {
+            recorder: Arc::clone(self),
+            index,
+            tokens_sent: 0,
+            ended: false,
+        }
+    }
+
+    fn finish(&self, index: usize, end: StreamEnd) {
+        if let Some(request) = self.lock().get_mut(index) {
+            request.end.get_or_insert(end);
+        }
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
+
+    /// Polls `check` on every change until it returns `Some`, or `timeout` passes.
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[RecordedRequest]) -> Option<T>,
+    ) -> Option<T> {
+        let mut changes = self.changes.subscribe();
+        let wait = async {
+            loop {
+                if let Some(found) = check(&self.lock()) {
+                    return Some(found);
+                }
+                // The sender lives in `self`, so this only fails if `self` is gone.
+                changes.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// A poisoned lock only means a panic elsewhere mid-push; the data is still usable.
+    fn lock(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Records the end of one reply: [`StreamEnd::Completed`] via [`EndGuard::complete`], or
+/// [`StreamEnd::Dropped`] when dropped before that.
+#[derive(Debug)]
+pub(crate) struct EndGuard {
+    recorder: Arc<MockRecorder>,
+    index: usize,
+    tokens_sent: u32,
+    ended: bool,
+}
+
+impl EndGuard {
+    /// Counts one more content token sent.
+    pub(crate) fn token_sent(&mut self) {
+        self.tokens_sent = self.tokens_sent.saturating_add(1);
+    }
+
+    /// Content tokens sent so far.
+    pub(crate) fn tokens_sent(&self) -> u32 {
+        self.tokens_sent
+    }
+
+    /// Sets the token count directly (a non-streamed reply sends them all at once).
+    pub(crate) fn set_tokens_sent(&mut self, tokens: u32) {
+        self.tokens_sent = tokens;
+    }
+
+    /// Records that the reply reached its end.
+    pub(crate) fn complete(&mut self) {
+        self.end(|at, tokens_sent| StreamEnd::Completed { at, tokens_sent });
+    }
+
+    fn end(&mut self, make: impl FnOnce(Instant, u32) -> StreamEnd) {
+        if !self.ended {
+            self.ended = true;
+            let end = make(Instant::now(), self.tokens_sent);
+            self.recorder.finish(self.index, end);
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.end(|at, tokens_sent| StreamEnd::Dropped { at, tokens_sent });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SHORT: Duration = Duration::from_millis(50);
+
+    #[tokio::test]
+    async fn records_in_order_and_completes() {
+        let recorder = Arc::new(MockRecorder::default());
+        let headers = vec![("x-a".to_owned(), "1".to_owned())];
+        let mut first = recorder.start(headers, json!({"n": 1}));
+        let _second = recorder.start(Vec::new(), json!("not json"));
+        assert!(recorder.wait_for_requests(2, SHORT).await);
+        assert!(!recorder.wait_for_requests(3, SHORT).await);
+        assert_eq!(recorder.wait_for_end(0, SHORT).await, None);
+
+        first.token_sent();
+        first.token_sent();
+        first.complete();
+        drop(first);
+        let end = recorder.wait_for_end(0, SHORT).await;
+        assert!(matches!(
+            end,
+            Some(StreamEnd::Completed { tokens_sent: 2, .. })
+        ));
+        let requests = recorder.requests();
+        assert_eq!(requests[0].header("x-a"), Some("1"));
+        assert_eq!(requests[1].body, json!("not json"));
+        assert_eq!(requests[1].end, None);
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unfinished_guard_records_dropped_and_wakes_waiters() {
+        let recorder = Arc::new(MockRecorder::default());
+        let mut guard = recorder.start(Vec::new(), json!({}));
+        guard.token_sent();
+        let waiter = {
+            let recorder = Arc::clone(&recorder);
+            tokio::spawn(async move { recorder.wait_for_end(0, Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        drop(guard);
+        let end = waiter.await.ok().flatten();
+        assert!(matches!(
+            end,
+            Some(StreamEnd::Dropped { tokens_sent: 1, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_request_that_never_comes_times_out() {
+        let recorder = MockRecorder::default();
+        assert_eq!(recorder.wait_for_end(3, SHORT).await, None);
+    }
+}

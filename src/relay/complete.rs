@@ -1,0 +1,134 @@
+//! Non-streamed replies: read the provider's whole `chat.completion` (bounded in size and by the
+//! deadline), enforce the output cap on it, and decide what is billed.
+
+use super::upstream::UpstreamResponse;
+use super::{Finished, StreamEnd};
+use crate::accounting::{Usage, UsageSource};
+use crate::error::{ApiError, ErrorCode};
+use crate::tokenize::TokenCounter;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Everything one non-streamed reply needs.
+pub struct CompleteJob {
+    pub upstream: UpstreamResponse,
+    pub counter: TokenCounter,
+    pub max_output_tokens: u64,
+    pub estimated_input_tokens: u64,
+    pub started: Instant,
+    pub deadline: Instant,
+    pub max_body_bytes: usize,
+}
+
+/// The body for the client and the summary, or the error to answer with and its summary.
+pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, Finished)> {
+    let counted = |end, output_tokens| Finished {
+        end,
+        usage: Usage {
+            input_tokens: job.estimated_input_tokens,
+            output_tokens,
+        },
+        usage_source: UsageSource::Counted,
+        ttft: None,
+    };
+    let mut upstream = job.upstream;
+    let body = match tokio::time::timeout_at(
+        job.deadline,
+        upstream.body().limit(job.max_body_bytes),
+    )
+    .await
+    {
+        Err(_) => {
+            let error = ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "the upstream provider did not finish within the gateway's time limit",
+            );
+            return Err((error, counted(StreamEnd::Deadline, 0)));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the upstream reply failed");
+            return Err((failed(), counted(StreamEnd::UpstreamFailed, 0)));
+        }
+        Ok(Ok(body)) => body,
+    };
+    drop(upstream);
+    let mut reply: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(o)) if !o.contains_key("error") => Value::Object(o),
+        _ => {
+            tracing::warn!("upstream reply is not a chat completion");
+            return Err((failed(), counted(StreamEnd::UpstreamFailed, 0)));
+        }
+    };
+    let (output_tokens, capped) = cap_reply(&mut reply, &job.counter, job.max_output_tokens);
+    let reported = reply.get("usage").and_then(|u| {
+        Some(Usage {
+            input_tokens: u.get("prompt_tokens")?.as_u64()?,
+            output_tokens: u.get("completion_tokens")?.as_u64()?,
+        })
+    });
+    let mut finished = counted(
+        if capped {
+            StreamEnd::TokenCap
+        } else {
+            StreamEnd::Completed
+        },
+        output_tokens,
+    );
+    finished.ttft = Some(Instant::now() - job.started);
+    match (capped, reported) {
+        (false, Some(usage)) => {
+            finished.usage = usage;
+            finished.usage_source = UsageSource::Upstream;
+        }
+        (true, _) => set_usage(&mut reply, finished.usage),
+        (false, None) => {}
+    }
+    let bytes = serde_json::to_vec(&reply).map_err(|_| (failed(), finished))?;
+    Ok((Bytes::from(bytes), finished))
+}
+
+fn failed() -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamFailed,
+        "the upstream provider sent an unusable reply",
+    )
+}
+
+/// Cuts the reply's messages to `max_output_tokens` in total. Returns the tokens kept and
+/// whether anything was cut (a provider that ignored `max_tokens`).
+fn cap_reply(reply: &mut Value, counter: &TokenCounter, max_output_tokens: u64) -> (u64, bool) {
+    let mut left = max_output_tokens;
+    let mut capped = false;
+    let Some(choices) = reply.get_mut("choices").and_then(Value::as_array_mut) else {
+        return (0, false);
+    };
+    for choice in choices {
+        let Some(Value::String(content)) = choice.pointer_mut("/message/content") else {
+            continue;
+        };
+        let (kept, tokens) = counter.truncate(content, left);
+        if kept.len() < content.len() {
+            *content = kept.to_string();
+            capped = true;
+            if let Some(reason) = choice.get_mut("finish_reason") {
+                *reason = Value::from("length");
+            }
+        }
+        left -= tokens;
+    }
+    (max_output_tokens - left, capped)
+}
+
+fn set_usage(reply: &mut Value, usage: Usage) {
+    if let Value::Object(o) = reply {
+        o.insert(
+            "usage".into(),
+            serde_json::json!({
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.total(),
+            }),
+        );
+    }
+}

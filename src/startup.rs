@@ -1,0 +1,124 @@
+//! Assembles a running gateway from a [`Config`] and a bound listener: the shared state, the
+//! per-user actors, the HTTP server, and (when no upstream is configured) the built-in mock
+//! provider in-process. `main` and the tests both start the gateway through [`start`].
+
+use crate::auth::Authenticator;
+use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
+use crate::http::{serve, AppState, ServeOptions};
+use crate::mock::{self, MockOptions};
+use crate::pricing::PriceTable;
+use crate::telemetry::{LogSink, PromptHasher};
+use crate::tokenize::TokenCounter;
+use crate::users::UserRegistry;
+use actix_web::dev::{Server, ServerHandle};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+/// How to run, beyond the config.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub log_sink: LogSink,
+    pub handle_signals: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        Self {
+            log_sink: LogSink::Stdout,
+            handle_signals: true,
+        }
+    }
+}
+
+/// A started gateway. Await (or spawn) `server` to run it.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub server: Server,
+    /// The in-process mock provider (address and handle), when the config named no upstream.
+    pub mock: Option<(SocketAddr, ServerHandle)>,
+    pub upstream_url: String,
+}
+
+/// Starts the gateway on `listener`. Must run inside an actix system.
+pub fn start(
+    config: Config,
+    listener: TcpListener,
+    options: StartOptions,
+) -> std::io::Result<Gateway> {
+    // One TLS backend for awc (ring); ignore the error if a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    TokenCounter::warm_up();
+    if config.auth.jwt_secret.expose() == DEVELOPMENT_JWT_SECRET {
+        tracing::warn!(
+            "auth.jwt_secret is the public development secret: anyone can mint tokens. \
+             Set TOLLGATE_JWT_SECRET before exposing this gateway."
+        );
+    }
+    let (upstream_url, mock) = if config.upstream.url.is_empty() {
+        let mock = start_embedded_mock(&config)?;
+        let url = format!("http://{}/v1", mock.0);
+        tracing::info!(
+            mock = %mock.0,
+            "no upstream configured (TOLLGATE_UPSTREAM_URL): started the built-in mock provider"
+        );
+        (url, Some(mock))
+    } else {
+        (config.upstream.url.clone(), None)
+    };
+    let addr = listener.local_addr()?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(&config.auth),
+        users: UserRegistry::new(workers, &config.users),
+        prices: PriceTable::new(&config.pricing),
+        hasher: PromptHasher::new(&config.logging.prompt_hash_key),
+        log_sink: options.log_sink,
+        upstream_url: upstream_url.clone(),
+        config,
+    });
+    let server = serve(
+        listener,
+        state,
+        ServeOptions {
+            workers,
+            handle_signals: options.handle_signals,
+        },
+    )?;
+    tracing::info!(listen = %addr, upstream = %redact_url(&upstream_url), "tollgate is serving");
+    Ok(Gateway {
+        addr,
+        server,
+        mock,
+        upstream_url,
+    })
+}
+
+fn start_embedded_mock(config: &Config) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let options = MockOptions {
+        tokens: config.mock.tokens,
+        tokens_per_second: config.mock.tokens_per_second,
+        first_token_delay_ms: config.mock.first_token_delay_ms,
+        ..MockOptions::default()
+    };
+    let mock = mock::serve(listener, options)?;
+    let handle = mock.server.handle();
+    actix_rt::spawn(mock.server);
+    Ok((mock.addr, handle))
+}
+
+/// The URL without credentials or query, for logs.
+fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "(unparsable)".into(),
+    }
+}

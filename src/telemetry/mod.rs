@@ -1,0 +1,22 @@
+//! Logs: the process's structured logs (tracing, JSON, `RUST_LOG` filtering) and the one
+//! request log line per request ([`RequestLog`]). Prompt and completion text never reach
+//! either; the prompt is represented by a keyed hash.
+
+mod request_log;
+
+pub use request_log::{LogSink, PromptHasher, RequestLog};
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the JSON log subscriber (stderr; stdout carries the request log). Safe to call
+/// more than once: later calls do nothing.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,241 @@
+//! The request log: one JSON line per request, written when the request has truly ended.
+//!
+//! A [`RequestLog`] is created when a request arrives and filled in as it advances. It is
+//! written by [`RequestLog::finish`]; if the request is dropped first (the client left while
+//! the handler waited), `Drop` writes it with outcome `client_gone`, so no request goes unlogged.
+
+use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::config::Secret;
+use crate::pricing::{micro_usd_to_usd, Price};
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where request log lines go.
+#[derive(Clone, Debug)]
+pub enum LogSink {
+    /// One line per request on stdout (production).
+    Stdout,
+    /// Kept in memory (tests read what was logged).
+    Memory(Arc<Mutex<Vec<String>>>),
+}
+
+impl LogSink {
+    pub fn memory() -> (Self, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        (LogSink::Memory(lines.clone()), lines)
+    }
+
+    fn write(&self, line: String) {
+        match self {
+            LogSink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+            LogSink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+        }
+    }
+}
+
+/// HMAC-SHA256 of prompt text under the configured key.
+#[derive(Clone)]
+pub struct PromptHasher {
+    key: Secret,
+}
+
+impl PromptHasher {
+    /// Uses `key`, or a random per-process key when it is empty.
+    pub fn new(key: &Secret) -> Self {
+        let key = if key.is_empty() {
+            Secret::new(format!("{}{}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()))
+        } else {
+            key.clone()
+        };
+        Self { key }
+    }
+
+    pub fn hash(&self, text: &str) -> String {
+        match Hmac::<Sha256>::new_from_slice(self.key.expose().as_bytes()) {
+            Ok(mut mac) => {
+                mac.update(text.as_bytes());
+                hex::encode(mac.finalize().into_bytes())
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+/// The fields of one request's log line.
+#[derive(Debug, Serialize)]
+struct Line<'a> {
+    request_id: &'a str,
+    user_id: &'a str,
+    feature: &'a str,
+    plan: &'a str,
+    model: &'a str,
+    input_tokens_estimated: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    cost_usd: f64,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    outcome: Outcome,
+    status: u16,
+    prompt_hash: &'a str,
+    session_id: Option<&'a str>,
+    stream: bool,
+    usage_source: UsageSource,
+    input_tokens: u64,
+    error_code: Option<&'a str>,
+}
+
+/// One request's log record, filled in as the request advances.
+pub struct RequestLog {
+    sink: LogSink,
+    started: Instant,
+    written: bool,
+    pub request_id: String,
+    pub user_id: String,
+    pub feature: String,
+    pub plan: String,
+    pub model: String,
+    pub input_tokens_estimated: u64,
+    pub prompt_hash: String,
+    pub session_id: Option<String>,
+    pub stream: bool,
+    pub price: Option<Price>,
+}
+
+impl RequestLog {
+    pub fn new(sink: LogSink, request_id: String, started: Instant) -> Self {
+        Self {
+            sink,
+            started,
+            written: false,
+            request_id,
+            user_id: String::new(),
+            feature: String::new(),
+            plan: String::new(),
+            model: String::new(),
+            input_tokens_estimated: 0,
+            prompt_hash: String::new(),
+            session_id: None,
+            stream: false,
+            price: None,
+        }
+    }
+
+    /// Writes the line for a request that ended with `outcome`.
+    pub fn finish(
+        mut self,
+        outcome: Outcome,
+        status: u16,
+        usage: Usage,
+        usage_source: UsageSource,
+        ttft: Option<Duration>,
+        error_code: Option<&str>,
+    ) {
+        self.write(outcome, status, usage, usage_source, ttft, error_code);
+    }
+
+    /// Writes the line for a request refused before it reached the upstream.
+    pub fn reject(self, status: u16, error_code: &str) {
+        self.finish(
+            Outcome::Rejected,
+            status,
+            Usage::default(),
+            UsageSource::Counted,
+            None,
+            Some(error_code),
+        );
+    }
+
+    fn write(
+        &mut self,
+        outcome: Outcome,
+        status: u16,
+        usage: Usage,
+        usage_source: UsageSource,
+        ttft: Option<Duration>,
+        error_code: Option<&str>,
+    ) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let cost = self.price.map_or(0, |p| p.cost_micro_usd(usage));
+        let line = Line {
+            request_id: &self.request_id,
+            user_id: &self.user_id,
+            feature: &self.feature,
+            plan: &self.plan,
+            model: &self.model,
+            input_tokens_estimated: self.input_tokens_estimated,
+            output_tokens: usage.output_tokens,
+            total_tokens: usage.total(),
+            cost_usd: micro_usd_to_usd(cost),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            ttft_ms: ttft.map(|t| t.as_millis() as u64),
+            outcome,
+            status,
+            prompt_hash: &self.prompt_hash,
+            session_id: self.session_id.as_deref(),
+            stream: self.stream,
+            usage_source,
+            input_tokens: usage.input_tokens,
+            error_code,
+        };
+        if let Ok(json) = serde_json::to_string(&line) {
+            self.sink.write(json);
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let usage = Usage {
+            input_tokens: self.input_tokens_estimated,
+            output_tokens: 0,
+        };
+        self.write(
+            Outcome::ClientGone,
+            499,
+            usage,
+            UsageSource::Counted,
+            None,
+            None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_hash_is_keyed() {
+        let a = PromptHasher::new(&Secret::new("k1"));
+        let b = PromptHasher::new(&Secret::new("k2"));
+        assert_eq!(a.hash("hello"), a.hash("hello"));
+        assert_ne!(a.hash("hello"), b.hash("hello"));
+        assert_eq!(a.hash("hello").len(), 64);
+    }
+
+    #[test]
+    fn dropped_log_is_written_once_as_client_gone() {
+        let (sink, lines) = LogSink::memory();
+        let mut log = RequestLog::new(sink, "r1".into(), Instant::now());
+        log.input_tokens_estimated = 7;
+        drop(log);
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["outcome"], "client_gone");
+        assert_eq!(v["request_id"], "r1");
+    }
+}

@@ -1,0 +1,97 @@
+//! [`Ticket`]: one admitted request's handle on its user's actor.
+
+use super::actor::UserActor;
+use super::messages::{Meter, Settle, Verdict};
+use crate::accounting::{Outcome, Usage};
+use actix::Addr;
+
+/// Meters and settles one admitted request. Dropping it unsettled (a handler future dropped
+/// because the client left) settles it as `client_gone` with the estimate and what was metered.
+#[derive(Debug)]
+pub struct Ticket {
+    addr: Addr<UserActor>,
+    request_id: String,
+    estimated_input_tokens: u64,
+    metered_output_tokens: u64,
+    max_tokens: u32,
+    settled: bool,
+}
+
+impl Ticket {
+    pub(super) fn new(
+        addr: Addr<UserActor>,
+        request_id: String,
+        estimated_input_tokens: u64,
+        max_tokens: u32,
+    ) -> Self {
+        Self {
+            addr,
+            request_id,
+            estimated_input_tokens,
+            metered_output_tokens: 0,
+            max_tokens,
+            settled: false,
+        }
+    }
+
+    /// The output cap admission granted.
+    pub fn max_tokens(&self) -> u32 {
+        self.max_tokens
+    }
+
+    /// Output tokens reported so far.
+    pub fn metered_output_tokens(&self) -> u64 {
+        self.metered_output_tokens
+    }
+
+    /// Reports `output_tokens` more relayed tokens; the answer says whether to go on.
+    pub async fn meter(&mut self, output_tokens: u64) -> Verdict {
+        if output_tokens == 0 {
+            return Verdict::Continue;
+        }
+        self.metered_output_tokens += output_tokens;
+        let message = Meter {
+            request_id: self.request_id.clone(),
+            output_tokens,
+        };
+        match self.addr.send(message).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                tracing::warn!(request_id = %self.request_id, "user actor unreachable while metering");
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// Settles the request with what it used.
+    pub async fn settle(mut self, usage: Usage, outcome: Outcome) {
+        self.settled = true;
+        let message = Settle {
+            request_id: std::mem::take(&mut self.request_id),
+            usage,
+            outcome,
+        };
+        if self.addr.send(message).await.is_err() {
+            tracing::error!("user actor unreachable while settling");
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let message = Settle {
+            request_id: std::mem::take(&mut self.request_id),
+            usage: Usage {
+                input_tokens: self.estimated_input_tokens,
+                output_tokens: self.metered_output_tokens,
+            },
+            outcome: Outcome::ClientGone,
+        };
+        // Drop cannot await. `do_send` may pass the mailbox bound by this one message, which
+        // is bounded by the number of open tickets; unlike spawning it cannot fail or panic.
+        self.addr.do_send(message);
+    }
+}
