@@ -8,7 +8,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::policy::ChatRequest;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Finished, StreamEnd, UpstreamClient};
+use crate::relay::{Finished, UpstreamClient};
 use crate::telemetry::RequestLog;
 use crate::tokenize::TokenCounter;
 use crate::users::registry::AdmitRequest;
@@ -96,7 +96,7 @@ pub(super) async fn chat_completions(
     let limits = &state.config;
 
     if request.stream {
-        let body = stream::start(StreamJob {
+        let (opened, body) = stream::start(StreamJob {
             upstream: response,
             ticket,
             counter,
@@ -109,29 +109,21 @@ pub(super) async fn chat_completions(
             max_event_bytes: limits.upstream.max_event_bytes,
             meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
             buffer_events: limits.relay.client_buffer_events,
-            on_finish: Box::new(move |finished: Finished| {
-                let error_code = match finished.end {
-                    StreamEnd::Deadline | StreamEnd::BudgetExceeded | StreamEnd::UpstreamFailed => {
-                        Some(finished.end.client_error().2)
-                    }
-                    StreamEnd::Completed | StreamEnd::TokenCap | StreamEnd::ClientGone => None,
-                };
-                log.finish(
-                    finished.end.outcome(),
-                    200,
-                    finished.usage,
-                    finished.usage_source,
-                    finished.ttft,
-                    error_code,
-                );
-            }),
+            on_finish: Box::new(move |finished: Finished| log_stream_end(log, finished)),
         });
-        return HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("cache-control", "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .insert_header(("x-tollgate-max-tokens", granted.to_string()))
-            .streaming(body);
+        return match opened.await {
+            Ok(Ok(())) => HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .insert_header(("cache-control", "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .insert_header(("x-tollgate-max-tokens", granted.to_string()))
+                .streaming(body),
+            Ok(Err(end)) => error_response(&end.pre_stream_error()),
+            Err(_) => error_response(&ApiError::new(
+                ErrorCode::Internal,
+                "the relay stopped unexpectedly",
+            )),
+        };
     }
 
     let result = complete(CompleteJob {
@@ -173,6 +165,28 @@ pub(super) async fn chat_completions(
             error_response(&error)
         }
     }
+}
+
+/// Logs a finished stream: an error status if it ended before the client got a stream.
+fn log_stream_end(log: RequestLog, finished: Finished) {
+    let (status, error_code) = if finished.committed {
+        let code = finished
+            .end
+            .is_error()
+            .then(|| finished.end.client_error().2);
+        (200, code)
+    } else {
+        let error = finished.end.pre_stream_error();
+        (error.code.status(), Some(error.code.as_str()))
+    };
+    log.finish(
+        finished.end.outcome(),
+        status,
+        finished.usage,
+        finished.usage_source,
+        finished.ttft,
+        error_code,
+    );
 }
 
 /// Identity and request checks; fills the log with who is asking for what.

@@ -31,6 +31,7 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         },
         usage_source: UsageSource::Counted,
         ttft: None,
+        committed: false,
     };
     let mut upstream = job.upstream;
     let body = match tokio::time::timeout_at(
@@ -76,6 +77,7 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         output_tokens,
     );
     finished.ttft = Some(Instant::now() - job.started);
+    finished.committed = true;
     match (capped, reported) {
         (false, Some(usage)) => {
             finished.usage = usage;

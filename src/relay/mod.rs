@@ -34,6 +34,36 @@ pub enum StreamEnd {
 }
 
 impl StreamEnd {
+    /// Endings the client must be told about as errors.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            StreamEnd::Deadline
+                | StreamEnd::UpstreamFailed
+                | StreamEnd::BudgetExceeded
+                | StreamEnd::ClientGone
+        )
+    }
+
+    /// The HTTP error for an ending that came before the stream opened.
+    pub fn pre_stream_error(self) -> crate::error::ApiError {
+        use crate::error::{ApiError, ErrorCode};
+        match self {
+            StreamEnd::Deadline => ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "the upstream provider did not start its reply within the gateway's time limit",
+            ),
+            StreamEnd::Completed
+            | StreamEnd::TokenCap
+            | StreamEnd::BudgetExceeded
+            | StreamEnd::UpstreamFailed
+            | StreamEnd::ClientGone => ApiError::new(
+                ErrorCode::UpstreamFailed,
+                "the upstream provider failed before its reply started",
+            ),
+        }
+    }
+
     pub fn outcome(self) -> Outcome {
         match self {
             StreamEnd::Completed => Outcome::Completed,
@@ -78,4 +108,6 @@ pub struct Finished {
     pub usage_source: UsageSource,
     /// Time from the request's arrival to the first output token relayed.
     pub ttft: Option<Duration>,
+    /// Whether the client got a stream (else it got an HTTP error, or nothing).
+    pub committed: bool,
 }

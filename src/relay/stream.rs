@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 /// Longest the closing frames may wait for a slow client.
@@ -43,16 +43,26 @@ pub struct StreamJob {
     pub on_finish: Box<dyn FnOnce(Finished)>,
 }
 
-/// Starts the relay task on the current worker and returns the client's body stream.
-pub fn start(job: StreamJob) -> impl Stream<Item = Result<Bytes, Infallible>> {
+/// Whether the stream opened: `Ok` once its first frame is ready for the client, or how it
+/// ended before that (the client then gets a plain HTTP error instead of a stream).
+pub type Opened = oneshot::Receiver<Result<(), StreamEnd>>;
+
+/// Starts the relay task on the current worker. Returns when-the-stream-opened and the client's
+/// body stream; send the body only after `Opened` says `Ok`.
+pub fn start(job: StreamJob) -> (Opened, impl Stream<Item = Result<Bytes, Infallible>>) {
     let (tx, mut rx) = mpsc::channel(job.buffer_events.max(1));
-    actix_rt::spawn(job.run(tx));
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|frame| frame.map(Ok)))
+    let (opened_tx, opened_rx) = oneshot::channel();
+    actix_rt::spawn(job.run(tx, opened_tx));
+    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|frame| frame.map(Ok)));
+    (opened_rx, body)
 }
 
 /// Running state of one stream.
 struct Relay {
     tx: mpsc::Sender<Bytes>,
+    /// Taken when the first frame goes out (the response is committed) or the stream ends first.
+    opened: Option<oneshot::Sender<Result<(), StreamEnd>>>,
+    committed: bool,
     ticket: Ticket,
     counter: TokenCounter,
     max_output_tokens: u64,
@@ -71,9 +81,11 @@ struct Relay {
 }
 
 impl StreamJob {
-    async fn run(self, tx: mpsc::Sender<Bytes>) {
+    async fn run(self, tx: mpsc::Sender<Bytes>, opened: oneshot::Sender<Result<(), StreamEnd>>) {
         let mut relay = Relay {
             tx,
+            opened: Some(opened),
+            committed: false,
             ticket: self.ticket,
             counter: self.counter,
             max_output_tokens: self.max_output_tokens,
@@ -104,12 +116,14 @@ impl StreamJob {
             ),
         };
         let ttft = relay.first_token_at.map(|t| t - relay.started);
+        let committed = relay.committed;
         relay.ticket.settle(usage, end.outcome()).await;
         (self.on_finish)(Finished {
             end,
             usage,
             usage_source,
             ttft,
+            committed,
         });
     }
 }
@@ -218,15 +232,32 @@ impl Relay {
 
     /// Queues a frame for the client, waiting (bounded by the deadline) while it is slow.
     async fn emit(&mut self, frame: Bytes) -> Result<(), StreamEnd> {
+        self.commit();
         tokio::select! {
             sent = self.tx.send(frame) => sent.map_err(|_| StreamEnd::ClientGone),
             _ = &mut self.deadline => Err(StreamEnd::Deadline),
         }
     }
 
-    /// The frames that close the stream for the client.
+    /// Tells the handler the stream is open: from here on, endings go into the stream.
+    fn commit(&mut self) {
+        if let Some(opened) = self.opened.take() {
+            let _ = opened.send(Ok(()));
+            self.committed = true;
+        }
+    }
+
+    /// The frames that close the stream for the client. An error before anything was sent is
+    /// handed to the handler instead, which answers it with a plain HTTP error.
     async fn send_tail(&mut self, end: StreamEnd) {
         let mut frames: Vec<String> = Vec::new();
+        if end.is_error() {
+            if let Some(opened) = self.opened.take() {
+                let _ = opened.send(Err(end));
+                return;
+            }
+        }
+        self.commit();
         match end {
             StreamEnd::ClientGone => return,
             StreamEnd::Completed => {}

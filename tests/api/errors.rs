@@ -1,0 +1,218 @@
+//! Requests refused before or at the upstream: exact status, OpenAI error code, headers, what
+//! the upstream received (nothing, when the gateway refused) and what was logged.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tollgate::mock::MockOptions;
+
+async fn assert_upstream_untouched(app: &TestApp) {
+    assert!(
+        !app.recorder
+            .wait_for_requests(1, Duration::from_millis(50))
+            .await,
+        "the upstream received a refused request"
+    );
+}
+
+#[actix_web::test]
+async fn authentication_failures_never_reach_the_upstream() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let url = format!("{}/v1/chat/completions", app.base);
+    let body = chat_body("mock-gpt", true);
+
+    let response = app.client.post(&url).send_json(&body).await.unwrap();
+    assert_eq!(
+        response.headers().get("www-authenticate").unwrap(),
+        "Bearer"
+    );
+    assert_eq!(error_code(response).await, (401, "missing_token".into()));
+
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth("not-a-jwt")
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (401, "invalid_token".into()));
+
+    let mut other = app.config.auth.clone();
+    other.jwt_secret = tollgate::config::Secret::new("someone-else");
+    let forged = tollgate::auth::mint(&other, "mallory", "pro", 60).unwrap();
+    let response = app
+        .client
+        .post(&url)
+        .bearer_auth(forged)
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (401, "invalid_token".into()));
+
+    assert_upstream_untouched(&app).await;
+    let logs = app.wait_for_logs(3).await;
+    assert!(logs
+        .iter()
+        .all(|l| l["outcome"] == "rejected" && l["status"] == 401));
+}
+
+#[actix_web::test]
+async fn malformed_bodies_get_400_with_their_code() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "invalid_json"),
+        (b"[]".to_vec(), "invalid_json"),
+        (json!({"model": 5, "messages": []}).to_string().into_bytes(), "invalid_json"),
+        (json!({"model": "mock-gpt", "messages": []}).to_string().into_bytes(), "invalid_messages"),
+        (
+            json!({"model": "mock-gpt", "messages": [{"role": "robot", "content": "x"}]})
+                .to_string()
+                .into_bytes(),
+            "invalid_messages",
+        ),
+        (
+            json!({"model": "mock-gpt", "max_tokens": "100", "messages": [{"role": "user", "content": "x"}]})
+                .to_string()
+                .into_bytes(),
+            "invalid_json",
+        ),
+    ];
+    for (body, code) in cases {
+        let response = app
+            .post_chat("alice")
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert!(response.headers().contains_key("x-request-id"));
+        assert_eq!(error_code(response).await, (400, code.to_string()));
+    }
+    assert_upstream_untouched(&app).await;
+}
+
+#[actix_web::test]
+async fn oversized_bodies_get_413_whether_declared_or_not() {
+    let app = spawn_app(fast_mock(), |c| c.limits.max_body_bytes = 1024).await;
+    let mut body = chat_body("mock-gpt", true);
+    body["messages"][0]["content"] = Value::String("x".repeat(2000));
+    let response = app.post_chat("alice").send_json(&body).await.unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (413, "payload_too_large".into())
+    );
+
+    // Chunked (no Content-Length): the limit is counted on the bytes as they arrive.
+    let chunks = futures::stream::iter(
+        (0..8).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 512]))),
+    );
+    let response = app.post_chat("alice").send_stream(chunks).await.unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (413, "payload_too_large".into())
+    );
+    assert_upstream_untouched(&app).await;
+}
+
+#[actix_web::test]
+async fn upstream_refusals_before_the_stream_map_to_5xx_and_bill_nothing() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt:fault=status@429", true))
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(
+        error_code(response).await,
+        (503, "upstream_unavailable".into())
+    );
+
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt:fault=status@500", true))
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (502, "upstream_failed".into()));
+
+    let logs = app.wait_for_logs(2).await;
+    assert!(logs
+        .iter()
+        .all(|l| l["outcome"] == "upstream_error" && l["output_tokens"] == 0));
+    let usage = app.settled_usage("alice").await;
+    assert_eq!(usage["output_tokens"], 0);
+    assert_eq!(usage["input_tokens"], 0);
+}
+
+#[actix_web::test]
+async fn an_unreachable_upstream_is_503_and_a_silent_one_504() {
+    // A port that refuses connections.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn_gateway(test_config(&closed_url), Default::default()).await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt", true))
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(response).await,
+        (503, "upstream_unavailable".into())
+    );
+
+    let app = spawn_app(
+        MockOptions {
+            first_token_delay_ms: 5_000,
+            ..fast_mock()
+        },
+        |c| c.limits.deadline_secs = 1,
+    )
+    .await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt", true))
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (504, "upstream_timeout".into()));
+    let logs = app.wait_for_logs(1).await;
+    assert_eq!(logs[0]["outcome"], "cut_deadline");
+    assert_eq!(logs[0]["status"], 504);
+    assert!(matches!(
+        app.recorder
+            .wait_for_end(0, std::time::Duration::from_secs(1))
+            .await,
+        Some(tollgate::mock::StreamEnd::Dropped { .. })
+    ));
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape_with_a_request_id() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let response = app
+        .client
+        .get(format!("{}/nope", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(error_code(response).await, (404, "not_found".into()));
+    let response = app
+        .client
+        .get(format!("{}/v1/chat/completions", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (405, "method_not_allowed".into())
+    );
+    let mut health = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
+}

@@ -1,0 +1,184 @@
+//! Test harness: a real gateway on port 0 in front of a real mock provider on port 0 (or a
+//! scripted raw-TCP upstream), an awc client, an SSE reader, and the gateway's request log.
+
+pub mod scripted;
+pub mod sse;
+
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tollgate::config::{Config, Secret};
+use tollgate::mock::{self, MockOptions, MockRecorder};
+use tollgate::startup::{start, StartOptions};
+use tollgate::telemetry::LogSink;
+
+pub const JWT_SECRET: &str = "integration-test-secret";
+pub const UPSTREAM_KEY: &str = "sk-upstream-test-key";
+
+/// How long any single wait in a test may take before the test fails (never a sleep).
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A running gateway and the mock behind it.
+pub struct TestApp {
+    pub base: String,
+    pub recorder: Arc<MockRecorder>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub config: Config,
+    pub client: awc::Client,
+}
+
+/// Mock options that answer fast unless a test slows them.
+pub fn fast_mock() -> MockOptions {
+    MockOptions {
+        tokens: 20,
+        tokens_per_second: 0.0,
+        first_token_delay_ms: 0,
+        ignore_max_tokens: false,
+        fault: None,
+    }
+}
+
+/// The config every test starts from: one worker, the test secret, the mock as upstream.
+pub fn test_config(upstream_url: &str) -> Config {
+    let mut config = Config::default();
+    config.server.workers = 1;
+    config.auth.jwt_secret = Secret::new(JWT_SECRET);
+    config.upstream.url = upstream_url.to_string();
+    config.upstream.api_key = Secret::new(UPSTREAM_KEY);
+    config
+}
+
+/// Starts a mock with `options` and a gateway in front of it, configured by `tweak`.
+pub async fn spawn_app(options: MockOptions, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mock = mock::serve(listener, options).unwrap();
+    let recorder = mock.recorder.clone();
+    let mock_url = format!("http://{}/v1", mock.addr);
+    actix_rt::spawn(mock.server);
+    let mut config = test_config(&mock_url);
+    tweak(&mut config);
+    spawn_gateway(config, recorder).await
+}
+
+/// Starts a gateway with `config` (whose upstream is already set).
+pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (log_sink, logs) = LogSink::memory();
+    let gateway = start(
+        config.clone(),
+        listener,
+        StartOptions {
+            log_sink,
+            handle_signals: false,
+        },
+    )
+    .unwrap();
+    let addr: SocketAddr = gateway.addr;
+    actix_rt::spawn(gateway.server);
+    TestApp {
+        base: format!("http://{addr}"),
+        recorder,
+        logs,
+        config,
+        client: awc::Client::builder().disable_timeout().finish(),
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, user: &str) -> String {
+        tollgate::auth::mint(&self.config.auth, user, "pro", 600).unwrap()
+    }
+
+    pub fn post_chat(&self, user: &str) -> awc::ClientRequest {
+        self.client
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth(self.token(user))
+    }
+
+    /// The parsed request log lines so far.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits until the request log holds `n` lines, and returns them.
+    pub async fn wait_for_logs(&self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let lines = self.log_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} log lines, have {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The user's counters from `GET /v1/usage`.
+    pub async fn usage(&self, user: &str) -> Value {
+        let mut response = self
+            .client
+            .get(format!("{}/v1/usage", self.base))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["usage"].clone()
+    }
+
+    /// Waits until every request of `user` is settled, and returns the counters.
+    pub async fn settled_usage(&self, user: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let usage = self.usage(user).await;
+            if usage["open_requests"] == 0 {
+                return usage;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "requests still open: {usage}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A minimal chat body.
+pub fn chat_body(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say something."}],
+    })
+}
+
+/// Reads a JSON error response and returns (status, code).
+pub async fn error_code(mut response: awc::ClientResponse) -> (u16, String) {
+    let status = response.status().as_u16();
+    let raw = response.body().await.unwrap();
+    let body: Value = serde_json::from_slice(&raw)
+        .unwrap_or_else(|_| panic!("status {status}, not a JSON error body: {raw:?}"));
+    assert_eq!(
+        body["error"]["param"],
+        Value::Null,
+        "OpenAI error shape: {body}"
+    );
+    assert!(
+        body["error"]["message"].is_string(),
+        "OpenAI error shape: {body}"
+    );
+    assert!(
+        body["error"]["type"].is_string(),
+        "OpenAI error shape: {body}"
+    );
+    (status, body["error"]["code"].as_str().unwrap().to_string())
+}
