@@ -290,6 +290,16 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_file_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let reference = read_file(&path).unwrap();
+        assert_eq!(
+            Value::Table(reference),
+            Value::Table(defaults_tree().unwrap())
+        );
+    }
+
+    #[test]
     fn unreadable_and_malformed_files_are_reported() {
         let missing = load(&ConfigSource {
             file: Some("/nonexistent/tollgate.toml".into()),

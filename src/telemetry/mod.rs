@@ -16,6 +16,8 @@ pub fn init_logging() {
         .json()
         .flatten_event(true)
         .with_current_span(false)
+        // A closed stderr must not take the gateway down (the default eprintln!s, which panics).
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();

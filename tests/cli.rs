@@ -1,0 +1,197 @@
+//! Black-box tests of the compiled `tollgate` binary: the command line, config errors, and the
+//! embedded default (built-in mock, no upstream, no Redis) serving a real stream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env_clear().env("RUST_LOG", "info");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
+#[test]
+fn an_invalid_config_file_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[limits]\ndeadline_secs = \"soon\"\n").unwrap();
+    let out = tollgate(&["serve", "--config", path.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.deadline_secs"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_environment_override_stops_start_up_naming_the_key() {
+    let out = tollgate(&[], &[("TOLLGATE__UPSTREAM__IDLE_TIMEOUT_SECS", "0")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream.idle_timeout_secs"), "{stderr}");
+
+    let out = tollgate(&[], &[("TOLLGATE_UPSTREAM_URL", "ftp://nowhere")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.url"));
+}
+
+#[test]
+fn token_prints_a_jwt_and_refuses_lifetimes_the_gateway_would_refuse() {
+    let out = tollgate(
+        &["token", "--sub", "alice", "--plan", "pro", "--ttl", "60"],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+
+    let out = tollgate(
+        &[
+            "token", "--sub", "alice", "--plan", "pro", "--ttl", "999999",
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_embedded_default_serves_a_stream_from_its_built_in_mock() {
+    let secret = [("TOLLGATE_JWT_SECRET", "cli-test-secret")];
+    let mut child = tollgate(&[], &[secret[0], ("TOLLGATE_LISTEN", "127.0.0.1:0")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+
+    // Drain stderr on a thread for the child's whole life (a closed pipe would fail its
+    // writes), passing lines here until the start-up lines have been seen.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut mock_notice = false;
+    let mut listen = None;
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("built-in mock provider")
+        {
+            mock_notice = true;
+        }
+        if v["message"] == "tollgate is serving" {
+            listen = v["listen"].as_str().map(String::from);
+            break;
+        }
+    }
+    assert!(mock_notice, "start-up must say it runs the built-in mock");
+    let listen = listen.expect("the gateway never said it was serving");
+
+    let out = tollgate(
+        &["token", "--sub", "dana", "--plan", "pro", "--ttl", "60"],
+        &secret,
+    )
+    .output()
+    .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let body = r#"{"model":"mock-gpt","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut socket = TcpStream::connect(&listen).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {listen}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/event-stream"));
+    assert!(response.contains("data: [DONE]"), "{response}");
+    assert!(
+        response.contains("\"finish_reason\":\"length\""),
+        "{response}"
+    );
+
+    // The request log line on stdout.
+    let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["user_id"], "dana");
+    assert_eq!(log["output_tokens"], 5);
+    drop(running);
+}
+
+#[test]
+fn a_closed_stderr_does_not_take_the_gateway_down() {
+    let mut child = tollgate(&[], &[("TOLLGATE_LISTEN", "127.0.0.1:0")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut running = Running(child);
+    let mut listen = None;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "tollgate is serving" {
+            listen = v["listen"].as_str().map(String::from);
+            break;
+        }
+    } // stderr's read end is closed here; the gateway keeps logging into a broken pipe
+    let listen = listen.unwrap();
+    for _ in 0..3 {
+        let mut socket = TcpStream::connect(&listen).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            socket,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        socket.read_to_string(&mut response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    assert!(
+        running.0.try_wait().unwrap().is_none(),
+        "the gateway exited"
+    );
+}
