@@ -1,0 +1,191 @@
+//! Added time to first token: the gateway versus the mock provider directly.
+//!
+//! Starts the release `tollgate mock-provider` (20 tokens, no pacing, no first-token delay) and
+//! a release `tollgate` in front of it, then opens streams one at a time, alternating direct and
+//! through the gateway in one run. Time to first token is measured from the first byte of the
+//! request written to the arrival of the first content delta, on a fresh loopback connection
+//! for both arms. Prints p50/p90/p99 of both arms and of the difference.
+//!
+//! Run: `cargo bench --bench ttft` (TTFT_STREAMS=N sets the number of streams per arm).
+
+#![allow(clippy::expect_used, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const SECRET: &str = "bench-secret";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns the binary and returns it with the address it logged as `listen`.
+fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn tollgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let running = Running(child);
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == ready_message {
+            let listen = v["listen"].as_str().expect("listen").to_string();
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (running, listen);
+        }
+    }
+    panic!("{args:?} never logged {ready_message:?}");
+}
+
+/// One stream on a fresh connection; time until the first content token arrives.
+fn time_to_first_token(addr: &str, path: &str, token: Option<&str>) -> Duration {
+    let body = r#"{"model":"mock-gpt","stream":true,"max_tokens":20,"messages":[{"role":"user","content":"hello there"}]}"#;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut socket = TcpStream::connect(addr).expect("connect");
+    socket.set_nodelay(true).expect("nodelay");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    socket.write_all(request.as_bytes()).expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut ttft = None;
+    loop {
+        let n = socket.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if ttft.is_none() && seen.windows(12).any(|w| w == b"\"content\":\" ") {
+            ttft = Some(started.elapsed());
+        }
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200") && seen.windows(6).any(|w| w == b"[DONE]"),
+        "bad response: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    ttft.expect("no content token")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank]
+}
+
+fn summary(name: &str, mut values: Vec<f64>) {
+    values.sort_by(f64::total_cmp);
+    println!(
+        "{name:<28} p50 {:>8.3} ms   p90 {:>8.3} ms   p99 {:>8.3} ms",
+        percentile(&values, 50.0),
+        percentile(&values, 90.0),
+        percentile(&values, 99.0)
+    );
+}
+
+fn main() {
+    let streams: usize = std::env::var("TTFT_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let (_mock, mock_addr) = spawn(
+        &[
+            "mock-provider",
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            "20",
+            "--tokens-per-second",
+            "0",
+            "--first-token-delay-ms",
+            "0",
+        ],
+        &[],
+        "mock provider is serving",
+    );
+    let upstream = format!("http://{mock_addr}/v1");
+    let (_gateway, gateway_addr) = spawn(
+        &[],
+        &[
+            ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+            ("TOLLGATE_UPSTREAM_URL", &upstream),
+            ("TOLLGATE_JWT_SECRET", SECRET),
+        ],
+        "tollgate is serving",
+    );
+    let token = {
+        let out = Command::new(BIN)
+            .args(["token", "--sub", "bench", "--plan", "pro", "--ttl", "3600"])
+            .env_clear()
+            .env("TOLLGATE_JWT_SECRET", SECRET)
+            .output()
+            .expect("mint token");
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    };
+    // Warm both paths (tokenizer, connection pools, page cache).
+    for _ in 0..20 {
+        time_to_first_token(&mock_addr, "/v1/chat/completions", None);
+        time_to_first_token(&gateway_addr, "/v1/chat/completions", Some(&token));
+    }
+    let mut direct = Vec::with_capacity(streams);
+    let mut via = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let run_direct =
+            || time_to_first_token(&mock_addr, "/v1/chat/completions", None).as_secs_f64() * 1e3;
+        let run_gateway = || {
+            time_to_first_token(&gateway_addr, "/v1/chat/completions", Some(&token)).as_secs_f64()
+                * 1e3
+        };
+        if i % 2 == 0 {
+            direct.push(run_direct());
+            via.push(run_gateway());
+        } else {
+            via.push(run_gateway());
+            direct.push(run_direct());
+        }
+    }
+    let added: Vec<f64> = via.iter().zip(&direct).map(|(g, d)| g - d).collect();
+    println!("time to first token, {streams} streams per arm, interleaved, one at a time");
+    summary("direct to mock", direct.clone());
+    summary("through tollgate", via.clone());
+    summary("added (paired difference)", added);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 50.0)
+    };
+    println!(
+        "ratio of medians (tollgate / direct): {:.2}",
+        median(via) / median(direct)
+    );
+}
