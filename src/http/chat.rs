@@ -8,7 +8,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::policy::ChatRequest;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Finished, UpstreamClient};
+use crate::relay::{Finished, StreamEnd, UpstreamClient};
 use crate::telemetry::RequestLog;
 use crate::tokenize::TokenCounter;
 use crate::users::registry::AdmitRequest;
@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 /// The feature used when a request names none.
 const DEFAULT_FEATURE: &str = "chat_support";
+/// The status logged for a client that left before its answer was complete (nginx's 499).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// Longest header value copied into the request log.
 const MAX_LOGGED_HEADER_CHARS: usize = 128;
 

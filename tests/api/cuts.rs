@@ -183,6 +183,7 @@ async fn a_client_that_leaves_drops_the_upstream_within_a_second_and_is_billed_w
     assert_eq!(usage["open_streams"], 0);
     let logs = app.wait_for_logs(1).await;
     assert_eq!(logs[0]["outcome"], "client_gone");
+    assert_eq!(logs[0]["status"], 499);
     assert_eq!(logs[0]["output_tokens"], 5);
     assert_eq!(app.log_lines().len(), 1, "exactly one log line");
 }
