@@ -171,7 +171,9 @@ pub(super) async fn chat_completions(
 
 /// Logs a finished stream: an error status if it ended before the client got a stream.
 fn log_stream_end(log: RequestLog, finished: Finished) {
-    let (status, error_code) = if finished.committed {
+    let (status, error_code) = if finished.end == StreamEnd::ClientGone {
+        (CLIENT_CLOSED_REQUEST, None)
+    } else if finished.committed {
         let code = finished
             .end
             .is_error()
