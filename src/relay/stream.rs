@@ -106,7 +106,10 @@ impl StreamJob {
         let end = relay.pump(self.upstream, self.max_event_bytes).await;
         relay.send_tail(end).await;
         let (usage, usage_source) = match (end, relay.upstream_usage) {
-            (StreamEnd::Completed, Some(reported)) => (reported, UsageSource::Upstream),
+            (StreamEnd::Completed, Some(reported)) => {
+                reconcile(reported.output_tokens, relay.output_tokens, relay.counter);
+                (reported, UsageSource::Upstream)
+            }
             _ => (
                 Usage {
                     input_tokens: self.estimated_input_tokens,
@@ -125,6 +128,21 @@ impl StreamJob {
             ttft,
             committed,
         });
+    }
+}
+
+/// Compares the provider's output count with the live count. A gap beyond 2 % (and a couple
+/// of tokens) means the tokenizer guess for this model family is off, or the provider counts
+/// differently: worth a warning, since live limits act on the live count.
+fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
+    let gap = reported.abs_diff(counted);
+    if gap > 2 && gap * 50 > reported {
+        tracing::warn!(
+            reported,
+            counted,
+            exact_tokenizer = counter.is_exact(),
+            "provider's output token count differs from the live count"
+        );
     }
 }
 
