@@ -61,20 +61,28 @@ impl TokenCounter {
         if tokens.len() as u64 <= max_tokens {
             return (text, tokens.len() as u64);
         }
-        let keep = &tokens[..max_tokens as usize];
-        // Tokens of `encode_ordinary` concatenate to the text's bytes, so their byte lengths
-        // give the cut position; step back to a character boundary if a token split one.
-        let mut end = self
-            .bpe
-            .decode_bytes(keep)
-            .map(|b| b.len())
-            .unwrap_or(0)
-            .min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
+        // Tokens of `encode_ordinary` concatenate to the text's bytes, so the byte length of
+        // the first k tokens is a cut position; step back to a character boundary if a token
+        // split one. Re-tokenising a prefix can yield more tokens than it was cut from (BPE
+        // merges differ at the new end), so shorten until the recount fits.
+        let mut keep = max_tokens as usize;
+        loop {
+            let mut end = self
+                .bpe
+                .decode_bytes(&tokens[..keep])
+                .map(|b| b.len())
+                .unwrap_or(0)
+                .min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let prefix = &text[..end];
+            let count = self.count(prefix);
+            if count <= max_tokens || keep == 0 {
+                return (prefix, count.min(max_tokens));
+            }
+            keep -= 1;
         }
-        let prefix = &text[..end];
-        (prefix, self.count(prefix))
     }
 }
 
@@ -98,6 +106,28 @@ mod tests {
         assert_eq!(c.truncate(text, 3), (" the quick brown", 3));
         assert_eq!(c.truncate(text, 0), ("", 0));
         assert_eq!(c.truncate(text, 100), (text, 9));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn truncate_never_exceeds_the_limit(text in "(\\PC|\\s){0,80}", max in 0u64..40) {
+            let c = TokenCounter::for_model("gpt-4o");
+            let (prefix, count) = c.truncate(&text, max);
+            proptest::prop_assert!(count <= max);
+            proptest::prop_assert_eq!(count, c.count(prefix));
+            proptest::prop_assert!(text.starts_with(prefix));
+        }
+    }
+
+    #[test]
+    fn truncate_recounts_when_a_prefix_tokenizes_longer() {
+        // Found by the property test: this prefix of 16 tokens recounts as 17.
+        let text = "a0\u{103c8}\u{17e0} \u{202f}A{0\u{3000}  \u{3000} \u{2005}0 \u{3000}\u{3000}a a \u{3000}0";
+        let c = TokenCounter::for_model("gpt-4o");
+        for max in 0..30 {
+            let (prefix, count) = c.truncate(text, max);
+            assert!(count <= max && c.count(prefix) == count);
+        }
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn truncate_text_field(parent: &mut Value, field: &str, counter: &TokenCounter, 
         return;
     };
     let (kept, tokens) = counter.truncate(text, *left);
-    *left -= tokens;
+    *left = left.saturating_sub(tokens);
     let kept = kept.to_string();
     *text = kept;
 }

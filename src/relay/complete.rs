@@ -117,7 +117,7 @@ fn cap_reply(reply: &mut Value, counter: &TokenCounter, max_output_tokens: u64) 
                 *reason = Value::from("length");
             }
         }
-        left -= tokens;
+        left = left.saturating_sub(tokens);
     }
     (max_output_tokens - left, capped)
 }
