@@ -121,6 +121,8 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After` seconds, when waiting helps.
     pub retry_after_secs: Option<u64>,
+    /// True when retrying the same request cannot help (`x-should-retry: false`).
+    pub final_answer: bool,
 }
 
 impl ApiError {
@@ -129,7 +131,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            final_answer: false,
         }
+    }
+
+    /// Marks the error as one that retrying cannot cure.
+    pub fn no_retry(mut self) -> Self {
+        self.final_answer = true;
+        self
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {

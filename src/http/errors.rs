@@ -12,6 +12,9 @@ pub(super) fn error_response(error: &ApiError) -> HttpResponse {
     if let Some(secs) = error.retry_after_secs {
         response.insert_header(("retry-after", secs.to_string()));
     }
+    if error.final_answer {
+        response.insert_header(("x-should-retry", "false"));
+    }
     if error.code == ErrorCode::InvalidToken || error.code == ErrorCode::TokenExpired {
         response.insert_header(("www-authenticate", "Bearer error=\"invalid_token\""));
     } else if error.code == ErrorCode::MissingToken {

@@ -133,7 +133,9 @@ async fn chat_completions(
         Ok(value) => value.clone(),
         Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
     };
-    let mut guard = state.recorder.start(headers.clone(), recorded);
+    let mut guard = state
+        .recorder
+        .start_from(req.peer_addr(), headers.clone(), recorded);
     match prepare(&state.options, &headers, parsed) {
         Ok(reply) if reply.stream => stream_response(reply, guard),
         Ok(reply) => whole_response(reply, guard).await,

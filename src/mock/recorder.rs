@@ -46,6 +46,8 @@ pub struct RecordedRequest {
     pub body: serde_json::Value,
     /// How the reply ended; `None` while it is still running.
     pub end: Option<StreamEnd>,
+    /// The client's address: equal ports on two requests mean one reused connection.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl RecordedRequest {
@@ -95,8 +97,19 @@ impl MockRecorder {
     }
 
     /// Records a new request and returns the guard that will record its end.
+    #[cfg(test)]
     pub(crate) fn start(
         self: &Arc<Self>,
+        headers: Vec<(String, String)>,
+        body: serde_json::Value,
+    ) -> EndGuard {
+        self.start_from(None, headers, body)
+    }
+
+    /// Records a new request from `peer` and returns the guard that will record its end.
+    pub(crate) fn start_from(
+        self: &Arc<Self>,
+        peer: Option<std::net::SocketAddr>,
         headers: Vec<(String, String)>,
         body: serde_json::Value,
     ) -> EndGuard {
@@ -106,6 +119,7 @@ impl MockRecorder {
                 headers,
                 body,
                 end: None,
+                peer,
             });
             requests.len() - 1
         };

@@ -134,7 +134,10 @@ impl ChatRequest {
         body.remove("max_tokens");
         body.remove("max_completion_tokens");
         body.insert(self.max_tokens_field.name().into(), Value::from(max_tokens));
-        if self.stream {
+        if !self.stream {
+            // Providers refuse stream options on a non-streamed request.
+            body.remove("stream_options");
+        } else {
             let options = body
                 .entry("stream_options")
                 .or_insert_with(|| Value::Object(Map::new()));

@@ -29,6 +29,7 @@ impl<'a> Payload<'a> {
         }
         match serde_json::from_str::<ChunkView<'a>>(data) {
             Ok(view) if view.error.is_some() => Payload::Error,
+            Ok(view) if view.choices.is_none() && view.usage.is_none() => Payload::Malformed,
             Ok(view) => Payload::Chunk(view),
             Err(_) => Payload::Malformed,
         }
@@ -247,6 +248,10 @@ mod tests {
             Payload::Error
         ));
         assert!(matches!(Payload::parse("{oops"), Payload::Malformed));
+        assert!(matches!(
+            Payload::parse(r#"{"type":"overloaded"}"#),
+            Payload::Malformed
+        ));
         let Payload::Chunk(c) = Payload::parse(
             r#"{"id":"c1","model":"m","created":5,"choices":[{"index":0,"delta":{"content":" the quick","tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}]}"#,
         ) else {

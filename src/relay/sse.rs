@@ -145,7 +145,8 @@ impl SseParser {
         if self.has_data {
             out.push(SseEvent {
                 event: self.event.take(),
-                data: String::from_utf8_lossy(&self.data).into_owned(),
+                data: String::from_utf8(std::mem::take(&mut self.data))
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             });
         }
         self.event = None;

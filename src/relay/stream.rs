@@ -15,14 +15,23 @@ use crate::users::{Ticket, Verdict};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 /// Longest the closing frames may wait for a slow client.
 const TAIL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Once the output cap is reached, how long the upstream may take to send its (token-free)
+/// finish, usage and `[DONE]` events before the stream is closed at the cap anyway.
+const AFTER_CAP_GRACE: Duration = Duration::from_millis(500);
+/// After `[DONE]`, how long and how much the relay reads on to reach the end of the upstream
+/// body, so the connection goes back to the pool instead of being closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
+const DRAIN_MAX_BYTES: usize = 64 * 1024;
 
 /// Everything one stream needs.
 pub struct StreamJob {
@@ -49,11 +58,27 @@ pub type Opened = oneshot::Receiver<Result<(), StreamEnd>>;
 
 /// Starts the relay task on the current worker. Returns when-the-stream-opened and the client's
 /// body stream; send the body only after `Opened` says `Ok`.
-pub fn start(job: StreamJob) -> (Opened, impl Stream<Item = Result<Bytes, Infallible>>) {
+///
+/// The body ends cleanly only after the task queued its closing frames. If the task stops
+/// without them (a client too slow to take them, a bug), the body yields an error instead, so
+/// the connection is aborted: an OpenAI SDK must never mistake a broken stream for a whole one.
+pub fn start(job: StreamJob) -> (Opened, impl Stream<Item = Result<Bytes, std::io::Error>>) {
     let (tx, mut rx) = mpsc::channel(job.buffer_events.max(1));
     let (opened_tx, opened_rx) = oneshot::channel();
-    actix_rt::spawn(job.run(tx, opened_tx));
-    let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|frame| frame.map(Ok)));
+    let closed_cleanly = Arc::new(AtomicBool::new(false));
+    actix_rt::spawn(job.run(tx, opened_tx, closed_cleanly.clone()));
+    let mut aborted = false;
+    let body = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
+        Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+        Poll::Ready(None) if !aborted && !closed_cleanly.load(Ordering::Acquire) => {
+            aborted = true;
+            Poll::Ready(Some(Err(std::io::Error::other(
+                "the relay ended without closing the stream",
+            ))))
+        }
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
+    });
     (opened_rx, body)
 }
 
@@ -63,6 +88,7 @@ struct Relay {
     /// Taken when the first frame goes out (the response is committed) or the stream ends first.
     opened: Option<oneshot::Sender<Result<(), StreamEnd>>>,
     committed: bool,
+    closed_cleanly: Arc<AtomicBool>,
     ticket: Ticket,
     counter: TokenCounter,
     max_output_tokens: u64,
@@ -77,15 +103,23 @@ struct Relay {
     unreported_tokens: u64,
     upstream_usage: Option<Usage>,
     finish_seen: bool,
+    /// The upstream body reached its end (polling it again would be a bug).
+    upstream_ended: bool,
     first_token_at: Option<Instant>,
 }
 
 impl StreamJob {
-    async fn run(self, tx: mpsc::Sender<Bytes>, opened: oneshot::Sender<Result<(), StreamEnd>>) {
+    async fn run(
+        self,
+        tx: mpsc::Sender<Bytes>,
+        opened: oneshot::Sender<Result<(), StreamEnd>>,
+        closed_cleanly: Arc<AtomicBool>,
+    ) {
         let mut relay = Relay {
             tx,
             opened: Some(opened),
             committed: false,
+            closed_cleanly,
             ticket: self.ticket,
             counter: self.counter,
             max_output_tokens: self.max_output_tokens,
@@ -100,11 +134,23 @@ impl StreamJob {
             unreported_tokens: 0,
             upstream_usage: None,
             finish_seen: false,
+            upstream_ended: false,
             first_token_at: None,
         };
-        // `pump` owns the upstream response: it is dropped (connection closed) when pump returns.
-        let end = relay.pump(self.upstream, self.max_event_bytes).await;
+        let mut upstream = self.upstream;
+        let end = relay.pump(&mut upstream, self.max_event_bytes).await;
+        // A cut drops the upstream response, closing its connection, before anything else; a
+        // completed one is read to its end after the client has its last frame, for reuse.
+        let finished_upstream = if end == StreamEnd::Completed && !relay.upstream_ended {
+            Some(upstream)
+        } else {
+            drop(upstream);
+            None
+        };
         relay.send_tail(end).await;
+        if let Some(upstream) = finished_upstream {
+            drain(upstream).await;
+        }
         let (usage, usage_source) = match (end, relay.upstream_usage) {
             (StreamEnd::Completed, Some(reported)) => {
                 reconcile(reported.output_tokens, relay.output_tokens, relay.counter);
@@ -147,22 +193,60 @@ fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
 }
 
 impl Relay {
-    async fn pump(&mut self, mut upstream: UpstreamResponse, max_event_bytes: usize) -> StreamEnd {
+    async fn pump(&mut self, upstream: &mut UpstreamResponse, max_event_bytes: usize) -> StreamEnd {
+        let end = self.read_upstream(upstream, max_event_bytes).await;
+        if end == StreamEnd::UpstreamFailed && self.at_cap() {
+            // The client already has every token it was granted; however the upstream stops
+            // now (ends, stalls, breaks), the stream ended at the cap.
+            return StreamEnd::TokenCap;
+        }
+        end
+    }
+
+    fn at_cap(&self) -> bool {
+        self.output_tokens >= self.max_output_tokens
+    }
+
+    /// How long the upstream may stay silent now: until the deadline before its first event
+    /// (a slow-starting model is not "idle"), a short grace once the cap is reached, else the
+    /// idle timeout.
+    fn silence_allowed(&self) -> Duration {
+        if !self.committed {
+            let left = self
+                .deadline
+                .deadline()
+                .saturating_duration_since(Instant::now());
+            left + Duration::from_secs(1)
+        } else if self.at_cap() {
+            AFTER_CAP_GRACE
+        } else {
+            self.idle_timeout
+        }
+    }
+
+    async fn read_upstream(
+        &mut self,
+        upstream: &mut UpstreamResponse,
+        max_event_bytes: usize,
+    ) -> StreamEnd {
         let mut parser = SseParser::new(max_event_bytes);
         let mut events: Vec<SseEvent> = Vec::new();
         loop {
+            let silence = self.silence_allowed();
             let read = tokio::select! {
                 biased;
                 _ = self.tx.closed() => return StreamEnd::ClientGone,
                 _ = &mut self.deadline => return StreamEnd::Deadline,
-                read = tokio::time::timeout(self.idle_timeout, upstream.next()) => read,
+                read = tokio::time::timeout(silence, upstream.next()) => read,
             };
             let at_eof = match read {
                 Err(_) => {
-                    tracing::warn!(
-                        idle_secs = self.idle_timeout.as_secs(),
-                        "upstream went silent"
-                    );
+                    if !self.at_cap() {
+                        tracing::warn!(
+                            idle_ms = silence.as_millis() as u64,
+                            "upstream went silent"
+                        );
+                    }
                     return StreamEnd::UpstreamFailed;
                 }
                 Ok(Some(Ok(bytes))) => {
@@ -177,6 +261,7 @@ impl Relay {
                     return StreamEnd::UpstreamFailed;
                 }
                 Ok(None) => {
+                    self.upstream_ended = true;
                     parser.finish(&mut events);
                     true
                 }
@@ -187,21 +272,27 @@ impl Relay {
                 }
             }
             if at_eof {
-                // A provider that ends without `[DONE]` after finishing every choice is done;
-                // one that ends mid-reply broke.
-                return if self.finish_seen {
-                    StreamEnd::Completed
-                } else {
+                // A provider that ends without `[DONE]` after finishing the reply is done; one
+                // that ends mid-reply broke.
+                if self.finish_seen {
+                    return StreamEnd::Completed;
+                }
+                if !self.at_cap() {
                     tracing::warn!("upstream stream ended before the reply finished");
-                    StreamEnd::UpstreamFailed
-                };
+                }
+                return StreamEnd::UpstreamFailed;
             }
         }
     }
 
     /// Handles one upstream event; `Some` ends the stream.
     async fn on_event(&mut self, event: &SseEvent) -> Option<StreamEnd> {
-        let view = match Payload::parse(&event.data) {
+        let payload = if event.event.as_deref() == Some("error") {
+            Payload::Error
+        } else {
+            Payload::parse(&event.data)
+        };
+        let view = match payload {
             Payload::Done => return Some(StreamEnd::Completed),
             Payload::Chunk(view) => view,
             Payload::Error => {
@@ -300,5 +391,20 @@ impl Relay {
                 return;
             }
         }
+        self.closed_cleanly.store(true, Ordering::Release);
     }
+}
+
+/// Reads a completed upstream response to its end (bounded), so its connection is reused.
+async fn drain(mut upstream: UpstreamResponse) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut read = 0;
+        while let Some(Ok(bytes)) = upstream.next().await {
+            read += bytes.len();
+            if read > DRAIN_MAX_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }

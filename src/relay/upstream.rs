@@ -94,6 +94,11 @@ impl UpstreamClient {
                 ),
             )
             .retry_after(retry_after.unwrap_or(1).clamp(1, 60)),
+            code if (400..500).contains(&code) => ApiError::new(
+                ErrorCode::UpstreamFailed,
+                format!("the upstream provider refused the request (status {code})"),
+            )
+            .no_retry(),
             code => ApiError::new(
                 ErrorCode::UpstreamFailed,
                 format!("the upstream provider answered with status {code}"),

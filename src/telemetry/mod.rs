@@ -4,7 +4,7 @@
 
 mod request_log;
 
-pub use request_log::{LogSink, PromptHasher, RequestLog};
+pub use request_log::{LogSink, MemoryLog, PromptHasher, RequestLog};
 
 use tracing_subscriber::EnvFilter;
 

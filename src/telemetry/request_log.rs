@@ -20,13 +20,47 @@ pub enum LogSink {
     /// One line per request on stdout (production).
     Stdout,
     /// Kept in memory (tests read what was logged).
-    Memory(Arc<Mutex<Vec<String>>>),
+    Memory(Arc<MemoryLog>),
+}
+
+/// Request log lines kept in memory, with a way to wait for them.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    lines: Mutex<Vec<String>>,
+    written: tokio::sync::Notify,
+}
+
+impl MemoryLog {
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until at least `n` lines were written (at most `timeout`); returns all lines.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let written = self.written.notified();
+            let lines = self.lines();
+            if lines.len() >= n || tokio::time::Instant::now() >= deadline {
+                return lines;
+            }
+            let _ = tokio::time::timeout_at(deadline, written).await;
+        }
+    }
+
+    fn push(&self, line: String) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
+        self.written.notify_waiters();
+    }
 }
 
 impl LogSink {
-    pub fn memory() -> (Self, Arc<Mutex<Vec<String>>>) {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        (LogSink::Memory(lines.clone()), lines)
+    pub fn memory() -> (Self, Arc<MemoryLog>) {
+        let log = Arc::new(MemoryLog::default());
+        (LogSink::Memory(log.clone()), log)
     }
 
     fn write(&self, line: String) {
@@ -37,7 +71,7 @@ impl LogSink {
                 let _ = out.write_all(b"\n");
                 let _ = out.flush();
             }
-            LogSink::Memory(lines) => lines.lock().unwrap_or_else(|p| p.into_inner()).push(line),
+            LogSink::Memory(log) => log.push(line),
         }
     }
 }
@@ -232,7 +266,7 @@ mod tests {
         let mut log = RequestLog::new(sink, "r1".into(), Instant::now());
         log.input_tokens_estimated = 7;
         drop(log);
-        let lines = lines.lock().unwrap();
+        let lines = lines.lines();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
         assert_eq!(v["outcome"], "client_gone");

@@ -187,3 +187,64 @@ async fn a_client_that_leaves_drops_the_upstream_within_a_second_and_is_billed_w
     assert_eq!(logs[0]["output_tokens"], 5);
     assert_eq!(app.log_lines().len(), 1, "exactly one log line");
 }
+
+#[actix_web::test]
+async fn reaching_the_cap_exactly_then_losing_the_upstream_still_ends_at_the_cap() {
+    let chunk = json!({"id":"c2","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+        "choices":[{"index":0,"delta":{"content":" the quick brown fox"},"finish_reason":null}]});
+    // Exactly 4 tokens against a cap of 4, then the upstream ends without finishing.
+    let addr =
+        crate::support::scripted::scripted_upstream(
+            vec![format!("data: {chunk}\n\n").into_bytes()],
+        )
+        .await;
+    let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
+    let mut body = chat_body("gpt-4o", true);
+    body["max_tokens"] = json!(4);
+    let response = app.post_chat("bob").send_json(&body).await.unwrap();
+    let events = SseReader::new(response).collect().await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let finish: Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert_eq!(events[2], "[DONE]");
+    let logs = app.wait_for_logs(1).await;
+    assert_eq!(logs[0]["outcome"], "cut_token_cap");
+    assert_eq!(logs[0]["output_tokens"], 4);
+}
+
+#[actix_web::test]
+async fn a_stalling_upstream_at_the_cap_is_closed_without_waiting_for_the_idle_timeout() {
+    // The mock honours max_tokens=3, then stalls instead of finishing; idle timeout is 10 s.
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let mut body = chat_body("mock-gpt:ignore_max_tokens=true,fault=stall@3", true);
+    body["max_tokens"] = json!(3);
+    let response = app.post_chat("alice").send_json(&body).await.unwrap();
+    let events = SseReader::new(response).collect().await;
+    assert_eq!(content_chunks(&events), 3);
+    let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert_upstream_dropped(&app).await;
+    assert_eq!(app.wait_for_logs(1).await[0]["outcome"], "cut_token_cap");
+}
+
+#[actix_web::test]
+async fn an_sse_error_event_of_any_shape_is_an_upstream_failure() {
+    let chunk = json!({"id":"c3","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+        "choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]});
+    let addr = crate::support::scripted::scripted_upstream(vec![format!(
+        "data: {chunk}\n\nevent: error\ndata: {{\"type\":\"overloaded\",\"message\":\"boom\"}}\n\n"
+    )
+    .into_bytes()])
+    .await;
+    let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
+    let response = app
+        .post_chat("bob")
+        .send_json(&chat_body("gpt-4o", true))
+        .await
+        .unwrap();
+    let events = SseReader::new(response).collect().await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(error_event(&events[1])["code"], "upstream_failed");
+    assert!(!events[1].contains("boom"));
+    assert_eq!(app.wait_for_logs(1).await[0]["outcome"], "upstream_error");
+}

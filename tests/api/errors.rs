@@ -132,9 +132,19 @@ async fn upstream_refusals_before_the_stream_map_to_5xx_and_bill_nothing() {
         .send_json(&chat_body("mock-gpt:fault=status@500", true))
         .await
         .unwrap();
+    assert!(!response.headers().contains_key("x-should-retry"));
     assert_eq!(error_code(response).await, (502, "upstream_failed".into()));
 
-    let logs = app.wait_for_logs(2).await;
+    // A request the provider rejects will be rejected again: tell SDKs not to retry.
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt:fault=status@400", true))
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("x-should-retry").unwrap(), "false");
+    assert_eq!(error_code(response).await, (502, "upstream_failed".into()));
+
+    let logs = app.wait_for_logs(3).await;
     assert!(logs
         .iter()
         .all(|l| l["outcome"] == "upstream_error" && l["output_tokens"] == 0));

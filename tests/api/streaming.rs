@@ -174,5 +174,59 @@ async fn log_line_matches_the_response_and_holds_no_prompt_text() {
         line["cost_usd"].as_f64().unwrap(),
         expected_micro as f64 / 1e6
     );
-    assert!(!app.logs.lock().unwrap()[0].contains("secret-sentinel"));
+    assert!(!app.logs.lines()[0].contains("secret-sentinel"));
+}
+
+#[actix_web::test]
+async fn completed_streams_hand_their_upstream_connection_back_for_reuse() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    for _ in 0..3 {
+        let response = app
+            .post_chat("alice")
+            .send_json(&chat_body("mock-gpt", true))
+            .await
+            .unwrap();
+        SseReader::new(response).collect().await;
+        app.recorder
+            .wait_for_end(app.recorder.requests().len() - 1, WAIT)
+            .await
+            .unwrap();
+    }
+    let peers: Vec<_> = app.recorder.requests().iter().map(|r| r.peer).collect();
+    assert!(peers[0].is_some());
+    assert!(
+        peers.iter().all(|p| *p == peers[0]),
+        "each stream opened a new upstream connection: {peers:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_slow_first_token_is_not_mistaken_for_an_idle_upstream() {
+    let app = spawn_app(
+        MockOptions {
+            first_token_delay_ms: 1_500,
+            ..fast_mock()
+        },
+        |c| c.upstream.idle_timeout_secs = 1,
+    )
+    .await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("mock-gpt", true))
+        .await
+        .unwrap();
+    let events = SseReader::new(response).collect().await;
+    assert_eq!(content_chunks(&events), 20);
+    assert_eq!(app.wait_for_logs(1).await[0]["outcome"], "completed");
+}
+
+#[actix_web::test]
+async fn non_streamed_requests_do_not_carry_stream_options_upstream() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let mut body = chat_body("mock-gpt", false);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = app.post_chat("alice").send_json(&body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = &app.recorder.requests()[0].body;
+    assert!(sent.get("stream_options").is_none(), "{sent}");
 }

@@ -6,12 +6,12 @@ pub mod sse;
 
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tollgate::config::{Config, Secret};
 use tollgate::mock::{self, MockOptions, MockRecorder};
 use tollgate::startup::{start, StartOptions};
-use tollgate::telemetry::LogSink;
+use tollgate::telemetry::{LogSink, MemoryLog};
 
 pub const JWT_SECRET: &str = "integration-test-secret";
 pub const UPSTREAM_KEY: &str = "sk-upstream-test-key";
@@ -23,7 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct TestApp {
     pub base: String,
     pub recorder: Arc<MockRecorder>,
-    pub logs: Arc<Mutex<Vec<String>>>,
+    pub logs: Arc<MemoryLog>,
     pub config: Config,
     pub client: awc::Client,
 }
@@ -99,8 +99,7 @@ impl TestApp {
     /// The parsed request log lines so far.
     pub fn log_lines(&self) -> Vec<Value> {
         self.logs
-            .lock()
-            .unwrap()
+            .lines()
             .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
@@ -108,18 +107,9 @@ impl TestApp {
 
     /// Waits until the request log holds `n` lines, and returns them.
     pub async fn wait_for_logs(&self, n: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let lines = self.log_lines();
-            if lines.len() >= n {
-                return lines;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {n} log lines, have {lines:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let lines = self.logs.wait_for(n, WAIT).await;
+        assert!(lines.len() >= n, "expected {n} log lines, have {lines:?}");
+        self.log_lines()
     }
 
     /// The user's counters from `GET /v1/usage`.
@@ -135,20 +125,12 @@ impl TestApp {
         response.json::<Value>().await.unwrap()["usage"].clone()
     }
 
-    /// Waits until every request of `user` is settled, and returns the counters.
+    /// The user's counters once every request is settled. Call it after the requests' log
+    /// lines are in: a request is settled before its line is written.
     pub async fn settled_usage(&self, user: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let usage = self.usage(user).await;
-            if usage["open_requests"] == 0 {
-                return usage;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "requests still open: {usage}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let usage = self.usage(user).await;
+        assert_eq!(usage["open_requests"], 0, "requests still open: {usage}");
+        usage
     }
 }
 
