@@ -150,8 +150,16 @@ fn the_embedded_default_serves_a_stream_from_its_built_in_mock() {
         "{response}"
     );
 
-    // The request log line on stdout.
-    let line = BufReader::new(stdout).lines().next().unwrap().unwrap();
+    // The request log line on stdout (read on a thread so a missing line fails, not hangs).
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(Ok(line)) = BufReader::new(stdout).lines().next() {
+            let _ = line_tx.send(line);
+        }
+    });
+    let line = line_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no request log line on stdout");
     let log: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(log["user_id"], "dana");
     assert_eq!(log["output_tokens"], 5);
