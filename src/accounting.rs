@@ -59,3 +59,13 @@ impl Usage {
         self.input_tokens + self.output_tokens
     }
 }
+
+/// The `x-ratelimit-*` numbers (OpenAI's names) for one answer: the per-minute request window
+/// and the per-day token window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct RateLimitHeaders {
+    pub limit_requests: u64,
+    pub remaining_requests: u64,
+    pub limit_tokens: u64,
+    pub remaining_tokens: u64,
+}

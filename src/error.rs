@@ -123,6 +123,8 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
     /// True when retrying the same request cannot help (`x-should-retry: false`).
     pub final_answer: bool,
+    /// The caller's windows, for the `x-ratelimit-*` headers.
+    pub rate_limits: Option<crate::accounting::RateLimitHeaders>,
 }
 
 impl ApiError {
@@ -132,7 +134,14 @@ impl ApiError {
             message: message.into(),
             retry_after_secs: None,
             final_answer: false,
+            rate_limits: None,
         }
+    }
+
+    /// Attaches the caller's windows.
+    pub fn rate_limits(mut self, headers: crate::accounting::RateLimitHeaders) -> Self {
+        self.rate_limits = Some(headers);
+        self
     }
 
     /// Marks the error as one that retrying cannot cure.

@@ -3,6 +3,7 @@
 //! provider in-process. `main` and the tests both start the gateway through [`start`].
 
 use crate::auth::Authenticator;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
 use crate::http::{serve, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
@@ -19,6 +20,8 @@ use std::sync::Arc;
 pub struct StartOptions {
     pub log_sink: LogSink,
     pub handle_signals: bool,
+    /// Wall clock of the windows and budgets (tests pass a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for StartOptions {
@@ -26,6 +29,7 @@ impl Default for StartOptions {
         Self {
             log_sink: LogSink::Stdout,
             handle_signals: true,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -72,7 +76,7 @@ pub fn start(
     };
     let state = Arc::new(AppState {
         auth: Authenticator::new(&config.auth),
-        users: UserRegistry::new(workers, &config.users),
+        users: UserRegistry::new(workers, &config, options.clock),
         prices: PriceTable::new(&config.pricing),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,

@@ -177,6 +177,9 @@ pub struct RateConfig {
     pub requests_per_day: u64,
     pub tokens_per_day: u64,
     pub max_concurrent_streams: u64,
+    /// When the day's tokens cannot cover a request's `max_tokens`, it is granted what is left
+    /// down to this floor; below it the request is refused (`tokens_per_day`).
+    pub min_granted_tokens: u32,
 }
 
 impl Default for RateConfig {
@@ -186,8 +189,37 @@ impl Default for RateConfig {
             requests_per_day: 100,
             tokens_per_day: 50_000,
             max_concurrent_streams: 3,
+            min_granted_tokens: 16,
         }
     }
+}
+
+/// `[plans.<plan>.rate]`: per-plan overrides of `[rate]`; absent keys inherit.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_granted_tokens: Option<u32>,
+}
+
+/// `[plans.<plan>.cost]`: per-plan overrides of `[cost]`; absent keys inherit.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CostOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_daily_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_monthly_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_threshold_percent: Option<u8>,
 }
 
 /// `[cost]`: per-user spend caps in USD.
@@ -199,6 +231,8 @@ pub struct CostConfig {
     pub alert_threshold_percent: u8,
     /// POSTed a JSON alert when a user crosses the threshold; empty = no webhook.
     pub alert_webhook_url: String,
+    /// Organisation-wide daily cap over all users (a circuit breaker); 0 = none.
+    pub max_org_daily_usd: f64,
 }
 
 impl Default for CostConfig {
@@ -208,6 +242,7 @@ impl Default for CostConfig {
             max_monthly_usd: 10.00,
             alert_threshold_percent: 80,
             alert_webhook_url: String::new(),
+            max_org_daily_usd: 0.0,
         }
     }
 }
@@ -217,6 +252,14 @@ impl Default for CostConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PlanConfig {
     pub features: Vec<String>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub rate: RateOverrides,
+    #[serde(skip_serializing_if = "is_default")]
+    pub cost: CostOverrides,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// `[pricing.<model>]`: USD per million tokens.
@@ -261,12 +304,15 @@ impl Default for RelayConfig {
 pub struct UsersConfig {
     /// Messages an actor's mailbox holds before senders wait.
     pub mailbox_capacity: usize,
+    /// An actor with no open request stops after this long idle; its state stays in the store.
+    pub idle_evict_secs: u64,
 }
 
 impl Default for UsersConfig {
     fn default() -> Self {
         Self {
             mailbox_capacity: 256,
+            idle_evict_secs: 300,
         }
     }
 }
@@ -302,6 +348,7 @@ impl Default for MockConfig {
 fn default_plans() -> BTreeMap<String, PlanConfig> {
     let plan = |features: &[&str]| PlanConfig {
         features: features.iter().map(|f| f.to_string()).collect(),
+        ..PlanConfig::default()
     };
     BTreeMap::from([
         ("basic".into(), plan(&["chat_support"])),

@@ -64,6 +64,25 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     positive("limits.max_body_bytes", c.limits.max_body_bytes as u64)?;
     positive("limits.deadline_secs", c.limits.deadline_secs)?;
     usd("cost.max_daily_usd", c.cost.max_daily_usd)?;
+    usd("cost.max_org_daily_usd", c.cost.max_org_daily_usd)?;
+    positive("rate.min_granted_tokens", c.rate.min_granted_tokens.into())?;
+    positive("users.idle_evict_secs", c.users.idle_evict_secs)?;
+    for (plan, p) in &c.plans {
+        if let Some(v) = p.cost.max_daily_usd {
+            usd(&format!("plans.{plan}.cost.max_daily_usd"), v)?;
+        }
+        if let Some(v) = p.cost.max_monthly_usd {
+            usd(&format!("plans.{plan}.cost.max_monthly_usd"), v)?;
+        }
+        if let Some(v) = p.cost.alert_threshold_percent {
+            if !(1..=100).contains(&v) {
+                return Err(ConfigError::invalid(
+                    format!("plans.{plan}.cost.alert_threshold_percent"),
+                    "must be between 1 and 100",
+                ));
+            }
+        }
+    }
     usd("cost.max_monthly_usd", c.cost.max_monthly_usd)?;
     if !(1..=100).contains(&c.cost.alert_threshold_percent) {
         return Err(ConfigError::invalid(

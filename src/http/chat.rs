@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`: authenticate → check input → admit → relay → settle → log.
 
-use super::errors::error_response;
+use super::errors::{add_rate_limit_headers, error_response};
 use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::{Outcome, Usage, UsageSource};
@@ -11,7 +11,7 @@ use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Finished, StreamEnd, UpstreamClient};
 use crate::telemetry::RequestLog;
 use crate::tokenize::TokenCounter;
-use crate::users::registry::AdmitRequest;
+use crate::users::{NewRequest, UserLimits};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
@@ -45,17 +45,26 @@ pub(super) async fn chat_completions(
     let counter = TokenCounter::for_model(&request.model);
     log.input_tokens_estimated = request.estimate_input_tokens(&counter);
     log.prompt_hash = state.hasher.hash(&request.last_user_text());
+    let Some(price) = log.price else {
+        let error = ApiError::new(
+            ErrorCode::UnknownModel,
+            "this model is not in the gateway's price table",
+        );
+        return reject(log, &error);
+    };
     let wanted = request
         .requested_max_tokens
         .unwrap_or(state.config.limits.default_max_tokens);
     let admitted = state
         .users
-        .admit(AdmitRequest {
+        .admit(NewRequest {
             user_id: &log.user_id,
             request_id: &log.request_id,
             estimated_input_tokens: log.input_tokens_estimated,
             max_tokens: wanted,
             stream: request.stream,
+            price,
+            limits: UserLimits::for_plan(&state.config, &log.plan),
         })
         .await;
     let ticket = match admitted {
@@ -63,6 +72,7 @@ pub(super) async fn chat_completions(
         Err(e) => return reject(log, &e),
     };
     let granted = ticket.max_tokens();
+    let rate_limits = ticket.rate_limits();
     let body = match request.upstream_body(granted) {
         Ok(body) => body,
         Err(e) => {
@@ -89,7 +99,7 @@ pub(super) async fn chat_completions(
                 None,
                 Some(e.code.as_str()),
             );
-            return error_response(&e);
+            return error_response(&e.rate_limits(rate_limits));
         }
     };
     let choices = request_choices(&request);
@@ -114,13 +124,17 @@ pub(super) async fn chat_completions(
             on_finish: Box::new(move |finished: Finished| log_stream_end(log, finished)),
         });
         return match opened.await {
-            Ok(Ok(())) => HttpResponse::Ok()
-                .content_type("text/event-stream")
-                .insert_header(("cache-control", "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .insert_header(("x-tollgate-max-tokens", granted.to_string()))
-                .streaming(body),
-            Ok(Err(end)) => error_response(&end.pre_stream_error()),
+            Ok(Ok(())) => {
+                let mut response = HttpResponse::Ok();
+                response
+                    .content_type("text/event-stream")
+                    .insert_header(("cache-control", "no-cache"))
+                    .insert_header(("x-accel-buffering", "no"))
+                    .insert_header(("x-tollgate-max-tokens", granted.to_string()));
+                add_rate_limit_headers(&mut response, &rate_limits);
+                response.streaming(body)
+            }
+            Ok(Err(end)) => error_response(&end.pre_stream_error().rate_limits(rate_limits)),
             Err(_) => error_response(&ApiError::new(
                 ErrorCode::Internal,
                 "the relay stopped unexpectedly",
@@ -149,10 +163,12 @@ pub(super) async fn chat_completions(
                 finished.ttft,
                 None,
             );
-            HttpResponse::Ok()
+            let mut response = HttpResponse::Ok();
+            response
                 .content_type("application/json")
-                .insert_header(("x-tollgate-max-tokens", granted.to_string()))
-                .body(body)
+                .insert_header(("x-tollgate-max-tokens", granted.to_string()));
+            add_rate_limit_headers(&mut response, &rate_limits);
+            response.body(body)
         }
         Err((error, finished)) => {
             ticket.settle(finished.usage, finished.end.outcome()).await;
@@ -164,7 +180,7 @@ pub(super) async fn chat_completions(
                 None,
                 Some(error.code.as_str()),
             );
-            error_response(&error)
+            error_response(&error.rate_limits(rate_limits))
         }
     }
 }

@@ -1,8 +1,30 @@
 //! [`ApiError`] → HTTP response: status, OpenAI error body and `Retry-After`.
 
+use crate::accounting::RateLimitHeaders;
 use crate::error::{ApiError, ErrorCode};
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, HttpResponseBuilder};
+
+/// The `x-ratelimit-*` headers (OpenAI's names).
+pub(super) fn add_rate_limit_headers(
+    response: &mut HttpResponseBuilder,
+    limits: &RateLimitHeaders,
+) {
+    response
+        .insert_header((
+            "x-ratelimit-limit-requests",
+            limits.limit_requests.to_string(),
+        ))
+        .insert_header((
+            "x-ratelimit-remaining-requests",
+            limits.remaining_requests.to_string(),
+        ))
+        .insert_header(("x-ratelimit-limit-tokens", limits.limit_tokens.to_string()))
+        .insert_header((
+            "x-ratelimit-remaining-tokens",
+            limits.remaining_tokens.to_string(),
+        ));
+}
 
 pub(super) fn error_response(error: &ApiError) -> HttpResponse {
     let status =
@@ -11,6 +33,9 @@ pub(super) fn error_response(error: &ApiError) -> HttpResponse {
     response.content_type("application/json");
     if let Some(secs) = error.retry_after_secs {
         response.insert_header(("retry-after", secs.to_string()));
+    }
+    if let Some(limits) = &error.rate_limits {
+        add_rate_limit_headers(&mut response, limits);
     }
     if error.final_answer {
         response.insert_header(("x-should-retry", "false"));

@@ -4,6 +4,7 @@ use super::chat::chat_completions;
 use super::errors::error_response;
 use super::server::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::users::UserLimits;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -30,7 +31,8 @@ async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
     };
-    match state.users.usage(&identity.user_id).await {
+    let limits = UserLimits::for_plan(&state.config, &identity.plan);
+    match state.users.usage(&identity.user_id, limits).await {
         Ok(usage) => HttpResponse::Ok().json(json!({
             "user_id": identity.user_id,
             "plan": identity.plan,

@@ -1,38 +1,88 @@
-//! The per-user actor: owns one user's counters and open reservations.
+//! The per-user actor: owns one user's [`Book`], handles one message at a time (which is what
+//! makes admission atomic), sends alerts off the request path, and evicts itself when idle,
+//! leaving its state in the store.
 
-use super::messages::{Admission, Admit, Meter, Refusal, Settle, Snapshot, UserUsage, Verdict};
-use crate::accounting::Outcome;
-use actix::{Actor, Context, Handler};
+use super::alerts::{AlertSender, UserAlert};
+use super::book::{Book, Grant, UsageReport};
+use super::limits::UserLimits;
+use super::messages::{Admit, Meter, Settle, Snapshot, Verdict};
+use super::org::OrgLedger;
+use super::store::UserStore;
+use crate::clock::Clock;
+use crate::error::ApiError;
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// One admitted, not yet settled request.
-#[derive(Debug)]
-struct OpenRequest {
-    stream: bool,
-    estimated_input_tokens: u64,
-    metered_output_tokens: u64,
+/// What every actor shares.
+#[derive(Debug, Clone)]
+pub(super) struct Shared {
+    pub clock: Arc<dyn Clock>,
+    pub org: Arc<OrgLedger>,
+    pub store: Arc<dyn UserStore>,
+    pub alerts: AlertSender,
+    pub directory: Arc<Mutex<HashMap<String, actix::Addr<UserActor>>>>,
+    pub mailbox_capacity: usize,
+    pub idle_evict: Duration,
 }
 
-/// The actor. All mutation of a user's state happens in its handlers, one message at a time.
 pub(super) struct UserActor {
-    mailbox_capacity: usize,
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    cut_requests: u64,
-    open: HashMap<String, OpenRequest>,
+    user_id: String,
+    book: Book,
+    limits: Option<UserLimits>,
+    shared: Shared,
+    last_active: Instant,
+    evicting: bool,
 }
 
 impl UserActor {
-    pub(super) fn new(mailbox_capacity: usize) -> Self {
+    pub(super) fn new(user_id: String, shared: Shared) -> Self {
+        let state = shared.store.load(&user_id).unwrap_or_default();
         Self {
-            mailbox_capacity,
-            requests: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cut_requests: 0,
-            open: HashMap::new(),
+            user_id,
+            book: Book::new(state),
+            limits: None,
+            shared,
+            last_active: Instant::now(),
+            evicting: false,
         }
+    }
+
+    fn touched(&mut self) {
+        self.last_active = Instant::now();
+        if let Some(limits) = self.limits {
+            for alert in self.book.due_alerts(&limits) {
+                self.shared.alerts.send(UserAlert {
+                    user_id: self.user_id.clone(),
+                    alert,
+                });
+            }
+        }
+    }
+
+    fn evict_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.evicting
+            || self.book.has_open_requests()
+            || self.last_active.elapsed() < self.shared.idle_evict
+        {
+            return;
+        }
+        self.evicting = true;
+        self.shared
+            .store
+            .save(&self.user_id, self.book.state().clone());
+        let me = ctx.address();
+        let mut directory = self
+            .shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if directory.get(&self.user_id) == Some(&me) {
+            directory.remove(&self.user_id);
+        }
+        drop(directory);
+        ctx.stop();
     }
 }
 
@@ -40,37 +90,49 @@ impl Actor for UserActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
+        let every =
+            (self.shared.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+        ctx.run_interval(every, |actor, ctx| actor.evict_if_idle(ctx));
     }
 }
 
 impl Handler<Admit> for UserActor {
-    type Result = Result<Admission, Refusal>;
+    type Result = MessageResult<Admit>;
 
-    fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
-        self.requests += 1;
-        self.open.insert(
-            msg.request_id,
-            OpenRequest {
-                stream: msg.stream,
-                estimated_input_tokens: msg.estimated_input_tokens,
-                metered_output_tokens: 0,
-            },
-        );
-        Ok(Admission {
-            max_tokens: msg.max_tokens,
-        })
+    fn handle(&mut self, Admit(request): Admit, _: &mut Self::Context) -> Self::Result {
+        if self.evicting {
+            return MessageResult(None);
+        }
+        self.limits = Some(request.limits);
+        let now = self.shared.clock.now_ms();
+        let result: Result<Grant, ApiError> = self.book.admit(request, now, &self.shared.org);
+        self.touched();
+        MessageResult(Some(result))
     }
 }
 
 impl Handler<Meter> for UserActor {
-    type Result = actix::MessageResult<Meter>;
+    type Result = MessageResult<Meter>;
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
-        if let Some(open) = self.open.get_mut(&msg.request_id) {
-            open.metered_output_tokens += msg.output_tokens;
-        }
-        actix::MessageResult(Verdict::Continue)
+        let Some(limits) = self.limits else {
+            return MessageResult(Verdict::Continue);
+        };
+        let now = self.shared.clock.now_ms();
+        let within = self.book.meter(
+            &msg.request_id,
+            msg.output_tokens,
+            &limits,
+            now,
+            &self.shared.org,
+        );
+        self.touched();
+        MessageResult(if within {
+            Verdict::Continue
+        } else {
+            Verdict::StopBudget
+        })
     }
 }
 
@@ -78,30 +140,26 @@ impl Handler<Settle> for UserActor {
     type Result = ();
 
     fn handle(&mut self, msg: Settle, _: &mut Self::Context) {
-        // Settling twice (or an unknown id) changes nothing: settlement is exactly once.
-        if self.open.remove(&msg.request_id).is_some() {
-            self.input_tokens += msg.usage.input_tokens;
-            self.output_tokens += msg.usage.output_tokens;
-            if !matches!(msg.outcome, Outcome::Completed) {
-                self.cut_requests += 1;
-            }
-        }
+        let now = self.shared.clock.now_ms();
+        self.book.settle(
+            &msg.request_id,
+            msg.usage,
+            msg.outcome,
+            now,
+            &self.shared.org,
+        );
+        self.touched();
     }
 }
 
 impl Handler<Snapshot> for UserActor {
-    type Result = actix::MessageResult<Snapshot>;
+    type Result = MessageResult<Snapshot>;
 
-    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(UserUsage {
-            requests: self.requests,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            open_input_tokens: self.open.values().map(|o| o.estimated_input_tokens).sum(),
-            open_output_tokens: self.open.values().map(|o| o.metered_output_tokens).sum(),
-            cut_requests: self.cut_requests,
-            open_requests: self.open.len() as u64,
-            open_streams: self.open.values().filter(|o| o.stream).count() as u64,
-        })
+    fn handle(&mut self, Snapshot(limits): Snapshot, _: &mut Self::Context) -> Self::Result {
+        if self.evicting {
+            return MessageResult(None);
+        }
+        let report: UsageReport = self.book.report(&limits, self.shared.clock.now_ms());
+        MessageResult(Some(report))
     }
 }

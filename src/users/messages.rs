@@ -1,31 +1,16 @@
-//! Messages a user's actor answers, and their replies.
+//! Messages a user's actor answers. `None` answers mean "this actor is being evicted: ask a
+//! fresh one" (the registry retries).
 
+use super::book::{AdmitRequest, Grant, UsageReport};
+use super::limits::UserLimits;
 use crate::accounting::{Outcome, Usage};
+use crate::error::ApiError;
 use actix::Message;
-use serde::Serialize;
 
-/// Reserve for a new request before it reaches the upstream.
+/// Check the windows and reserve for a new request.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Admission, Refusal>")]
-pub struct Admit {
-    pub request_id: String,
-    pub estimated_input_tokens: u64,
-    pub max_tokens: u32,
-    pub stream: bool,
-}
-
-/// What admission granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
-    /// The output cap this request may use (≤ what it asked for).
-    pub max_tokens: u32,
-}
-
-/// Why admission refused; carries what the client needs to wait or give up.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub error: crate::error::ApiError,
-}
+#[rtype(result = "Option<Result<Grant, ApiError>>")]
+pub struct Admit(pub AdmitRequest);
 
 /// Output tokens relayed since the last report.
 #[derive(Debug, Message)]
@@ -39,7 +24,7 @@ pub struct Meter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Continue,
-    /// Stop relaying: a running limit was crossed.
+    /// Stop relaying: a spend cap was passed.
     StopBudget,
 }
 
@@ -52,28 +37,7 @@ pub struct Settle {
     pub outcome: Outcome,
 }
 
-/// Read the user's counters.
+/// Read the user's counters and windows under `limits`.
 #[derive(Debug, Message)]
-#[rtype(result = "UserUsage")]
-pub struct Snapshot;
-
-/// The user's counters as `/v1/usage` reports them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct UserUsage {
-    /// Requests admitted.
-    pub requests: u64,
-    /// Settled input tokens.
-    pub input_tokens: u64,
-    /// Settled output tokens.
-    pub output_tokens: u64,
-    /// Requests settled with any ending other than `completed`.
-    pub cut_requests: u64,
-    /// Estimated input tokens reserved by requests still open.
-    pub open_input_tokens: u64,
-    /// Output tokens metered by requests still open.
-    pub open_output_tokens: u64,
-    /// Requests admitted and not yet settled.
-    pub open_requests: u64,
-    /// Streams admitted and not yet settled.
-    pub open_streams: u64,
-}
+#[rtype(result = "Option<UsageReport>")]
+pub struct Snapshot(pub UserLimits);

@@ -1,18 +1,24 @@
-//! Per-user state, owned by one actix actor per user.
+//! Per-user limits, held by one actix actor per user.
 //!
-//! The request path talks to a user's actor in three steps: **admit** (reserve before the
-//! upstream call), **meter** (report relayed output tokens in batches and obey the answer) and
-//! **settle** (replace the reservation with what was used, exactly once). [`Ticket`] carries a
-//! request through these steps and settles on drop if the request path never did.
-//!
-//! What the actor enforces grows with the per-user limits issue; today it keeps the counts
-//! (requests, tokens, open streams) that `/v1/usage` reports.
+//! The request path talks to a user's actor in three steps: **admit** (check every window and
+//! reserve, atomically, before the upstream call), **meter** (report relayed output tokens in
+//! batches; the answer is continue or stop) and **settle** (replace the reservation with what
+//! was used, exactly once). [`Ticket`] carries a request through these steps and settles on
+//! drop if the request path never did. The rules live in [`book`]; the actor only owns a book.
 
 mod actor;
+mod alerts;
+pub mod book;
+pub mod calendar;
+pub mod limits;
 mod messages;
-pub mod registry;
+mod org;
+mod registry;
+mod store;
 mod ticket;
 
-pub use messages::{Admission, Refusal, UserUsage, Verdict};
-pub use registry::UserRegistry;
+pub use book::UsageReport;
+pub use limits::UserLimits;
+pub use messages::Verdict;
+pub use registry::{NewRequest, UserRegistry};
 pub use ticket::Ticket;

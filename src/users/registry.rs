@@ -1,93 +1,141 @@
 //! Finds (or starts) a user's actor. Actors are spread over dedicated arbiter threads by a hash
 //! of the user id, so one busy user never stalls the HTTP workers or other users' actors.
+//! An actor that evicted itself answers `None`; the registry then starts a fresh one, which
+//! loads the saved state.
 
-use super::actor::UserActor;
-use super::messages::{Admit, Snapshot, UserUsage};
+use super::actor::{Shared, UserActor};
+use super::alerts;
+use super::book::{AdmitRequest, UsageReport};
+use super::limits::{usd_to_micro, UserLimits};
+use super::messages::{Admit, Snapshot};
+use super::org::OrgLedger;
+use super::store::{MemoryStore, UserStore};
 use super::ticket::Ticket;
-use crate::config::UsersConfig;
+use crate::clock::Clock;
+use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
+use crate::pricing::Price;
 use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Attempts at reaching a live actor (an evicting one sends the caller to a fresh one).
+const ATTEMPTS: usize = 3;
 
 /// What the request path needs to open a request for a user.
 #[derive(Debug, Clone)]
-pub struct AdmitRequest<'a> {
+pub struct NewRequest<'a> {
     pub user_id: &'a str,
     pub request_id: &'a str,
     pub estimated_input_tokens: u64,
     pub max_tokens: u32,
     pub stream: bool,
+    pub price: Price,
+    pub limits: UserLimits,
 }
 
 /// The user-id → actor map and the threads the actors run on.
 pub struct UserRegistry {
     arbiters: Vec<Arbiter>,
-    actors: Mutex<HashMap<String, Addr<UserActor>>>,
-    mailbox_capacity: usize,
+    alert_arbiter: Arbiter,
+    shared: Shared,
 }
 
 impl UserRegistry {
-    /// Starts `threads` arbiter threads for the actors.
-    pub fn new(threads: usize, config: &UsersConfig) -> Self {
+    /// Starts `threads` arbiter threads for the actors, and one for alert delivery.
+    pub fn new(threads: usize, config: &Config, clock: Arc<dyn Clock>) -> Self {
+        let alert_arbiter = Arbiter::new();
+        let alerts = alerts::start(&alert_arbiter, config.cost.alert_webhook_url.clone());
+        let store: Arc<dyn UserStore> = Arc::new(MemoryStore::default());
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
-            actors: Mutex::new(HashMap::new()),
-            mailbox_capacity: config.mailbox_capacity,
+            alert_arbiter,
+            shared: Shared {
+                clock,
+                org: Arc::new(OrgLedger::new(usd_to_micro(config.cost.max_org_daily_usd))),
+                store,
+                alerts,
+                directory: Arc::new(Mutex::new(HashMap::new())),
+                mailbox_capacity: config.users.mailbox_capacity,
+                idle_evict: Duration::from_secs(config.users.idle_evict_secs),
+            },
         }
     }
 
     fn actor(&self, user_id: &str) -> Addr<UserActor> {
-        let mut actors = self.actors.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(addr) = actors.get(user_id).filter(|a| a.connected()) {
+        let mut directory = self
+            .shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = directory.get(user_id).filter(|a| a.connected()) {
             return addr.clone();
         }
         let mut hasher = DefaultHasher::new();
         user_id.hash(&mut hasher);
         let arbiter = &self.arbiters[(hasher.finish() as usize) % self.arbiters.len()];
-        let capacity = self.mailbox_capacity;
+        let shared = self.shared.clone();
+        let id = user_id.to_string();
         let addr =
-            UserActor::start_in_arbiter(&arbiter.handle(), move |_| UserActor::new(capacity));
-        actors.insert(user_id.to_string(), addr.clone());
+            UserActor::start_in_arbiter(&arbiter.handle(), move |_| UserActor::new(id, shared));
+        directory.insert(user_id.to_string(), addr.clone());
         addr
     }
 
-    /// Admits a request: the returned ticket meters and settles it.
-    pub async fn admit(&self, request: AdmitRequest<'_>) -> Result<Ticket, ApiError> {
-        let addr = self.actor(request.user_id);
-        let admission = addr
-            .send(Admit {
+    /// Admits a request (or refuses it with the window that said no). The returned ticket
+    /// meters and settles it.
+    pub async fn admit(&self, request: NewRequest<'_>) -> Result<Ticket, ApiError> {
+        for _ in 0..ATTEMPTS {
+            let addr = self.actor(request.user_id);
+            let message = Admit(AdmitRequest {
                 request_id: request.request_id.to_string(),
                 estimated_input_tokens: request.estimated_input_tokens,
                 max_tokens: request.max_tokens,
                 stream: request.stream,
-            })
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(|refusal| refusal.error)?;
-        Ok(Ticket::new(
-            addr,
-            request.request_id.to_string(),
-            request.estimated_input_tokens,
-            admission.max_tokens,
-        ))
+                price: request.price,
+                limits: request.limits,
+            });
+            if let Ok(Some(answer)) = addr.send(message).await {
+                let grant = answer?;
+                return Ok(Ticket::new(
+                    addr,
+                    request.request_id.to_string(),
+                    request.estimated_input_tokens,
+                    grant.max_tokens,
+                    grant.rate_limits,
+                ));
+            }
+        }
+        Err(unavailable())
     }
 
-    /// The user's counters.
-    pub async fn usage(&self, user_id: &str) -> Result<UserUsage, ApiError> {
-        self.actor(user_id)
-            .send(Snapshot)
-            .await
-            .map_err(|_| unavailable())
+    /// The user's counters and windows.
+    pub async fn usage(&self, user_id: &str, limits: UserLimits) -> Result<UsageReport, ApiError> {
+        for _ in 0..ATTEMPTS {
+            if let Ok(Some(report)) = self.actor(user_id).send(Snapshot(limits)).await {
+                return Ok(report);
+            }
+        }
+        Err(unavailable())
+    }
+
+    /// Actors currently alive.
+    pub fn live_actors(&self) -> usize {
+        self.shared
+            .directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
 
 impl Drop for UserRegistry {
     fn drop(&mut self) {
-        for arbiter in &self.arbiters {
+        for arbiter in self.arbiters.iter().chain([&self.alert_arbiter]) {
             arbiter.stop();
         }
     }

@@ -2,7 +2,7 @@
 
 use super::actor::UserActor;
 use super::messages::{Meter, Settle, Verdict};
-use crate::accounting::{Outcome, Usage};
+use crate::accounting::{Outcome, RateLimitHeaders, Usage};
 use actix::Addr;
 
 /// Meters and settles one admitted request. Dropping it unsettled (a handler future dropped
@@ -14,6 +14,7 @@ pub struct Ticket {
     estimated_input_tokens: u64,
     metered_output_tokens: u64,
     max_tokens: u32,
+    rate_limits: RateLimitHeaders,
     settled: bool,
 }
 
@@ -23,6 +24,7 @@ impl Ticket {
         request_id: String,
         estimated_input_tokens: u64,
         max_tokens: u32,
+        rate_limits: RateLimitHeaders,
     ) -> Self {
         Self {
             addr,
@@ -30,6 +32,7 @@ impl Ticket {
             estimated_input_tokens,
             metered_output_tokens: 0,
             max_tokens,
+            rate_limits,
             settled: false,
         }
     }
@@ -37,6 +40,11 @@ impl Ticket {
     /// The output cap admission granted.
     pub fn max_tokens(&self) -> u32 {
         self.max_tokens
+    }
+
+    /// The caller's windows right after admission (for the `x-ratelimit-*` headers).
+    pub fn rate_limits(&self) -> RateLimitHeaders {
+        self.rate_limits
     }
 
     /// Output tokens reported so far.
@@ -57,8 +65,9 @@ impl Ticket {
         match self.addr.send(message).await {
             Ok(verdict) => verdict,
             Err(_) => {
-                tracing::warn!(request_id = %self.request_id, "user actor unreachable while metering");
-                Verdict::Continue
+                // The actor cannot hold the limits: fail closed rather than stream unmetered.
+                tracing::error!(request_id = %self.request_id, "user actor unreachable while metering");
+                Verdict::StopBudget
             }
         }
     }

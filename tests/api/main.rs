@@ -8,5 +8,6 @@ mod support;
 mod cuts;
 mod errors;
 mod framing;
+mod limits;
 mod non_stream;
 mod streaming;

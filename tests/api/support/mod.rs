@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate::clock::ManualClock;
 use tollgate::config::{Config, Secret};
 use tollgate::mock::{self, MockOptions, MockRecorder};
 use tollgate::startup::{start, StartOptions};
@@ -16,12 +17,17 @@ use tollgate::telemetry::{LogSink, MemoryLog};
 pub const JWT_SECRET: &str = "integration-test-secret";
 pub const UPSTREAM_KEY: &str = "sk-upstream-test-key";
 
+/// The tests' "now": 2026-11-25T12:00:00Z.
+pub const TEST_NOW_MS: u64 = 1_795_608_000_000;
+
 /// How long any single wait in a test may take before the test fails (never a sleep).
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A running gateway and the mock behind it.
 pub struct TestApp {
     pub base: String,
+    /// The windows' clock: tests move it instead of sleeping.
+    pub clock: ManualClock,
     pub recorder: Arc<MockRecorder>,
     pub logs: Arc<MemoryLog>,
     pub config: Config,
@@ -65,12 +71,14 @@ pub async fn spawn_app(options: MockOptions, tweak: impl FnOnce(&mut Config)) ->
 pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (log_sink, logs) = LogSink::memory();
+    let clock = ManualClock::new(TEST_NOW_MS);
     let gateway = start(
         config.clone(),
         listener,
         StartOptions {
             log_sink,
             handle_signals: false,
+            clock: Arc::new(clock.clone()),
         },
     )
     .unwrap();
@@ -78,6 +86,7 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
     actix_rt::spawn(gateway.server);
     TestApp {
         base: format!("http://{addr}"),
+        clock,
         recorder,
         logs,
         config,

@@ -1,0 +1,491 @@
+//! One user's ledger: the windows, open reservations and spend, and the rules that change them.
+//! Pure logic (no actor, no I/O, time passed in), owned by the user's actor, unit-tested here.
+//!
+//! - Requests per minute: a sliding log of admission times, so no rolling 60 s ever holds more
+//!   than the limit (no double burst at a boundary).
+//! - Requests, tokens and spend per UTC day; spend per UTC month. Open requests count too:
+//!   tokens as reserved (input estimate + granted `max_tokens`), spend as metered so far.
+//! - Admission checks every window and reserves in one step; settlement replaces the
+//!   reservation with what was used, once (a second settle of the same id changes nothing).
+//! - Metering adds output to the running spend; the answer is stop once a cap is passed.
+
+use super::calendar::{day_key, month_key, next_day_ms, next_month_ms, rfc3339};
+use super::limits::UserLimits;
+use super::org::OrgLedger;
+use crate::accounting::{Outcome, RateLimitHeaders, Usage};
+use crate::error::{ApiError, ErrorCode};
+use crate::pricing::Price;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+const MINUTE_MS: u64 = 60_000;
+
+/// What survives an actor: kept in the store when the actor is evicted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserState {
+    /// Admission times (ms) in the last minute, oldest first.
+    minute: VecDeque<u64>,
+    day: u64,
+    requests_today: u64,
+    tokens_today: u64,
+    spend_today_micro_usd: u64,
+    month: u32,
+    spend_month_micro_usd: u64,
+    alerted_day: Option<u64>,
+    alerted_month: Option<u32>,
+    /// Lifetime totals.
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cut_requests: u64,
+}
+
+/// An admitted, unsettled request.
+#[derive(Debug, Clone)]
+struct OpenRequest {
+    stream: bool,
+    day: u64,
+    month: u32,
+    price: Price,
+    input_tokens: u64,
+    reserved_tokens: u64,
+    metered_output_tokens: u64,
+}
+
+impl OpenRequest {
+    fn cost(&self) -> u64 {
+        self.price.cost_micro_usd(Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.metered_output_tokens,
+        })
+    }
+}
+
+/// A request asking to be admitted.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    pub request_id: String,
+    pub estimated_input_tokens: u64,
+    pub max_tokens: u32,
+    pub stream: bool,
+    pub price: Price,
+    pub limits: UserLimits,
+}
+
+/// What admission granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub max_tokens: u32,
+    pub rate_limits: RateLimitHeaders,
+}
+
+/// A cap crossed: a webhook and log line are owed, once per user per window period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub window: &'static str,
+    pub spend_micro_usd: u64,
+    pub cap_micro_usd: u64,
+    pub percent: u8,
+}
+
+/// One window in `/v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowReport {
+    pub used: u64,
+    pub limit: u64,
+    pub remaining: u64,
+    pub resets_at: String,
+}
+
+/// One spend cap in `/v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendReport {
+    pub used_usd: f64,
+    pub limit_usd: f64,
+    pub remaining_usd: f64,
+    pub resets_at: String,
+}
+
+/// The user's counters and windows, as `/v1/usage` reports them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageReport {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cut_requests: u64,
+    pub open_requests: u64,
+    pub open_streams: u64,
+    pub open_input_tokens: u64,
+    pub open_output_tokens: u64,
+    pub requests_per_minute: WindowReport,
+    pub requests_per_day: WindowReport,
+    pub tokens_per_day: WindowReport,
+    pub concurrent_streams: WindowReport,
+    pub daily_usd: SpendReport,
+    pub monthly_usd: SpendReport,
+}
+
+/// The ledger.
+#[derive(Debug, Default)]
+pub struct Book {
+    state: UserState,
+    open: HashMap<String, OpenRequest>,
+}
+
+impl Book {
+    pub fn new(state: UserState) -> Self {
+        Self {
+            state,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn state(&self) -> &UserState {
+        &self.state
+    }
+
+    pub fn has_open_requests(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    /// Moves the windows to `now`: expires minute entries, starts a new day or month.
+    fn roll(&mut self, now_ms: u64) {
+        while self
+            .state
+            .minute
+            .front()
+            .is_some_and(|t| t + MINUTE_MS <= now_ms)
+        {
+            self.state.minute.pop_front();
+        }
+        let day = day_key(now_ms);
+        if day != self.state.day {
+            self.state.day = day;
+            self.state.requests_today = 0;
+            self.state.tokens_today = 0;
+            self.state.spend_today_micro_usd = 0;
+        }
+        let month = month_key(now_ms);
+        if month != self.state.month {
+            self.state.month = month;
+            self.state.spend_month_micro_usd = 0;
+        }
+    }
+
+    fn tokens_running(&self) -> u64 {
+        let day = self.state.day;
+        self.state.tokens_today
+            + self
+                .open
+                .values()
+                .filter(|o| o.day == day)
+                .map(|o| o.reserved_tokens)
+                .sum::<u64>()
+    }
+
+    fn spend_today_running(&self) -> u64 {
+        let day = self.state.day;
+        self.state.spend_today_micro_usd
+            + self
+                .open
+                .values()
+                .filter(|o| o.day == day)
+                .map(OpenRequest::cost)
+                .sum::<u64>()
+    }
+
+    fn spend_month_running(&self) -> u64 {
+        let month = self.state.month;
+        self.state.spend_month_micro_usd
+            + self
+                .open
+                .values()
+                .filter(|o| o.month == month)
+                .map(OpenRequest::cost)
+                .sum::<u64>()
+    }
+
+    fn rate_limits(&self, limits: &UserLimits) -> RateLimitHeaders {
+        RateLimitHeaders {
+            limit_requests: limits.requests_per_minute,
+            remaining_requests: limits
+                .requests_per_minute
+                .saturating_sub(self.state.minute.len() as u64),
+            limit_tokens: limits.tokens_per_day,
+            remaining_tokens: limits.tokens_per_day.saturating_sub(self.tokens_running()),
+        }
+    }
+
+    /// Checks every window and, if all allow it, reserves for the request. One atomic step:
+    /// the caller (the user's actor) handles one message at a time.
+    pub fn admit(
+        &mut self,
+        request: AdmitRequest,
+        now_ms: u64,
+        org: &OrgLedger,
+    ) -> Result<Grant, ApiError> {
+        self.roll(now_ms);
+        let limits = &request.limits;
+        let refuse =
+            |book: &Self, error: ApiError| Err(error.rate_limits(book.rate_limits(limits)));
+        let until_midnight = secs_until(now_ms, next_day_ms(now_ms));
+
+        if self.open.len() as u64 >= limits.max_concurrent_streams {
+            let error = ApiError::new(
+                ErrorCode::ConcurrentStreams,
+                format!(
+                    "too many requests in flight (limit {})",
+                    limits.max_concurrent_streams
+                ),
+            )
+            .retry_after(1);
+            return refuse(self, error);
+        }
+        if self.state.minute.len() as u64 >= limits.requests_per_minute {
+            let frees_at = self
+                .state
+                .minute
+                .front()
+                .map_or(now_ms + MINUTE_MS, |t| t + MINUTE_MS);
+            let error = ApiError::new(
+                ErrorCode::RequestsPerMinute,
+                format!(
+                    "request limit reached ({} per minute)",
+                    limits.requests_per_minute
+                ),
+            )
+            .retry_after(secs_until(now_ms, frees_at));
+            return refuse(self, error);
+        }
+        if self.state.requests_today >= limits.requests_per_day {
+            let error = ApiError::new(
+                ErrorCode::RequestsPerDay,
+                format!(
+                    "daily request limit reached ({} per day)",
+                    limits.requests_per_day
+                ),
+            )
+            .retry_after(until_midnight)
+            .no_retry();
+            return refuse(self, error);
+        }
+        let input_cost = request.price.cost_micro_usd(Usage {
+            input_tokens: request.estimated_input_tokens,
+            output_tokens: 0,
+        });
+        if self.spend_today_running() + input_cost > limits.daily_cap_micro_usd {
+            let error = ApiError::new(ErrorCode::DailyBudget, "daily spend cap reached")
+                .retry_after(until_midnight)
+                .no_retry();
+            return refuse(self, error);
+        }
+        if self.spend_month_running() + input_cost > limits.monthly_cap_micro_usd {
+            let error = ApiError::new(ErrorCode::MonthlyBudget, "monthly spend cap reached")
+                .retry_after(secs_until(now_ms, next_month_ms(now_ms)))
+                .no_retry();
+            return refuse(self, error);
+        }
+        if org
+            .cap()
+            .is_some_and(|cap| org.spent(self.state.day) + input_cost > cap)
+        {
+            let error = ApiError::new(
+                ErrorCode::OrgDailyBudget,
+                "the organisation's daily spend cap is reached",
+            )
+            .retry_after(until_midnight)
+            .no_retry();
+            return refuse(self, error);
+        }
+        let left = limits.tokens_per_day.saturating_sub(self.tokens_running());
+        let floor = u64::from(limits.min_granted_tokens.min(request.max_tokens));
+        if left < request.estimated_input_tokens + floor {
+            let error = ApiError::new(
+                ErrorCode::TokensPerDay,
+                format!(
+                    "daily token limit reached ({} per day)",
+                    limits.tokens_per_day
+                ),
+            )
+            .retry_after(until_midnight)
+            .no_retry();
+            return refuse(self, error);
+        }
+        let granted = u64::from(request.max_tokens).min(left - request.estimated_input_tokens);
+        let granted = u32::try_from(granted).unwrap_or(u32::MAX);
+
+        self.state.minute.push_back(now_ms);
+        self.state.requests_today += 1;
+        self.state.requests += 1;
+        self.open.insert(
+            request.request_id,
+            OpenRequest {
+                stream: request.stream,
+                day: self.state.day,
+                month: self.state.month,
+                price: request.price,
+                input_tokens: request.estimated_input_tokens,
+                reserved_tokens: request.estimated_input_tokens + u64::from(granted),
+                metered_output_tokens: 0,
+            },
+        );
+        org.add(self.state.day, input_cost as i64);
+        Ok(Grant {
+            max_tokens: granted,
+            rate_limits: self.rate_limits(limits),
+        })
+    }
+
+    /// Adds relayed output tokens; `false` once a spend cap is passed (stop this stream).
+    pub fn meter(
+        &mut self,
+        request_id: &str,
+        output_tokens: u64,
+        limits: &UserLimits,
+        now_ms: u64,
+        org: &OrgLedger,
+    ) -> bool {
+        self.roll(now_ms);
+        let Some(open) = self.open.get_mut(request_id) else {
+            return true;
+        };
+        let before = open.cost();
+        open.metered_output_tokens += output_tokens;
+        let delta = open.cost() - before;
+        org.add(self.state.day, delta as i64);
+        self.spend_today_running() <= limits.daily_cap_micro_usd
+            && self.spend_month_running() <= limits.monthly_cap_micro_usd
+            && !org.over(self.state.day)
+    }
+
+    /// Replaces the reservation with what was used. Settling an unknown (or already settled)
+    /// request changes nothing.
+    pub fn settle(
+        &mut self,
+        request_id: &str,
+        usage: Usage,
+        outcome: Outcome,
+        now_ms: u64,
+        org: &OrgLedger,
+    ) {
+        self.roll(now_ms);
+        let Some(open) = self.open.remove(request_id) else {
+            return;
+        };
+        let cost = open.price.cost_micro_usd(usage);
+        // Usage is charged to the day and month of admission; once those are over, the
+        // current windows are not charged for them.
+        if open.day == self.state.day {
+            self.state.tokens_today += usage.total();
+            self.state.spend_today_micro_usd += cost;
+        }
+        if open.month == self.state.month {
+            self.state.spend_month_micro_usd += cost;
+        }
+        org.add(open.day, cost as i64 - open.cost() as i64);
+        self.state.input_tokens += usage.input_tokens;
+        self.state.output_tokens += usage.output_tokens;
+        if outcome != Outcome::Completed {
+            self.state.cut_requests += 1;
+        }
+    }
+
+    /// Alerts owed now: a cap passed the threshold and no alert went out this period yet.
+    pub fn due_alerts(&mut self, limits: &UserLimits) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let percent = u64::from(limits.alert_threshold_percent);
+        let crossed = |spend: u64, cap: u64| cap > 0 && spend * 100 >= cap * percent;
+        let today = self.spend_today_running();
+        if crossed(today, limits.daily_cap_micro_usd)
+            && self.state.alerted_day != Some(self.state.day)
+        {
+            self.state.alerted_day = Some(self.state.day);
+            alerts.push(Alert {
+                window: "daily",
+                spend_micro_usd: today,
+                cap_micro_usd: limits.daily_cap_micro_usd,
+                percent: limits.alert_threshold_percent,
+            });
+        }
+        let month = self.spend_month_running();
+        if crossed(month, limits.monthly_cap_micro_usd)
+            && self.state.alerted_month != Some(self.state.month)
+        {
+            self.state.alerted_month = Some(self.state.month);
+            alerts.push(Alert {
+                window: "monthly",
+                spend_micro_usd: month,
+                cap_micro_usd: limits.monthly_cap_micro_usd,
+                percent: limits.alert_threshold_percent,
+            });
+        }
+        alerts
+    }
+
+    /// The report for `/v1/usage`.
+    pub fn report(&mut self, limits: &UserLimits, now_ms: u64) -> UsageReport {
+        self.roll(now_ms);
+        let window = |used: u64, limit: u64, resets_ms: u64| WindowReport {
+            used,
+            limit,
+            remaining: limit.saturating_sub(used),
+            resets_at: rfc3339(resets_ms),
+        };
+        let spend = |used: u64, limit: u64, resets_ms: u64| SpendReport {
+            used_usd: micro_to_usd(used),
+            limit_usd: micro_to_usd(limit),
+            remaining_usd: micro_to_usd(limit.saturating_sub(used)),
+            resets_at: rfc3339(resets_ms),
+        };
+        let minute_resets = self.state.minute.front().map_or(now_ms, |t| t + MINUTE_MS);
+        UsageReport {
+            requests: self.state.requests,
+            input_tokens: self.state.input_tokens,
+            output_tokens: self.state.output_tokens,
+            cut_requests: self.state.cut_requests,
+            open_requests: self.open.len() as u64,
+            open_streams: self.open.values().filter(|o| o.stream).count() as u64,
+            open_input_tokens: self.open.values().map(|o| o.input_tokens).sum(),
+            open_output_tokens: self.open.values().map(|o| o.metered_output_tokens).sum(),
+            requests_per_minute: window(
+                self.state.minute.len() as u64,
+                limits.requests_per_minute,
+                minute_resets,
+            ),
+            requests_per_day: window(
+                self.state.requests_today,
+                limits.requests_per_day,
+                next_day_ms(now_ms),
+            ),
+            tokens_per_day: window(
+                self.tokens_running(),
+                limits.tokens_per_day,
+                next_day_ms(now_ms),
+            ),
+            concurrent_streams: window(
+                self.open.len() as u64,
+                limits.max_concurrent_streams,
+                now_ms,
+            ),
+            daily_usd: spend(
+                self.spend_today_running(),
+                limits.daily_cap_micro_usd,
+                next_day_ms(now_ms),
+            ),
+            monthly_usd: spend(
+                self.spend_month_running(),
+                limits.monthly_cap_micro_usd,
+                next_month_ms(now_ms),
+            ),
+        }
+    }
+}
+
+/// Whole seconds from `now_ms` until `at_ms`, at least 1.
+fn secs_until(now_ms: u64, at_ms: u64) -> u64 {
+    at_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+}
+
+fn micro_to_usd(micro: u64) -> f64 {
+    micro as f64 / 1_000_000.0
+}
