@@ -489,3 +489,196 @@ fn secs_until(now_ms: u64, at_ms: u64) -> u64 {
 fn micro_to_usd(micro: u64) -> f64 {
     micro as f64 / 1_000_000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, ModelPrice};
+    use crate::pricing::PriceTable;
+
+    const T0: u64 = 1_795_608_000_000; // 2026-11-25T12:00:00Z
+
+    fn price() -> Price {
+        let table = PriceTable::new(&std::collections::BTreeMap::from([(
+            "m".to_string(),
+            ModelPrice {
+                input_per_million_usd: 2.5,
+                output_per_million_usd: 10.0,
+            },
+        )]));
+        table.price("m").unwrap()
+    }
+
+    fn limits() -> UserLimits {
+        UserLimits::for_plan(&Config::default(), "pro")
+    }
+
+    fn request(id: &str, limits: UserLimits) -> AdmitRequest {
+        AdmitRequest {
+            request_id: id.into(),
+            estimated_input_tokens: 10,
+            max_tokens: 100,
+            stream: true,
+            price: price(),
+            limits,
+        }
+    }
+
+    fn code(result: Result<Grant, ApiError>) -> Option<ErrorCode> {
+        result.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn no_double_burst_at_a_minute_boundary() {
+        let limits = UserLimits {
+            requests_per_minute: 60,
+            max_concurrent_streams: 1000,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        let at = T0 + 59_900;
+        for i in 0..60 {
+            assert!(book
+                .admit(request(&format!("a{i}"), limits), at, &org)
+                .is_ok());
+        }
+        // 0.2 s later a fixed window would have reset; the rolling one has not.
+        for i in 0..60 {
+            let refused = book.admit(request(&format!("b{i}"), limits), at + 200, &org);
+            assert_eq!(code(refused), Some(ErrorCode::RequestsPerMinute));
+        }
+        let refused = book
+            .admit(request("c", limits), at + 59_999, &org)
+            .unwrap_err();
+        assert_eq!(refused.retry_after_secs, Some(1));
+        assert!(book.admit(request("d", limits), at + 60_000, &org).is_ok());
+    }
+
+    #[test]
+    fn settlement_replaces_the_reservation_once() {
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        let grant = book.admit(request("r1", limits()), T0, &org).unwrap();
+        assert_eq!(grant.max_tokens, 100);
+        assert_eq!(book.tokens_running(), 110, "input + max_tokens reserved");
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 7,
+        };
+        book.settle("r1", usage, Outcome::Completed, T0, &org);
+        book.settle("r1", usage, Outcome::Completed, T0, &org);
+        assert_eq!(book.tokens_running(), 17);
+        assert_eq!(book.state.output_tokens, 7);
+        assert_eq!(book.state.spend_today_micro_usd, 25 + 70);
+        assert_eq!(
+            org.spent(day_key(T0)),
+            95,
+            "the org ledger follows the final cost"
+        );
+    }
+
+    #[test]
+    fn metering_stops_once_the_running_spend_passes_the_daily_cap() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 200,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        book.admit(request("b", limits), T0, &org).unwrap();
+        // 2 × 25 input; 10 output tokens = 100 more: 150 ≤ 200.
+        assert!(book.meter("a", 10, &limits, T0, &org));
+        // Another stream's output counts against the same spend: 150 + 60 > 200.
+        assert!(!book.meter("b", 6, &limits, T0, &org));
+        assert!(!book.meter("a", 1, &limits, T0, &org));
+        let refused = book.admit(request("c", limits), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::DailyBudget);
+        assert!(refused.final_answer);
+    }
+
+    #[test]
+    fn the_org_cap_stops_everyone() {
+        let org = OrgLedger::new(100);
+        let mut alice = Book::default();
+        let mut bob = Book::default();
+        alice.admit(request("a", limits()), T0, &org).unwrap();
+        assert!(!alice.meter("a", 10, &limits(), T0, &org), "25 + 100 > 100");
+        let refused = bob.admit(request("b", limits()), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::OrgDailyBudget);
+        // Settling for less than was metered gives the difference back.
+        alice.settle(
+            "a",
+            Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+            },
+            Outcome::CutBudget,
+            T0,
+            &org,
+        );
+        assert_eq!(org.spent(day_key(T0)), 45);
+        assert!(bob.admit(request("b", limits()), T0, &org).is_ok());
+    }
+
+    #[test]
+    fn a_stream_that_crosses_midnight_is_charged_to_its_admission_day() {
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("late", limits()), T0 + 11 * 3_600_000, &org)
+            .unwrap();
+        let next_day = next_day_ms(T0) + 5_000;
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 50,
+        };
+        book.settle("late", usage, Outcome::Completed, next_day, &org);
+        let report = book.report(&limits(), next_day);
+        assert_eq!(report.tokens_per_day.used, 0);
+        assert_eq!(report.requests_per_day.used, 0);
+        assert_eq!(report.output_tokens, 50);
+        assert!(report.monthly_usd.used_usd > 0.0, "same month");
+    }
+
+    #[test]
+    fn alerts_fire_once_per_window_period() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 1000,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        assert!(book.due_alerts(&limits).is_empty());
+        book.meter("a", 78, &limits, T0, &org); // 25 + 780 = 805 ≥ 80 %
+        let alerts = book.due_alerts(&limits);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].window, "daily");
+        book.meter("a", 10, &limits, T0, &org);
+        assert!(book.due_alerts(&limits).is_empty(), "once per day");
+        book.settle("a", Usage::default(), Outcome::Completed, T0, &org);
+        // The next day, spend starts again from zero and may alert again.
+        let tomorrow = next_day_ms(T0);
+        book.admit(request("b", limits), tomorrow, &org).unwrap();
+        book.meter("b", 80, &limits, tomorrow, &org);
+        assert_eq!(book.due_alerts(&limits).len(), 1);
+    }
+
+    #[test]
+    fn the_concurrency_cap_counts_open_requests() {
+        let limits = UserLimits {
+            max_concurrent_streams: 2,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        book.admit(request("b", limits), T0, &org).unwrap();
+        let refused = book.admit(request("c", limits), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ConcurrentStreams);
+        assert_eq!(refused.retry_after_secs, Some(1));
+        book.settle("a", Usage::default(), Outcome::ClientGone, T0, &org);
+        assert!(book.admit(request("c", limits), T0, &org).is_ok());
+    }
+}

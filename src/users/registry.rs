@@ -144,3 +144,55 @@ impl Drop for UserRegistry {
 fn unavailable() -> ApiError {
     ApiError::new(ErrorCode::StateUnavailable, "per-user state is unavailable").retry_after(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::{Outcome, Usage};
+    use crate::clock::ManualClock;
+    use crate::pricing::PriceTable;
+
+    #[actix_rt::test]
+    async fn an_evicted_actor_comes_back_with_its_counts() {
+        let mut config = Config::default();
+        config.users.idle_evict_secs = 1;
+        let clock = ManualClock::new(1_795_608_000_000);
+        let registry = UserRegistry::new(1, &config, Arc::new(clock));
+        let limits = UserLimits::for_plan(&config, "pro");
+        let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
+        let ticket = registry
+            .admit(NewRequest {
+                user_id: "ivy",
+                request_id: "r1",
+                estimated_input_tokens: 10,
+                max_tokens: 50,
+                stream: false,
+                price,
+                limits,
+            })
+            .await
+            .unwrap();
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+        };
+        ticket.settle(usage, Outcome::Completed).await;
+        assert_eq!(registry.live_actors(), 1);
+
+        // Wait for the eviction (bounded), then ask again: a fresh actor, the same counts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while registry.live_actors() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle actor was not evicted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = registry.usage("ivy", limits).await.unwrap();
+        assert_eq!(registry.live_actors(), 1);
+        assert_eq!(report.requests, 1);
+        assert_eq!(report.output_tokens, 5);
+        assert_eq!(report.requests_per_minute.used, 1, "the window survived");
+        assert_eq!(report.tokens_per_day.used, 15);
+    }
+}

@@ -226,3 +226,18 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape_with_a_request_id(
     assert_eq!(health.status(), 200);
     assert_eq!(health.json::<Value>().await.unwrap()["status"], "ok");
 }
+
+#[actix_web::test]
+async fn an_unpriced_model_cannot_be_cost_capped_and_is_refused() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&chat_body("gpt-unheard-of", true))
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (400, "unknown_model".into()));
+    assert_upstream_untouched(&app).await;
+    let logs = app.wait_for_logs(1).await;
+    assert_eq!(logs[0]["outcome"], "rejected");
+    assert_eq!(logs[0]["status"], 400);
+}
