@@ -19,6 +19,7 @@ pub enum ErrorCode {
     FeatureNotInPlan,
     UnknownFeature,
     UnknownPlan,
+    ModelNotInPlan,
     PayloadTooLarge,
     UnsupportedMediaType,
     NotFound,
@@ -45,7 +46,7 @@ impl ErrorCode {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
             | PromptInjection => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
-            FeatureNotInPlan | UnknownFeature | UnknownPlan => 403,
+            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
             PayloadTooLarge => 413,
@@ -67,7 +68,7 @@ impl ErrorCode {
             | PromptInjection | PayloadTooLarge | UnsupportedMediaType | NotFound
             | MethodNotAllowed => "invalid_request_error",
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
-            FeatureNotInPlan | UnknownFeature | UnknownPlan => "permission_error",
+            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
             | MonthlyBudget | OrgDailyBudget => "rate_limit_error",
             UpstreamFailed | UpstreamUnavailable | StateUnavailable | UpstreamTimeout => {
@@ -93,6 +94,7 @@ impl ErrorCode {
             FeatureNotInPlan => "feature_not_in_plan",
             UnknownFeature => "unknown_feature",
             UnknownPlan => "unknown_plan",
+            ModelNotInPlan => "model_not_in_plan",
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             NotFound => "not_found",

@@ -75,7 +75,8 @@ pub fn start(
         n => n,
     };
     let state = Arc::new(AppState {
-        auth: Authenticator::new(&config.auth),
+        auth: Authenticator::new(&config.auth)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
         users: UserRegistry::new(workers, &config, options.clock),
         prices: PriceTable::new(&config.pricing),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),

@@ -1,10 +1,14 @@
 //! Client identity: verifies the bearer JWT and yields the caller's [`Identity`]; mints tokens
 //! for `tollgate token`. Only this module touches `jsonwebtoken`.
 //!
-//! Rules: HS256 with the configured secret; `exp` required and checked with the configured
-//! leeway; `nbf` checked when present; `iss`/`aud` checked when configured; `sub` and `plan`
+//! Rules: exactly the configured algorithms (HS256 with the secret; RS256 / ES256 with the
+//! configured PEM public key); `exp` required and checked with the configured leeway; `nbf` checked when present; `iss`/`aud` checked when configured; `sub` and `plan`
 //! required; tokens that live longer than `auth.max_token_lifetime_secs` and oversized tokens
 //! are refused before they are trusted.
+
+mod authorize;
+
+pub use authorize::{authorize_feature, authorize_model};
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -35,37 +39,48 @@ struct Claims {
 
 /// Verifies bearer tokens against one configuration.
 pub struct Authenticator {
-    key: DecodingKey,
-    validation: Validation,
+    /// One (algorithm, key, validation) per accepted algorithm.
+    accepted: Vec<(Algorithm, DecodingKey, Validation)>,
     max_lifetime_secs: u64,
     leeway_secs: u64,
     max_token_bytes: usize,
 }
 
+/// The configured key material could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.public_key_path: {0}")]
+pub struct KeyError(String);
+
 impl Authenticator {
-    pub fn new(config: &AuthConfig) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if config.issuer.is_empty() {
-            validation.iss = None;
-        } else {
-            validation.set_issuer(&[config.issuer.as_str()]);
+    /// Builds the verifier; fails if a configured public key cannot be read or parsed.
+    pub fn new(config: &AuthConfig) -> Result<Self, KeyError> {
+        let mut accepted = Vec::new();
+        for name in &config.algorithms {
+            let (algorithm, key) = match name.as_str() {
+                "HS256" => (
+                    Algorithm::HS256,
+                    DecodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+                ),
+                "RS256" => (
+                    Algorithm::RS256,
+                    DecodingKey::from_rsa_pem(&read_pem(&config.public_key_path)?)
+                        .map_err(|e| KeyError(format!("not an RSA public key: {e}")))?,
+                ),
+                "ES256" => (
+                    Algorithm::ES256,
+                    DecodingKey::from_ec_pem(&read_pem(&config.public_key_path)?)
+                        .map_err(|e| KeyError(format!("not an EC public key: {e}")))?,
+                ),
+                other => return Err(KeyError(format!("unsupported algorithm {other}"))),
+            };
+            accepted.push((algorithm, key, validation(config, algorithm)));
         }
-        if config.audience.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(&[config.audience.as_str()]);
-        }
-        Self {
-            key: DecodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
-            validation,
+        Ok(Self {
+            accepted,
             max_lifetime_secs: config.max_token_lifetime_secs,
             leeway_secs: config.leeway_secs,
             max_token_bytes: config.max_token_bytes,
-        }
+        })
     }
 
     /// Checks the value of an `Authorization` header (None when absent).
@@ -92,7 +107,14 @@ impl Authenticator {
                     "expected Authorization: Bearer <token>",
                 )
             })?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("the bearer token is not valid"))?;
+        let (_, key, validation) = self
+            .accepted
+            .iter()
+            .find(|(algorithm, _, _)| *algorithm == header.alg)
+            .ok_or_else(|| invalid("the bearer token's algorithm is not accepted"))?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
                     ApiError::new(ErrorCode::TokenExpired, "the bearer token has expired")
@@ -122,6 +144,29 @@ impl Authenticator {
         }
         Ok(())
     }
+}
+
+fn validation(config: &AuthConfig, algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = config.leeway_secs;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    if config.issuer.is_empty() {
+        validation.iss = None;
+    } else {
+        validation.set_issuer(&[config.issuer.as_str()]);
+    }
+    if config.audience.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&[config.audience.as_str()]);
+    }
+    validation
+}
+
+fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|e| KeyError(format!("cannot read {path}: {e}")))
 }
 
 fn invalid(message: &str) -> ApiError {
@@ -188,6 +233,7 @@ mod tests {
     fn check(token: &str) -> Result<Identity, ErrorCode> {
         let header = format!("Bearer {token}");
         Authenticator::new(&config())
+            .unwrap()
             .authenticate(Some(header.as_bytes()))
             .map_err(|e| e.code)
     }
@@ -207,7 +253,7 @@ mod tests {
     #[test]
     fn refusals_have_the_right_code() {
         let now = unix_now();
-        let a = Authenticator::new(&config());
+        let a = Authenticator::new(&config()).unwrap();
         assert_eq!(
             a.authenticate(None).unwrap_err().code,
             ErrorCode::MissingToken

@@ -114,8 +114,12 @@ impl Default for UpstreamConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Token algorithms accepted: any of `HS256`, `RS256`, `ES256`. Exactly these.
+    pub algorithms: Vec<String>,
     /// HS256 secret (`TOLLGATE_JWT_SECRET`).
     pub jwt_secret: Secret,
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key; needed for those.
+    pub public_key_path: String,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
     /// Tokens whose `exp - iat` (or `exp - now` without `iat`) exceeds this are refused.
@@ -131,7 +135,9 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            algorithms: vec!["HS256".into()],
             jwt_secret: Secret::new(DEVELOPMENT_JWT_SECRET),
+            public_key_path: String::new(),
             leeway_secs: 5,
             max_token_lifetime_secs: 3600,
             issuer: String::new(),
@@ -150,6 +156,8 @@ pub struct LimitsConfig {
     pub max_context_tokens: u64,
     /// `max_tokens` granted when the request names none.
     pub default_max_tokens: u32,
+    /// Largest `max_tokens` granted (plans may set their own); larger requests are clamped.
+    pub max_output_tokens: u32,
     /// Largest request body; larger bodies get 413 without being read.
     pub max_body_bytes: usize,
     /// Total time a request may take, stream included.
@@ -163,6 +171,7 @@ impl Default for LimitsConfig {
             max_history_turns: 10,
             max_context_tokens: 8000,
             default_max_tokens: 1000,
+            max_output_tokens: 4096,
             max_body_bytes: 1024 * 1024,
             deadline_secs: 30,
         }
@@ -252,6 +261,12 @@ impl Default for CostConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PlanConfig {
     pub features: Vec<String>,
+    /// Models this plan may use; empty = every priced model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Largest `max_tokens` granted on this plan (default `limits.max_output_tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
     #[serde(skip_serializing_if = "is_default")]
     pub rate: RateOverrides,
     #[serde(skip_serializing_if = "is_default")]

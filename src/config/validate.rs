@@ -34,6 +34,37 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         "upstream.max_event_bytes",
         c.upstream.max_event_bytes as u64,
     )?;
+    if c.auth.algorithms.is_empty() {
+        return Err(ConfigError::invalid(
+            "auth.algorithms",
+            "name at least one algorithm",
+        ));
+    }
+    for alg in &c.auth.algorithms {
+        match alg.as_str() {
+            "HS256" => {}
+            "RS256" | "ES256" => {
+                let pem = std::fs::read_to_string(&c.auth.public_key_path).map_err(|e| {
+                    ConfigError::invalid(
+                        "auth.public_key_path",
+                        format!("{alg} needs a readable PEM public key: {e}"),
+                    )
+                })?;
+                if !pem.contains("-----BEGIN") {
+                    return Err(ConfigError::invalid(
+                        "auth.public_key_path",
+                        "the file is not PEM",
+                    ));
+                }
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "auth.algorithms",
+                    format!("unsupported algorithm {other:?} (HS256, RS256, ES256)"),
+                ))
+            }
+        }
+    }
     if c.auth.jwt_secret.is_empty() {
         return Err(ConfigError::invalid("auth.jwt_secret", "must not be empty"));
     }
@@ -68,6 +99,18 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     positive("rate.min_granted_tokens", c.rate.min_granted_tokens.into())?;
     positive("users.idle_evict_secs", c.users.idle_evict_secs)?;
     for (plan, p) in &c.plans {
+        if let Some(model) = p.models.iter().find(|m| !c.pricing.contains_key(*m)) {
+            return Err(ConfigError::invalid(
+                format!("plans.{plan}.models"),
+                format!("{model:?} has no [pricing] entry"),
+            ));
+        }
+        if p.max_output_tokens == Some(0) {
+            return Err(ConfigError::invalid(
+                format!("plans.{plan}.max_output_tokens"),
+                "must be greater than 0",
+            ));
+        }
         if let Some(v) = p.cost.max_daily_usd {
             usd(&format!("plans.{plan}.cost.max_daily_usd"), v)?;
         }

@@ -4,8 +4,10 @@ use super::errors::{add_rate_limit_headers, error_response};
 use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::auth::{authorize_feature, authorize_model};
 use crate::error::{ApiError, ErrorCode};
 use crate::policy::ChatRequest;
+use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Finished, StreamEnd, UpstreamClient};
@@ -38,23 +40,15 @@ pub(super) async fn chat_completions(
     log.feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
     log.session_id = header_text(&req, "x-session-id");
 
-    let request = match authenticate_and_parse(&req, payload, &state, &mut log).await {
-        Ok(request) => request,
+    let Checked {
+        request,
+        counter,
+        price,
+        wanted,
+    } = match check_request(&req, payload, &state, &mut log).await {
+        Ok(checked) => checked,
         Err(e) => return reject(log, &e),
     };
-    let counter = TokenCounter::for_model(&request.model);
-    log.input_tokens_estimated = request.estimate_input_tokens(&counter);
-    log.prompt_hash = state.hasher.hash(&request.last_user_text());
-    let Some(price) = log.price else {
-        let error = ApiError::new(
-            ErrorCode::UnknownModel,
-            "this model is not in the gateway's price table",
-        );
-        return reject(log, &error);
-    };
-    let wanted = request
-        .requested_max_tokens
-        .unwrap_or(state.config.limits.default_max_tokens);
     let admitted = state
         .users
         .admit(NewRequest {
@@ -209,33 +203,68 @@ fn log_stream_end(log: RequestLog, finished: Finished) {
     );
 }
 
-/// Identity and request checks; fills the log with who is asking for what.
-async fn authenticate_and_parse(
+/// A request that passed every check before admission.
+struct Checked {
+    request: ChatRequest,
+    counter: TokenCounter,
+    price: Price,
+    /// The output cap asked for, clamped to the plan's.
+    wanted: u32,
+}
+
+/// Identity, authorization and input policy, in that order, all before the upstream. Fills
+/// the log with who is asking for what.
+async fn check_request(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
     log: &mut RequestLog,
-) -> Result<ChatRequest, ApiError> {
+) -> Result<Checked, ApiError> {
+    let config = &state.config;
     let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
     let identity = state.auth.authenticate(authorization)?;
-    log.user_id = identity.user_id;
-    log.plan = identity.plan;
+    log.user_id = identity.user_id.clone();
+    log.plan = identity.plan.clone();
+    let plan = authorize_feature(&config.plans, &identity, &log.feature)?;
     if req.headers().contains_key(CONTENT_ENCODING) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "compressed request bodies are not accepted",
         ));
     }
-    let body = read_body(req, payload, state.config.limits.max_body_bytes).await?;
-    let request = ChatRequest::parse(&body)?;
+    let body = read_body(req, payload, config.limits.max_body_bytes).await?;
+    let mut request = ChatRequest::parse(&body)?;
     log.model = request
         .model
         .chars()
         .take(MAX_LOGGED_HEADER_CHARS)
         .collect();
     log.stream = request.stream;
-    log.price = state.prices.price(&request.model);
-    Ok(request)
+    log.prompt_hash = state.hasher.hash(&request.last_user_text());
+    let price = state.prices.price(&request.model).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::UnknownModel,
+            "this model is not in the gateway's price table",
+        )
+    })?;
+    log.price = Some(price);
+    authorize_model(&identity.plan, plan, &request.model)?;
+    let counter = TokenCounter::for_model(&request.model);
+    let (estimate, _trimmed) = request.enforce(&config.limits, &counter)?;
+    log.input_tokens_estimated = estimate;
+    let plan_cap = plan
+        .max_output_tokens
+        .unwrap_or(config.limits.max_output_tokens);
+    let wanted = request
+        .requested_max_tokens
+        .unwrap_or(config.limits.default_max_tokens)
+        .min(plan_cap);
+    Ok(Checked {
+        request,
+        counter,
+        price,
+        wanted,
+    })
 }
 
 /// Reads the body, refusing (without reading on) once it exceeds `limit` bytes.

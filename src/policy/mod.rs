@@ -4,6 +4,7 @@
 //! Unknown fields pass through to the provider untouched; the fields the gateway relies on are
 //! type-checked here, so a malformed request never reaches the upstream.
 
+use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::tokenize::TokenCounter;
 use bytes::Bytes;
@@ -18,6 +19,8 @@ const ROLES: &[&str] = &[
     "tool",
     "function",
 ];
+/// Roles that are instructions, kept whatever the history trimming drops.
+const SYSTEM_ROLES: &[&str] = &["system", "developer"];
 
 /// Which field carried the output cap (newer clients send `max_completion_tokens`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,77 @@ impl ChatRequest {
             requested_max_tokens,
             max_tokens_field,
         })
+    }
+
+    /// Applies the input limits: refuses a message over `max_message_chars` (characters, not
+    /// bytes), trims the history to the last `max_history_turns` non-system messages (system
+    /// messages are always kept; a tool result whose call was trimmed goes too), then refuses
+    /// a prompt estimated over `max_context_tokens`. Returns (estimated input tokens, messages
+    /// trimmed).
+    pub fn enforce(
+        &mut self,
+        limits: &LimitsConfig,
+        counter: &TokenCounter,
+    ) -> Result<(u64, usize), ApiError> {
+        for (i, message) in self.messages().iter().enumerate() {
+            let chars = message.get("content").map_or(0, content_chars);
+            if chars > limits.max_message_chars {
+                return Err(ApiError::new(
+                    ErrorCode::MessageTooLong,
+                    format!(
+                        "messages[{i}] has {chars} characters; the limit is {}",
+                        limits.max_message_chars
+                    ),
+                ));
+            }
+        }
+        let trimmed = self.trim_history(limits.max_history_turns);
+        let estimate = self.estimate_input_tokens(counter);
+        if estimate > limits.max_context_tokens {
+            return Err(ApiError::new(
+                ErrorCode::ContextTooLong,
+                format!(
+                    "the prompt is about {estimate} tokens; the limit is {}",
+                    limits.max_context_tokens
+                ),
+            ));
+        }
+        Ok((estimate, trimmed))
+    }
+
+    fn trim_history(&mut self, max_turns: usize) -> usize {
+        let Some(Value::Array(messages)) = self.body.get_mut("messages") else {
+            return 0;
+        };
+        let is_system = |m: &Value| {
+            m.get("role")
+                .and_then(Value::as_str)
+                .is_some_and(|r| SYSTEM_ROLES.contains(&r))
+        };
+        let turns = messages.iter().filter(|m| !is_system(m)).count();
+        if turns <= max_turns {
+            return 0;
+        }
+        let mut to_drop = turns - max_turns;
+        let before = messages.len();
+        let mut dropping_orphans = false;
+        messages.retain(|m| {
+            if is_system(m) {
+                return true;
+            }
+            if to_drop > 0 {
+                to_drop -= 1;
+                dropping_orphans = true;
+                return false;
+            }
+            // Tool results right after the cut answer a call that is gone: drop them too.
+            if dropping_orphans && m.get("role").and_then(Value::as_str) == Some("tool") {
+                return false;
+            }
+            dropping_orphans = false;
+            true
+        });
+        before - messages.len()
     }
 
     /// Estimated prompt tokens: message text plus OpenAI's per-message framing (3 tokens per
@@ -240,6 +314,18 @@ fn content_text(content: &Value) -> String {
     }
 }
 
+fn content_chars(content: &Value) -> usize {
+    match content {
+        Value::String(s) => s.chars().count(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(|t| t.chars().count())
+            .sum(),
+        _ => 0,
+    }
+}
+
 fn content_tokens(content: &Value, counter: &TokenCounter) -> u64 {
     match content {
         Value::String(s) => counter.count(s),
@@ -322,6 +408,93 @@ mod tests {
         assert_eq!(up["max_completion_tokens"], 20);
         assert!(up.get("max_tokens").is_none());
         assert!(up.get("stream_options").is_none());
+    }
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig::default()
+    }
+
+    #[test]
+    fn message_length_is_counted_in_characters() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        let mut ok = parse(
+            json!({"model":"gpt-4o","messages":[{"role":"user","content":"é".repeat(4000)}]}),
+        )
+        .unwrap();
+        assert!(ok.enforce(&limits(), &counter).is_ok());
+        let mut long = parse(
+            json!({"model":"gpt-4o","messages":[{"role":"user","content":"é".repeat(4001)}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            long.enforce(&limits(), &counter).unwrap_err().code,
+            ErrorCode::MessageTooLong
+        );
+        let mut parts = parse(
+            json!({"model":"gpt-4o","messages":[{"role":"user","content":[
+            {"type":"text","text":"a".repeat(2500)},{"type":"text","text":"b".repeat(2500)}]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            parts.enforce(&limits(), &counter).unwrap_err().code,
+            ErrorCode::MessageTooLong
+        );
+    }
+
+    #[test]
+    fn history_keeps_the_last_turns_and_every_system_message() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        let mut messages = vec![json!({"role":"system","content":"rules"})];
+        for i in 0..15 {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            messages.push(json!({"role": role, "content": format!("m{i}")}));
+        }
+        let mut r = parse(json!({"model":"gpt-4o","messages":messages})).unwrap();
+        assert_eq!(r.enforce(&limits(), &counter).unwrap().1, 5);
+        let kept = r.messages();
+        assert_eq!(kept.len(), 11);
+        assert_eq!(kept[0]["role"], "system");
+        assert_eq!(kept[1]["content"], "m5");
+        assert_eq!(kept[10]["content"], "m14");
+    }
+
+    #[test]
+    fn trimming_drops_tool_results_whose_call_was_cut() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        let limits = LimitsConfig {
+            max_history_turns: 2,
+            ..limits()
+        };
+        let mut r = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"assistant","content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"t","content":"42"},
+            {"role":"user","content":"thanks"}]}))
+        .unwrap();
+        r.enforce(&limits, &counter).unwrap();
+        assert_eq!(r.messages().len(), 1);
+        assert_eq!(r.messages()[0]["content"], "thanks");
+    }
+
+    #[test]
+    fn the_context_estimate_is_checked_after_trimming() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        let limits = LimitsConfig {
+            max_context_tokens: 50,
+            max_history_turns: 1,
+            ..limits()
+        };
+        let mut trimmed_enough = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"user","content":"word ".repeat(100)},
+            {"role":"user","content":"short"}]}))
+        .unwrap();
+        assert!(trimmed_enough.enforce(&limits, &counter).is_ok());
+        let mut too_long = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"user","content":"word ".repeat(100)}]}))
+        .unwrap();
+        assert_eq!(
+            too_long.enforce(&limits, &counter).unwrap_err().code,
+            ErrorCode::ContextTooLong
+        );
     }
 
     #[test]
