@@ -144,15 +144,20 @@ BASE_URL="http://127.0.0.1:$PORT" TOKENS="$TOKENS" VUS="$VUS" DURATION="$DURATIO
 K6_CODE=$?
 set -e
 
-# A few gateway-side numbers from /metrics, as a cross-check of what k6 saw.
+# The gateway's side of the run, as a cross-check of what k6 saw: outcomes from its request log
+# (one JSON line per request), and selected series from /metrics when this build serves it.
 if ! kill -0 "$GW_PID" 2>/dev/null; then
     echo "load/run.sh: the gateway died during the run (log: $GATEWAY_LOG)" >&2
     ((K6_CODE != 0)) || K6_CODE=1
-elif command -v curl >/dev/null 2>&1; then
-    echo "--- gateway /metrics (selected) ---"
-    curl -s --max-time 5 "http://127.0.0.1:$PORT/metrics" \
-        | grep -E '^tollgate_(requests_total|stream_cuts_total|rejections_total|upstream_errors_total|active_streams)' \
-        | sed 's/^/  /' || true
+else
+    echo "--- gateway request log: requests by outcome ---"
+    grep -o '"outcome":"[^"]*"' "$GATEWAY_LOG" | sort | uniq -c | sed 's/"outcome"://' || echo "  (none)"
+    if command -v curl >/dev/null 2>&1 \
+        && metrics="$(curl -sf --max-time 5 "http://127.0.0.1:$PORT/metrics")"; then
+        echo "--- gateway /metrics (selected) ---"
+        grep -E '^tollgate_(requests_total|stream_cuts_total|rejections_total|upstream_errors_total|active_streams)' \
+            <<<"$metrics" | sed 's/^/  /' || true
+    fi
 fi
 
 stop_gateway

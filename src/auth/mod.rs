@@ -151,7 +151,15 @@ fn validation(config: &AuthConfig, algorithm: Algorithm) -> Validation {
     validation.leeway = config.leeway_secs;
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "sub"]);
+    // A configured iss/aud must also be present: jsonwebtoken checks them only when present.
+    let mut required = vec!["exp", "sub"];
+    if !config.issuer.is_empty() {
+        required.push("iss");
+    }
+    if !config.audience.is_empty() {
+        required.push("aud");
+    }
+    validation.set_required_spec_claims(&required);
     if config.issuer.is_empty() {
         validation.iss = None;
     } else {

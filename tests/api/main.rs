@@ -8,6 +8,7 @@ mod support;
 mod cuts;
 mod errors;
 mod framing;
+mod identity;
 mod limits;
 mod non_stream;
 mod streaming;
