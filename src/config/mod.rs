@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Seconds a graceful shutdown waits for open streams before cutting them.
     pub shutdown_timeout_secs: u64,
+    /// Origins browsers may call from (`https://app.example.com`); `["*"]` = any; empty = none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Serve the demo chat page at `/chat`.
+    pub demo_ui: bool,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +78,8 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             workers: 0,
             shutdown_timeout_secs: 30,
+            cors_allowed_origins: Vec::new(),
+            demo_ui: true,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! the server itself. Only this module (and start-up) uses actix-web types.
 
 mod chat;
+mod cors;
+mod demo;
 mod errors;
 mod request_id;
 mod routes;

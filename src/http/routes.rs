@@ -1,6 +1,7 @@
 //! The route table and the small handlers (`/v1/usage`, health, 404/405).
 
 use super::chat::chat_completions;
+use super::demo;
 use super::errors::error_response;
 use super::server::AppState;
 use crate::error::{ApiError, ErrorCode};
@@ -20,6 +21,9 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(usage))
             .default_service(web::to(method_not_allowed)),
     )
+    .route("/chat", web::get().to(demo::page))
+    .route("/chat/app.js", web::get().to(demo::script))
+    .route("/chat/app.css", web::get().to(demo::style))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .default_service(web::to(not_found));

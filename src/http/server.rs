@@ -1,5 +1,6 @@
 //! Builds and starts the HTTP server on a listener the caller bound (port 0 in tests).
 
+use super::cors::{grant, is_preflight, preflight_response, CorsPolicy};
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
@@ -8,9 +9,10 @@ use crate::pricing::PriceTable;
 use crate::relay::UpstreamClient;
 use crate::telemetry::{LogSink, PromptHasher};
 use crate::users::UserRegistry;
-use actix_web::dev::{Server, Service};
+use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{web, App, HttpMessage, HttpServer};
+use futures::future::LocalBoxFuture;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub fn serve(
     options: ServeOptions,
 ) -> std::io::Result<Server> {
     let data = web::Data::from(state.clone());
+    let cors = CorsPolicy::new(&state.config.server.cors_allowed_origins);
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
     let server = HttpServer::new(move || {
         // awc clients are not Send: one per worker, built here.
@@ -48,9 +51,26 @@ pub fn serve(
             &data.upstream_url,
             &data.config.upstream,
         ));
+        let cors = cors.clone();
         App::new()
             .app_data(data.clone())
             .app_data(upstream)
+            .wrap_fn(move |req, srv| {
+                let origin = cors.allowed_origin(req.headers());
+                let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =
+                    if is_preflight(&req) {
+                        let response = req.into_response(preflight_response(origin));
+                        Box::pin(async move { Ok(response) })
+                    } else {
+                        let response = srv.call(req);
+                        Box::pin(async move {
+                            let mut response = response.await?.map_into_boxed_body();
+                            grant(&mut response, origin);
+                            Ok(response)
+                        })
+                    };
+                answer
+            })
             .wrap_fn(|req, srv| {
                 let id = new_request_id();
                 req.extensions_mut().insert(RequestId(id.clone()));

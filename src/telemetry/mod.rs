@@ -2,8 +2,11 @@
 //! request log line per request ([`RequestLog`]). Prompt and completion text never reach
 //! either; the prompt is represented by a keyed hash.
 
+pub mod metrics;
 mod request_log;
+mod user_cost;
 
+pub use self::metrics::{LabelSets, Metrics, RequestRecord};
 pub use request_log::{LogSink, MemoryLog, PromptHasher, RequestLog};
 
 use tracing_subscriber::EnvFilter;

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod cors;
 mod cuts;
 mod errors;
 mod framing;

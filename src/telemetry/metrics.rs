@@ -1,0 +1,705 @@
+//! Prometheus metrics: the fixed metric names, their descriptions and histogram buckets, the
+//! bounding of client-supplied label values, and the text exposition served on `/metrics`.
+//!
+//! The `metrics` crate's recorder is process-wide: [`Metrics::install`] installs the Prometheus
+//! recorder (without its HTTP listener; the gateway serves [`Metrics::render`] from its own
+//! route) on the first call and every later call shares it. So, in one process (in-process
+//! tests running several gateways), **all instances share every counter, gauge and histogram,
+//! including `tollgate_cost_usd_total`**: tests must compare deltas, ideally under label values
+//! unique to the test (a plan name, say). Only two things are per instance: the [`LabelSets`]
+//! that bound client label values, and the per-user cost table, so each instance renders its own
+//! `tollgate_user_cost_usd_total` section.
+//!
+//! Label cardinality is bounded: `model` and `feature` come from the client and are mapped to
+//! `other` unless configured ([`LabelSets`]); `user` is bounded by the per-user table; `plan`,
+//! `outcome`, `reason`, `window`, `direction` and `kind` must be server-side values (config or
+//! code), never raw client input.
+//!
+//! Costs are exact: they are kept in integer micro-USD and exposed as USD decimals. Because the
+//! `metrics` crate's counters are integers, the two cost families are kept here and appended to
+//! the recorder's output rather than going through the recorder.
+//!
+//! This module reaches into nothing else of the crate; callers hand it plain values.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{
+    BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::user_cost::{escape_label_value, format_micro_usd, write_family_header, UserCostTable};
+
+/// Requests that finished, by `feature`, `plan`, `model` and `outcome`.
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+/// Tokens, by `direction` (`input`/`output`), `feature`, `plan` and `model`.
+pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
+/// Cost in USD, by `feature`, `plan` and `model`.
+pub const COST_USD_TOTAL: &str = "tollgate_cost_usd_total";
+/// Cost in USD per user (top spenders; the rest under `user="_other"`).
+pub const USER_COST_USD_TOTAL: &str = "tollgate_user_cost_usd_total";
+/// Requests rejected before reaching upstream, by `reason` (the error code).
+pub const REJECTIONS_TOTAL: &str = "tollgate_rejections_total";
+/// Streams cut short, by `reason` (`token_cap`, `budget`, `deadline`, `guardrail`,
+/// `upstream_failed`, `client_gone`).
+pub const STREAM_CUTS_TOTAL: &str = "tollgate_stream_cuts_total";
+/// Budget alerts raised, by `window` (`daily`/`monthly`).
+pub const BUDGET_ALERTS_TOTAL: &str = "tollgate_budget_alerts_total";
+/// Streams currently open.
+pub const ACTIVE_STREAMS: &str = "tollgate_active_streams";
+/// Request duration, start to last byte (or cut), in seconds.
+pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
+/// Time from request start to the first token relayed to the client, in seconds.
+pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "tollgate_time_to_first_token_seconds";
+/// Upstream failures, by `kind`.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "tollgate_upstream_errors_total";
+
+/// Upper bounds (seconds) of both latency histograms: 5 ms … 30 s.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// The label value that replaces any client-supplied value outside the configured sets.
+pub const OTHER_LABEL: &str = "other";
+
+const COST_HELP: &str = "Cost of requests in USD, by feature, plan and model.";
+const USER_COST_HELP: &str =
+    "Cost of requests in USD per user: the biggest spenders, everyone else under user=\"_other\".";
+
+/// Label values allowed from clients: anything else becomes `"other"`.
+///
+/// `models` are the pricing table's model names; `features` every feature named in any plan.
+#[derive(Clone, Debug, Default)]
+pub struct LabelSets {
+    models: HashSet<String>,
+    features: HashSet<String>,
+}
+
+impl LabelSets {
+    /// Bounds `model` labels to `models` and `feature` labels to `features`.
+    pub fn new(
+        models: impl IntoIterator<Item = String>,
+        features: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            models: models.into_iter().collect(),
+            features: features.into_iter().collect(),
+        }
+    }
+
+    /// `m` if it is a configured model, `"other"` otherwise.
+    pub fn model<'a>(&'a self, m: &'a str) -> &'a str {
+        if self.models.contains(m) {
+            m
+        } else {
+            OTHER_LABEL
+        }
+    }
+
+    /// `f` if it is a configured feature, `"other"` otherwise.
+    pub fn feature<'a>(&'a self, f: &'a str) -> &'a str {
+        if self.features.contains(f) {
+            f
+        } else {
+            OTHER_LABEL
+        }
+    }
+}
+
+/// Everything one finished request contributes.
+#[derive(Clone, Debug)]
+pub struct RequestRecord<'a> {
+    /// Feature as sent by the client (bounded by [`LabelSets`] here).
+    pub feature: &'a str,
+    /// Plan name from config.
+    pub plan: &'a str,
+    /// Model as requested (bounded by [`LabelSets`] here).
+    pub model: &'a str,
+    /// User id; feeds the bounded per-user cost table only.
+    pub user_id: &'a str,
+    /// How the request ended (`completed`, `cut_token_cap`, …, `rejected`).
+    pub outcome: &'a str,
+    /// Input tokens (estimated).
+    pub input_tokens: u64,
+    /// Output tokens relayed.
+    pub output_tokens: u64,
+    /// Cost in micro-USD.
+    pub cost_micro_usd: u64,
+    /// Start to last byte (or cut).
+    pub duration: std::time::Duration,
+    /// Start to first token, if any token was relayed.
+    pub ttft: Option<std::time::Duration>,
+}
+
+/// What is shared by every [`Metrics`] in the process.
+#[derive(Debug)]
+struct Global {
+    handle: PrometheusHandle,
+    /// Set only when another global recorder was already installed: then we record into this
+    /// private recorder instead, so `/metrics` still works.
+    local: Option<PrometheusRecorder>,
+    /// micro-USD by (feature, plan, model); bounded because all three labels are.
+    cost: Mutex<BTreeMap<(String, String, String), u64>>,
+}
+
+static GLOBAL: OnceLock<Global> = OnceLock::new();
+
+impl Global {
+    fn get() -> &'static Global {
+        GLOBAL.get_or_init(Global::install)
+    }
+
+    fn install() -> Global {
+        let builder = match builder_with_buckets() {
+            Ok(builder) => builder,
+            Err(error) => {
+                tracing::warn!(%error, "histogram buckets rejected; latencies export as summaries");
+                PrometheusBuilder::new()
+            }
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let local = match metrics::set_global_recorder(recorder) {
+            Ok(()) => None,
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "another metrics recorder is installed; tollgate records into its own"
+                );
+                Some(error.into_inner())
+            }
+        };
+        let global = Global {
+            handle,
+            local,
+            cost: Mutex::new(BTreeMap::new()),
+        };
+        global.with_recorder(|| {
+            describe_all();
+            // Register the unlabelled gauge so `/metrics` shows it (at 0) before any stream.
+            gauge!(ACTIVE_STREAMS).increment(0.0);
+        });
+        global
+    }
+
+    /// Runs `f` so that the `metrics` macros inside it reach our recorder.
+    fn with_recorder<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.local {
+            Some(recorder) => metrics::with_local_recorder(recorder, f),
+            None => f(),
+        }
+    }
+}
+
+fn builder_with_buckets() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
+            LATENCY_BUCKETS_SECONDS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(TIME_TO_FIRST_TOKEN_SECONDS.to_owned()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+}
+
+/// Describes every recorder-backed metric once (the cost families are described at render).
+fn describe_all() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests that finished, by feature, plan, model and outcome."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens by direction (input, output), feature, plan and model."
+    );
+    describe_counter!(
+        REJECTIONS_TOTAL,
+        Unit::Count,
+        "Requests rejected before reaching upstream, by reason (error code)."
+    );
+    describe_counter!(
+        STREAM_CUTS_TOTAL,
+        Unit::Count,
+        "Streams cut short, by reason."
+    );
+    describe_counter!(
+        BUDGET_ALERTS_TOTAL,
+        Unit::Count,
+        "Budget alerts raised, by window (daily, monthly)."
+    );
+    describe_gauge!(ACTIVE_STREAMS, Unit::Count, "Streams currently open.");
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Request duration from start to last byte or cut, in seconds."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN_SECONDS,
+        Unit::Seconds,
+        "Time from request start to the first token relayed, in seconds."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        Unit::Count,
+        "Upstream failures, by kind."
+    );
+}
+
+/// Handle to the gateway's metrics; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    global: &'static Global,
+    labels: LabelSets,
+    users: Mutex<UserCostTable>,
+}
+
+impl Metrics {
+    /// Content type of [`Metrics::render`]'s output.
+    pub const CONTENT_TYPE: &'static str = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// Installs the process-wide recorder on first call (describing every metric once, with
+    /// units, HELP text and the histogram buckets); later calls return a handle to the same
+    /// recorder. `max_user_series` bounds `tollgate_user_cost_usd_total`; `labels` bounds client
+    /// label values. Both are per instance; everything else is shared process-wide.
+    pub fn install(max_user_series: usize, labels: LabelSets) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                global: Global::get(),
+                labels,
+                users: Mutex::new(UserCostTable::new(max_user_series)),
+            }),
+        }
+    }
+
+    /// Prometheus text exposition: the recorder's output, then the cost families (in USD).
+    pub fn render(&self) -> String {
+        let mut out = self.inner.global.handle.render();
+        if !out.is_empty() && !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+        write_family_header(&mut out, COST_USD_TOTAL, COST_HELP, "counter");
+        {
+            let cost = self
+                .inner
+                .global
+                .cost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for ((feature, plan, model), micro_usd) in cost.iter() {
+                let _ = writeln!(
+                    out,
+                    "{COST_USD_TOTAL}{{feature=\"{}\",plan=\"{}\",model=\"{}\"}} {}",
+                    escape_label_value(feature),
+                    escape_label_value(plan),
+                    escape_label_value(model),
+                    format_micro_usd(*micro_usd)
+                );
+            }
+        }
+        out.push('\n');
+        self.inner
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .render_into(&mut out, USER_COST_USD_TOTAL, USER_COST_HELP);
+        out
+    }
+
+    /// Records one finished request: its outcome, tokens, cost (also per user) and latencies.
+    pub fn record_request(&self, r: &RequestRecord<'_>) {
+        let feature = self.inner.labels.feature(r.feature);
+        let model = self.inner.labels.model(r.model);
+        self.inner.global.with_recorder(|| {
+            counter!(
+                REQUESTS_TOTAL,
+                "feature" => feature.to_owned(),
+                "plan" => r.plan.to_owned(),
+                "model" => model.to_owned(),
+                "outcome" => r.outcome.to_owned(),
+            )
+            .increment(1);
+            for (direction, tokens) in [("input", r.input_tokens), ("output", r.output_tokens)] {
+                counter!(
+                    TOKENS_TOTAL,
+                    "direction" => direction,
+                    "feature" => feature.to_owned(),
+                    "plan" => r.plan.to_owned(),
+                    "model" => model.to_owned(),
+                )
+                .increment(tokens);
+            }
+            histogram!(REQUEST_DURATION_SECONDS).record(r.duration.as_secs_f64());
+            if let Some(ttft) = r.ttft {
+                histogram!(TIME_TO_FIRST_TOKEN_SECONDS).record(ttft.as_secs_f64());
+            }
+        });
+        {
+            let mut cost = self
+                .inner
+                .global
+                .cost
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let total = cost
+                .entry((feature.to_owned(), r.plan.to_owned(), model.to_owned()))
+                .or_insert(0);
+            *total = total.saturating_add(r.cost_micro_usd);
+        }
+        self.inner
+            .users
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(r.user_id, r.cost_micro_usd);
+    }
+
+    /// Counts a rejection; `reason` is the error code (e.g. `requests_per_minute`).
+    pub fn record_rejection(&self, reason: &str) {
+        self.inner.global.with_recorder(|| {
+            counter!(REJECTIONS_TOTAL, "reason" => reason.to_owned()).increment(1)
+        });
+    }
+
+    /// Counts a stream cut; `reason` is one of `token_cap`, `budget`, `deadline`, `guardrail`,
+    /// `upstream_failed`, `client_gone`.
+    pub fn record_stream_cut(&self, reason: &str) {
+        self.inner.global.with_recorder(|| {
+            counter!(STREAM_CUTS_TOTAL, "reason" => reason.to_owned()).increment(1)
+        });
+    }
+
+    /// Counts a budget alert; `window` is `daily` or `monthly`.
+    pub fn record_budget_alert(&self, window: &str) {
+        self.inner.global.with_recorder(|| {
+            counter!(BUDGET_ALERTS_TOTAL, "window" => window.to_owned()).increment(1);
+        });
+    }
+
+    /// A stream opened (active streams gauge +1). Pair every call with [`Metrics::stream_closed`].
+    pub fn stream_opened(&self) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(ACTIVE_STREAMS).increment(1.0));
+    }
+
+    /// A stream closed, however it ended (active streams gauge −1).
+    pub fn stream_closed(&self) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(ACTIVE_STREAMS).decrement(1.0));
+    }
+
+    /// Counts an upstream failure of the given `kind` (a fixed server-side name).
+    pub fn record_upstream_error(&self, kind: &str) {
+        self.inner.global.with_recorder(|| {
+            counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.to_owned()).increment(1)
+        });
+    }
+
+    /// Exporter maintenance (drains histogram samples into buckets); call every few seconds,
+    /// e.g. from a `tokio::time::interval` task started with the server. Without it histogram
+    /// samples accumulate in memory between scrapes.
+    pub fn upkeep(&self) {
+        self.inner.global.handle.run_upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Parses one sample line into (name, labels, value).
+    fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.parse().ok()?;
+        let Some((name, labels)) = series.split_once('{') else {
+            return Some((series.to_owned(), BTreeMap::new(), value));
+        };
+        let labels = labels.strip_suffix('}')?;
+        let mut map = BTreeMap::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once("=\"")?;
+            map.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+        }
+        Some((name.to_owned(), map, value))
+    }
+
+    /// The value of the sample named `name` whose labels include all of `labels`.
+    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(parse_sample)
+            .find_map(|(n, map, v)| {
+                (n == name
+                    && labels
+                        .iter()
+                        .all(|(k, val)| map.get(*k).map(String::as_str) == Some(*val)))
+                .then_some(v)
+            })
+    }
+
+    fn labels() -> LabelSets {
+        LabelSets::new(
+            ["gpt-4o-mini".to_owned(), "gpt-4o".to_owned()],
+            ["chat".to_owned(), "summarize".to_owned()],
+        )
+    }
+
+    fn record<'a>(
+        plan: &'a str,
+        user: &'a str,
+        model: &'a str,
+        feature: &'a str,
+    ) -> RequestRecord<'a> {
+        RequestRecord {
+            feature,
+            plan,
+            model,
+            user_id: user,
+            outcome: "completed",
+            input_tokens: 12,
+            output_tokens: 34,
+            cost_micro_usd: 1_500_000,
+            duration: Duration::from_millis(120),
+            ttft: Some(Duration::from_millis(40)),
+        }
+    }
+
+    const ALL_NAMES: [&str; 11] = [
+        REQUESTS_TOTAL,
+        TOKENS_TOTAL,
+        COST_USD_TOTAL,
+        USER_COST_USD_TOTAL,
+        REJECTIONS_TOTAL,
+        STREAM_CUTS_TOTAL,
+        BUDGET_ALERTS_TOTAL,
+        ACTIVE_STREAMS,
+        REQUEST_DURATION_SECONDS,
+        TIME_TO_FIRST_TOKEN_SECONDS,
+        UPSTREAM_ERRORS_TOTAL,
+    ];
+
+    fn record_one_of_each(metrics: &Metrics, plan: &str) {
+        metrics.record_request(&record(plan, "alice", "gpt-4o", "chat"));
+        metrics.record_rejection("requests_per_minute");
+        metrics.record_stream_cut("token_cap");
+        metrics.record_budget_alert("daily");
+        metrics.stream_opened();
+        metrics.stream_closed();
+        metrics.record_upstream_error("connect");
+        metrics.upkeep();
+    }
+
+    #[test]
+    fn label_sets_map_unknown_values_to_other() {
+        let sets = labels();
+        assert_eq!(sets.model("gpt-4o"), "gpt-4o");
+        assert_eq!(sets.model("made-up-model"), "other");
+        assert_eq!(sets.feature("chat"), "chat");
+        assert_eq!(sets.feature(""), "other");
+        assert_eq!(LabelSets::default().model("gpt-4o"), "other");
+    }
+
+    #[test]
+    fn render_describes_every_metric() {
+        let metrics = Metrics::install(10, labels());
+        record_one_of_each(&metrics, "plan_describe");
+        let text = metrics.render();
+        for name in ALL_NAMES {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "no TYPE for {name}:\n{text}"
+            );
+        }
+        for counter in ALL_NAMES.iter().filter(|n| n.ends_with("_total")) {
+            assert!(
+                text.contains(&format!("# TYPE {counter} counter\n")),
+                "{counter}"
+            );
+        }
+        assert!(text.contains(&format!("# TYPE {ACTIVE_STREAMS} gauge\n")));
+        assert!(text.contains(&format!("# TYPE {REQUEST_DURATION_SECONDS} histogram\n")));
+        assert!(text.contains(&format!("# TYPE {TIME_TO_FIRST_TOKEN_SECONDS} histogram\n")));
+        // Each family's header appears once, however many instances exist.
+        let again = Metrics::install(10, labels()).render();
+        for name in ALL_NAMES {
+            assert_eq!(
+                again.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn histograms_have_the_documented_buckets() {
+        let metrics = Metrics::install(10, labels());
+        metrics.record_request(&record("plan_buckets", "bob", "gpt-4o", "chat"));
+        metrics.upkeep();
+        let text = metrics.render();
+        for name in [REQUEST_DURATION_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS] {
+            let bucket = format!("{name}_bucket");
+            let les: Vec<String> = text
+                .lines()
+                .filter_map(parse_sample)
+                .filter(|(n, _, _)| *n == bucket)
+                .filter_map(|(_, l, _)| l.get("le").cloned())
+                .collect();
+            let mut expected: Vec<String> = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .map(|b| b.to_string())
+                .collect();
+            expected.push("+Inf".to_owned());
+            assert_eq!(les, expected, "{name}");
+            assert!(value(&text, &format!("{name}_count"), &[]).is_some_and(|c| c >= 1.0));
+            assert!(value(&text, &format!("{name}_sum"), &[]).is_some());
+        }
+        assert_eq!(LATENCY_BUCKETS_SECONDS.first(), Some(&0.005));
+        assert_eq!(LATENCY_BUCKETS_SECONDS.last(), Some(&30.0));
+    }
+
+    #[test]
+    fn client_labels_outside_the_sets_become_other() {
+        let metrics = Metrics::install(10, labels());
+        let plan = "plan_other_labels";
+        metrics.record_request(&record(plan, "carol", "secret-model-x", "exfiltrate"));
+        let text = metrics.render();
+        let want = [("plan", plan), ("feature", "other"), ("model", "other")];
+        assert_eq!(value(&text, REQUESTS_TOTAL, &want), Some(1.0));
+        assert_eq!(value(&text, COST_USD_TOTAL, &want), Some(1.5));
+        assert!(!text.contains("secret-model-x"));
+        assert!(!text.contains("exfiltrate"));
+    }
+
+    #[test]
+    fn tokens_and_cost_are_attributed_and_cost_is_usd() {
+        let metrics = Metrics::install(10, labels());
+        let plan = "plan_cost";
+        let base = [
+            ("plan", plan),
+            ("feature", "summarize"),
+            ("model", "gpt-4o-mini"),
+        ];
+        metrics.record_request(&record(plan, "dave", "gpt-4o-mini", "summarize"));
+        let mut second = record(plan, "erin", "gpt-4o-mini", "summarize");
+        second.cost_micro_usd = 250_001;
+        second.outcome = "cut_budget";
+        metrics.record_request(&second);
+        let text = metrics.render();
+        assert_eq!(value(&text, COST_USD_TOTAL, &base), Some(1.750001));
+        let input = [base[0], base[1], base[2], ("direction", "input")];
+        let output = [base[0], base[1], base[2], ("direction", "output")];
+        assert_eq!(value(&text, TOKENS_TOTAL, &input), Some(24.0));
+        assert_eq!(value(&text, TOKENS_TOTAL, &output), Some(68.0));
+        let completed = [base[0], base[1], base[2], ("outcome", "completed")];
+        let cut = [base[0], base[1], base[2], ("outcome", "cut_budget")];
+        assert_eq!(value(&text, REQUESTS_TOTAL, &completed), Some(1.0));
+        assert_eq!(value(&text, REQUESTS_TOTAL, &cut), Some(1.0));
+        assert_eq!(
+            value(&text, USER_COST_USD_TOTAL, &[("user", "dave")]),
+            Some(1.5)
+        );
+        assert_eq!(
+            value(&text, USER_COST_USD_TOTAL, &[("user", "erin")]),
+            Some(0.250001)
+        );
+    }
+
+    #[test]
+    fn counters_are_shared_and_user_cost_is_per_instance() {
+        let a = Metrics::install(2, labels());
+        let b = Metrics::install(2, labels());
+        let reason = "test_shared_reason";
+        let before = value(&a.render(), REJECTIONS_TOTAL, &[("reason", reason)]).unwrap_or(0.0);
+        a.record_rejection(reason);
+        b.record_rejection(reason);
+        assert_eq!(
+            value(&a.render(), REJECTIONS_TOTAL, &[("reason", reason)]),
+            Some(before + 2.0)
+        );
+
+        for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
+            let mut r = record("plan_users", user, "gpt-4o", "chat");
+            r.cost_micro_usd = (i as u64 + 1) * 1_000_000;
+            a.record_request(&r);
+        }
+        let text = a.render();
+        let users: Vec<String> = text
+            .lines()
+            .filter_map(parse_sample)
+            .filter(|(n, _, _)| n == USER_COST_USD_TOTAL)
+            .filter_map(|(_, l, _)| l.get("user").cloned())
+            .collect();
+        assert_eq!(users, vec!["u4", "u3", "_other"]);
+        assert_eq!(
+            value(&text, USER_COST_USD_TOTAL, &[("user", "_other")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&b.render(), USER_COST_USD_TOTAL, &[("user", "_other")]),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&b.render(), USER_COST_USD_TOTAL, &[("user", "u4")]),
+            None
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let metrics = Metrics::install(3, labels());
+        record_one_of_each(&metrics, "plan_promtool");
+        metrics.record_request(&record(
+            "plan_promtool",
+            "we\"ird\\user\nname",
+            "gpt-4o",
+            "chat",
+        ));
+        let text = metrics.render();
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("promtool not installed; skipping `promtool check metrics`");
+                return;
+            }
+            Err(e) => panic!("spawning promtool: {e}"),
+        };
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).expect("write to promtool");
+        }
+        let out = child.wait_with_output().expect("promtool output");
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed ({}):\n{}{}\n--- input ---\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+}
