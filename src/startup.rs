@@ -5,10 +5,10 @@
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
-use crate::http::{serve, AppState, ServeOptions};
+use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
 use crate::pricing::PriceTable;
-use crate::telemetry::{LogSink, PromptHasher};
+use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
 use crate::users::UserRegistry;
 use actix_web::dev::{Server, ServerHandle};
@@ -41,6 +41,8 @@ pub struct Gateway {
     /// The in-process mock provider (address and handle), when the config named no upstream.
     pub mock: Option<(SocketAddr, ServerHandle)>,
     pub upstream_url: String,
+    /// Where `/metrics` is served when `server.metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Starts the gateway on `listener`. Must run inside an actix system.
@@ -74,10 +76,33 @@ pub fn start(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
+    let features = config
+        .plans
+        .values()
+        .flat_map(|p| p.features.iter().cloned());
+    let metrics = Metrics::install(
+        config.metrics.max_user_series,
+        LabelSets::new(config.pricing.keys().cloned(), features),
+    );
+    start_upkeep(metrics.clone());
+    let metrics_server = match config.server.metrics_listen.as_str() {
+        "" => None,
+        addr => {
+            let listener = TcpListener::bind(addr)?;
+            let bound = listener.local_addr()?;
+            tracing::info!(listen = %bound, "serving /metrics on its own listener");
+            Some((bound, serve_metrics(listener, metrics.clone())?))
+        }
+    };
+    let metrics_addr = metrics_server.as_ref().map(|(addr, _)| *addr);
+    if let Some((_, server)) = metrics_server {
+        actix_rt::spawn(server);
+    }
     let state = Arc::new(AppState {
         auth: Authenticator::new(&config.auth)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-        users: UserRegistry::new(workers, &config, options.clock),
+        users: UserRegistry::new(workers, &config, options.clock, metrics.clone()),
+        metrics,
         prices: PriceTable::new(&config.pricing),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,
@@ -98,7 +123,19 @@ pub fn start(
         server,
         mock,
         upstream_url,
+        metrics_addr,
     })
+}
+
+/// Runs the exporter's upkeep every few seconds (drains histogram samples between scrapes).
+fn start_upkeep(metrics: Metrics) {
+    actix_rt::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            metrics.upkeep();
+        }
+    });
 }
 
 fn start_embedded_mock(config: &Config) -> std::io::Result<(SocketAddr, ServerHandle)> {

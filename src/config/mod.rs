@@ -33,6 +33,7 @@ pub struct Config {
     pub relay: RelayConfig,
     pub users: UsersConfig,
     pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
     pub mock: MockConfig,
 }
 
@@ -51,6 +52,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             users: UsersConfig::default(),
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
             mock: MockConfig::default(),
         }
     }
@@ -70,6 +72,8 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Serve the demo chat page at `/chat`.
     pub demo_ui: bool,
+    /// A separate `IP:PORT` for `/metrics` (then not served on `listen`); empty = same listener.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             cors_allowed_origins: Vec::new(),
             demo_ui: true,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -345,6 +350,23 @@ pub struct LoggingConfig {
     /// HMAC key for `prompt_hash`. Empty: a random key per process (hashes then only
     /// correlate within one run).
     pub prompt_hash_key: Secret,
+}
+
+/// `[metrics]`: the Prometheus exposition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Users with their own `tollgate_user_cost_usd_total` series (the biggest spenders); the
+    /// rest are summed as `user="_other"`.
+    pub max_user_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_user_series: 1000,
+        }
+    }
 }
 
 /// `[mock]`: the built-in provider started when `upstream.url` is empty.

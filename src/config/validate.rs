@@ -10,6 +10,16 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             format!("expected IP:PORT, got {:?}", c.server.listen),
         ));
     }
+    if !c.server.metrics_listen.is_empty() && c.server.metrics_listen.parse::<SocketAddr>().is_err()
+    {
+        return Err(ConfigError::invalid(
+            "server.metrics_listen",
+            format!(
+                "expected IP:PORT or empty, got {:?}",
+                c.server.metrics_listen
+            ),
+        ));
+    }
     if !c.upstream.url.is_empty() {
         match url::Url::parse(&c.upstream.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}

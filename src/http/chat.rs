@@ -11,7 +11,7 @@ use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Finished, StreamEnd, UpstreamClient};
-use crate::telemetry::RequestLog;
+use crate::telemetry::{Metrics, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{NewRequest, UserLimits};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
@@ -36,7 +36,8 @@ pub(super) async fn chat_completions(
 ) -> HttpResponse {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
-    let mut log = RequestLog::new(state.log_sink.clone(), request_id(&req), started.into_std());
+    let mut log = RequestLog::new(state.log_sink.clone(), request_id(&req), started.into_std())
+        .with_metrics(state.metrics.clone());
     log.feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
     log.session_id = header_text(&req, "x-session-id");
 
@@ -115,7 +116,14 @@ pub(super) async fn chat_completions(
             max_event_bytes: limits.upstream.max_event_bytes,
             meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
             buffer_events: limits.relay.client_buffer_events,
-            on_finish: Box::new(move |finished: Finished| log_stream_end(log, finished)),
+            on_finish: {
+                // Dropped with the closure: when the stream ends, however it ends.
+                let open = OpenStream::new(&state.metrics);
+                Box::new(move |finished: Finished| {
+                    log_stream_end(log, finished);
+                    drop(open);
+                })
+            },
         });
         return match opened.await {
             Ok(Ok(())) => {
@@ -179,6 +187,22 @@ pub(super) async fn chat_completions(
     }
 }
 
+/// Counts a stream in `tollgate_active_streams` while it lives.
+struct OpenStream(Metrics);
+
+impl OpenStream {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.stream_opened();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.stream_closed();
+    }
+}
+
 /// Logs a finished stream: an error status if it ended before the client got a stream.
 fn log_stream_end(log: RequestLog, finished: Finished) {
     let (status, error_code) = if finished.end == StreamEnd::ClientGone {
@@ -225,6 +249,7 @@ async fn check_request(
     let identity = state.auth.authenticate(authorization)?;
     log.user_id = identity.user_id.clone();
     log.plan = identity.plan.clone();
+    log.plan_known = config.plans.contains_key(&identity.plan);
     let plan = authorize_feature(&config.plans, &identity, &log.feature)?;
     if req.headers().contains_key(CONTENT_ENCODING) {
         return Err(ApiError::new(

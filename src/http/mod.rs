@@ -9,4 +9,4 @@ mod request_id;
 mod routes;
 mod server;
 
-pub use server::{serve, AppState, ServeOptions};
+pub use server::{serve, serve_metrics, AppState, ServeOptions};

@@ -5,12 +5,16 @@ use super::demo;
 use super::errors::error_response;
 use super::server::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::telemetry::Metrics;
 use crate::users::UserLimits;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
+    if with_metrics {
+        cfg.route("/metrics", web::get().to(metrics));
+    }
     cfg.service(
         web::resource("/v1/chat/completions")
             .route(web::post().to(chat_completions))
@@ -44,6 +48,21 @@ async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         })),
         Err(e) => error_response(&e),
     }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    render(&state.metrics)
+}
+
+/// `/metrics` on the separate metrics listener.
+pub(super) async fn metrics_only(metrics: web::Data<Metrics>) -> HttpResponse {
+    render(&metrics)
+}
+
+fn render(metrics: &Metrics) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(Metrics::CONTENT_TYPE)
+        .body(metrics.render())
 }
 
 async fn healthz() -> HttpResponse {

@@ -7,7 +7,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::pricing::PriceTable;
 use crate::relay::UpstreamClient;
-use crate::telemetry::{LogSink, PromptHasher};
+use crate::telemetry::{LogSink, Metrics, PromptHasher};
 use crate::users::UserRegistry;
 use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -26,6 +26,7 @@ pub struct AppState {
     pub prices: PriceTable,
     pub hasher: PromptHasher,
     pub log_sink: LogSink,
+    pub metrics: Metrics,
 }
 
 /// How the server runs.
@@ -45,6 +46,7 @@ pub fn serve(
     let data = web::Data::from(state.clone());
     let cors = CorsPolicy::new(&state.config.server.cors_allowed_origins);
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
+    let metrics_here = state.config.server.metrics_listen.is_empty();
     let server = HttpServer::new(move || {
         // awc clients are not Send: one per worker, built here.
         let upstream = web::Data::new(UpstreamClient::new(
@@ -85,7 +87,7 @@ pub fn serve(
                     Ok(response)
                 }
             })
-            .configure(routes::configure)
+            .configure(|cfg| routes::configure(cfg, metrics_here))
     })
     .workers(options.workers.max(1))
     .tcp_nodelay(true)
@@ -98,4 +100,18 @@ pub fn serve(
         server.disable_signals()
     };
     Ok(server.listen(listener)?.run())
+}
+
+/// Serves only `/metrics` on its own listener (`server.metrics_listen`).
+pub fn serve_metrics(listener: TcpListener, metrics: Metrics) -> std::io::Result<Server> {
+    let data = web::Data::new(metrics);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(routes::metrics_only))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
 }

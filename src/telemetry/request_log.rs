@@ -4,6 +4,7 @@
 //! written by [`RequestLog::finish`]; if the request is dropped first (the client left while
 //! the handler waited), `Drop` writes it with outcome `client_gone`, so no request goes unlogged.
 
+use super::metrics::{Metrics, RequestRecord};
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::config::Secret;
 use crate::pricing::{micro_usd_to_usd, Price};
@@ -131,8 +132,11 @@ struct Line<'a> {
 /// One request's log record, filled in as the request advances.
 pub struct RequestLog {
     sink: LogSink,
+    metrics: Option<Metrics>,
     started: Instant,
     written: bool,
+    /// The plan was found in the config (else its metric label is `other`, or `none`).
+    pub plan_known: bool,
     pub request_id: String,
     pub user_id: String,
     pub feature: String,
@@ -149,8 +153,10 @@ impl RequestLog {
     pub fn new(sink: LogSink, request_id: String, started: Instant) -> Self {
         Self {
             sink,
+            metrics: None,
             started,
             written: false,
+            plan_known: false,
             request_id,
             user_id: String::new(),
             feature: String::new(),
@@ -162,6 +168,12 @@ impl RequestLog {
             stream: false,
             price: None,
         }
+    }
+
+    /// Also records the request in `metrics` when it is written.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Writes the line for a request that ended with `outcome`.
@@ -226,6 +238,61 @@ impl RequestLog {
         };
         if let Ok(json) = serde_json::to_string(&line) {
             self.sink.write(json);
+        }
+        if let Some(metrics) = &self.metrics {
+            self.record_metrics(metrics, outcome, status, usage, cost, ttft, error_code);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_metrics(
+        &self,
+        metrics: &Metrics,
+        outcome: Outcome,
+        status: u16,
+        usage: Usage,
+        cost_micro_usd: u64,
+        ttft: Option<Duration>,
+        error_code: Option<&str>,
+    ) {
+        let plan = if self.plan_known {
+            self.plan.as_str()
+        } else if self.plan.is_empty() {
+            "none"
+        } else {
+            "other"
+        };
+        metrics.record_request(&RequestRecord {
+            feature: &self.feature,
+            plan,
+            model: &self.model,
+            user_id: &self.user_id,
+            outcome: outcome.as_str(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cost_micro_usd,
+            duration: self.started.elapsed(),
+            ttft,
+        });
+        let cut = match outcome {
+            Outcome::Completed | Outcome::Rejected => None,
+            Outcome::CutTokenCap => Some("token_cap"),
+            Outcome::CutBudget => Some("budget"),
+            Outcome::CutDeadline => Some("deadline"),
+            Outcome::CutGuardrail => Some("guardrail"),
+            Outcome::UpstreamError => Some("upstream_failed"),
+            Outcome::ClientGone => Some("client_gone"),
+        };
+        // A cut is an answer that started and was ended early (or whose client left).
+        if let Some(reason) = cut.filter(|_| status == 200 || outcome == Outcome::ClientGone) {
+            metrics.record_stream_cut(reason);
+        }
+        match outcome {
+            Outcome::Rejected => metrics.record_rejection(error_code.unwrap_or("unknown")),
+            Outcome::UpstreamError => {
+                metrics.record_upstream_error(error_code.unwrap_or("upstream_failed"))
+            }
+            _ => {}
         }
     }
 }

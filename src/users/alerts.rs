@@ -4,6 +4,7 @@
 //! own thread delivers them, retrying a failing webhook with back-off.
 
 use super::book::Alert;
+use crate::telemetry::Metrics;
 use actix_rt::Arbiter;
 use serde_json::json;
 use std::time::Duration;
@@ -39,18 +40,19 @@ impl AlertSender {
 }
 
 /// Starts the delivery task on `arbiter`. `webhook_url` empty: alerts are only logged.
-pub fn start(arbiter: &Arbiter, webhook_url: String) -> AlertSender {
+pub fn start(arbiter: &Arbiter, webhook_url: String, metrics: Metrics) -> AlertSender {
     let (tx, rx) = mpsc::channel(QUEUE);
     // awc is not Send: build the delivery future on the arbiter's own thread.
     arbiter.spawn_fn(move || {
-        actix_rt::spawn(deliver(rx, webhook_url));
+        actix_rt::spawn(deliver(rx, webhook_url, metrics));
     });
     AlertSender { tx }
 }
 
-async fn deliver(mut rx: mpsc::Receiver<UserAlert>, webhook_url: String) {
+async fn deliver(mut rx: mpsc::Receiver<UserAlert>, webhook_url: String, metrics: Metrics) {
     let client = awc::Client::builder().timeout(POST_TIMEOUT).finish();
     while let Some(UserAlert { user_id, alert }) = rx.recv().await {
+        metrics.record_budget_alert(alert.window);
         let spend = alert.spend_micro_usd as f64 / 1e6;
         let cap = alert.cap_micro_usd as f64 / 1e6;
         tracing::warn!(

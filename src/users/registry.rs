@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::pricing::Price;
+use crate::telemetry::Metrics;
 use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use std::collections::hash_map::DefaultHasher;
@@ -47,9 +48,13 @@ pub struct UserRegistry {
 
 impl UserRegistry {
     /// Starts `threads` arbiter threads for the actors, and one for alert delivery.
-    pub fn new(threads: usize, config: &Config, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(threads: usize, config: &Config, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
         let alert_arbiter = Arbiter::new();
-        let alerts = alerts::start(&alert_arbiter, config.cost.alert_webhook_url.clone());
+        let alerts = alerts::start(
+            &alert_arbiter,
+            config.cost.alert_webhook_url.clone(),
+            metrics,
+        );
         let store: Arc<dyn UserStore> = Arc::new(MemoryStore::default());
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
@@ -157,7 +162,12 @@ mod tests {
         let mut config = Config::default();
         config.users.idle_evict_secs = 1;
         let clock = ManualClock::new(1_795_608_000_000);
-        let registry = UserRegistry::new(1, &config, Arc::new(clock));
+        let registry = UserRegistry::new(
+            1,
+            &config,
+            Arc::new(clock),
+            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new())),
+        );
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
         let ticket = registry
