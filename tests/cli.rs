@@ -203,3 +203,145 @@ fn a_closed_stderr_does_not_take_the_gateway_down() {
         "the gateway exited"
     );
 }
+
+/// A one-shot upstream on a std thread: answers each connection with an SSE reply whose
+/// content is `content`.
+fn sse_upstream(content: &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut socket in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 65536];
+            let mut seen = Vec::new();
+            while !String::from_utf8_lossy(&seen).contains("\"messages\"") {
+                match socket.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = serde_json::json!({"id":"c","object":"chat.completion.chunk","created":1,
+                "model":"gpt-4o","choices":[{"index":0,"delta":{"content":content},"finish_reason":"stop"}]});
+            let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+            let _ = write!(
+                socket,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn no_prompt_completion_token_or_key_reaches_any_output_even_at_trace_level() {
+    const PROMPT_SENTINEL: &str = "prompt-sentinel-5c1d9e";
+    const COMPLETION_SENTINEL: &str = "completion-sentinel-8a7f2b";
+    const UPSTREAM_KEY: &str = "sk-upstream-sentinel-3e4f";
+    let upstream = sse_upstream(COMPLETION_SENTINEL);
+    let env = [
+        ("TOLLGATE_JWT_SECRET", "trace-test-secret"),
+        ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE_UPSTREAM_URL", upstream.as_str()),
+        ("TOLLGATE_UPSTREAM_API_KEY", UPSTREAM_KEY),
+    ];
+    let mut command = tollgate(&[], &env);
+    command.env("RUST_LOG", "trace");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut running = Running(child);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let err_tx = lines_tx.clone();
+    let err_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line);
+        }
+    });
+    let out_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(format!("stdout: {line}"));
+        }
+    });
+    let mut all = Vec::new();
+    let mut listen = None;
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let serving = v["message"] == "tollgate is serving";
+        if serving {
+            listen = v["listen"].as_str().map(String::from);
+        }
+        all.push(line);
+        if serving {
+            break;
+        }
+    }
+    let listen = listen.expect("the gateway never said it was serving");
+    let token = {
+        let out = tollgate(
+            &["token", "--sub", "sam", "--plan", "pro", "--ttl", "60"],
+            &env[..1],
+        )
+        .output()
+        .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let body = format!(
+        r#"{{"model":"gpt-4o","stream":true,"messages":[{{"role":"user","content":"{PROMPT_SENTINEL}"}}]}}"#
+    );
+    let mut socket = TcpStream::connect(&listen).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    assert!(
+        response.contains(COMPLETION_SENTINEL),
+        "the reply itself is relayed: {response}"
+    );
+    // Wait for the request's log line, then stop the gateway and collect everything it wrote.
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(10)) {
+        let done = line.starts_with("stdout: ");
+        all.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = running.0.kill();
+    let _ = running.0.wait();
+    let _ = (err_reader.join(), out_reader.join());
+    all.extend(lines_rx.try_iter());
+    let output = all.join("\n");
+    assert!(
+        output.contains("stdout: "),
+        "the request log line was written"
+    );
+    assert!(output.lines().count() > 10, "trace logging was on");
+    for secret in [
+        PROMPT_SENTINEL,
+        COMPLETION_SENTINEL,
+        UPSTREAM_KEY,
+        token.as_str(),
+        "trace-test-secret",
+    ] {
+        let hits: Vec<&str> = output
+            .lines()
+            .filter(|l| l.contains(secret))
+            .take(3)
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "{secret} appeared in the output: {hits:#?}"
+        );
+    }
+}
