@@ -1,6 +1,7 @@
-//! Logs: the process's structured logs (tracing, JSON, `RUST_LOG` filtering) and the one
-//! request log line per request ([`RequestLog`]). Prompt and completion text never reach
-//! either; the prompt is represented by a keyed hash.
+//! Telemetry: the process's structured logs (tracing, JSON, `RUST_LOG` filtering), the one
+//! request log line per request ([`RequestLog`], which also records the request's metrics when
+//! it is written), and the Prometheus metrics ([`metrics`]). Prompt and completion text never
+//! reach any of them; the prompt is represented by a keyed hash.
 
 pub mod metrics;
 mod request_log;
