@@ -9,6 +9,7 @@ use actix_web::{web, HttpResponse};
 const PAGE: &str = include_str!("demo/chat.html");
 const SCRIPT: &str = include_str!("demo/app.js");
 const STYLE: &str = include_str!("demo/app.css");
+const ICON: &str = include_str!("demo/icon.svg");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
 img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -31,6 +32,10 @@ pub(super) async fn page(state: web::Data<AppState>) -> HttpResponse {
 
 pub(super) async fn script(state: web::Data<AppState>) -> HttpResponse {
     asset(&state, "text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub(super) async fn icon(state: web::Data<AppState>) -> HttpResponse {
+    asset(&state, "image/svg+xml", ICON)
 }
 
 pub(super) async fn style(state: web::Data<AppState>) -> HttpResponse {

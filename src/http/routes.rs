@@ -28,6 +28,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     .route("/chat", web::get().to(demo::page))
     .route("/chat/app.js", web::get().to(demo::script))
     .route("/chat/app.css", web::get().to(demo::style))
+    .route("/chat/icon.svg", web::get().to(demo::icon))
     .route("/healthz", web::get().to(healthz))
     .route("/readyz", web::get().to(readyz))
     .default_service(web::to(not_found));
