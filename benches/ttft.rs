@@ -34,6 +34,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, 
         .args(args)
         .env_clear()
         .env("RUST_LOG", "info")
+        .env("TOLLGATE__USERS__SNAPSHOT_PATH", "")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in env {

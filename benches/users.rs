@@ -13,7 +13,7 @@ use tollgate::clock::SystemClock;
 use tollgate::config::Config;
 use tollgate::pricing::PriceTable;
 use tollgate::telemetry::{LabelSets, Metrics};
-use tollgate::users::{NewRequest, UserLimits, UserRegistry};
+use tollgate::users::{MemoryStore, NewRequest, UserLimits, UserRegistry};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -39,7 +39,7 @@ fn main() {
     actix_rt::System::new().block_on(async move {
         let mut config = Config::default();
         config.users.idle_evict_secs = 2;
-        let registry = UserRegistry::new(2, &config, Arc::new(SystemClock), Metrics::install(10, LabelSets::new(Vec::new(), Vec::new())));
+        let registry = UserRegistry::new(2, &config, Arc::new(SystemClock), Metrics::install(10, LabelSets::new(Vec::new(), Vec::new())), Arc::new(MemoryStore::default()));
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing)
             .price("mock-gpt")

@@ -119,7 +119,15 @@ fn serve(args: ServeArgs, env: std::collections::BTreeMap<String, String>) -> Ex
     };
     let result = actix_rt::System::new().block_on(async move {
         let gateway = start(config, listener, StartOptions::default())?;
-        gateway.server.await
+        gateway.server.await?;
+        // Stopped gracefully (SIGTERM/SIGINT): save the final state.
+        if let Some(snapshots) = gateway.snapshots {
+            snapshots
+                .write()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            tracing::info!("saved the state snapshot");
+        }
+        Ok::<(), std::io::Error>(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

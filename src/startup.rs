@@ -10,9 +10,10 @@ use crate::mock::{self, MockOptions};
 use crate::pricing::PriceTable;
 use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
-use crate::users::UserRegistry;
+use crate::users::{MemoryStore, SnapshotError, Snapshots, UserRegistry, UserStore};
 use actix_web::dev::{Server, ServerHandle};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 
 /// How to run, beyond the config.
@@ -22,6 +23,8 @@ pub struct StartOptions {
     pub handle_signals: bool,
     /// Wall clock of the windows and budgets (tests pass a `ManualClock`).
     pub clock: Arc<dyn Clock>,
+    /// Use `users.snapshot_path` (off in in-process tests, which share a working directory).
+    pub snapshots: bool,
 }
 
 impl Default for StartOptions {
@@ -30,6 +33,7 @@ impl Default for StartOptions {
             log_sink: LogSink::Stdout,
             handle_signals: true,
             clock: Arc::new(SystemClock),
+            snapshots: true,
         }
     }
 }
@@ -43,6 +47,8 @@ pub struct Gateway {
     pub upstream_url: String,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The embedded store's snapshot file (write it once more after the server stops).
+    pub snapshots: Option<Snapshots>,
 }
 
 /// Starts the gateway on `listener`. Must run inside an actix system.
@@ -98,10 +104,13 @@ pub fn start(
     if let Some((_, server)) = metrics_server {
         actix_rt::spawn(server);
     }
+    let memory = Arc::new(MemoryStore::default());
+    let snapshots = open_snapshots(&config, &options, memory.clone())?;
+    let store: Arc<dyn UserStore> = memory;
     let state = Arc::new(AppState {
         auth: Authenticator::new(&config.auth)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-        users: UserRegistry::new(workers, &config, options.clock, metrics.clone()),
+        users: UserRegistry::new(workers, &config, options.clock, metrics.clone(), store),
         metrics,
         prices: PriceTable::new(&config.pricing),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
@@ -124,7 +133,36 @@ pub fn start(
         mock,
         upstream_url,
         metrics_addr,
+        snapshots,
     })
+}
+
+/// Opens the snapshot file (embedded mode) and writes it at `users.snapshot_interval_secs`.
+fn open_snapshots(
+    config: &Config,
+    options: &StartOptions,
+    memory: Arc<MemoryStore>,
+) -> std::io::Result<Option<Snapshots>> {
+    if config.users.snapshot_path.is_empty() || !options.snapshots {
+        return Ok(None);
+    }
+    let invalid =
+        |e: SnapshotError| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    let snapshots =
+        Snapshots::open(Path::new(&config.users.snapshot_path), memory).map_err(invalid)?;
+    let every = std::time::Duration::from_secs(config.users.snapshot_interval_secs);
+    let writer = snapshots.clone();
+    actix_rt::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(e) = writer.write() {
+                tracing::error!(error = %e, "cannot write the state snapshot");
+            }
+        }
+    });
+    Ok(Some(snapshots))
 }
 
 /// Runs the exporter's upkeep every few seconds (drains histogram samples between scrapes).

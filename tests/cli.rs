@@ -12,7 +12,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(BIN);
-    command.args(args).env_clear().env("RUST_LOG", "info");
+    command
+        .args(args)
+        .env_clear()
+        .env("RUST_LOG", "info")
+        // No state file in the working tree unless a test asks for one.
+        .env("TOLLGATE__USERS__SNAPSHOT_PATH", "");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -344,4 +349,106 @@ fn no_prompt_completion_token_or_key_reaches_any_output_even_at_trace_level() {
             "{secret} appeared in the output: {hits:#?}"
         );
     }
+}
+
+/// Starts the gateway with `env` and waits for its bound address; stderr drained on a thread.
+fn start_gateway(env: &[(&str, &str)]) -> (Running, String) {
+    let mut child = tollgate(&[], env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "tollgate is serving" {
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (running, v["listen"].as_str().unwrap().to_string());
+        }
+    }
+    panic!("the gateway never said it was serving");
+}
+
+fn http(listen: &str, request: &str) -> String {
+    let mut socket = TcpStream::connect(listen).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn usage_of(listen: &str, token: &str) -> serde_json::Value {
+    let response = http(
+        listen,
+        &format!("GET /v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    );
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str::<serde_json::Value>(body).unwrap()["usage"].clone()
+}
+
+#[test]
+fn a_restart_in_embedded_mode_keeps_windows_and_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("state.json");
+    let env = [
+        ("TOLLGATE_JWT_SECRET", "restart-secret"),
+        ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE__USERS__SNAPSHOT_PATH", snapshot.to_str().unwrap()),
+        ("TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS", "0"),
+    ];
+    let token = {
+        let out = tollgate(
+            &["token", "--sub", "rita", "--plan", "pro", "--ttl", "600"],
+            &env[..1],
+        )
+        .output()
+        .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (running, listen) = start_gateway(&env);
+    let body = r#"{"model":"mock-gpt","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let response = http(
+        &listen,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let before = usage_of(&listen, &token);
+    assert_eq!(before["requests_per_day"]["used"], 1);
+
+    // A graceful stop (SIGTERM) writes the snapshot; the next process starts from it.
+    let status = Command::new("kill")
+        .args(["-TERM", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut running = running;
+    let exit = running.0.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit:?}");
+    assert!(snapshot.exists());
+    let (_running, listen) = start_gateway(&env);
+    let after = usage_of(&listen, &token);
+    assert_eq!(after["requests_per_day"]["used"], 1);
+    assert_eq!(
+        after["tokens_per_day"]["used"],
+        before["tokens_per_day"]["used"]
+    );
+    assert_eq!(
+        after["daily_usd"]["used_usd"],
+        before["daily_usd"]["used_usd"]
+    );
+    assert_eq!(after["output_tokens"], 5);
 }

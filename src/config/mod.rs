@@ -332,6 +332,11 @@ pub struct UsersConfig {
     pub mailbox_capacity: usize,
     /// An actor with no open request stops after this long idle; its state stays in the store.
     pub idle_evict_secs: u64,
+    /// Embedded mode: users' windows and spend are saved here (and loaded at start), so a
+    /// restart never hands out fresh budgets. Empty = not saved (state lives only in memory).
+    pub snapshot_path: String,
+    /// Seconds between snapshots; a crash loses at most this much settled usage.
+    pub snapshot_interval_secs: u64,
 }
 
 impl Default for UsersConfig {
@@ -339,6 +344,8 @@ impl Default for UsersConfig {
         Self {
             mailbox_capacity: 256,
             idle_evict_secs: 300,
+            snapshot_path: "tollgate-state.json".into(),
+            snapshot_interval_secs: 10,
         }
     }
 }

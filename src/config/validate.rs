@@ -108,6 +108,10 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     usd("cost.max_org_daily_usd", c.cost.max_org_daily_usd)?;
     positive("rate.min_granted_tokens", c.rate.min_granted_tokens.into())?;
     positive("users.idle_evict_secs", c.users.idle_evict_secs)?;
+    positive(
+        "users.snapshot_interval_secs",
+        c.users.snapshot_interval_secs,
+    )?;
     for (plan, p) in &c.plans {
         if let Some(model) = p.models.iter().find(|m| !c.pricing.contains_key(*m)) {
             return Err(ConfigError::invalid(

@@ -148,6 +148,10 @@ impl Handler<Settle> for UserActor {
             now,
             &self.shared.org,
         );
+        // Keep the store current, so a snapshot (embedded mode) holds settled usage.
+        self.shared
+            .store
+            .save(&self.user_id, self.book.state().clone());
         self.touched();
     }
 }

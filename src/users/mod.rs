@@ -21,4 +21,5 @@ pub use book::UsageReport;
 pub use limits::UserLimits;
 pub use messages::Verdict;
 pub use registry::{NewRequest, UserRegistry};
+pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};
 pub use ticket::Ticket;

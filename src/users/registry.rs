@@ -9,7 +9,7 @@ use super::book::{AdmitRequest, UsageReport};
 use super::limits::{usd_to_micro, UserLimits};
 use super::messages::{Admit, Snapshot};
 use super::org::OrgLedger;
-use super::store::{MemoryStore, UserStore};
+use super::store::UserStore;
 use super::ticket::Ticket;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -48,14 +48,19 @@ pub struct UserRegistry {
 
 impl UserRegistry {
     /// Starts `threads` arbiter threads for the actors, and one for alert delivery.
-    pub fn new(threads: usize, config: &Config, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
+    pub fn new(
+        threads: usize,
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        store: Arc<dyn UserStore>,
+    ) -> Self {
         let alert_arbiter = Arbiter::new();
         let alerts = alerts::start(
             &alert_arbiter,
             config.cost.alert_webhook_url.clone(),
             metrics,
         );
-        let store: Arc<dyn UserStore> = Arc::new(MemoryStore::default());
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
             alert_arbiter,
@@ -167,6 +172,7 @@ mod tests {
             &config,
             Arc::new(clock),
             Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new())),
+            Arc::new(super::super::store::MemoryStore::default()),
         );
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();

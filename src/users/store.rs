@@ -1,10 +1,12 @@
-//! Where a user's state lives while no actor holds it. The actor loads it when it starts and
-//! saves it when it is evicted, so an eviction never resets a window or a budget.
-//! In-memory here; the Redis store arrives with the shared-state issue.
+//! Where users' state is kept. An actor loads its user's state when it starts, saves it after
+//! every settlement and when it is evicted, so an eviction never resets a window or a budget.
+//! In memory here, written to a snapshot file by [`Snapshots`] so a restart does not either;
+//! the Redis store arrives with the shared-state issue.
 
 use super::book::UserState;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub trait UserStore: Send + Sync + std::fmt::Debug {
     fn load(&self, user_id: &str) -> Option<UserState>;
@@ -31,5 +33,88 @@ impl UserStore for MemoryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(user_id.to_string(), state);
+    }
+}
+
+impl MemoryStore {
+    /// Every user's state.
+    pub fn export(&self) -> BTreeMap<String, UserState> {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Loads users' state (at start-up, before any actor runs).
+    pub fn import(&self, users: BTreeMap<String, UserState>) {
+        self.users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(users);
+    }
+}
+
+/// Why the snapshot file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("users.snapshot_path {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("users.snapshot_path {path} is not a tollgate snapshot: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+/// The embedded store's snapshot file: read at start-up, written at an interval and at a
+/// graceful shutdown (atomically: a temporary file renamed over the old one).
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    path: PathBuf,
+    store: Arc<MemoryStore>,
+}
+
+impl Snapshots {
+    /// Loads `path` into `store` if the file exists.
+    pub fn open(path: &Path, store: Arc<MemoryStore>) -> Result<Self, SnapshotError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let users: BTreeMap<String, UserState> =
+                    serde_json::from_slice(&bytes).map_err(|e| SnapshotError::Format {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
+                tracing::info!(path = %path.display(), users = users.len(), "restored user state");
+                store.import(users);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            store,
+        })
+    }
+
+    /// Writes the current state.
+    pub fn write(&self) -> Result<(), SnapshotError> {
+        let io = |source| SnapshotError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec(&self.store.export()).map_err(|e| SnapshotError::Format {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
     }
 }

@@ -14,6 +14,7 @@ const ENV = {
   RUST_LOG: "info",
   TOLLGATE_JWT_SECRET: SECRET,
   TOLLGATE_LISTEN: "127.0.0.1:0",
+  TOLLGATE__USERS__SNAPSHOT_PATH: "",
   // The embedded mock: 30 tokens at 15 per second, so a reply takes 2 s to generate.
   TOLLGATE__MOCK__TOKENS: "30",
   TOLLGATE__MOCK__TOKENS_PER_SECOND: "15",

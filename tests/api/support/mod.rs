@@ -79,6 +79,7 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
             log_sink,
             handle_signals: false,
             clock: Arc::new(clock.clone()),
+            snapshots: false,
         },
     )
     .unwrap();
