@@ -39,6 +39,39 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for declaring metric labels up front.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidMessages,
+        ErrorCode::UnknownModel,
+        ErrorCode::MessageTooLong,
+        ErrorCode::ContextTooLong,
+        ErrorCode::PromptInjection,
+        ErrorCode::MissingToken,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::FeatureNotInPlan,
+        ErrorCode::UnknownFeature,
+        ErrorCode::UnknownPlan,
+        ErrorCode::ModelNotInPlan,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestsPerMinute,
+        ErrorCode::RequestsPerDay,
+        ErrorCode::TokensPerDay,
+        ErrorCode::ConcurrentStreams,
+        ErrorCode::DailyBudget,
+        ErrorCode::MonthlyBudget,
+        ErrorCode::OrgDailyBudget,
+        ErrorCode::UpstreamFailed,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::StateUnavailable,
+        ErrorCode::UpstreamTimeout,
+        ErrorCode::Internal,
+    ];
+
     /// The HTTP status. Exhaustive on purpose: a new code must decide its status here.
     pub fn status(self) -> u16 {
         use ErrorCode::*;
@@ -208,6 +241,17 @@ impl<'a> ErrorBody<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_code_once() {
+        let mut codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let n = codes.len();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+        // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
+        assert_eq!(n, 29);
+    }
 
     #[test]
     fn body_has_the_openai_shape() {

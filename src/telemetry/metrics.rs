@@ -91,12 +91,15 @@ impl LabelSets {
         }
     }
 
-    /// `m` if it is a configured model, `"other"` otherwise.
+    /// `m` if it is a configured model (a mock model's knob suffix, `mock-gpt:tokens=5`, is
+    /// dropped the way pricing drops it), `"other"` otherwise.
     pub fn model<'a>(&'a self, m: &'a str) -> &'a str {
         if self.models.contains(m) {
-            m
-        } else {
-            OTHER_LABEL
+            return m;
+        }
+        match m.split_once(':') {
+            Some((base, _)) if base.starts_with("mock-") && self.models.contains(base) => base,
+            _ => OTHER_LABEL,
         }
     }
 
@@ -357,11 +360,38 @@ impl Metrics {
                 .or_insert(0);
             *total = total.saturating_add(r.cost_micro_usd);
         }
-        self.inner
-            .users
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add(r.user_id, r.cost_micro_usd);
+        // Only spenders get a per-user series (refusals before authentication have no user).
+        if r.cost_micro_usd > 0 && !r.user_id.is_empty() {
+            self.inner
+                .users
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(r.user_id, r.cost_micro_usd);
+        }
+    }
+
+    /// Creates the labelled counters whose values are known in advance at zero, so the first
+    /// event shows in `rate()` / `increase()` (a series that appears with 1 counts as 0).
+    pub fn declare_known_labels(
+        &self,
+        rejection_reasons: &[&str],
+        cut_reasons: &[&str],
+        upstream_kinds: &[&str],
+    ) {
+        self.inner.global.with_recorder(|| {
+            for reason in rejection_reasons {
+                counter!(REJECTIONS_TOTAL, "reason" => reason.to_string()).increment(0);
+            }
+            for reason in cut_reasons {
+                counter!(STREAM_CUTS_TOTAL, "reason" => reason.to_string()).increment(0);
+            }
+            for kind in upstream_kinds {
+                counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.to_string()).increment(0);
+            }
+            for window in ["daily", "monthly"] {
+                counter!(BUDGET_ALERTS_TOTAL, "window" => window).increment(0);
+            }
+        });
     }
 
     /// Counts a rejection; `reason` is the error code (e.g. `requests_per_minute`).
