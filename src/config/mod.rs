@@ -34,6 +34,7 @@ pub struct Config {
     pub users: UsersConfig,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
+    pub guardrails: GuardrailsConfig,
     pub mock: MockConfig,
 }
 
@@ -53,6 +54,7 @@ impl Default for Config {
             users: UsersConfig::default(),
             logging: LoggingConfig::default(),
             metrics: MetricsConfig::default(),
+            guardrails: GuardrailsConfig::default(),
             mock: MockConfig::default(),
         }
     }
@@ -372,6 +374,54 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             max_user_series: 1000,
+        }
+    }
+}
+
+/// What a guardrail does when it fires.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardAction {
+    /// Refuse the request (input) or cut the stream (output).
+    Block,
+    /// Let it through; log and count it.
+    Flag,
+    /// Replace the match in the stream (output only).
+    Redact,
+    /// Do not check.
+    Off,
+}
+
+/// `[guardrails]`: the prompt-injection filter and output validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Prompt-injection filter on user messages: `block` (400 prompt_injection), `flag` or `off`.
+    pub input_action: GuardAction,
+    /// Per-feature overrides of `input_action`, e.g. `{ bulk_processing = "flag" }`.
+    pub input_action_by_feature: BTreeMap<String, GuardAction>,
+    /// Score at which a message counts as an injection attempt.
+    pub input_threshold: u32,
+    /// Scan every role's messages, not only the user's.
+    pub input_all_roles: bool,
+    /// Secrets in the output (API keys, private keys, cloud credentials, tokens): `block` or `off`.
+    pub output_secrets: GuardAction,
+    /// E-mail addresses and phone numbers in the output: `redact` or `off`.
+    pub output_pii: GuardAction,
+    /// Inject a per-request canary into the system prompt and cut the stream if it appears.
+    pub canary: bool,
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        Self {
+            input_action: GuardAction::Block,
+            input_action_by_feature: BTreeMap::new(),
+            input_threshold: 10,
+            input_all_roles: false,
+            output_secrets: GuardAction::Off,
+            output_pii: GuardAction::Off,
+            canary: false,
         }
     }
 }

@@ -157,6 +157,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             price.output_per_million_usd,
         )?;
     }
+    validate_guardrails(&c.guardrails)?;
     positive(
         "relay.meter_batch_tokens",
         c.relay.meter_batch_tokens.into(),
@@ -173,6 +174,34 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+fn validate_guardrails(g: &super::GuardrailsConfig) -> Result<(), ConfigError> {
+    use super::GuardAction::{Block, Flag, Off, Redact};
+    let input_actions = std::iter::once(("guardrails.input_action".to_string(), g.input_action))
+        .chain(
+            g.input_action_by_feature
+                .iter()
+                .map(|(f, a)| (format!("guardrails.input_action_by_feature.{f}"), *a)),
+        );
+    for (key, action) in input_actions {
+        if !matches!(action, Block | Flag | Off) {
+            return Err(ConfigError::invalid(key, "expected block, flag or off"));
+        }
+    }
+    if !matches!(g.output_secrets, Block | Off) {
+        return Err(ConfigError::invalid(
+            "guardrails.output_secrets",
+            "expected block or off",
+        ));
+    }
+    if !matches!(g.output_pii, Redact | Block | Off) {
+        return Err(ConfigError::invalid(
+            "guardrails.output_pii",
+            "expected redact, block or off",
+        ));
+    }
+    positive("guardrails.input_threshold", g.input_threshold.into())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

@@ -6,9 +6,11 @@ use super::server::AppState;
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::auth::{authorize_feature, authorize_model};
 use crate::error::{ApiError, ErrorCode};
+use crate::policy::guard::OutputPlan;
 use crate::policy::ChatRequest;
 use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
+use crate::relay::guard::OutputGuard;
 use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Finished, StreamEnd, UpstreamClient};
 use crate::telemetry::{Metrics, RequestLog};
@@ -43,6 +45,7 @@ pub(super) async fn chat_completions(
 
     let Checked {
         request,
+        output,
         counter,
         price,
         wanted,
@@ -116,6 +119,7 @@ pub(super) async fn chat_completions(
             max_event_bytes: limits.upstream.max_event_bytes,
             meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
             buffer_events: limits.relay.client_buffer_events,
+            guard: output_guard(&output),
             on_finish: {
                 // Dropped with the closure: when the stream ends, however it ends.
                 let open = OpenStream::new(&state.metrics);
@@ -152,11 +156,15 @@ pub(super) async fn chat_completions(
         started,
         deadline,
         max_body_bytes: limits.upstream.max_event_bytes,
+        guard: output_guard(&output),
     })
     .await;
     match result {
         Ok((body, finished)) => {
             ticket.settle(finished.usage, finished.end.outcome()).await;
+            if let Some(rule) = &finished.blocked_by {
+                log.guardrail = Some(format!("output_blocked:{rule}"));
+            }
             log.finish(
                 finished.end.outcome(),
                 200,
@@ -187,6 +195,19 @@ pub(super) async fn chat_completions(
     }
 }
 
+/// The reply's scanners (the rules compiled at start-up, so building them cannot fail here;
+/// if it did, the reply would go unscanned, which the log says).
+fn output_guard(plan: &Option<OutputPlan>) -> Option<OutputGuard> {
+    let plan = plan.as_ref()?;
+    match OutputGuard::new(plan.rules.clone()) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::error!(error = %e, "output guardrails could not be built");
+            None
+        }
+    }
+}
+
 /// Counts a stream in `tollgate_active_streams` while it lives.
 struct OpenStream(Metrics);
 
@@ -204,7 +225,10 @@ impl Drop for OpenStream {
 }
 
 /// Logs a finished stream: an error status if it ended before the client got a stream.
-fn log_stream_end(log: RequestLog, finished: Finished) {
+fn log_stream_end(mut log: RequestLog, finished: Finished) {
+    if let Some(rule) = &finished.blocked_by {
+        log.guardrail = Some(format!("output_blocked:{rule}"));
+    }
     let (status, error_code) = if finished.end == StreamEnd::ClientGone {
         (CLIENT_CLOSED_REQUEST, None)
     } else if finished.committed {
@@ -230,6 +254,8 @@ fn log_stream_end(log: RequestLog, finished: Finished) {
 /// A request that passed every check before admission.
 struct Checked {
     request: ChatRequest,
+    /// The reply's output guardrails.
+    output: Option<OutputPlan>,
     counter: TokenCounter,
     price: Price,
     /// The output cap asked for, clamped to the plan's.
@@ -277,6 +303,14 @@ async fn check_request(
     let counter = TokenCounter::for_model(&request.model);
     let (estimate, _trimmed) = request.enforce(&config.limits, &counter)?;
     log.input_tokens_estimated = estimate;
+    let verdict = state.guardrails.check_input(&request, &log.feature)?;
+    if !verdict.flagged.is_empty() {
+        log.guardrail = Some(format!("input_flagged:{}", verdict.flagged.join(",")));
+    }
+    let output = state.guardrails.output_plan();
+    if let Some(canary) = output.as_ref().and_then(|o| o.canary_message.as_deref()) {
+        request.prepend_system_message(canary);
+    }
     let plan_cap = plan
         .max_output_tokens
         .unwrap_or(config.limits.max_output_tokens);
@@ -286,6 +320,7 @@ async fn check_request(
         .min(plan_cap);
     Ok(Checked {
         request,
+        output,
         counter,
         price,
         wanted,

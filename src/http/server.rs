@@ -5,6 +5,7 @@ use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::policy::guard::Guardrails;
 use crate::pricing::PriceTable;
 use crate::relay::UpstreamClient;
 use crate::telemetry::{LogSink, Metrics, PromptHasher};
@@ -27,6 +28,7 @@ pub struct AppState {
     pub hasher: PromptHasher,
     pub log_sink: LogSink,
     pub metrics: Metrics,
+    pub guardrails: Guardrails,
 }
 
 /// How the server runs.

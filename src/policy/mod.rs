@@ -2,7 +2,10 @@
 //! upstream receives (explicit `max_tokens`, usage reporting on streams).
 //!
 //! Unknown fields pass through to the provider untouched; the fields the gateway relies on are
-//! type-checked here, so a malformed request never reaches the upstream.
+//! type-checked here, so a malformed request never reaches the upstream. [`guard`] holds the
+//! guardrail settings: the prompt-injection filter and the output rules of a request.
+
+pub mod guard;
 
 use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -188,6 +191,23 @@ impl ChatRequest {
     /// Choices requested (`n`, default 1).
     pub fn choices(&self) -> u64 {
         self.body.get("n").and_then(Value::as_u64).unwrap_or(1)
+    }
+
+    /// The text of every message (or only the user's), for the injection filter.
+    pub fn message_texts(&self, all_roles: bool) -> Vec<String> {
+        self.messages()
+            .iter()
+            .filter(|m| all_roles || m.get("role").and_then(Value::as_str) == Some("user"))
+            .filter_map(|m| m.get("content"))
+            .map(content_text)
+            .collect()
+    }
+
+    /// Puts a system message first (the guardrail canary).
+    pub fn prepend_system_message(&mut self, text: &str) {
+        if let Some(Value::Array(messages)) = self.body.get_mut("messages") {
+            messages.insert(0, serde_json::json!({"role": "system", "content": text}));
+        }
     }
 
     /// The text of the last user message (what the request log hashes).

@@ -170,6 +170,18 @@ impl StreamIdentity {
         .to_string()
     }
 
+    /// A content chunk the gateway writes (text a guardrail held back until the end).
+    pub fn content_chunk(&self, index: usize, text: &str) -> String {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}],
+        })
+        .to_string()
+    }
+
     /// A usage chunk with the gateway's numbers (for clients that asked for usage).
     pub fn usage_chunk(&self, usage: Usage) -> String {
         json!({

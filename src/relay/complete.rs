@@ -1,6 +1,7 @@
 //! Non-streamed replies: read the provider's whole `chat.completion` (bounded in size and by the
 //! deadline), enforce the output cap on it, and decide what is billed.
 
+use super::guard::OutputGuard;
 use super::upstream::UpstreamResponse;
 use super::{Finished, StreamEnd};
 use crate::accounting::{Usage, UsageSource};
@@ -19,6 +20,7 @@ pub struct CompleteJob {
     pub started: Instant,
     pub deadline: Instant,
     pub max_body_bytes: usize,
+    pub guard: Option<OutputGuard>,
 }
 
 /// The body for the client and the summary, or the error to answer with and its summary.
@@ -32,6 +34,7 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         usage_source: UsageSource::Counted,
         ttft: None,
         committed: false,
+        blocked_by: None,
     };
     let mut upstream = job.upstream;
     let body = match tokio::time::timeout_at(
@@ -62,23 +65,25 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         }
     };
     let (output_tokens, capped) = cap_reply(&mut reply, &job.counter, job.max_output_tokens);
+    let blocked_by = job
+        .guard
+        .and_then(|mut guard| guard_reply(&mut reply, &mut guard));
     let reported = reply.get("usage").and_then(|u| {
         Some(Usage {
             input_tokens: u.get("prompt_tokens")?.as_u64()?,
             output_tokens: u.get("completion_tokens")?.as_u64()?,
         })
     });
-    let mut finished = counted(
-        if capped {
-            StreamEnd::TokenCap
-        } else {
-            StreamEnd::Completed
-        },
-        output_tokens,
-    );
+    let end = match (&blocked_by, capped) {
+        (Some(_), _) => StreamEnd::OutputBlocked,
+        (None, true) => StreamEnd::TokenCap,
+        (None, false) => StreamEnd::Completed,
+    };
+    let mut finished = counted(end, output_tokens);
+    finished.blocked_by = blocked_by;
     finished.ttft = Some(Instant::now() - job.started);
     finished.committed = true;
-    match (capped, reported) {
+    match (capped || finished.blocked_by.is_some(), reported) {
         (false, Some(usage)) => {
             finished.usage = usage;
             finished.usage_source = UsageSource::Upstream;
@@ -86,8 +91,10 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         (true, _) => set_usage(&mut reply, finished.usage),
         (false, None) => {}
     }
-    let bytes = serde_json::to_vec(&reply).map_err(|_| (failed(), finished))?;
-    Ok((Bytes::from(bytes), finished))
+    match serde_json::to_vec(&reply) {
+        Ok(bytes) => Ok((Bytes::from(bytes), finished)),
+        Err(_) => Err((failed(), finished)),
+    }
 }
 
 fn failed() -> ApiError {
@@ -120,6 +127,29 @@ fn cap_reply(reply: &mut Value, counter: &TokenCounter, max_output_tokens: u64) 
         left = left.saturating_sub(tokens);
     }
     (max_output_tokens - left, capped)
+}
+
+/// Runs each choice's message through the output guard. A blocked choice keeps only the text
+/// before the match and finishes with `content_filter` (OpenAI's own reason); returns the rule.
+fn guard_reply(reply: &mut Value, guard: &mut OutputGuard) -> Option<String> {
+    let mut blocked = None;
+    let choices = reply.get_mut("choices").and_then(Value::as_array_mut)?;
+    for (index, choice) in choices.iter_mut().enumerate() {
+        let Some(Value::String(content)) = choice.pointer_mut("/message/content") else {
+            continue;
+        };
+        match guard.scan_whole(index, content) {
+            Ok(text) => *content = text,
+            Err((prefix, rule)) => {
+                *content = prefix;
+                if let Some(reason) = choice.get_mut("finish_reason") {
+                    *reason = Value::from("content_filter");
+                }
+                blocked.get_or_insert(rule);
+            }
+        }
+    }
+    blocked
 }
 
 fn set_usage(reply: &mut Value, usage: Usage) {

@@ -7,6 +7,7 @@
 
 pub mod chunk;
 pub mod complete;
+pub mod guard;
 pub mod sse;
 pub mod stream;
 pub mod upstream;
@@ -31,6 +32,8 @@ pub enum StreamEnd {
     UpstreamFailed,
     /// The client disconnected.
     ClientGone,
+    /// An output guardrail matched: the client got the text before the match, then the error.
+    OutputBlocked,
 }
 
 impl StreamEnd {
@@ -42,6 +45,7 @@ impl StreamEnd {
                 | StreamEnd::UpstreamFailed
                 | StreamEnd::BudgetExceeded
                 | StreamEnd::ClientGone
+                | StreamEnd::OutputBlocked
         )
     }
 
@@ -57,7 +61,8 @@ impl StreamEnd {
             | StreamEnd::TokenCap
             | StreamEnd::BudgetExceeded
             | StreamEnd::UpstreamFailed
-            | StreamEnd::ClientGone => ApiError::new(
+            | StreamEnd::ClientGone
+            | StreamEnd::OutputBlocked => ApiError::new(
                 ErrorCode::UpstreamFailed,
                 "the upstream provider failed before its reply started",
             ),
@@ -72,6 +77,7 @@ impl StreamEnd {
             StreamEnd::Deadline => Outcome::CutDeadline,
             StreamEnd::UpstreamFailed => Outcome::UpstreamError,
             StreamEnd::ClientGone => Outcome::ClientGone,
+            StreamEnd::OutputBlocked => Outcome::CutGuardrail,
         }
     }
 
@@ -88,6 +94,11 @@ impl StreamEnd {
                 "rate_limit_error",
                 "budget_exceeded",
             ),
+            StreamEnd::OutputBlocked => (
+                "the response was stopped by an output guardrail",
+                "content_filter_error",
+                "output_blocked",
+            ),
             StreamEnd::Completed
             | StreamEnd::TokenCap
             | StreamEnd::UpstreamFailed
@@ -101,7 +112,7 @@ impl StreamEnd {
 }
 
 /// What the relay hands back when a request has ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Finished {
     pub end: StreamEnd,
     pub usage: Usage,
@@ -110,4 +121,6 @@ pub struct Finished {
     pub ttft: Option<Duration>,
     /// Whether the client got a stream (else it got an HTTP error, or nothing).
     pub committed: bool,
+    /// The output guardrail rule that cut the reply, if one did.
+    pub blocked_by: Option<String>,
 }

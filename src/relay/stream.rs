@@ -6,6 +6,7 @@
 //! logged exactly once.
 
 use super::chunk::{error_payload, truncate_chunk, Payload, StreamIdentity};
+use super::guard::{Filtered, OutputGuard};
 use super::sse::{encode_data, SseEvent, SseParser, DONE};
 use super::upstream::UpstreamResponse;
 use super::{Finished, StreamEnd};
@@ -48,6 +49,8 @@ pub struct StreamJob {
     pub max_event_bytes: usize,
     pub meter_batch_tokens: u64,
     pub buffer_events: usize,
+    /// Output guardrails, when any are on.
+    pub guard: Option<OutputGuard>,
     /// Called once when the stream has ended, with how it ended and what it used.
     pub on_finish: Box<dyn FnOnce(Finished)>,
 }
@@ -103,6 +106,9 @@ struct Relay {
     unreported_tokens: u64,
     upstream_usage: Option<Usage>,
     finish_seen: bool,
+    guard: Option<OutputGuard>,
+    /// The rule that blocked the output, if one did.
+    blocked_by: Option<String>,
     /// The upstream body reached its end (polling it again would be a bug).
     upstream_ended: bool,
     first_token_at: Option<Instant>,
@@ -134,6 +140,8 @@ impl StreamJob {
             unreported_tokens: 0,
             upstream_usage: None,
             finish_seen: false,
+            guard: self.guard,
+            blocked_by: None,
             upstream_ended: false,
             first_token_at: None,
         };
@@ -147,7 +155,7 @@ impl StreamJob {
             drop(upstream);
             None
         };
-        relay.send_tail(end).await;
+        let end = relay.send_tail(end).await;
         if let Some(upstream) = finished_upstream {
             drain(upstream).await;
         }
@@ -173,6 +181,7 @@ impl StreamJob {
             usage_source,
             ttft,
             committed,
+            blocked_by: relay.blocked_by.take(),
         });
     }
 }
@@ -321,8 +330,24 @@ impl Relay {
             (Cow::Borrowed(event.data.as_str()), tokens, false)
         };
         if !capped || tokens > 0 {
-            if let Err(end) = self.emit(encode_data(&payload)).await {
-                return Some(end);
+            let filtered = match self.guard.as_mut() {
+                None => Filtered::Send(payload.into_owned()),
+                Some(guard) => guard.filter_chunk(&payload),
+            };
+            let (send, blocked) = match filtered {
+                Filtered::Send(p) => (Some(p), None),
+                Filtered::Skip => (None, None),
+                Filtered::Blocked { payload, rule_id } => (payload, Some(rule_id)),
+            };
+            if let Some(p) = send {
+                if let Err(end) = self.emit(encode_data(&p)).await {
+                    return Some(end);
+                }
+            }
+            if let Some(rule) = blocked {
+                self.blocked_by = Some(rule);
+                self.output_tokens += tokens;
+                return Some(StreamEnd::OutputBlocked);
             }
         }
         if tokens > 0 {
@@ -358,17 +383,33 @@ impl Relay {
 
     /// The frames that close the stream for the client. An error before anything was sent is
     /// handed to the handler instead, which answers it with a plain HTTP error.
-    async fn send_tail(&mut self, end: StreamEnd) {
+    async fn send_tail(&mut self, mut end: StreamEnd) -> StreamEnd {
         let mut frames: Vec<String> = Vec::new();
-        if end.is_error() {
+        // Text the guard still holds goes out before a normal ending (or blocks it).
+        if matches!(end, StreamEnd::Completed | StreamEnd::TokenCap) {
+            if let Some(guard) = self.guard.as_mut() {
+                let (tails, blocked) = match guard.finish() {
+                    Ok(tails) => (tails, None),
+                    Err((tails, rule)) => (tails, Some(rule)),
+                };
+                for (index, text) in tails {
+                    frames.push(self.identity.content_chunk(index, &text));
+                }
+                if let Some(rule) = blocked {
+                    self.blocked_by = Some(rule);
+                    end = StreamEnd::OutputBlocked;
+                }
+            }
+        }
+        if end.is_error() && end != StreamEnd::OutputBlocked {
             if let Some(opened) = self.opened.take() {
                 let _ = opened.send(Err(end));
-                return;
+                return end;
             }
         }
         self.commit();
         match end {
-            StreamEnd::ClientGone => return,
+            StreamEnd::ClientGone => return end,
             StreamEnd::Completed => {}
             StreamEnd::TokenCap => {
                 frames.push(self.identity.length_finish_chunk());
@@ -379,7 +420,10 @@ impl Relay {
                     }));
                 }
             }
-            StreamEnd::Deadline | StreamEnd::UpstreamFailed | StreamEnd::BudgetExceeded => {
+            StreamEnd::Deadline
+            | StreamEnd::UpstreamFailed
+            | StreamEnd::BudgetExceeded
+            | StreamEnd::OutputBlocked => {
                 let (message, kind, code) = end.client_error();
                 frames.push(error_payload(message, kind, code));
             }
@@ -388,10 +432,11 @@ impl Relay {
         for frame in frames {
             let sent = tokio::time::timeout(TAIL_SEND_TIMEOUT, self.tx.send(encode_data(&frame)));
             if !matches!(sent.await, Ok(Ok(()))) {
-                return;
+                return end;
             }
         }
         self.closed_cleanly.store(true, Ordering::Release);
+        end
     }
 }
 

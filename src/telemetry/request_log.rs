@@ -127,6 +127,7 @@ struct Line<'a> {
     usage_source: UsageSource,
     input_tokens: u64,
     error_code: Option<&'a str>,
+    guardrail: Option<&'a str>,
 }
 
 /// One request's log record, filled in as the request advances.
@@ -147,6 +148,8 @@ pub struct RequestLog {
     pub session_id: Option<String>,
     pub stream: bool,
     pub price: Option<Price>,
+    /// What a guardrail did (`input_flagged:<rules>`, `output_blocked:<rule>`), if anything.
+    pub guardrail: Option<String>,
 }
 
 impl RequestLog {
@@ -167,6 +170,7 @@ impl RequestLog {
             session_id: None,
             stream: false,
             price: None,
+            guardrail: None,
         }
     }
 
@@ -235,6 +239,7 @@ impl RequestLog {
             usage_source,
             input_tokens: usage.input_tokens,
             error_code,
+            guardrail: self.guardrail.as_deref(),
         };
         if let Ok(json) = serde_json::to_string(&line) {
             self.sink.write(json);

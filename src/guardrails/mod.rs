@@ -1,0 +1,30 @@
+//! Guardrails: a prompt-injection input filter and a streaming output scanner.
+//!
+//! This module owns the text checks only; it decides nothing about HTTP, config or metrics and
+//! depends on nothing else in the crate, so the relay and the request pipeline call it and map its
+//! answers to actions:
+//!
+//! - [`input`]: [`InjectionDetector`] scores a request message against weighted phrase and regex
+//!   rules after [`normalize`] (NFKC, case folding, zero-width removal, confusables, whitespace),
+//!   also looking inside one level of Base64 and Unicode TAG "ASCII smuggling". The caller compares
+//!   [`Verdict::score`] with a threshold ([`DEFAULT_THRESHOLD`]) and blocks or flags.
+//! - [`output`]: [`StreamScanner`] sits between the upstream's deltas and the client. It releases
+//!   text as soon as no forbidden pattern can still start in it, holding back only the shortest
+//!   tail that could begin a match ([`StreamScanner::held_chars`]), and either redacts a match in
+//!   place or cuts the stream before the first character of a blocked one. What reaches the client
+//!   does not depend on how the output was chunked.
+//!
+//! Everything here runs in time linear in its input (finite-automaton regexes under size limits,
+//! Aho-Corasick for phrases).
+
+pub mod input;
+pub mod normalize;
+pub mod output;
+mod rules;
+
+pub use input::{InjectionDetector, Rule, RulePattern, Verdict, DEFAULT_THRESHOLD, MIN_BASE64_LEN};
+pub use normalize::normalize;
+pub use output::{
+    canary_rule, default_secret_rules, new_canary, pii_redaction_rules, OutputAction,
+    OutputPattern, OutputRule, ScanOutput, StreamScanner,
+};

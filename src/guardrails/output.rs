@@ -1,0 +1,953 @@
+//! Streaming output validation that never lets a forbidden string reach the client.
+//!
+//! A [`StreamScanner`] receives the upstream's text deltas in order and answers, for each one, the
+//! text that is safe to send now. It holds back only the shortest tail in which a pattern could
+//! still be starting (the longest pattern length − 1 characters, see [`StreamScanner::held_chars`]),
+//! so a canary or a key split over any number of chunks is caught before its first character is
+//! released, and everything else streams with no delay beyond that tail.
+//!
+//! Semantics (identical for every chunking, so streaming equals a one-shot scan): the text is
+//! processed left to right from a cursor. At each position every rule is tried in order; a rule
+//! matches at position `s` when its regex matches *starting at `s`* within its window (the next
+//! `max_len` characters for [`OutputPattern::Regex`]; a literal's own length, zero-width characters
+//! allowed in between, for [`OutputPattern::Literal`]). The first position with a match wins, ties
+//! go to the earlier rule. A `Redact` match is replaced and the cursor moves past it; a `Block`
+//! match ends the stream, releasing only the text before it. A decision at `s` is taken only once
+//! the whole window after `s` has arrived (or the stream has ended), which is why it cannot depend
+//! on chunk boundaries. Look-around at the window's edges sees the real neighbouring characters,
+//! and a regex whose match can end in a look-around (`\b`, `$`) waits for one extra character.
+//!
+//! Regexes run on `regex-automata`'s finite automata (linear time, no backtracking) under a size
+//! limit. Matching is on the raw text; literal patterns (canaries) also match with invisible
+//! format characters (zero-width spaces and joiners, soft hyphens, TAG characters, ...) between
+//! their characters, and ignore case. This module depends on nothing else in the crate.
+
+use regex_automata::meta::{self, Regex};
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
+
+use super::normalize::is_invisible;
+
+/// Longest pattern accepted, in characters: bounds the hold-back (and so the added latency).
+pub const MAX_PATTERN_CHARS: usize = 1024;
+
+/// Compiled-automaton size limit per rule, in bytes.
+const REGEX_SIZE_LIMIT: usize = 4 << 20;
+
+/// The invisible characters a literal may have between its characters; must agree with
+/// [`is_invisible`].
+const INVISIBLE_CLASS: &str = r"[\x{200B}-\x{200F}\x{2060}-\x{2064}\x{FEFF}\x{00AD}\x{E0000}-\x{E007F}\x{202A}-\x{202E}\x{2066}-\x{2069}\x{180E}\x{034F}\x{061C}\x{FE00}-\x{FE0F}]";
+
+/// What to do when a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputAction {
+    /// Cut the stream before the match; nothing from the match on is released.
+    Block,
+    /// Replace the match with this text and go on.
+    Redact(String),
+}
+
+/// One output check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRule {
+    /// Stable identifier (logs, metric labels, the `Blocked` answer).
+    pub id: String,
+    /// What to look for.
+    pub pattern: OutputPattern,
+    /// What to do about it.
+    pub action: OutputAction,
+}
+
+/// What an [`OutputRule`] looks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputPattern {
+    /// An exact string, e.g. a per-request canary. Case-insensitive; also found with invisible
+    /// format characters inserted between its characters.
+    Literal(String),
+    /// A regex (regex-automata syntax, case-sensitive unless it says `(?i)`) and the longest match
+    /// it can have, in characters. Matches are confined to `max_len` characters; `max_len` is what
+    /// the scanner holds back, so a secret rule should match a distinctive prefix of the secret
+    /// (blocking on the first 20 characters of a key is as good as on all of it) rather than the
+    /// whole of a long token.
+    Regex {
+        /// The pattern; must not match the empty string.
+        regex: String,
+        /// Longest match, in characters (1..=[`MAX_PATTERN_CHARS`]).
+        max_len: usize,
+    },
+}
+
+/// The answer to [`StreamScanner::push`] and [`StreamScanner::finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanOutput {
+    /// Safe to send now (redactions applied); may be empty.
+    Text(String),
+    /// A `Block` rule matched: send `safe_prefix` (the text before the match not yet released),
+    /// then end the stream. Every later call answers `Blocked` again with an empty prefix.
+    Blocked {
+        /// Id of the rule that matched.
+        rule_id: String,
+        /// Text before the match that had not been released yet.
+        safe_prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    /// A literal: its window is its own visible characters.
+    Literal,
+    /// A regex confined to `max_len` characters.
+    Regex { max_len: usize },
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    id: String,
+    action: OutputAction,
+    regex: Regex,
+    window: Window,
+}
+
+/// A match found in the buffer, as byte offsets.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    start: usize,
+    end: usize,
+}
+
+/// Scans one response stream. Create one per response with [`StreamScanner::new`], feed deltas in
+/// order with [`push`](Self::push), then call [`finish`](Self::finish) at the end of the stream.
+#[derive(Debug, Clone)]
+pub struct StreamScanner {
+    rules: Vec<CompiledRule>,
+    /// Characters a regex rule needs after its start position before it can be decided, minus one.
+    regex_hold: usize,
+    /// Visible characters a literal rule needs, minus one.
+    literal_hold: usize,
+    /// Raw text: `buf[..start]` is one already-released character kept as look-behind context,
+    /// `buf[start..]` is held back.
+    buf: String,
+    start: usize,
+    blocked: Option<String>,
+    finished: bool,
+}
+
+impl StreamScanner {
+    /// Compile `rules` (order is priority when two match at the same position). Fails, naming the
+    /// rule id, on an empty or duplicate id, an empty literal, an invalid regex, a regex that can
+    /// match the empty string, or a `max_len` outside 1..=[`MAX_PATTERN_CHARS`].
+    ///
+    /// Compiling is not free (see [`add_rule`](Self::add_rule) for sharing compiled rules).
+    pub fn new(rules: Vec<OutputRule>) -> Result<Self, String> {
+        let mut scanner = Self {
+            rules: Vec::with_capacity(rules.len()),
+            regex_hold: 0,
+            literal_hold: 0,
+            buf: String::new(),
+            start: 0,
+            blocked: None,
+            finished: false,
+        };
+        for rule in rules {
+            scanner.add_rule(rule)?;
+        }
+        Ok(scanner)
+    }
+
+    /// Append one rule (lowest priority so far), with the same checks as [`new`](Self::new).
+    /// Meant for a fresh scanner: the usual pattern is to compile the shared rules once, then per
+    /// response `clone()` that template (cheap: compiled regexes are reference-counted) and add
+    /// the request's [`canary_rule`].
+    pub fn add_rule(&mut self, rule: OutputRule) -> Result<(), String> {
+        if rule.id.trim().is_empty() {
+            return Err("output rule with an empty id".to_string());
+        }
+        if self.rules.iter().any(|c| c.id == rule.id) {
+            return Err(format!("output rule {}: duplicate id", rule.id));
+        }
+        let (regex, window) = match &rule.pattern {
+            OutputPattern::Literal(text) => {
+                let visible: Vec<char> = text.chars().filter(|&c| !is_invisible(c)).collect();
+                if visible.is_empty() {
+                    return Err(format!("output rule {}: empty literal", rule.id));
+                }
+                if visible.len() > MAX_PATTERN_CHARS {
+                    return Err(format!(
+                        "output rule {}: literal longer than {MAX_PATTERN_CHARS} characters",
+                        rule.id
+                    ));
+                }
+                let pattern = visible
+                    .iter()
+                    .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
+                    .collect::<Vec<_>>()
+                    .join(&format!("{INVISIBLE_CLASS}*"));
+                let regex = compile(&rule.id, &pattern, true)?;
+                self.literal_hold = self.literal_hold.max(visible.len() - 1);
+                (regex, Window::Literal)
+            }
+            OutputPattern::Regex { regex, max_len } => {
+                if *max_len == 0 || *max_len > MAX_PATTERN_CHARS {
+                    return Err(format!(
+                        "output rule {}: max_len must be 1..={MAX_PATTERN_CHARS}",
+                        rule.id
+                    ));
+                }
+                let hir = regex_syntax::ParserBuilder::new()
+                    .build()
+                    .parse(regex)
+                    .map_err(|e| format!("output rule {}: invalid regex: {e}", rule.id))?;
+                let props = hir.properties();
+                if props.minimum_len() == Some(0) {
+                    return Err(format!(
+                        "output rule {}: regex can match the empty string",
+                        rule.id
+                    ));
+                }
+                let compiled = compile(&rule.id, regex, false)?;
+                // A look-around that can end a match needs the character after the window.
+                let lookahead = usize::from(!props.look_set_suffix_any().is_empty());
+                self.regex_hold = self.regex_hold.max(max_len - 1 + lookahead);
+                (compiled, Window::Regex { max_len: *max_len })
+            }
+        };
+        self.rules.push(CompiledRule {
+            id: rule.id,
+            action: rule.action,
+            regex,
+            window,
+        });
+        Ok(())
+    }
+
+    /// The most characters this scanner can hold back while the stream runs (the added delay),
+    /// not counting invisible characters inside a partial literal.
+    pub fn max_hold_chars(&self) -> usize {
+        self.regex_hold.max(self.literal_hold)
+    }
+
+    /// Characters currently held back (received, not yet released).
+    pub fn held_chars(&self) -> usize {
+        self.buf
+            .get(self.start..)
+            .map_or(0, |held| held.chars().count())
+    }
+
+    /// Whether a `Block` rule has matched.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.is_some()
+    }
+
+    /// Feed the next delta; returns what can be released now.
+    pub fn push(&mut self, delta: &str) -> ScanOutput {
+        if let Some(rule_id) = &self.blocked {
+            return ScanOutput::Blocked {
+                rule_id: rule_id.clone(),
+                safe_prefix: String::new(),
+            };
+        }
+        if self.finished {
+            // Text after the end of the stream is ignored rather than released unscanned.
+            return ScanOutput::Text(String::new());
+        }
+        self.buf.push_str(delta);
+        self.advance(false)
+    }
+
+    /// End of stream: scan and release the held tail.
+    pub fn finish(&mut self) -> ScanOutput {
+        if let Some(rule_id) = &self.blocked {
+            return ScanOutput::Blocked {
+                rule_id: rule_id.clone(),
+                safe_prefix: String::new(),
+            };
+        }
+        if self.finished {
+            return ScanOutput::Text(String::new());
+        }
+        self.finished = true;
+        let out = self.advance(true);
+        self.buf.clear();
+        self.start = 0;
+        out
+    }
+
+    /// Release everything decidable; act on matches.
+    fn advance(&mut self, ended: bool) -> ScanOutput {
+        let decidable = if ended {
+            self.buf.len()
+        } else {
+            self.decidable_end()
+        };
+        let mut out = String::new();
+        // Per rule: the first match at or after `searched_from` (None = not searched yet).
+        let mut next: Vec<Option<Option<Found>>> = vec![None; self.rules.len()];
+        loop {
+            let mut best: Option<(usize, Found)> = None;
+            for (index, slot) in next.iter_mut().enumerate() {
+                let stale = match slot {
+                    None => true,
+                    Some(Some(found)) => found.start < self.start,
+                    Some(None) => false,
+                };
+                if stale {
+                    *slot = Some(self.first_match(index, self.start, decidable));
+                }
+                if let Some(Some(found)) = slot {
+                    if best.is_none_or(|(_, b)| found.start < b.start) {
+                        best = Some((index, *found));
+                    }
+                }
+            }
+            let Some((index, found)) = best else {
+                if decidable > self.start {
+                    out.push_str(&self.buf[self.start..decidable]);
+                    self.start = decidable;
+                }
+                break;
+            };
+            out.push_str(&self.buf[self.start..found.start]);
+            let Some(rule) = self.rules.get(index) else {
+                break;
+            };
+            match &rule.action {
+                OutputAction::Block => {
+                    let rule_id = rule.id.clone();
+                    self.blocked = Some(rule_id.clone());
+                    self.buf.clear();
+                    self.start = 0;
+                    return ScanOutput::Blocked {
+                        rule_id,
+                        safe_prefix: out,
+                    };
+                }
+                OutputAction::Redact(replacement) => {
+                    out.push_str(replacement);
+                    self.start = found.end;
+                }
+            }
+        }
+        self.compact();
+        ScanOutput::Text(out)
+    }
+
+    /// Byte offset before which every start position can be decided with the text received.
+    fn decidable_end(&self) -> usize {
+        let held = &self.buf[self.start..];
+        let regex_end = if self.regex_hold == 0 {
+            self.buf.len()
+        } else {
+            held.char_indices()
+                .rev()
+                .nth(self.regex_hold - 1)
+                .map_or(self.start, |(i, _)| self.start + i)
+        };
+        let literal_end = if !self.has_literals() {
+            self.buf.len()
+        } else {
+            // A literal can be decided at `s` once `literal_hold + 1` visible chars follow it.
+            held.char_indices()
+                .rev()
+                .filter(|(_, c)| !is_invisible(*c))
+                .nth(self.literal_hold)
+                .map_or(self.start, |(i, c)| self.start + i + c.len_utf8())
+        };
+        regex_end.min(literal_end)
+    }
+
+    fn has_literals(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.window, Window::Literal))
+    }
+
+    /// The first match of rule `index` starting in `from..decidable`.
+    fn first_match(&self, index: usize, from: usize, decidable: usize) -> Option<Found> {
+        let rule = self.rules.get(index)?;
+        let mut at = from;
+        while at < decidable {
+            let candidate = rule
+                .regex
+                .search(&Input::new(&self.buf).span(at..self.buf.len()))?;
+            if candidate.start() >= decidable {
+                return None;
+            }
+            match rule.window {
+                Window::Literal => {
+                    return Some(Found {
+                        start: candidate.start(),
+                        end: candidate.end(),
+                    })
+                }
+                Window::Regex { max_len } => {
+                    // Confine the match to the window; look-around still sees the real text.
+                    let s = candidate.start();
+                    let window_end = self.buf[s..]
+                        .char_indices()
+                        .nth(max_len)
+                        .map_or(self.buf.len(), |(i, _)| s + i);
+                    let input = Input::new(&self.buf)
+                        .span(s..window_end)
+                        .anchored(Anchored::Yes);
+                    if let Some(m) = rule.regex.search(&input) {
+                        return Some(Found {
+                            start: m.start(),
+                            end: m.end(),
+                        });
+                    }
+                    // Only a longer-than-window match starts here; look further on.
+                    at = s + self.buf[s..].chars().next().map_or(1, char::len_utf8);
+                }
+            }
+        }
+        None
+    }
+
+    /// Drop released text, keeping one character of look-behind context.
+    fn compact(&mut self) {
+        let keep_from = self.buf[..self.start]
+            .char_indices()
+            .next_back()
+            .map_or(self.start, |(i, _)| i);
+        if keep_from > 0 {
+            self.buf.drain(..keep_from);
+            self.start -= keep_from;
+        }
+    }
+}
+
+fn compile(id: &str, pattern: &str, case_insensitive: bool) -> Result<Regex, String> {
+    meta::Builder::new()
+        .configure(
+            meta::Config::new()
+                .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+                .onepass_size_limit(Some(REGEX_SIZE_LIMIT))
+                .dfa_size_limit(Some(REGEX_SIZE_LIMIT)),
+        )
+        .syntax(syntax::Config::new().case_insensitive(case_insensitive))
+        .build(pattern)
+        .map_err(|e| format!("output rule {id}: invalid regex: {e}"))
+}
+
+fn block_regex(id: &str, regex: &str, max_len: usize) -> OutputRule {
+    OutputRule {
+        id: id.to_string(),
+        pattern: OutputPattern::Regex {
+            regex: regex.to_string(),
+            max_len,
+        },
+        action: OutputAction::Block,
+    }
+}
+
+/// Secret patterns, all `Block`. Each matches a distinctive prefix of the secret (enough to be
+/// sure, short enough to keep the hold-back small): OpenAI keys (`sk-` + 20, `sk-proj-` /
+/// `sk-svcacct-` / `sk-admin-` + 20), Anthropic keys (`sk-ant-api03-` + 16), AWS access key ids
+/// (`AKIA`/`ASIA` + 16), PEM private key headers (`-----BEGIN … PRIVATE KEY`), GitHub tokens
+/// (`ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` + 20, `github_pat_` + 20), Slack tokens (`xoxb-` … + 10) and
+/// JWTs (8 header characters, `.eyJ`, 8 payload characters: the header itself, which only names the
+/// algorithm, may be released before the cut).
+///
+/// None of them uses a look-behind such as `\b`: a redaction just before a key would otherwise
+/// give it a word boundary in the released text that it did not have in the raw text (the property
+/// test found exactly that), so a key glued to other text is blocked too.
+pub fn default_secret_rules() -> Vec<OutputRule> {
+    vec![
+        block_regex(
+            "openai_api_key",
+            r"sk-(?:[A-Za-z0-9]{20}|(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{20})",
+            31,
+        ),
+        block_regex(
+            "anthropic_api_key",
+            r"sk-ant-(?:api|admin|sid)[0-9]{2}-[A-Za-z0-9_\-]{16}",
+            31,
+        ),
+        block_regex("aws_access_key_id", r"(?:AKIA|ASIA)[0-9A-Z]{16}", 20),
+        block_regex("private_key", r"-----BEGIN [A-Z0-9 ]{0,14}PRIVATE KEY", 36),
+        block_regex(
+            "github_token",
+            r"(?:gh[pousr]_[A-Za-z0-9]{20}|github_pat_[A-Za-z0-9_]{20})",
+            31,
+        ),
+        block_regex("slack_token", r"xox[bpars]-[A-Za-z0-9\-]{10}", 15),
+        block_regex("jwt", r"[A-Za-z0-9_\-]{8}\.eyJ[A-Za-z0-9_\-]{8}", 20),
+    ]
+}
+
+/// E-mail addresses → `[email]` and phone numbers → `[phone]` (both `Redact`). Addresses longer
+/// than 48 characters and numbers longer than 24 are redacted only in part.
+pub fn pii_redaction_rules() -> Vec<OutputRule> {
+    vec![
+        OutputRule {
+            id: "email".to_string(),
+            pattern: OutputPattern::Regex {
+                regex: r"[A-Za-z0-9._%+\-]{1,32}@[A-Za-z0-9\-]{1,30}(?:\.[A-Za-z0-9\-]{1,30}){0,3}\.[A-Za-z]{2,12}".to_string(),
+                max_len: 48,
+            },
+            action: OutputAction::Redact("[email]".to_string()),
+        },
+        OutputRule {
+            id: "phone".to_string(),
+            pattern: OutputPattern::Regex {
+                regex: r"(?:\+[1-9][0-9]{0,2}[ .\-]?)?(?:\([0-9]{2,4}\)[ .\-]?|[0-9]{2,4}[ .\-])[0-9]{3,4}[ .\-]?[0-9]{3,4}".to_string(),
+                max_len: 24,
+            },
+            action: OutputAction::Redact("[phone]".to_string()),
+        },
+    ]
+}
+
+/// A `Block` rule for a per-request canary (id `canary`).
+pub fn canary_rule(canary: &str) -> OutputRule {
+    OutputRule {
+        id: "canary".to_string(),
+        pattern: OutputPattern::Literal(canary.to_string()),
+        action: OutputAction::Block,
+    }
+}
+
+/// A fresh canary: `cnry-` followed by 16 random hex characters (64 bits from a v4 UUID).
+pub fn new_canary() -> String {
+    let bits = uuid::Uuid::new_v4().as_u128();
+    // Fold the halves so the UUID's fixed version and variant bits are mixed with random ones.
+    let folded = (bits >> 64) as u64 ^ bits as u64;
+    format!("cnry-{folded:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_rules(canary: &str) -> Vec<OutputRule> {
+        let mut rules = vec![canary_rule(canary)];
+        rules.extend(default_secret_rules());
+        rules.extend(pii_redaction_rules());
+        rules
+    }
+
+    /// Everything released for `chunks`, and the blocking rule if any.
+    fn run(rules: Vec<OutputRule>, chunks: &[&str]) -> (String, Option<String>) {
+        run_with(&StreamScanner::new(rules).unwrap(), chunks)
+    }
+
+    /// Like [`run`] with a compiled template (compiling is the slow part in debug builds).
+    fn run_with(template: &StreamScanner, chunks: &[&str]) -> (String, Option<String>) {
+        let mut scanner = template.clone();
+        let mut released = String::new();
+        for chunk in chunks {
+            match scanner.push(chunk) {
+                ScanOutput::Text(t) => released.push_str(&t),
+                ScanOutput::Blocked {
+                    rule_id,
+                    safe_prefix,
+                } => {
+                    released.push_str(&safe_prefix);
+                    return (released, Some(rule_id));
+                }
+            }
+            assert!(scanner.held_chars() <= scanner.max_hold_chars() + chunk.chars().count());
+        }
+        match scanner.finish() {
+            ScanOutput::Text(t) => {
+                released.push_str(&t);
+                (released, None)
+            }
+            ScanOutput::Blocked {
+                rule_id,
+                safe_prefix,
+            } => {
+                released.push_str(&safe_prefix);
+                (released, Some(rule_id))
+            }
+        }
+    }
+
+    #[test]
+    fn template_clone_plus_canary() {
+        let template = StreamScanner::new(default_secret_rules()).unwrap();
+        let mut scanner = template.clone();
+        scanner.add_rule(canary_rule(CANARY)).unwrap();
+        assert!(scanner
+            .add_rule(canary_rule(CANARY))
+            .unwrap_err()
+            .contains("canary"));
+        // Held (the secret rules need more look-ahead), then caught at the end of the stream.
+        assert_eq!(scanner.push(CANARY), ScanOutput::Text(String::new()));
+        assert!(matches!(scanner.finish(), ScanOutput::Blocked { .. }));
+        let mut other = template.clone();
+        assert_eq!(other.push(CANARY), ScanOutput::Text(String::new()));
+        assert_eq!(other.finish(), ScanOutput::Text(CANARY.to_string()));
+    }
+
+    #[test]
+    #[ignore = "timing report, not a pass/fail test"]
+    fn scanner_timing() {
+        let rules = all_rules(CANARY);
+        let start = std::time::Instant::now();
+        for _ in 0..100 {
+            std::hint::black_box(StreamScanner::new(rules.clone()).unwrap());
+        }
+        println!("compile canary+secrets+pii: {:?}", start.elapsed() / 100);
+        let template = StreamScanner::new(rules.clone()).unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..1000 {
+            let mut s = template.clone();
+            s.add_rule(canary_rule("cnry-0000000000000001")).ok();
+            std::hint::black_box(s);
+        }
+        println!("clone template + add canary: {:?}", start.elapsed() / 1000);
+        let text = "The quick brown fox jumps over the lazy dog; call me maybe. ".repeat(70);
+        let start = std::time::Instant::now();
+        for _ in 0..20 {
+            let mut s = template.clone();
+            for chunk in text.as_bytes().chunks(4) {
+                std::hint::black_box(s.push(std::str::from_utf8(chunk).unwrap()));
+            }
+            std::hint::black_box(s.finish());
+        }
+        println!("4,200 chars in 4-char deltas: {:?}", start.elapsed() / 20);
+        let mut a = "a".repeat(1 << 20);
+        a.push('!');
+        for (name, big) in [("1 MiB 'aaaa…!'", a), ("50k newlines", "\n".repeat(50_000))] {
+            let start = std::time::Instant::now();
+            let mut s = template.clone();
+            std::hint::black_box(s.push(&big));
+            std::hint::black_box(s.finish());
+            println!("{name} one push: {:?}", start.elapsed());
+            let start = std::time::Instant::now();
+            let mut s = template.clone();
+            for chunk in big.as_bytes().chunks(16) {
+                std::hint::black_box(s.push(std::str::from_utf8(chunk).unwrap()));
+            }
+            std::hint::black_box(s.finish());
+            println!("{name} in 16-byte deltas: {:?}", start.elapsed());
+        }
+    }
+
+    fn chars_of(text: &str) -> Vec<String> {
+        text.chars().map(String::from).collect()
+    }
+
+    const CANARY: &str = "cnry-7f3a9c1e0b2d4e6f";
+
+    #[test]
+    fn new_canary_shape() {
+        let a = new_canary();
+        let b = new_canary();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 21);
+        assert!(a.starts_with("cnry-"));
+        assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn default_hold_back_lengths() {
+        let secrets = StreamScanner::new(default_secret_rules()).unwrap();
+        let canary = StreamScanner::new(vec![canary_rule(CANARY)]).unwrap();
+        let all = StreamScanner::new(all_rules(CANARY)).unwrap();
+        println!(
+            "hold-back chars: secrets {}, canary {}, canary+secrets+pii {}",
+            secrets.max_hold_chars(),
+            canary.max_hold_chars(),
+            all.max_hold_chars()
+        );
+        assert_eq!(canary.max_hold_chars(), CANARY.len() - 1);
+        assert_eq!(secrets.max_hold_chars(), 35);
+        assert_eq!(all.max_hold_chars(), 47);
+    }
+
+    #[test]
+    fn invalid_rules_are_named() {
+        let bad = |pattern: OutputPattern| {
+            StreamScanner::new(vec![OutputRule {
+                id: "the_bad_one".into(),
+                pattern,
+                action: OutputAction::Block,
+            }])
+            .unwrap_err()
+        };
+        for err in [
+            bad(OutputPattern::Literal("\u{200B}".into())),
+            bad(OutputPattern::Regex {
+                regex: "(".into(),
+                max_len: 4,
+            }),
+            bad(OutputPattern::Regex {
+                regex: "a*".into(),
+                max_len: 4,
+            }),
+            bad(OutputPattern::Regex {
+                regex: "a".into(),
+                max_len: 0,
+            }),
+        ] {
+            assert!(err.contains("the_bad_one"), "{err}");
+        }
+    }
+
+    #[test]
+    fn canary_one_char_per_chunk_is_never_fully_released() {
+        let text = format!("Sure! The hidden value is {CANARY} and more text.");
+        let chunks = chars_of(&text);
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let (released, blocked) = run(vec![canary_rule(CANARY)], &refs);
+        assert_eq!(blocked.as_deref(), Some("canary"));
+        assert_eq!(released, "Sure! The hidden value is ");
+    }
+
+    #[test]
+    fn canary_in_three_chunks_with_zero_width_and_at_the_end() {
+        let (released, blocked) = run(
+            vec![canary_rule(CANARY)],
+            &["leak: CNRY", "-7f3a", "9c1e0b2d4e6f"],
+        );
+        assert_eq!(blocked.as_deref(), Some("canary"));
+        assert_eq!(released, "leak: ");
+
+        let sneaky = "cn\u{200B}ry-7f3a\u{200D}9c1e0b2d\u{FEFF}4e6f";
+        let (released, blocked) = run(vec![canary_rule(CANARY)], &["x ", sneaky]);
+        assert_eq!(blocked.as_deref(), Some("canary"));
+        assert_eq!(released, "x ");
+
+        // At the very end of the stream, split before the last character.
+        let (released, blocked) = run(
+            vec![canary_rule(CANARY)],
+            &[
+                "ok ",
+                &CANARY[..CANARY.len() - 1],
+                &CANARY[CANARY.len() - 1..],
+            ],
+        );
+        assert_eq!(blocked.as_deref(), Some("canary"));
+        assert_eq!(released, "ok ");
+
+        // A canary cut short at the end of the stream is released (it is not the canary).
+        let partial = &CANARY[..CANARY.len() - 1];
+        let (released, blocked) = run(vec![canary_rule(CANARY)], &["ok ", partial]);
+        assert_eq!(blocked, None);
+        assert_eq!(released, format!("ok {partial}"));
+    }
+
+    #[test]
+    fn secrets_split_at_every_position_are_blocked() {
+        let secrets = [
+            (
+                "openai_api_key",
+                "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+            ),
+            ("openai_api_key", "sk-AbCdEfGhIjKlMnOpQrStUvWxYz01"),
+            ("anthropic_api_key", "sk-ant-api03-AbCdEfGhIjKlMnOpQrSt"),
+            ("aws_access_key_id", "AKIAIOSFODNN7EXAMPLE"),
+            ("private_key", "-----BEGIN RSA PRIVATE KEY-----\nMIIEow"),
+            ("private_key", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+            ("github_token", "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
+            ("slack_token", "xoxb-1234567890-abcdef"),
+            (
+                "jwt",
+                "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.sig",
+            ),
+        ];
+        let template = StreamScanner::new(default_secret_rules()).unwrap();
+        for (rule, secret) in secrets {
+            let text = format!("Here you go: {secret} enjoy");
+            let (whole, blocked) = run_with(&template, &[&text]);
+            assert_eq!(blocked.as_deref(), Some(rule), "{secret}");
+            for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                let (released, blocked) = run_with(&template, &[&text[..cut], &text[cut..]]);
+                assert_eq!(blocked.as_deref(), Some(rule), "{secret} cut at {cut}");
+                assert_eq!(released, whole, "{secret} cut at {cut}");
+                assert!(!released.contains(&secret[..secret.len().min(12)]) || rule == "jwt");
+            }
+            // Every character its own chunk.
+            let chunks = chars_of(&text);
+            let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            assert_eq!(run_with(&template, &refs).0, whole);
+        }
+    }
+
+    #[test]
+    fn benign_text_streams_through_unchanged() {
+        let text = "The sk-learn-style pipelines; AKIA is not a key and \
+                    -----BEGIN CERTIFICATE----- is public.";
+        let (released, blocked) = run(all_rules(CANARY), &[text]);
+        assert_eq!(blocked, None);
+        assert_eq!(released, text);
+    }
+
+    #[test]
+    fn email_split_across_chunks_is_redacted() {
+        let text = "Write to jane.doe@example.co.uk or call +1 555-123-4567 today.";
+        let expected = "Write to [email] or call [phone] today.";
+        let (whole, _) = run(pii_redaction_rules(), &[text]);
+        assert_eq!(whole, expected);
+        for cut in 0..=text.len() {
+            let (released, blocked) = run(pii_redaction_rules(), &[&text[..cut], &text[cut..]]);
+            assert_eq!(blocked, None);
+            assert_eq!(released, expected, "cut at {cut}");
+        }
+        let chunks = chars_of(text);
+        let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        assert_eq!(run(pii_redaction_rules(), &refs).0, expected);
+    }
+
+    #[test]
+    fn releases_as_soon_as_possible() {
+        let mut scanner = StreamScanner::new(default_secret_rules()).unwrap();
+        let hold = scanner.max_hold_chars();
+        let text = "x".repeat(100);
+        match scanner.push(&text) {
+            ScanOutput::Text(t) => assert_eq!(t.chars().count(), 100 - hold),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scanner.held_chars(), hold);
+        assert_eq!(scanner.finish(), ScanOutput::Text("x".repeat(hold)));
+        assert_eq!(scanner.held_chars(), 0);
+    }
+
+    #[test]
+    fn calls_after_block_stay_blocked() {
+        let mut scanner = StreamScanner::new(vec![canary_rule("abc")]).unwrap();
+        assert!(matches!(
+            scanner.push("xxabcyy"),
+            ScanOutput::Blocked { .. }
+        ));
+        assert_eq!(
+            scanner.push("more"),
+            ScanOutput::Blocked {
+                rule_id: "canary".into(),
+                safe_prefix: String::new()
+            }
+        );
+        assert!(matches!(scanner.finish(), ScanOutput::Blocked { .. }));
+    }
+
+    #[test]
+    fn word_boundary_lookahead_waits_for_the_next_char() {
+        let rules = vec![OutputRule {
+            id: "word".into(),
+            pattern: OutputPattern::Regex {
+                regex: r"\bfoo\b".into(),
+                max_len: 3,
+            },
+            action: OutputAction::Redact("***".into()),
+        }];
+        for chunks in [vec!["a foo", "d"], vec!["a foo", " b"], vec!["a foo"]] {
+            let text: String = chunks.concat();
+            let (one, _) = run(rules.clone(), &[&text]);
+            assert_eq!(run(rules.clone(), &chunks).0, one, "{chunks:?}");
+        }
+        assert_eq!(run(rules.clone(), &["a foo", "d"]).0, "a food");
+        assert_eq!(run(rules, &["a foo", " b"]).0, "a *** b");
+    }
+
+    #[test]
+    fn adversarial_megabyte_is_linear() {
+        let mut text = "a".repeat(1 << 20);
+        text.push('!');
+        let (released, blocked) = run(all_rules(CANARY), &[&text]);
+        assert_eq!(blocked, None);
+        assert_eq!(released.len(), text.len());
+        let lines = "\n".repeat(50_000);
+        assert_eq!(run(all_rules(CANARY), &[&lines]).0, lines);
+        let digits = "5".repeat(1 << 20);
+        let _ = run(all_rules(CANARY), &[&digits]);
+    }
+
+    /// Fragments that make matches likely, including pieces of every pattern.
+    fn fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("cnry-".to_string()),
+            Just("7f3a9c1e".to_string()),
+            Just("0b2d4e6f".to_string()),
+            Just("\u{200B}".to_string()),
+            Just("sk-".to_string()),
+            Just("proj-".to_string()),
+            Just("AbCdEfGhIjKl".to_string()),
+            Just("AKIA".to_string()),
+            Just("IOSFODNN7EXAMPLE".to_string()),
+            Just("-----BEGIN ".to_string()),
+            Just("RSA ".to_string()),
+            Just("PRIVATE KEY".to_string()),
+            Just("ghp_".to_string()),
+            Just("xoxb-".to_string()),
+            Just("eyJhbGciOi".to_string()),
+            Just(".eyJ".to_string()),
+            Just("jane.doe".to_string()),
+            Just("@".to_string()),
+            Just("example.com".to_string()),
+            Just("+1 555-123-4567".to_string()),
+            Just("555".to_string()),
+            Just(" ".to_string()),
+            Just("-".to_string()),
+            Just("é日".to_string()),
+            "[a-z0-9 .@-]{0,6}",
+        ]
+    }
+
+    fn text_and_cuts() -> impl Strategy<Value = (String, Vec<usize>)> {
+        prop::collection::vec(fragment(), 0..24).prop_flat_map(|parts| {
+            let text: String = parts.concat();
+            let len = text.len();
+            (Just(text), prop::collection::vec(0..=len, 0..12))
+        })
+    }
+
+    fn chunk(text: &str, cuts: &[usize]) -> Vec<String> {
+        let mut cuts: Vec<usize> = cuts
+            .iter()
+            .copied()
+            .filter(|&c| text.is_char_boundary(c))
+            .collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for c in cuts {
+            chunks.push(text[last..c].to_string());
+            last = c;
+        }
+        chunks.push(text[last..].to_string());
+        chunks
+    }
+
+    static TEMPLATE: std::sync::LazyLock<StreamScanner> = std::sync::LazyLock::new(|| {
+        StreamScanner::new(all_rules("cnry-7f3a9c1e0b2d4e6f")).unwrap()
+    });
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn chunking_never_changes_what_is_released((text, cuts) in text_and_cuts()) {
+            let template = &*TEMPLATE;
+            let (one_shot, one_block) = run_with(template, &[&text]);
+            let chunks = chunk(&text, &cuts);
+            let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            let (streamed, block) = run_with(template, &refs);
+            prop_assert_eq!(&streamed, &one_shot);
+            prop_assert_eq!(&block, &one_block);
+
+            // Nothing a Block rule matches is ever released (canary also with zero-widths removed).
+            let visible: String = streamed.chars().filter(|&c| !is_invisible(c)).collect();
+            prop_assert!(!visible.to_lowercase().contains("cnry-7f3a9c1e0b2d4e6f"));
+            for rule in default_secret_rules() {
+                if let OutputPattern::Regex { regex, .. } = &rule.pattern {
+                    let re = regex::Regex::new(regex).unwrap();
+                    prop_assert!(!re.is_match(&streamed), "{} in {:?}", rule.id, streamed);
+                }
+            }
+        }
+
+        #[test]
+        fn text_without_rules_passes_unchanged(text in "\\PC{0,80}", cuts in prop::collection::vec(0usize..400, 0..8)) {
+            let chunks = chunk(&text, &cuts);
+            let refs: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            prop_assert_eq!(run(Vec::new(), &refs).0, text);
+        }
+    }
+}
