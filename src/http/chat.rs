@@ -195,17 +195,10 @@ pub(super) async fn chat_completions(
     }
 }
 
-/// The reply's scanners (the rules compiled at start-up, so building them cannot fail here;
-/// if it did, the reply would go unscanned, which the log says).
+/// The reply's scanners, cloned from the rules compiled at start-up.
 fn output_guard(plan: &Option<OutputPlan>) -> Option<OutputGuard> {
-    let plan = plan.as_ref()?;
-    match OutputGuard::new(plan.rules.clone()) {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            tracing::error!(error = %e, "output guardrails could not be built");
-            None
-        }
-    }
+    plan.as_ref()
+        .map(|plan| OutputGuard::from_template(plan.template.clone()))
 }
 
 /// Counts a stream in `tollgate_active_streams` while it lives.

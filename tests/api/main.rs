@@ -9,6 +9,7 @@ mod cors;
 mod cuts;
 mod errors;
 mod framing;
+mod guardrails;
 mod identity;
 mod limits;
 mod non_stream;
