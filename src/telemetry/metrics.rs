@@ -57,6 +57,8 @@ pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
 pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "tollgate_time_to_first_token_seconds";
 /// Upstream failures, by `kind`.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "tollgate_upstream_errors_total";
+/// counter {check = prompt_injection | secret | pii | canary, action = block | flag}
+pub const GUARDRAIL_EVENTS_TOTAL: &str = "tollgate_guardrail_events_total";
 
 /// Upper bounds (seconds) of both latency histograms: 5 ms … 30 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -253,6 +255,11 @@ fn describe_all() {
         Unit::Count,
         "Upstream failures, by kind."
     );
+    describe_counter!(
+        GUARDRAIL_EVENTS_TOTAL,
+        Unit::Count,
+        "Guardrail hits, by check and action (block or flag)."
+    );
 }
 
 /// Handle to the gateway's metrics; cheap to clone.
@@ -437,6 +444,14 @@ impl Metrics {
         });
     }
 
+    /// Counts a guardrail hit; `check` and `action` are fixed server-side names.
+    pub fn record_guardrail(&self, check: &str, action: &str) {
+        self.inner.global.with_recorder(|| {
+            counter!(GUARDRAIL_EVENTS_TOTAL, "check" => check.to_owned(), "action" => action.to_owned())
+                .increment(1)
+        });
+    }
+
     /// Exporter maintenance (drains histogram samples into buckets); call every few seconds,
     /// e.g. from a `tokio::time::interval` task started with the server. Without it histogram
     /// samples accumulate in memory between scrapes.
@@ -509,7 +524,7 @@ mod tests {
         }
     }
 
-    const ALL_NAMES: [&str; 11] = [
+    const ALL_NAMES: [&str; 12] = [
         REQUESTS_TOTAL,
         TOKENS_TOTAL,
         COST_USD_TOTAL,
@@ -521,6 +536,7 @@ mod tests {
         REQUEST_DURATION_SECONDS,
         TIME_TO_FIRST_TOKEN_SECONDS,
         UPSTREAM_ERRORS_TOTAL,
+        GUARDRAIL_EVENTS_TOTAL,
     ];
 
     fn record_one_of_each(metrics: &Metrics, plan: &str) {
@@ -528,6 +544,7 @@ mod tests {
         metrics.record_rejection("requests_per_minute");
         metrics.record_stream_cut("token_cap");
         metrics.record_budget_alert("daily");
+        metrics.record_guardrail("secret", "block");
         metrics.stream_opened();
         metrics.stream_closed();
         metrics.record_upstream_error("connect");

@@ -292,6 +292,9 @@ impl RequestLog {
         if let Some(reason) = cut.filter(|_| status == 200 || outcome == Outcome::ClientGone) {
             metrics.record_stream_cut(reason);
         }
+        if let Some((check, action)) = guardrail_event(self.guardrail.as_deref(), error_code) {
+            metrics.record_guardrail(check, action);
+        }
         match outcome {
             Outcome::Rejected => metrics.record_rejection(error_code.unwrap_or("unknown")),
             Outcome::UpstreamError => {
@@ -299,6 +302,29 @@ impl RequestLog {
             }
             _ => {}
         }
+    }
+}
+
+/// The (check, action) labels of what a guardrail did to this request, if anything.
+fn guardrail_event(
+    guardrail: Option<&str>,
+    error_code: Option<&str>,
+) -> Option<(&'static str, &'static str)> {
+    if error_code == Some("prompt_injection") {
+        return Some(("prompt_injection", "block"));
+    }
+    let (what, detail) = guardrail?.split_once(':')?;
+    match what {
+        "input_flagged" => Some(("prompt_injection", "flag")),
+        "output_blocked" => Some((
+            match detail {
+                "canary" => "canary",
+                "email" | "phone" => "pii",
+                _ => "secret",
+            },
+            "block",
+        )),
+        _ => None,
     }
 }
 
