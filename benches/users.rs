@@ -57,6 +57,7 @@ fn main() {
                     request_id: &id,
                     estimated_input_tokens: 20,
                     max_tokens: 100,
+                    choices: 1,
                     stream: true,
                     price,
                     limits,
@@ -105,6 +106,7 @@ fn main() {
                     request_id: &id,
                     estimated_input_tokens: 20,
                     max_tokens: 100,
+                    choices: 1,
                     stream: true,
                     price,
                     limits: UserLimits {

@@ -33,8 +33,9 @@ struct Claims {
     iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
+    /// A string or a list (RFC 7519); jsonwebtoken validates it against the configured audience.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<serde_json::Value>,
 }
 
 /// Verifies bearer tokens against one configuration.
@@ -135,7 +136,14 @@ impl Authenticator {
     }
 
     fn check_lifetime(&self, claims: &Claims) -> Result<(), ApiError> {
-        let issued = claims.iat.unwrap_or_else(unix_now);
+        let now = unix_now();
+        if claims.iat.is_some_and(|iat| iat > now + self.leeway_secs) {
+            return Err(invalid(
+                "the bearer token claims to be issued in the future",
+            ));
+        }
+        // A token lives from when it was issued (never later than now) until it expires.
+        let issued = claims.iat.unwrap_or(now).min(now);
         let lifetime = claims.exp.saturating_sub(issued);
         if lifetime > self.max_lifetime_secs + self.leeway_secs {
             return Err(invalid(
@@ -207,7 +215,8 @@ pub fn mint(
         exp: now + ttl_secs,
         iat: Some(now),
         iss: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
-        aud: (!config.audience.is_empty()).then(|| config.audience.clone()),
+        aud: (!config.audience.is_empty())
+            .then(|| serde_json::Value::from(config.audience.clone())),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -244,6 +253,28 @@ mod tests {
             .unwrap()
             .authenticate(Some(header.as_bytes()))
             .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn an_audience_list_is_accepted_when_it_holds_ours() {
+        let config = AuthConfig {
+            audience: "tollgate".into(),
+            ..config()
+        };
+        let now = unix_now();
+        let token = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now + 60, "aud": ["other", "tollgate"]}),
+            "test-secret",
+        );
+        let header = format!("Bearer {token}");
+        let a = Authenticator::new(&config).unwrap();
+        assert!(a.authenticate(Some(header.as_bytes())).is_ok());
+        let wrong = sign(
+            serde_json::json!({"sub":"a","plan":"pro","exp": now + 60, "aud": ["other"]}),
+            "test-secret",
+        );
+        let header = format!("Bearer {wrong}");
+        assert!(a.authenticate(Some(header.as_bytes())).is_err());
     }
 
     #[test]

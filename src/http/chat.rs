@@ -60,6 +60,7 @@ pub(super) async fn chat_completions(
             request_id: &log.request_id,
             estimated_input_tokens: log.input_tokens_estimated,
             max_tokens: wanted,
+            choices: request.choices(),
             stream: request.stream,
             price,
             limits: UserLimits::for_plan(&state.config, &log.plan),
@@ -353,9 +354,9 @@ async fn read_body(
     Ok(body)
 }
 
-/// `n` choices multiply the output the request may produce.
+/// `n` choices multiply the output the request may produce (validated: 1 ..= 8).
 fn request_choices(request: &ChatRequest) -> u64 {
-    request.choices().clamp(1, 128)
+    request.choices().max(1)
 }
 
 fn header_text(req: &HttpRequest, name: &str) -> Option<String> {

@@ -11,7 +11,8 @@ use actix_web::HttpResponse;
 const EXPOSED: &str = "x-request-id, retry-after, x-should-retry, x-ratelimit-limit-requests, \
 x-ratelimit-remaining-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, \
 x-tollgate-max-tokens";
-/// Request headers a browser may send.
+/// Request headers a browser may always send; a preflight's other requested headers (e.g. the
+/// OpenAI JS SDK's `x-stainless-*`) are granted too when they are plain header names.
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-tollgate-feature, x-session-id";
 const MAX_AGE_SECS: &str = "600";
 
@@ -51,13 +52,33 @@ pub fn is_preflight(req: &ServiceRequest) -> bool {
 }
 
 /// The answer to a preflight: 204, with the CORS grant only for an allowed origin.
-pub fn preflight_response(origin: Option<HeaderValue>) -> HttpResponse {
+pub fn preflight_response(
+    origin: Option<HeaderValue>,
+    requested: Option<&HeaderValue>,
+) -> HttpResponse {
     let mut response = HttpResponse::NoContent();
     if let Some(origin) = origin {
+        let mut allowed = ALLOWED_HEADERS.to_string();
+        let extra = requested
+            .and_then(|v| v.to_str().ok())
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 64
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !ALLOWED_HEADERS.split(", ").any(|a| a == h)
+            })
+            .take(32);
+        for name in extra {
+            allowed.push_str(", ");
+            allowed.push_str(&name);
+        }
         response
             .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin))
             .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
-            .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS))
+            .insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, allowed))
             .insert_header((header::ACCESS_CONTROL_MAX_AGE, MAX_AGE_SECS));
     }
     response.insert_header((header::VARY, "Origin"));

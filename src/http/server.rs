@@ -63,7 +63,12 @@ pub fn serve(
                 let origin = cors.allowed_origin(req.headers());
                 let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =
                     if is_preflight(&req) {
-                        let response = req.into_response(preflight_response(origin));
+                        let requested = req
+                            .headers()
+                            .get(actix_web::http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+                            .cloned();
+                        let response =
+                            req.into_response(preflight_response(origin, requested.as_ref()));
                         Box::pin(async move { Ok(response) })
                     } else {
                         let response = srv.call(req);

@@ -22,6 +22,8 @@ const ROLES: &[&str] = &[
     "tool",
     "function",
 ];
+/// Most choices (`n`) a request may ask for: each one multiplies the output.
+pub const MAX_CHOICES: u64 = 8;
 /// Roles that are instructions, kept whatever the history trimming drops.
 const SYSTEM_ROLES: &[&str] = &["system", "developer"];
 
@@ -81,6 +83,15 @@ impl ChatRequest {
             Some(_) => return Err(invalid_json("`stream_options` must be an object")),
         };
         check_messages(body.get("messages"))?;
+        match body.get("n") {
+            None | Some(Value::Null) => {}
+            Some(n) if n.as_u64().is_some_and(|n| (1..=MAX_CHOICES).contains(&n)) => {}
+            Some(_) => {
+                return Err(invalid_json(&format!(
+                    "`n` must be an integer from 1 to {MAX_CHOICES}"
+                )))
+            }
+        }
         let (requested_max_tokens, max_tokens_field) = requested_cap(&body)?;
         Ok(Self {
             body,
@@ -115,6 +126,18 @@ impl ChatRequest {
             }
         }
         let trimmed = self.trim_history(limits.max_history_turns);
+        let conversation = self.messages().iter().any(|m| {
+            m.get("role")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !SYSTEM_ROLES.contains(&r))
+        });
+        if !conversation {
+            return Err(ApiError::new(
+                ErrorCode::ContextTooLong,
+                "trimming the history to its last turns left no conversation (only tool results \
+                 whose calls were trimmed); send fewer tool results",
+            ));
+        }
         let estimate = self.estimate_input_tokens(counter);
         if estimate > limits.max_context_tokens {
             return Err(ApiError::new(
@@ -175,10 +198,20 @@ impl ChatRequest {
                     .get("name")
                     .and_then(Value::as_str)
                     .map_or(0, |n| counter.count(n) + 1);
-                content + name
+                // Tool calls the assistant made are prompt text too.
+                let calls = m
+                    .get("tool_calls")
+                    .map_or(0, |c| counter.count(&c.to_string()));
+                content + name + calls
             })
             .sum();
-        text + 3 * messages.len() as u64 + 3
+        // Tool schemas and response formats are sent to the model as well.
+        let schemas: u64 = ["tools", "functions", "response_format"]
+            .iter()
+            .filter_map(|k| self.body.get(*k))
+            .map(|v| counter.count(&v.to_string()))
+            .sum();
+        text + schemas + 3 * messages.len() as u64 + 3
     }
 
     fn messages(&self) -> &[Value] {

@@ -170,14 +170,14 @@ impl StreamIdentity {
         .to_string()
     }
 
-    /// A content chunk the gateway writes (text a guardrail held back until the end).
-    pub fn content_chunk(&self, index: usize, text: &str) -> String {
+    /// A chunk the gateway writes for choice `index` (text a guardrail held back until the end).
+    pub fn delta_chunk(&self, index: usize, delta: Value) -> String {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}],
+            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}],
         })
         .to_string()
     }

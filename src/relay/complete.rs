@@ -129,24 +129,49 @@ fn cap_reply(reply: &mut Value, counter: &TokenCounter, max_output_tokens: u64) 
     (max_output_tokens - left, capped)
 }
 
-/// Runs each choice's message through the output guard. A blocked choice keeps only the text
-/// before the match and finishes with `content_filter` (OpenAI's own reason); returns the rule.
+/// Runs each choice's message texts (content, refusal, tool-call arguments) through the
+/// output guard. A blocked choice keeps only the text before the match and finishes with
+/// `content_filter` (OpenAI's own reason); returns the rule.
 fn guard_reply(reply: &mut Value, guard: &mut OutputGuard) -> Option<String> {
     let mut blocked = None;
     let choices = reply.get_mut("choices").and_then(Value::as_array_mut)?;
-    for (index, choice) in choices.iter_mut().enumerate() {
-        let Some(Value::String(content)) = choice.pointer_mut("/message/content") else {
-            continue;
-        };
-        match guard.scan_whole(index, content) {
-            Ok(text) => *content = text,
-            Err((prefix, rule)) => {
-                *content = prefix;
-                if let Some(reason) = choice.get_mut("finish_reason") {
-                    *reason = Value::from("content_filter");
+    for choice in choices.iter_mut() {
+        let mut rule = None;
+        if let Some(message) = choice.get_mut("message") {
+            let mut texts: Vec<&mut Value> = Vec::new();
+            if let Some(m) = message.as_object_mut() {
+                for (key, value) in m.iter_mut() {
+                    match key.as_str() {
+                        "content" | "refusal" => texts.push(value),
+                        "tool_calls" => {
+                            if let Some(calls) = value.as_array_mut() {
+                                texts.extend(
+                                    calls
+                                        .iter_mut()
+                                        .filter_map(|c| c.pointer_mut("/function/arguments")),
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
                 }
-                blocked.get_or_insert(rule);
             }
+            for text in texts {
+                let Value::String(s) = text else { continue };
+                match guard.scan_whole(s) {
+                    Ok(released) => *s = released,
+                    Err((prefix, id)) => {
+                        *s = prefix;
+                        rule.get_or_insert(id);
+                    }
+                }
+            }
+        }
+        if let Some(id) = rule {
+            if let Some(reason) = choice.get_mut("finish_reason") {
+                *reason = Value::from("content_filter");
+            }
+            blocked.get_or_insert(id);
         }
     }
     blocked

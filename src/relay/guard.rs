@@ -4,10 +4,13 @@
 //! a later chunk or at the finish); a block ends the stream after the safe prefix.
 
 use crate::guardrails::{OutputRule, ScanOutput, StreamScanner};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
-/// The rule id reported if a scanner could not be built (the reply is blocked: fail closed).
+/// The rule id reported when the provider's indexes are out of range (fail closed).
 const GUARD_UNAVAILABLE: &str = "guard_unavailable";
+/// Choice and tool-call indexes the guard accepts from the provider.
+const MAX_INDEX: u64 = 128;
 
 /// What to do with one upstream chunk.
 #[derive(Debug, PartialEq)]
@@ -23,16 +26,28 @@ pub enum Filtered {
     },
 }
 
-/// Held text released at the end: (choice index, text) pairs.
-pub type Tails = Vec<(usize, String)>;
+/// Which text of a choice a scanner watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Slot {
+    Content,
+    Refusal,
+    ToolArguments(usize),
+}
 
-/// The scanners of one reply.
+/// One choice's held text by slot.
+type SlotTails = Vec<(Slot, String)>;
+
+/// Held text released at the end: (choice index, the delta that carries it).
+pub type Tails = Vec<(usize, Value)>;
+
+/// The scanners of one reply: one per text of each choice (content, refusal, each tool call's
+/// arguments), so nothing the model writes reaches the client unscanned.
 #[derive(Debug)]
 pub struct OutputGuard {
-    /// A fresh scanner with the reply's rules, cloned for each choice (cloning a compiled
+    /// A fresh scanner with the reply's rules, cloned for each text (cloning a compiled
     /// scanner costs microseconds; compiling one, milliseconds).
     template: StreamScanner,
-    scanners: Vec<Option<StreamScanner>>,
+    scanners: BTreeMap<(usize, Slot), StreamScanner>,
 }
 
 impl OutputGuard {
@@ -41,88 +56,83 @@ impl OutputGuard {
         Ok(Self::from_template(StreamScanner::new(rules)?))
     }
 
-    /// A guard whose choices each get a clone of `template`.
+    /// A guard whose texts each get a clone of `template`.
     pub fn from_template(template: StreamScanner) -> Self {
         Self {
             template,
-            scanners: Vec::new(),
+            scanners: BTreeMap::new(),
         }
     }
 
-    /// The scanner of choice `index`, created on first use.
-    fn scanner(&mut self, index: usize) -> Option<&mut StreamScanner> {
-        if self.scanners.len() <= index {
-            self.scanners.resize_with(index + 1, || None);
-        }
+    fn push(&mut self, key: (usize, Slot), text: &str) -> ScanOutput {
         let template = &self.template;
-        Some(self.scanners[index].get_or_insert_with(|| template.clone()))
+        self.scanners
+            .entry(key)
+            .or_insert_with(|| template.clone())
+            .push(text)
     }
 
-    /// Passes a chunk's content through the scanners; a choice that finishes in this chunk
-    /// also releases its held tail.
+    /// Passes a chunk's texts through the scanners; a choice that finishes in this chunk also
+    /// releases its held tails.
     pub fn filter_chunk(&mut self, data: &str) -> Filtered {
         let Ok(mut value) = serde_json::from_str::<Value>(data) else {
             return Filtered::Send(data.to_string());
         };
-        let mut blocked = None;
+        let mut blocked: Option<String> = None;
         let mut anything_to_send = false;
-        if let Some(choices) = value.get_mut("choices").and_then(Value::as_array_mut) {
-            for choice in choices.iter_mut() {
-                let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                let finishing = choice.get("finish_reason").is_some_and(|r| !r.is_null());
-                let text = choice
-                    .pointer("/delta/content")
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                let Some(scanner) = self.scanner(index) else {
-                    return Filtered::Blocked {
-                        payload: None,
-                        rule_id: GUARD_UNAVAILABLE.into(),
-                    };
-                };
-                let mut out = match &text {
-                    Some(t) => scanner.push(t),
-                    None => ScanOutput::Text(String::new()),
-                };
-                if finishing {
-                    if let ScanOutput::Text(released) = &mut out {
-                        match scanner.finish() {
-                            ScanOutput::Text(tail) => released.push_str(&tail),
-                            ScanOutput::Blocked {
-                                rule_id,
-                                safe_prefix,
-                            } => {
-                                released.push_str(&safe_prefix);
-                                out = ScanOutput::Blocked {
-                                    rule_id,
-                                    safe_prefix: std::mem::take(released),
-                                };
-                            }
-                        }
-                    }
-                }
-                let (released, rule) = match out {
-                    ScanOutput::Text(t) => (t, None),
-                    ScanOutput::Blocked {
-                        rule_id,
-                        safe_prefix,
-                    } => (safe_prefix, Some(rule_id)),
-                };
-                if text.is_some() || !released.is_empty() {
-                    if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
-                        delta.insert("content".into(), Value::String(released.clone()));
-                    }
-                }
-                anything_to_send |= !released.is_empty() || has_more_than_content(choice);
-                if let Some(rule) = rule {
-                    if let Some(reason) = choice.get_mut("finish_reason") {
-                        *reason = Value::Null;
-                    }
-                    blocked.get_or_insert(rule);
+        let choices = match value.get_mut("choices").and_then(Value::as_array_mut) {
+            Some(choices) if !choices.is_empty() => choices,
+            _ => return Filtered::Send(data.to_string()), // usage-only or not a chunk
+        };
+        for choice in choices.iter_mut() {
+            let index = match choice.get("index").and_then(Value::as_u64).unwrap_or(0) {
+                i if i < MAX_INDEX => i as usize,
+                _ => return unavailable(),
+            };
+            let finishing = choice.get("finish_reason").is_some_and(|r| !r.is_null());
+            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                anything_to_send |= finishing;
+                continue;
+            };
+            for (slot, field) in [(Slot::Content, "content"), (Slot::Refusal, "refusal")] {
+                if let Some(Value::String(text)) = delta.get_mut(field) {
+                    let out = self.push((index, slot), text);
+                    anything_to_send |= apply(out, text, &mut blocked);
                 }
             }
-        } else {
-            anything_to_send = true; // a usage-only chunk
+            if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                anything_to_send = true; // ids and names go out even while arguments are held
+                for (position, call) in calls.iter_mut().enumerate() {
+                    let tool = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(position as u64);
+                    if tool >= MAX_INDEX {
+                        return unavailable();
+                    }
+                    let key = (index, Slot::ToolArguments(tool as usize));
+                    if let Some(Value::String(args)) = call.pointer_mut("/function/arguments") {
+                        let out = self.push(key, args);
+                        apply(out, args, &mut blocked);
+                    }
+                }
+            }
+            anything_to_send |= delta.keys().any(|k| k != "content" && k != "refusal");
+            if finishing && blocked.is_none() {
+                match self.finish_choice(index) {
+                    Ok(tails) => merge_tails(delta, tails),
+                    Err((tails, rule)) => {
+                        merge_tails(delta, tails);
+                        blocked = Some(rule);
+                    }
+                }
+                anything_to_send = true;
+            }
+            if blocked.is_some() {
+                if let Some(reason) = choice.get_mut("finish_reason") {
+                    *reason = Value::Null;
+                }
+            }
         }
         let payload = anything_to_send.then(|| value.to_string());
         match (blocked, payload) {
@@ -132,21 +142,22 @@ impl OutputGuard {
         }
     }
 
-    /// The end of the reply (without a finish chunk): each choice's held tail, released or
-    /// blocked. Returns (choice index, text) pairs to send, or the rule that blocked.
-    pub fn finish(&mut self) -> Result<Tails, (Tails, String)> {
+    /// Ends the scanners of one choice: its held tails by slot, or the rule that blocked.
+    fn finish_choice(&mut self, index: usize) -> Result<SlotTails, (SlotTails, String)> {
         let mut tails = Vec::new();
-        for (index, scanner) in self.scanners.iter_mut().enumerate() {
-            let Some(scanner) = scanner else { continue };
+        for ((choice, slot), scanner) in self.scanners.iter_mut() {
+            if *choice != index {
+                continue;
+            }
             match scanner.finish() {
-                ScanOutput::Text(t) if !t.is_empty() => tails.push((index, t)),
+                ScanOutput::Text(t) if !t.is_empty() => tails.push((*slot, t)),
                 ScanOutput::Text(_) => {}
                 ScanOutput::Blocked {
                     rule_id,
                     safe_prefix,
                 } => {
                     if !safe_prefix.is_empty() {
-                        tails.push((index, safe_prefix));
+                        tails.push((*slot, safe_prefix));
                     }
                     return Err((tails, rule_id));
                 }
@@ -155,11 +166,38 @@ impl OutputGuard {
         Ok(tails)
     }
 
-    /// Scans a whole (non-streamed) text: the text to return, or the safe prefix and the rule.
-    pub fn scan_whole(&mut self, index: usize, text: &str) -> Result<String, (String, String)> {
-        let Some(scanner) = self.scanner(index) else {
-            return Err((String::new(), GUARD_UNAVAILABLE.into()));
-        };
+    /// The end of the reply (without a finish chunk): every choice's held tails as deltas to
+    /// send, or those before the block and the rule that blocked.
+    pub fn finish(&mut self) -> Result<Tails, (Tails, String)> {
+        let choices: Vec<usize> = self.scanners.keys().map(|(c, _)| *c).collect();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for index in choices {
+            if seen.contains(&index) {
+                continue;
+            }
+            seen.push(index);
+            let mut delta = Map::new();
+            let result = self.finish_choice(index);
+            let (tails, rule) = match result {
+                Ok(tails) => (tails, None),
+                Err((tails, rule)) => (tails, Some(rule)),
+            };
+            merge_tails(&mut delta, tails);
+            if !delta.is_empty() {
+                out.push((index, Value::Object(delta)));
+            }
+            if let Some(rule) = rule {
+                return Err((out, rule));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Scans one whole (non-streamed) text with a fresh scanner: the text to return, or the
+    /// safe prefix and the rule.
+    pub fn scan_whole(&self, text: &str) -> Result<String, (String, String)> {
+        let mut scanner = self.template.clone();
         let mut released = String::new();
         for out in [scanner.push(text), scanner.finish()] {
             match out {
@@ -177,14 +215,79 @@ impl OutputGuard {
     }
 }
 
-/// A choice that carries more than text (a role, a finish reason, tool calls) is sent even
-/// when its text is held back.
-fn has_more_than_content(choice: &Value) -> bool {
-    choice.get("finish_reason").is_some_and(|r| !r.is_null())
-        || choice
-            .get("delta")
-            .and_then(Value::as_object)
-            .is_some_and(|d| d.keys().any(|k| k != "content"))
+fn unavailable() -> Filtered {
+    Filtered::Blocked {
+        payload: None,
+        rule_id: GUARD_UNAVAILABLE.into(),
+    }
+}
+
+/// Writes a scanner's answer into `text`; true when there is something to send.
+fn apply(out: ScanOutput, text: &mut String, blocked: &mut Option<String>) -> bool {
+    match out {
+        ScanOutput::Text(released) => {
+            *text = released;
+        }
+        ScanOutput::Blocked {
+            rule_id,
+            safe_prefix,
+        } => {
+            *text = safe_prefix;
+            blocked.get_or_insert(rule_id);
+        }
+    }
+    !text.is_empty()
+}
+
+/// Appends held tails to a delta: text fields by name, tool-call arguments to the entry of
+/// their tool index (added if the delta has none).
+fn merge_tails(delta: &mut Map<String, Value>, tails: Vec<(Slot, String)>) {
+    for (slot, tail) in tails {
+        match slot {
+            Slot::Content | Slot::Refusal => {
+                let field = if slot == Slot::Content {
+                    "content"
+                } else {
+                    "refusal"
+                };
+                let entry = delta
+                    .entry(field)
+                    .or_insert_with(|| Value::String(String::new()));
+                if let Value::String(text) = entry {
+                    text.push_str(&tail);
+                } else {
+                    *entry = Value::String(tail);
+                }
+            }
+            Slot::ToolArguments(tool) => {
+                let calls = delta
+                    .entry("tool_calls")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if !calls.is_array() {
+                    *calls = Value::Array(Vec::new());
+                }
+                if let Value::Array(calls) = calls {
+                    let existing = calls
+                        .iter_mut()
+                        .find(|c| c.get("index").and_then(Value::as_u64) == Some(tool as u64));
+                    match existing {
+                        Some(call) => {
+                            let args = call
+                                .pointer("/function/arguments")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string();
+                            call["function"]["arguments"] = Value::String(args + &tail);
+                        }
+                        None => calls.push(serde_json::json!({
+                            "index": tool,
+                            "function": {"arguments": tail}
+                        })),
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +332,36 @@ mod tests {
         assert!(blocked.is_some());
         assert!(!released.contains(canary));
         assert!(released.starts_with("hello"));
+    }
+
+    #[test]
+    fn refusals_tool_arguments_usage_and_wild_indexes() {
+        let canary = "cnry-fedcba9876543210";
+        let mut guard = OutputGuard::new(vec![canary_rule(canary)]).unwrap();
+        let refusal = json!({"choices":[{"index":0,"delta":{"refusal":format!("no: {canary}")},"finish_reason":null}]});
+        assert!(matches!(
+            guard.filter_chunk(&refusal.to_string()),
+            Filtered::Blocked { .. }
+        ));
+
+        let mut guard = OutputGuard::new(vec![canary_rule(canary)]).unwrap();
+        let tool = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":format!("{{\"x\":\"{canary}\"}}")}}]},"finish_reason":null}]});
+        match guard.filter_chunk(&tool.to_string()) {
+            Filtered::Blocked { payload, .. } => {
+                assert!(!payload.unwrap_or_default().contains(canary))
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut guard = OutputGuard::new(default_secret_rules()).unwrap();
+        let usage =
+            json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}).to_string();
+        assert_eq!(guard.filter_chunk(&usage), Filtered::Send(usage.clone()));
+        let wild = json!({"choices":[{"index":u64::MAX,"delta":{"content":"x"}}]}).to_string();
+        assert!(matches!(
+            guard.filter_chunk(&wild),
+            Filtered::Blocked { .. }
+        ));
     }
 
     #[test]

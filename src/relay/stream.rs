@@ -392,8 +392,8 @@ impl Relay {
                     Ok(tails) => (tails, None),
                     Err((tails, rule)) => (tails, Some(rule)),
                 };
-                for (index, text) in tails {
-                    frames.push(self.identity.content_chunk(index, &text));
+                for (index, delta) in tails {
+                    frames.push(self.identity.delta_chunk(index, delta));
                 }
                 if let Some(rule) = blocked {
                     self.blocked_by = Some(rule);

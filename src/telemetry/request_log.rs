@@ -300,6 +300,10 @@ impl RequestLog {
             Outcome::UpstreamError => {
                 metrics.record_upstream_error(error_code.unwrap_or("upstream_failed"))
             }
+            // The provider did not answer in time (a pre-stream 504): an upstream error too.
+            Outcome::CutDeadline if error_code == Some("upstream_timeout") => {
+                metrics.record_upstream_error("upstream_timeout")
+            }
             _ => {}
         }
     }

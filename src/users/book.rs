@@ -67,6 +67,8 @@ pub struct AdmitRequest {
     pub request_id: String,
     pub estimated_input_tokens: u64,
     pub max_tokens: u32,
+    /// Choices asked for (`n`): each may produce `max_tokens`.
+    pub choices: u64,
     pub stream: bool,
     pub price: Price,
     pub limits: UserLimits,
@@ -298,8 +300,9 @@ impl Book {
             return refuse(self, error);
         }
         let left = limits.tokens_per_day.saturating_sub(self.tokens_running());
+        let choices = request.choices.max(1);
         let floor = u64::from(limits.min_granted_tokens.min(request.max_tokens));
-        if left < request.estimated_input_tokens + floor {
+        if left < request.estimated_input_tokens + floor * choices {
             let error = ApiError::new(
                 ErrorCode::TokensPerDay,
                 format!(
@@ -311,7 +314,8 @@ impl Book {
             .no_retry();
             return refuse(self, error);
         }
-        let granted = u64::from(request.max_tokens).min(left - request.estimated_input_tokens);
+        let granted =
+            u64::from(request.max_tokens).min((left - request.estimated_input_tokens) / choices);
         let granted = u32::try_from(granted).unwrap_or(u32::MAX);
 
         self.state.minute.push_back(now_ms);
@@ -325,7 +329,7 @@ impl Book {
                 month: self.state.month,
                 price: request.price,
                 input_tokens: request.estimated_input_tokens,
-                reserved_tokens: request.estimated_input_tokens + u64::from(granted),
+                reserved_tokens: request.estimated_input_tokens + u64::from(granted) * choices,
                 metered_output_tokens: 0,
             },
         );
@@ -518,10 +522,32 @@ mod tests {
             request_id: id.into(),
             estimated_input_tokens: 10,
             max_tokens: 100,
+            choices: 1,
             stream: true,
             price: price(),
             limits,
         }
+    }
+
+    #[test]
+    fn n_choices_reserve_n_times_the_grant() {
+        let limits = UserLimits {
+            tokens_per_day: 410,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        let mut r = request("n4", limits);
+        r.choices = 4;
+        let grant = book.admit(r, T0, &org).unwrap();
+        assert_eq!(grant.max_tokens, 100, "(410 - 10) / 4");
+        assert_eq!(book.tokens_running(), 410);
+        let mut r = request("n2", limits);
+        r.choices = 2;
+        assert_eq!(
+            book.admit(r, T0, &org).unwrap_err().code,
+            ErrorCode::TokensPerDay
+        );
     }
 
     fn code(result: Result<Grant, ApiError>) -> Option<ErrorCode> {

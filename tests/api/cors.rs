@@ -22,7 +22,7 @@ fn preflight(app: &TestApp, origin: &str) -> awc::ClientRequest {
         .insert_header(("access-control-request-method", "POST"))
         .insert_header((
             "access-control-request-headers",
-            "authorization, content-type",
+            "authorization, content-type, x-stainless-os, x-stainless-retry-count",
         ))
 }
 
@@ -47,6 +47,10 @@ async fn a_preflight_from_an_allowed_origin_is_answered_without_auth_or_limits()
             .to_str()
             .unwrap();
         assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+        assert!(
+            allowed.contains("x-stainless-os"),
+            "the OpenAI JS SDK's headers: {allowed}"
+        );
         assert!(h.contains_key("x-request-id"));
     }
     assert_eq!(app.usage("alice").await["requests_per_minute"]["used"], 0);
