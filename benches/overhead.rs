@@ -31,10 +31,9 @@
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,16 +140,17 @@ fn exact_percentile(values: &[f64], p: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-struct Running(Child);
+#[path = "../tests/common/process.rs"]
+mod process;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+use process::Running;
+
+/// The pid of a running proxy (for its CPU and memory).
+trait Pid {
+    fn pid(&self) -> u32;
 }
 
-impl Running {
+impl Pid for Running {
     fn pid(&self) -> u32 {
         self.0.id()
     }
@@ -207,36 +207,12 @@ fn spawn_tollgate(
         .env_clear()
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                // Nobody listens any more: keep draining so the child never blocks on stderr.
-                continue;
-            }
-        }
-    });
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == ready {
-            let listen = v["listen"].as_str().expect("listen").parse().expect("addr");
-            drop(rx);
-            return (running, listen);
-        }
-        if v["level"] == "ERROR" || !line.starts_with('{') {
-            println!("  [{args:?}] {line}");
-        }
-    }
-    panic!("{args:?} never logged {ready:?}");
+    let (running, listen) = process::start(command, ready, Some(&format!("{args:?}")));
+    (running, listen.parse().expect("addr"))
 }
 
 fn start_mock(pin: Pinning) -> (Running, SocketAddr) {

@@ -10,22 +10,18 @@
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "bench-secret";
 
-struct Running(Child);
+#[path = "../tests/common/process.rs"]
+mod process;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use process::Running;
 
 /// Spawns the binary and returns it with the address it logged as `listen`.
 fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, String) {
@@ -35,29 +31,11 @@ fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, 
         .env_clear()
         .env("RUST_LOG", "info")
         .env("TOLLGATE__USERS__SNAPSHOT_PATH", "")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
     for (k, v) in env {
         command.env(k, v);
     }
-    let mut child = command.spawn().expect("spawn tollgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let running = Running(child);
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == ready_message {
-            let listen = v["listen"].as_str().expect("listen").to_string();
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (running, listen);
-        }
-    }
-    panic!("{args:?} never logged {ready_message:?}");
+    process::start(command, ready_message, None)
 }
 
 /// One stream on a fresh connection; time until the first content token arrives.

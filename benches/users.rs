@@ -13,7 +13,7 @@ use tollgate::clock::SystemClock;
 use tollgate::config::Config;
 use tollgate::pricing::PriceTable;
 use tollgate::telemetry::{LabelSets, Metrics};
-use tollgate::users::{MemoryStore, NewRequest, UserLimits, UserRegistry};
+use tollgate::users::{AdmitRequest, MemoryStore, UserLimits, UserRegistry};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -52,9 +52,8 @@ fn main() {
             let id = format!("req-{i}");
             let t = Instant::now();
             let ticket = registry
-                .admit(NewRequest {
-                    user_id: &user,
-                    request_id: &id,
+                .admit(&user, AdmitRequest {
+                    request_id: id.clone(),
                     estimated_input_tokens: 20,
                     max_tokens: 100,
                     choices: 1,
@@ -101,9 +100,8 @@ fn main() {
             let id = format!("warm-{i}");
             let t = Instant::now();
             let ticket = registry
-                .admit(NewRequest {
-                    user_id: "warm-user",
-                    request_id: &id,
+                .admit("warm-user", AdmitRequest {
+                    request_id: id.clone(),
                     estimated_input_tokens: 20,
                     max_tokens: 100,
                     choices: 1,

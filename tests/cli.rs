@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -76,15 +76,10 @@ fn token_prints_a_jwt_and_refuses_lifetimes_the_gateway_would_refuse() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Kills the child when the test ends, however it ends.
-struct Running(Child);
+#[path = "common/process.rs"]
+mod process;
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use process::Running;
 
 #[test]
 fn the_embedded_default_serves_a_stream_from_its_built_in_mock() {
@@ -353,27 +348,9 @@ fn no_prompt_completion_token_or_key_reaches_any_output_even_at_trace_level() {
 
 /// Starts the gateway with `env` and waits for its bound address; stderr drained on a thread.
 fn start_gateway(env: &[(&str, &str)]) -> (Running, String) {
-    let mut child = tollgate(&[], env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let running = Running(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "tollgate is serving" {
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (running, v["listen"].as_str().unwrap().to_string());
-        }
-    }
-    panic!("the gateway never said it was serving");
+    let mut command = tollgate(&[], env);
+    command.stdout(Stdio::null());
+    process::start(command, "tollgate is serving", None)
 }
 
 fn http(listen: &str, request: &str) -> String {

@@ -15,7 +15,7 @@ use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Finished, StreamEnd, UpstreamClient};
 use crate::telemetry::{Metrics, RequestLog};
 use crate::tokenize::TokenCounter;
-use crate::users::{NewRequest, UserLimits};
+use crate::users::{AdmitRequest, UserLimits};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
@@ -55,16 +55,18 @@ pub(super) async fn chat_completions(
     };
     let admitted = state
         .users
-        .admit(NewRequest {
-            user_id: &log.user_id,
-            request_id: &log.request_id,
-            estimated_input_tokens: log.input_tokens_estimated,
-            max_tokens: wanted,
-            choices: request.choices(),
-            stream: request.stream,
-            price,
-            limits: UserLimits::for_plan(&state.config, &log.plan),
-        })
+        .admit(
+            &log.user_id,
+            AdmitRequest {
+                request_id: log.request_id.clone(),
+                estimated_input_tokens: log.input_tokens_estimated,
+                max_tokens: wanted,
+                choices: request.choices(),
+                stream: request.stream,
+                price,
+                limits: UserLimits::for_plan(&state.config, &log.plan),
+            },
+        )
         .await;
     let ticket = match admitted {
         Ok(ticket) => ticket,

@@ -330,14 +330,14 @@ impl Relay {
             (Cow::Borrowed(event.data.as_str()), tokens, false)
         };
         if !capped || tokens > 0 {
-            let filtered = match self.guard.as_mut() {
-                None => Filtered::Send(payload.into_owned()),
-                Some(guard) => guard.filter_chunk(&payload),
-            };
-            let (send, blocked) = match filtered {
-                Filtered::Send(p) => (Some(p), None),
-                Filtered::Skip => (None, None),
-                Filtered::Blocked { payload, rule_id } => (payload, Some(rule_id)),
+            // Without output guardrails the provider's payload goes out as it came.
+            let (send, blocked) = match self.guard.as_mut().map(|g| g.filter_chunk(&payload)) {
+                None => (Some(payload), None),
+                Some(Filtered::Send(p)) => (Some(Cow::Owned(p)), None),
+                Some(Filtered::Skip) => (None, None),
+                Some(Filtered::Blocked { payload, rule_id }) => {
+                    (payload.map(Cow::Owned), Some(rule_id))
+                }
             };
             if let Some(p) = send {
                 if let Err(end) = self.emit(encode_data(&p)).await {

@@ -17,9 +17,10 @@ mod registry;
 mod store;
 mod ticket;
 
+pub use book::AdmitRequest;
 pub use book::UsageReport;
 pub use limits::UserLimits;
 pub use messages::Verdict;
-pub use registry::{NewRequest, UserRegistry};
+pub use registry::UserRegistry;
 pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};
 pub use ticket::Ticket;

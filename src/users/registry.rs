@@ -14,7 +14,6 @@ use super::ticket::Ticket;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
-use crate::pricing::Price;
 use crate::telemetry::Metrics;
 use actix::{Actor, Addr};
 use actix_rt::Arbiter;
@@ -26,20 +25,6 @@ use std::time::Duration;
 
 /// Attempts at reaching a live actor (an evicting one sends the caller to a fresh one).
 const ATTEMPTS: usize = 3;
-
-/// What the request path needs to open a request for a user.
-#[derive(Debug, Clone)]
-pub struct NewRequest<'a> {
-    pub user_id: &'a str,
-    pub request_id: &'a str,
-    pub estimated_input_tokens: u64,
-    pub max_tokens: u32,
-    /// Choices asked for (`n`).
-    pub choices: u64,
-    pub stream: bool,
-    pub price: Price,
-    pub limits: UserLimits,
-}
 
 /// The user-id → actor map and the threads the actors run on.
 pub struct UserRegistry {
@@ -100,23 +85,14 @@ impl UserRegistry {
 
     /// Admits a request (or refuses it with the window that said no). The returned ticket
     /// meters and settles it.
-    pub async fn admit(&self, request: NewRequest<'_>) -> Result<Ticket, ApiError> {
+    pub async fn admit(&self, user_id: &str, request: AdmitRequest) -> Result<Ticket, ApiError> {
         for _ in 0..ATTEMPTS {
-            let addr = self.actor(request.user_id);
-            let message = Admit(AdmitRequest {
-                request_id: request.request_id.to_string(),
-                estimated_input_tokens: request.estimated_input_tokens,
-                max_tokens: request.max_tokens,
-                choices: request.choices,
-                stream: request.stream,
-                price: request.price,
-                limits: request.limits,
-            });
-            if let Ok(Some(answer)) = addr.send(message).await {
+            let addr = self.actor(user_id);
+            if let Ok(Some(answer)) = addr.send(Admit(request.clone())).await {
                 let grant = answer?;
                 return Ok(Ticket::new(
                     addr,
-                    request.request_id.to_string(),
+                    request.request_id,
                     request.estimated_input_tokens,
                     grant.max_tokens,
                     grant.rate_limits,
@@ -180,16 +156,18 @@ mod tests {
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
         let ticket = registry
-            .admit(NewRequest {
-                user_id: "ivy",
-                request_id: "r1",
-                estimated_input_tokens: 10,
-                max_tokens: 50,
-                choices: 1,
-                stream: false,
-                price,
-                limits,
-            })
+            .admit(
+                "ivy",
+                AdmitRequest {
+                    request_id: "r1".into(),
+                    estimated_input_tokens: 10,
+                    max_tokens: 50,
+                    choices: 1,
+                    stream: false,
+                    price,
+                    limits,
+                },
+            )
             .await
             .unwrap();
         let usage = Usage {

@@ -2,7 +2,9 @@
 //! Every cut must reach the client as a clear ending, drop the upstream request, and bill what
 //! was relayed.
 
-use crate::support::sse::{content_chunks, content_of, error_event, SseReader};
+use crate::support::sse::{
+    assert_error_ending, content_chunks, content_of, error_event, SseReader,
+};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -30,8 +32,7 @@ async fn a_mock_that_ignores_max_tokens_is_cut_at_exactly_the_grant() {
     let mut body = chat_body("mock-gpt", true);
     body["max_tokens"] = json!(7);
     body["stream_options"] = json!({"include_usage": true});
-    let response = app.post_chat("alice").send_json(&body).await.unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("alice", &body).await;
 
     assert_eq!(content_of(&events), generated_text(7));
     assert_eq!(content_chunks(&events), 7);
@@ -74,8 +75,7 @@ async fn a_chunk_that_crosses_the_cap_is_trimmed_to_it() {
     let app = spawn_gateway(config, Default::default()).await;
     let mut body = chat_body("gpt-4o", true);
     body["max_tokens"] = json!(4);
-    let response = app.post_chat("bob").send_json(&body).await.unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("bob", &body).await;
     assert_eq!(content_of(&events), " the quick brown fox");
     let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
@@ -94,15 +94,8 @@ async fn the_deadline_cuts_a_slow_stream_with_deadline_exceeded() {
         |c| c.limits.deadline_secs = 1,
     )
     .await;
-    let response = app
-        .post_chat("alice")
-        .send_json(&chat_body("mock-gpt", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
-    let n = events.len();
-    assert_eq!(events[n - 1], "[DONE]");
-    assert_eq!(error_event(&events[n - 2])["code"], "deadline_exceeded");
+    let events = app.stream("alice", &chat_body("mock-gpt", true)).await;
+    assert_error_ending(&events, "deadline_exceeded");
     let relayed = content_chunks(&events) as u64;
     assert!(relayed > 0 && relayed < 100);
     assert_upstream_dropped(&app).await;
@@ -113,12 +106,7 @@ async fn the_deadline_cuts_a_slow_stream_with_deadline_exceeded() {
 }
 
 async fn assert_upstream_failed(app: &TestApp, model: &str, expected_tokens: u64) {
-    let response = app
-        .post_chat("alice")
-        .send_json(&chat_body(model, true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("alice", &chat_body(model, true)).await;
     let n = events.len();
     assert_eq!(events[n - 1], "[DONE]");
     let error = error_event(&events[n - 2]);
@@ -201,8 +189,7 @@ async fn reaching_the_cap_exactly_then_losing_the_upstream_still_ends_at_the_cap
     let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
     let mut body = chat_body("gpt-4o", true);
     body["max_tokens"] = json!(4);
-    let response = app.post_chat("bob").send_json(&body).await.unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("bob", &body).await;
     assert_eq!(events.len(), 3, "{events:?}");
     let finish: Value = serde_json::from_str(&events[1]).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
@@ -218,8 +205,7 @@ async fn a_stalling_upstream_at_the_cap_is_closed_without_waiting_for_the_idle_t
     let app = spawn_app(fast_mock(), |_| {}).await;
     let mut body = chat_body("mock-gpt:ignore_max_tokens=true,fault=stall@3", true);
     body["max_tokens"] = json!(3);
-    let response = app.post_chat("alice").send_json(&body).await.unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("alice", &body).await;
     assert_eq!(content_chunks(&events), 3);
     let finish: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
@@ -237,12 +223,7 @@ async fn an_sse_error_event_of_any_shape_is_an_upstream_failure() {
     .into_bytes()])
     .await;
     let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
-    let response = app
-        .post_chat("bob")
-        .send_json(&chat_body("gpt-4o", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("bob", &chat_body("gpt-4o", true)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(error_event(&events[1])["code"], "upstream_failed");
     assert!(!events[1].contains("boom"));

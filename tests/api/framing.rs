@@ -2,7 +2,6 @@
 //! gets the same events, each payload byte-for-byte as the provider wrote it.
 
 use crate::support::scripted::scripted_upstream;
-use crate::support::sse::SseReader;
 use crate::support::*;
 use serde_json::json;
 
@@ -47,12 +46,7 @@ async fn awkward_framing_is_reassembled_exactly() {
 
     let addr = scripted_upstream(pieces).await;
     let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
-    let response = app
-        .post_chat("carol")
-        .send_json(&chat_body("gpt-4o", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("carol", &chat_body("gpt-4o", true)).await;
     let mut expected = payloads.clone();
     expected.push("[DONE]".into());
     assert_eq!(events, expected);
@@ -74,12 +68,7 @@ async fn a_stream_that_ends_mid_reply_without_done_is_a_failure() {
     let addr =
         scripted_upstream(vec![format!("data: {}\n\n", chunk(" partial")).into_bytes()]).await;
     let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
-    let response = app
-        .post_chat("carol")
-        .send_json(&chat_body("gpt-4o", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("carol", &chat_body("gpt-4o", true)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(
         crate::support::sse::error_event(&events[1])["code"],
@@ -109,12 +98,7 @@ async fn an_oversized_upstream_event_is_cut_not_buffered() {
     let mut config = test_config(&format!("http://{addr}"));
     config.upstream.max_event_bytes = 1024;
     let app = spawn_gateway(config, Default::default()).await;
-    let response = app
-        .post_chat("carol")
-        .send_json(&chat_body("gpt-4o", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("carol", &chat_body("gpt-4o", true)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(
         crate::support::sse::error_event(&events[1])["code"],

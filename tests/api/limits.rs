@@ -1,7 +1,7 @@
 //! Per-user windows and spend caps, held by the user's actor. Time comes from the test clock:
 //! no test sleeps to cross a window.
 
-use crate::support::sse::{error_event, SseReader};
+use crate::support::sse::{assert_error_ending, SseReader};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -245,9 +245,7 @@ async fn concurrent_streams_are_all_cut_at_the_daily_cap_within_the_documented_b
         SseReader::new(response).collect().await
     });
     for events in futures::future::join_all(streams).await {
-        let n = events.len();
-        assert_eq!(events[n - 1], "[DONE]");
-        assert_eq!(error_event(&events[n - 2])["code"], "budget_exceeded");
+        assert_error_ending(&events, "budget_exceeded");
     }
     let logs = app.wait_for_logs(5).await;
     assert!(

@@ -73,12 +73,7 @@ async fn relays_the_mocks_stream_unchanged_and_bills_its_usage() {
 #[actix_web::test]
 async fn usage_chunk_is_withheld_from_clients_that_did_not_ask_for_it() {
     let app = spawn_app(fast_mock(), |_| {}).await;
-    let response = app
-        .post_chat("alice")
-        .send_json(&chat_body("mock-gpt", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("alice", &chat_body("mock-gpt", true)).await;
     assert_eq!(events.len(), 23, "role + 20 + finish + [DONE]: {events:#?}");
     assert!(events.iter().all(|e| !e.contains("\"usage\":{")));
     // The upstream was still asked for usage, so billing has the provider's numbers.
@@ -210,12 +205,7 @@ async fn a_slow_first_token_is_not_mistaken_for_an_idle_upstream() {
         |c| c.upstream.idle_timeout_secs = 1,
     )
     .await;
-    let response = app
-        .post_chat("alice")
-        .send_json(&chat_body("mock-gpt", true))
-        .await
-        .unwrap();
-    let events = SseReader::new(response).collect().await;
+    let events = app.stream("alice", &chat_body("mock-gpt", true)).await;
     assert_eq!(content_chunks(&events), 20);
     assert_eq!(app.wait_for_logs(1).await[0]["outcome"], "completed");
 }

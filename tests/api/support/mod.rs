@@ -106,6 +106,12 @@ impl TestApp {
             .bearer_auth(self.token(user))
     }
 
+    /// Sends a chat request as `user` and reads its whole event stream (each event's data).
+    pub async fn stream(&self, user: &str, body: &Value) -> Vec<String> {
+        let response = self.post_chat(user).send_json(body).await.unwrap();
+        sse::SseReader::new(response).collect().await
+    }
+
     /// The parsed request log lines so far.
     pub fn log_lines(&self) -> Vec<Value> {
         self.logs

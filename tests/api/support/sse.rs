@@ -96,3 +96,11 @@ pub fn error_event(data: &str) -> Value {
     );
     v["error"].clone()
 }
+
+/// Asserts a stream ended with an error event with `code`, then `[DONE]`.
+pub fn assert_error_ending(events: &[String], code: &str) {
+    let n = events.len();
+    assert!(n >= 2, "{events:?}");
+    assert_eq!(events[n - 1], "[DONE]");
+    assert_eq!(error_event(&events[n - 2])["code"], code, "{events:?}");
+}
