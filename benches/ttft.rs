@@ -117,6 +117,12 @@ fn main() {
             ("TOLLGATE_LISTEN", "127.0.0.1:0"),
             ("TOLLGATE_UPSTREAM_URL", &upstream),
             ("TOLLGATE_JWT_SECRET", SECRET),
+            // One user sends every stream: lift the per-user windows and caps.
+            ("TOLLGATE__RATE__REQUESTS_PER_MINUTE", "100000000"),
+            ("TOLLGATE__RATE__REQUESTS_PER_DAY", "100000000"),
+            ("TOLLGATE__RATE__TOKENS_PER_DAY", "100000000000"),
+            ("TOLLGATE__COST__MAX_DAILY_USD", "1000000"),
+            ("TOLLGATE__COST__MAX_MONTHLY_USD", "1000000"),
         ],
         "tollgate is serving",
     );
