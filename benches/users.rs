@@ -39,7 +39,7 @@ fn main() {
     actix_rt::System::new().block_on(async move {
         let mut config = Config::default();
         config.users.idle_evict_secs = 2;
-        let registry = UserRegistry::new(2, &config, Arc::new(SystemClock), Metrics::install(10, LabelSets::new(Vec::new(), Vec::new())), Arc::new(MemoryStore::default()));
+        let registry = UserRegistry::new(2, &config, Arc::new(SystemClock), Metrics::install(10, LabelSets::new(Vec::new(), Vec::new())), Arc::new(MemoryStore::default()), None);
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing)
             .price("mock-gpt")

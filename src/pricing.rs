@@ -24,6 +24,14 @@ impl Price {
         }
     }
 
+    /// Nano-USD per input token and per output token.
+    pub fn nano_usd_per_token(&self) -> (u64, u64) {
+        (
+            self.input_nano_usd_per_token,
+            self.output_nano_usd_per_token,
+        )
+    }
+
     /// Cost of `usage` in micro-USD, rounded up.
     pub fn cost_micro_usd(&self, usage: Usage) -> u64 {
         let nano = usage

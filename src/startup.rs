@@ -12,7 +12,7 @@ use crate::policy::guard::Guardrails;
 use crate::pricing::PriceTable;
 use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
-use crate::users::{MemoryStore, SnapshotError, Snapshots, UserRegistry, UserStore};
+use crate::users::{MemoryStore, RedisLedger, SnapshotError, Snapshots, UserRegistry, UserStore};
 use actix_web::dev::{Server, ServerHandle};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -128,12 +128,24 @@ pub fn start(
         actix_rt::spawn(server);
     }
     let memory = Arc::new(MemoryStore::default());
-    let snapshots = open_snapshots(&config, &options, memory.clone())?;
+    let remote = start_redis(&config, &metrics)?;
+    let snapshots = match remote {
+        // Redis holds the state: no snapshot file.
+        Some(_) => None,
+        None => open_snapshots(&config, &options, memory.clone())?,
+    };
     let store: Arc<dyn UserStore> = memory;
     let state = Arc::new(AppState {
         auth: Authenticator::new(&config.auth)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-        users: UserRegistry::new(workers, &config, options.clock, metrics.clone(), store),
+        users: UserRegistry::new(
+            workers,
+            &config,
+            options.clock,
+            metrics.clone(),
+            store,
+            remote,
+        ),
         metrics,
         guardrails: Guardrails::new(&config.guardrails)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
@@ -141,6 +153,7 @@ pub fn start(
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,
         upstream_url: upstream_url.clone(),
+        upstream_health: Default::default(),
         config,
     });
     let server = serve(
@@ -160,6 +173,27 @@ pub fn start(
         metrics_addr,
         snapshots,
     })
+}
+
+/// Redis mode (`redis.url` set): the shared ledger, its probe task, and a start-up check of
+/// the server's eviction policy. Start-up does not wait for Redis: until it answers, the outage
+/// policy applies.
+fn start_redis(config: &Config, metrics: &Metrics) -> std::io::Result<Option<Arc<RedisLedger>>> {
+    if config.redis.url.is_empty() {
+        return Ok(None);
+    }
+    let ledger = RedisLedger::new(config, metrics.clone())
+        .map(Arc::new)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tracing::info!(
+        redis = %redact_url(config.redis.url.expose()),
+        expected_replicas = config.redis.expected_replicas,
+        "shared state in Redis"
+    );
+    let check = ledger.clone();
+    actix_rt::spawn(async move { check.check_server().await });
+    actix_rt::spawn(ledger.clone().probe_forever());
+    Ok(Some(ledger))
 }
 
 /// Opens the snapshot file (embedded mode) and writes it at `users.snapshot_interval_secs`.

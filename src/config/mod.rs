@@ -298,12 +298,54 @@ pub struct ModelPrice {
     pub output_per_million_usd: f64,
 }
 
-/// `[redis]`: shared state.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// `[redis]`: shared state across replicas, and what happens while Redis is away.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `TOLLGATE_REDIS_URL`; empty = in-process memory.
     pub url: Secret,
+    /// Prefix of every key tollgate writes (`<prefix>:{<user>}:…`).
+    pub key_prefix: String,
+    /// Longest wait for one Redis call (connection checkout + script); past it the call
+    /// counts as failed and the request takes the outage path.
+    pub op_timeout_ms: u64,
+    /// Longest wait for a new connection.
+    pub connect_timeout_ms: u64,
+    /// Consecutive failed calls that open the circuit (calls then skip Redis).
+    pub breaker_failures: u32,
+    /// While the circuit is open, Redis is probed (and the journal replayed) this often.
+    pub probe_interval_ms: u64,
+    /// Replicas sharing this Redis. While Redis is away each replica allows
+    /// `limit / expected_replicas` of the request-rate windows (minute, day, concurrency).
+    pub expected_replicas: u64,
+    /// A concurrent-stream slot's lease. A replica that dies holding it frees it (and its
+    /// metered usage is charged) once the lease ends. Must exceed `limits.deadline_secs`.
+    pub lease_secs: u64,
+    /// While Redis is away a user may spend at most this much per replica (tokens and USD)
+    /// beyond what Redis last reported; past it token and spend limits fail closed (503).
+    pub outage_allowance_tokens: u64,
+    pub outage_allowance_usd: f64,
+    /// Settlements kept while Redis is away, replayed when it returns. Past this bound the
+    /// oldest are dropped with an error log (a very long outage).
+    pub journal_max: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            key_prefix: "tollgate".into(),
+            op_timeout_ms: 50,
+            connect_timeout_ms: 250,
+            breaker_failures: 5,
+            probe_interval_ms: 1000,
+            expected_replicas: 1,
+            lease_secs: 35,
+            outage_allowance_tokens: 4000,
+            outage_allowance_usd: 0.05,
+            journal_max: 1_000_000,
+        }
+    }
 }
 
 /// `[relay]`: the streaming loop.

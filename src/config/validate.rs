@@ -167,10 +167,49 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         c.relay.client_buffer_events as u64,
     )?;
     positive("users.mailbox_capacity", c.users.mailbox_capacity as u64)?;
+    validate_redis(c)?;
     if c.mock.tokens_per_second.is_nan() || c.mock.tokens_per_second < 0.0 {
         return Err(ConfigError::invalid(
             "mock.tokens_per_second",
             "must be a number >= 0 (0 = no pacing)",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_redis(c: &Config) -> Result<(), ConfigError> {
+    let r = &c.redis;
+    if !r.url.is_empty() {
+        match url::Url::parse(r.url.expose()) {
+            Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    "expected a redis:// URL (TOLLGATE_REDIS_URL)",
+                ))
+            }
+        }
+    }
+    if r.key_prefix.is_empty() || r.key_prefix.contains(['{', '}']) {
+        return Err(ConfigError::invalid(
+            "redis.key_prefix",
+            "must be non-empty, without { or }",
+        ));
+    }
+    positive("redis.op_timeout_ms", r.op_timeout_ms)?;
+    positive("redis.connect_timeout_ms", r.connect_timeout_ms)?;
+    positive("redis.breaker_failures", r.breaker_failures.into())?;
+    positive("redis.probe_interval_ms", r.probe_interval_ms)?;
+    positive("redis.expected_replicas", r.expected_replicas)?;
+    positive("redis.journal_max", r.journal_max as u64)?;
+    usd("redis.outage_allowance_usd", r.outage_allowance_usd)?;
+    if r.lease_secs <= c.limits.deadline_secs {
+        return Err(ConfigError::invalid(
+            "redis.lease_secs",
+            format!(
+                "must exceed limits.deadline_secs ({}): a live stream must never lose its slot",
+                c.limits.deadline_secs
+            ),
         ));
     }
     Ok(())

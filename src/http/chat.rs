@@ -82,7 +82,12 @@ pub(super) async fn chat_completions(
         }
     };
     let wait = deadline.saturating_duration_since(Instant::now());
-    let response = match upstream.send(body, wait).await {
+    let sent = upstream.send(body, wait).await;
+    // A 4xx refusal (final) still shows a live provider; the rest count against the circuit.
+    state
+        .upstream_health
+        .record(sent.as_ref().map_or_else(|e| e.final_answer, |_| true));
+    let response = match sent {
         Ok(response) => response,
         Err(e) => {
             // Refused or unreachable before any output: nothing is billed.

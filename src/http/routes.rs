@@ -70,8 +70,29 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-async fn readyz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ready"}))
+/// Ready when Redis answers (if configured) and the upstream circuit is not open.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let redis = match state.users.remote() {
+        None => "not_configured",
+        Some(ledger) if ledger.ready() => "ok",
+        Some(_) => "unavailable",
+    };
+    let upstream = if state.upstream_health.circuit_open() {
+        "circuit_open"
+    } else {
+        "ok"
+    };
+    let ready = redis != "unavailable" && upstream == "ok";
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "redis": redis,
+        "upstream": upstream,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 async fn not_found() -> HttpResponse {

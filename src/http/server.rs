@@ -7,6 +7,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::policy::guard::Guardrails;
 use crate::pricing::PriceTable;
+use crate::relay::health::UpstreamHealth;
 use crate::relay::UpstreamClient;
 use crate::telemetry::{LogSink, Metrics, PromptHasher};
 use crate::users::UserRegistry;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub log_sink: LogSink,
     pub metrics: Metrics,
     pub guardrails: Guardrails,
+    pub upstream_health: UpstreamHealth,
 }
 
 /// How the server runs.

@@ -8,6 +8,7 @@
 pub mod chunk;
 pub mod complete;
 pub mod guard;
+pub mod health;
 pub mod sse;
 pub mod stream;
 pub mod upstream;

@@ -59,6 +59,15 @@ pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "tollgate_time_to_first_token_seco
 pub const UPSTREAM_ERRORS_TOTAL: &str = "tollgate_upstream_errors_total";
 /// counter {check = prompt_injection | secret | pii | canary, action = block | flag}
 pub const GUARDRAIL_EVENTS_TOTAL: &str = "tollgate_guardrail_events_total";
+/// Redis mode: whether Redis answers (1) or the circuit is open (0).
+pub const REDIS_UP: &str = "tollgate_redis_up";
+/// Redis mode: failed Redis calls, by operation.
+pub const REDIS_ERRORS_TOTAL: &str = "tollgate_redis_errors_total";
+/// Redis mode: admissions decided locally while Redis was away, by decision
+/// (`admitted`, `refused`, `fail_closed`).
+pub const OUTAGE_DECISIONS_TOTAL: &str = "tollgate_outage_decisions_total";
+/// Redis mode: settlements waiting to be replayed into Redis.
+pub const REDIS_JOURNAL_PENDING: &str = "tollgate_redis_journal_pending";
 
 /// Upper bounds (seconds) of both latency histograms: 5 ms … 30 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -260,6 +269,26 @@ fn describe_all() {
         Unit::Count,
         "Guardrail hits, by check and action (block or flag)."
     );
+    describe_gauge!(
+        REDIS_UP,
+        Unit::Count,
+        "Redis mode: 1 while Redis answers, 0 while its circuit is open."
+    );
+    describe_counter!(
+        REDIS_ERRORS_TOTAL,
+        Unit::Count,
+        "Redis mode: failed or timed-out Redis calls, by operation."
+    );
+    describe_counter!(
+        OUTAGE_DECISIONS_TOTAL,
+        Unit::Count,
+        "Redis mode: admissions decided by the outage policy, by decision."
+    );
+    describe_gauge!(
+        REDIS_JOURNAL_PENDING,
+        Unit::Count,
+        "Redis mode: settlements kept locally, waiting to be replayed into Redis."
+    );
 }
 
 /// Handle to the gateway's metrics; cheap to clone.
@@ -450,6 +479,34 @@ impl Metrics {
             counter!(GUARDRAIL_EVENTS_TOTAL, "check" => check.to_owned(), "action" => action.to_owned())
                 .increment(1)
         });
+    }
+
+    /// Redis mode: whether Redis answers.
+    pub fn set_redis_up(&self, up: bool) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 }));
+    }
+
+    /// Redis mode: a failed Redis call; `op` is a fixed operation name.
+    pub fn record_redis_error(&self, op: &'static str) {
+        self.inner
+            .global
+            .with_recorder(|| counter!(REDIS_ERRORS_TOTAL, "op" => op).increment(1));
+    }
+
+    /// Redis mode: an admission decided locally while Redis was away.
+    pub fn record_outage_decision(&self, decision: &'static str) {
+        self.inner.global.with_recorder(|| {
+            counter!(OUTAGE_DECISIONS_TOTAL, "decision" => decision).increment(1)
+        });
+    }
+
+    /// Redis mode: settlements waiting in the journal.
+    pub fn set_journal_pending(&self, pending: usize) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(REDIS_JOURNAL_PENDING).set(pending as f64));
     }
 
     /// Exporter maintenance (drains histogram samples into buckets); call every few seconds,

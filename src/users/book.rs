@@ -41,19 +41,22 @@ pub struct UserState {
 }
 
 /// An admitted, unsettled request.
-#[derive(Debug, Clone)]
-struct OpenRequest {
-    stream: bool,
-    day: u64,
-    month: u32,
-    price: Price,
-    input_tokens: u64,
-    reserved_tokens: u64,
-    metered_output_tokens: u64,
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenRequest {
+    pub stream: bool,
+    /// UTC day and month of admission: its usage is charged there.
+    pub day: u64,
+    pub month: u32,
+    pub admitted_ms: u64,
+    pub price: Price,
+    pub input_tokens: u64,
+    pub reserved_tokens: u64,
+    pub metered_output_tokens: u64,
 }
 
 impl OpenRequest {
-    fn cost(&self) -> u64 {
+    /// Cost so far: the input estimate and the output metered.
+    pub fn cost(&self) -> u64 {
         self.price.cost_micro_usd(Usage {
             input_tokens: self.input_tokens,
             output_tokens: self.metered_output_tokens,
@@ -150,6 +153,17 @@ impl Book {
         !self.open.is_empty()
     }
 
+    /// An open request, if this book holds it.
+    pub fn open_request(&self, request_id: &str) -> Option<&OpenRequest> {
+        self.open.get(request_id)
+    }
+
+    /// Takes over a request admitted elsewhere (Redis mode: by Redis, which then went away),
+    /// so this book meters and settles it from here on.
+    pub fn adopt(&mut self, request_id: String, open: OpenRequest) {
+        self.open.entry(request_id).or_insert(open);
+    }
+
     /// Moves the windows to `now`: expires minute entries, starts a new day or month.
     fn roll(&mut self, now_ms: u64) {
         while self
@@ -228,91 +242,47 @@ impl Book {
     ) -> Result<Grant, ApiError> {
         self.roll(now_ms);
         let limits = &request.limits;
-        let refuse =
-            |book: &Self, error: ApiError| Err(error.rate_limits(book.rate_limits(limits)));
-        let until_midnight = secs_until(now_ms, next_day_ms(now_ms));
+        let refuse = |book: &Self, why: Refusal| {
+            Err(why
+                .error(limits, now_ms)
+                .rate_limits(book.rate_limits(limits)))
+        };
 
         if self.open.len() as u64 >= limits.max_concurrent_streams {
-            let error = ApiError::new(
-                ErrorCode::ConcurrentStreams,
-                format!(
-                    "too many requests in flight (limit {})",
-                    limits.max_concurrent_streams
-                ),
-            )
-            .retry_after(1);
-            return refuse(self, error);
+            return refuse(self, Refusal::Concurrency);
         }
         if self.state.minute.len() as u64 >= limits.requests_per_minute {
-            let frees_at = self
+            let frees_at_ms = self
                 .state
                 .minute
                 .front()
                 .map_or(now_ms + MINUTE_MS, |t| t + MINUTE_MS);
-            let error = ApiError::new(
-                ErrorCode::RequestsPerMinute,
-                format!(
-                    "request limit reached ({} per minute)",
-                    limits.requests_per_minute
-                ),
-            )
-            .retry_after(secs_until(now_ms, frees_at));
-            return refuse(self, error);
+            return refuse(self, Refusal::Minute { frees_at_ms });
         }
         if self.state.requests_today >= limits.requests_per_day {
-            let error = ApiError::new(
-                ErrorCode::RequestsPerDay,
-                format!(
-                    "daily request limit reached ({} per day)",
-                    limits.requests_per_day
-                ),
-            )
-            .retry_after(until_midnight)
-            .no_retry();
-            return refuse(self, error);
+            return refuse(self, Refusal::DayRequests);
         }
         let input_cost = request.price.cost_micro_usd(Usage {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
         if self.spend_today_running() + input_cost > limits.daily_cap_micro_usd {
-            let error = ApiError::new(ErrorCode::DailyBudget, "daily spend cap reached")
-                .retry_after(until_midnight)
-                .no_retry();
-            return refuse(self, error);
+            return refuse(self, Refusal::DailySpend);
         }
         if self.spend_month_running() + input_cost > limits.monthly_cap_micro_usd {
-            let error = ApiError::new(ErrorCode::MonthlyBudget, "monthly spend cap reached")
-                .retry_after(secs_until(now_ms, next_month_ms(now_ms)))
-                .no_retry();
-            return refuse(self, error);
+            return refuse(self, Refusal::MonthlySpend);
         }
         if org
             .cap()
             .is_some_and(|cap| org.spent(self.state.day) + input_cost > cap)
         {
-            let error = ApiError::new(
-                ErrorCode::OrgDailyBudget,
-                "the organisation's daily spend cap is reached",
-            )
-            .retry_after(until_midnight)
-            .no_retry();
-            return refuse(self, error);
+            return refuse(self, Refusal::OrgDaily);
         }
         let left = limits.tokens_per_day.saturating_sub(self.tokens_running());
         let choices = request.choices.max(1);
         let floor = u64::from(limits.min_granted_tokens.min(request.max_tokens));
         if left < request.estimated_input_tokens + floor * choices {
-            let error = ApiError::new(
-                ErrorCode::TokensPerDay,
-                format!(
-                    "daily token limit reached ({} per day)",
-                    limits.tokens_per_day
-                ),
-            )
-            .retry_after(until_midnight)
-            .no_retry();
-            return refuse(self, error);
+            return refuse(self, Refusal::DayTokens);
         }
         let granted =
             u64::from(request.max_tokens).min((left - request.estimated_input_tokens) / choices);
@@ -327,6 +297,7 @@ impl Book {
                 stream: request.stream,
                 day: self.state.day,
                 month: self.state.month,
+                admitted_ms: now_ms,
                 price: request.price,
                 input_tokens: request.estimated_input_tokens,
                 reserved_tokens: request.estimated_input_tokens + u64::from(granted) * choices,
@@ -429,6 +400,130 @@ impl Book {
     /// The report for `/v1/usage`.
     pub fn report(&mut self, limits: &UserLimits, now_ms: u64) -> UsageReport {
         self.roll(now_ms);
+        let counts = Counts {
+            requests: self.state.requests,
+            input_tokens: self.state.input_tokens,
+            output_tokens: self.state.output_tokens,
+            cut_requests: self.state.cut_requests,
+            open_requests: self.open.len() as u64,
+            open_streams: self.open.values().filter(|o| o.stream).count() as u64,
+            open_input_tokens: self.open.values().map(|o| o.input_tokens).sum(),
+            open_output_tokens: self.open.values().map(|o| o.metered_output_tokens).sum(),
+            minute_used: self.state.minute.len() as u64,
+            minute_oldest_ms: self.state.minute.front().copied(),
+            requests_today: self.state.requests_today,
+            tokens_running: self.tokens_running(),
+            spend_today_running: self.spend_today_running(),
+            spend_month_running: self.spend_month_running(),
+        };
+        counts.report(limits, now_ms)
+    }
+}
+
+/// Why admission said no. The same rules refuse with the same errors whether the book or
+/// the Redis script applied them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Concurrency,
+    Minute { frees_at_ms: u64 },
+    DayRequests,
+    DailySpend,
+    MonthlySpend,
+    OrgDaily,
+    DayTokens,
+}
+
+impl Refusal {
+    /// The client's error: code, message and when to retry.
+    pub fn error(self, limits: &UserLimits, now_ms: u64) -> ApiError {
+        let until_midnight = secs_until(now_ms, next_day_ms(now_ms));
+        match self {
+            Refusal::Concurrency => ApiError::new(
+                ErrorCode::ConcurrentStreams,
+                format!(
+                    "too many requests in flight (limit {})",
+                    limits.max_concurrent_streams
+                ),
+            )
+            .retry_after(1),
+            Refusal::Minute { frees_at_ms } => ApiError::new(
+                ErrorCode::RequestsPerMinute,
+                format!(
+                    "request limit reached ({} per minute)",
+                    limits.requests_per_minute
+                ),
+            )
+            .retry_after(secs_until(now_ms, frees_at_ms)),
+            Refusal::DayRequests => ApiError::new(
+                ErrorCode::RequestsPerDay,
+                format!(
+                    "daily request limit reached ({} per day)",
+                    limits.requests_per_day
+                ),
+            )
+            .retry_after(until_midnight)
+            .no_retry(),
+            Refusal::DailySpend => ApiError::new(ErrorCode::DailyBudget, "daily spend cap reached")
+                .retry_after(until_midnight)
+                .no_retry(),
+            Refusal::MonthlySpend => {
+                ApiError::new(ErrorCode::MonthlyBudget, "monthly spend cap reached")
+                    .retry_after(secs_until(now_ms, next_month_ms(now_ms)))
+                    .no_retry()
+            }
+            Refusal::OrgDaily => ApiError::new(
+                ErrorCode::OrgDailyBudget,
+                "the organisation's daily spend cap is reached",
+            )
+            .retry_after(until_midnight)
+            .no_retry(),
+            Refusal::DayTokens => ApiError::new(
+                ErrorCode::TokensPerDay,
+                format!(
+                    "daily token limit reached ({} per day)",
+                    limits.tokens_per_day
+                ),
+            )
+            .retry_after(until_midnight)
+            .no_retry(),
+        }
+    }
+}
+
+/// A user's figures as the book or Redis holds them, for `/v1/usage` and the headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cut_requests: u64,
+    pub open_requests: u64,
+    pub open_streams: u64,
+    pub open_input_tokens: u64,
+    pub open_output_tokens: u64,
+    pub minute_used: u64,
+    pub minute_oldest_ms: Option<u64>,
+    pub requests_today: u64,
+    /// Tokens today: settled plus reserved by open requests.
+    pub tokens_running: u64,
+    /// Spend today and this month: settled plus metered by open requests.
+    pub spend_today_running: u64,
+    pub spend_month_running: u64,
+}
+
+impl Counts {
+    /// The `x-ratelimit-*` figures.
+    pub fn rate_limits(&self, limits: &UserLimits) -> RateLimitHeaders {
+        RateLimitHeaders {
+            limit_requests: limits.requests_per_minute,
+            remaining_requests: limits.requests_per_minute.saturating_sub(self.minute_used),
+            limit_tokens: limits.tokens_per_day,
+            remaining_tokens: limits.tokens_per_day.saturating_sub(self.tokens_running),
+        }
+    }
+
+    /// The report for `/v1/usage`.
+    pub fn report(&self, limits: &UserLimits, now_ms: u64) -> UsageReport {
         let window = |used: u64, limit: u64, resets_ms: u64| WindowReport {
             used,
             limit,
@@ -441,43 +536,39 @@ impl Book {
             remaining_usd: micro_to_usd(limit.saturating_sub(used)),
             resets_at: rfc3339(resets_ms),
         };
-        let minute_resets = self.state.minute.front().map_or(now_ms, |t| t + MINUTE_MS);
+        let minute_resets = self.minute_oldest_ms.map_or(now_ms, |t| t + MINUTE_MS);
         UsageReport {
-            requests: self.state.requests,
-            input_tokens: self.state.input_tokens,
-            output_tokens: self.state.output_tokens,
-            cut_requests: self.state.cut_requests,
-            open_requests: self.open.len() as u64,
-            open_streams: self.open.values().filter(|o| o.stream).count() as u64,
-            open_input_tokens: self.open.values().map(|o| o.input_tokens).sum(),
-            open_output_tokens: self.open.values().map(|o| o.metered_output_tokens).sum(),
+            requests: self.requests,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cut_requests: self.cut_requests,
+            open_requests: self.open_requests,
+            open_streams: self.open_streams,
+            open_input_tokens: self.open_input_tokens,
+            open_output_tokens: self.open_output_tokens,
             requests_per_minute: window(
-                self.state.minute.len() as u64,
+                self.minute_used,
                 limits.requests_per_minute,
                 minute_resets,
             ),
             requests_per_day: window(
-                self.state.requests_today,
+                self.requests_today,
                 limits.requests_per_day,
                 next_day_ms(now_ms),
             ),
             tokens_per_day: window(
-                self.tokens_running(),
+                self.tokens_running,
                 limits.tokens_per_day,
                 next_day_ms(now_ms),
             ),
-            concurrent_streams: window(
-                self.open.len() as u64,
-                limits.max_concurrent_streams,
-                now_ms,
-            ),
+            concurrent_streams: window(self.open_requests, limits.max_concurrent_streams, now_ms),
             daily_usd: spend(
-                self.spend_today_running(),
+                self.spend_today_running,
                 limits.daily_cap_micro_usd,
                 next_day_ms(now_ms),
             ),
             monthly_usd: spend(
-                self.spend_month_running(),
+                self.spend_month_running,
                 limits.monthly_cap_micro_usd,
                 next_month_ms(now_ms),
             ),

@@ -4,7 +4,8 @@
 //! reserve, atomically, before the upstream call), **meter** (report relayed output tokens in
 //! batches; the answer is continue or stop) and **settle** (replace the reservation with what
 //! was used, exactly once). [`Ticket`] carries a request through these steps and settles on
-//! drop if the request path never did. The rules live in [`book`]; the actor only owns a book.
+//! drop if the request path never did. The rules live in [`book`]; in Redis mode the same rules
+//! run as Lua scripts in [`redis`], and [`outage`] says what a replica may do while Redis is away.
 
 mod actor;
 mod alerts;
@@ -13,6 +14,8 @@ pub mod calendar;
 pub mod limits;
 mod messages;
 mod org;
+pub mod outage;
+pub mod redis;
 mod registry;
 mod store;
 mod ticket;
@@ -21,6 +24,7 @@ pub use book::AdmitRequest;
 pub use book::UsageReport;
 pub use limits::UserLimits;
 pub use messages::Verdict;
+pub use redis::RedisLedger;
 pub use registry::UserRegistry;
 pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};
 pub use ticket::Ticket;

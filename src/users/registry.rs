@@ -9,6 +9,7 @@ use super::book::{AdmitRequest, UsageReport};
 use super::limits::{usd_to_micro, UserLimits};
 use super::messages::{Admit, Snapshot};
 use super::org::OrgLedger;
+use super::redis::RedisLedger;
 use super::store::UserStore;
 use super::ticket::Ticket;
 use crate::clock::Clock;
@@ -41,12 +42,13 @@ impl UserRegistry {
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         store: Arc<dyn UserStore>,
+        remote: Option<Arc<RedisLedger>>,
     ) -> Self {
         let alert_arbiter = Arbiter::new();
         let alerts = alerts::start(
             &alert_arbiter,
             config.cost.alert_webhook_url.clone(),
-            metrics,
+            metrics.clone(),
         );
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
@@ -55,7 +57,9 @@ impl UserRegistry {
                 clock,
                 org: Arc::new(OrgLedger::new(usd_to_micro(config.cost.max_org_daily_usd))),
                 store,
+                remote,
                 alerts,
+                metrics,
                 directory: Arc::new(Mutex::new(HashMap::new())),
                 mailbox_capacity: config.users.mailbox_capacity,
                 idle_evict: Duration::from_secs(config.users.idle_evict_secs),
@@ -112,6 +116,11 @@ impl UserRegistry {
         Err(unavailable())
     }
 
+    /// Redis mode: the shared ledger.
+    pub fn remote(&self) -> Option<&Arc<RedisLedger>> {
+        self.shared.remote.as_ref()
+    }
+
     /// Actors currently alive.
     pub fn live_actors(&self) -> usize {
         self.shared
@@ -152,6 +161,7 @@ mod tests {
             Arc::new(clock),
             Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new())),
             Arc::new(super::super::store::MemoryStore::default()),
+            None,
         );
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();

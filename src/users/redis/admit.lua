@@ -1,0 +1,58 @@
+-- Admit: check every window and reserve, in one step (the book's rules, users/book.rs).
+-- ARGV: rid, input, max_tokens, choices, stream, in_nano, out_nano, rpm, rpd, tpd,
+--       max_concurrent, min_grant, daily_cap, monthly_cap, lease_ms
+-- Returns {code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month,
+--          expired_leases, now}; code 0 = admitted, 1 concurrency, 2 minute, 3 day requests,
+--          4 daily spend, 5 monthly spend, 6 tokens per day.
+local rid = ARGV[1]
+local input = tonumber(ARGV[2])
+local max_tokens = tonumber(ARGV[3])
+local choices = math.max(1, tonumber(ARGV[4]))
+local stream = tonumber(ARGV[5])
+local in_nano, out_nano = tonumber(ARGV[6]), tonumber(ARGV[7])
+local rpm, rpd, tpd = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_concurrent, min_grant = tonumber(ARGV[11]), tonumber(ARGV[12])
+local daily_cap, monthly_cap = tonumber(ARGV[13]), tonumber(ARGV[14])
+local lease_ms = tonumber(ARGV[15])
+
+local now = now_ms()
+local expired = expire_leases(now)
+local mk = P .. 'minute'
+redis.call('ZREMRANGEBYSCORE', mk, '-inf', int(now - MINUTE_MS))
+local minute = redis.call('ZCARD', mk)
+local r = running(now)
+
+local function refuse(code, retry_ms)
+  return { code, 0, retry_ms, minute, r.tokens, r.spend_today, r.spend_month, expired, now }
+end
+if r.open >= max_concurrent then return refuse(1, 1000) end
+if minute >= rpm then
+  local oldest = redis.call('ZRANGE', mk, 0, 0, 'WITHSCORES')
+  local frees = (oldest[2] and tonumber(oldest[2]) or now) + MINUTE_MS
+  return refuse(2, math.max(0, frees - now))
+end
+if r.requests_today >= rpd then return refuse(3, 0) end
+local input_cost = cost(input, 0, in_nano, out_nano)
+if r.spend_today + input_cost > daily_cap then return refuse(4, 0) end
+if r.spend_month + input_cost > monthly_cap then return refuse(5, 0) end
+local left = math.max(0, tpd - r.tokens)
+local floor = math.min(min_grant, max_tokens)
+if left < input + floor * choices then return refuse(6, 0) end
+local granted = math.min(max_tokens, math.floor((left - input) / choices))
+local reserved = input + granted * choices
+
+redis.call('ZADD', mk, int(now), rid)
+redis.call('PEXPIRE', mk, int(MINUTE_MS + 1000))
+local dk = P .. 'day:' .. int(r.day)
+redis.call('HINCRBY', dk, 'requests', 1)
+redis.call('PEXPIREAT', dk, int((r.day + 2) * DAY_MS))
+redis.call('HINCRBY', P .. 'life', 'requests', 1)
+redis.call('PEXPIRE', P .. 'life', int(400 * DAY_MS))
+local o = { day = r.day, month = r.month, in_nano = in_nano, out_nano = out_nano,
+  input = input, reserved = reserved, metered = 0, stream = stream }
+redis.call('HSET', P .. 'open', rid, encode(o))
+redis.call('ZADD', P .. 'leases', int(now + lease_ms), rid)
+redis.call('PEXPIRE', P .. 'open', int(lease_ms + MINUTE_MS))
+redis.call('PEXPIRE', P .. 'leases', int(lease_ms + MINUTE_MS))
+return { 0, granted, 0, minute + 1, r.tokens + reserved, r.spend_today + input_cost,
+  r.spend_month + input_cost, expired, now }

@@ -1,0 +1,45 @@
+//! Key names. Every key of one user starts with `<prefix>:{<user>}:`, so a user's keys share
+//! one Redis Cluster slot (the `{…}` hash tag) and one script can touch them all. The user id
+//! is escaped so that no id can close the hash tag early or reach another user's keys.
+
+/// The key prefix of `user_id`'s keys.
+pub fn user_prefix(key_prefix: &str, user_id: &str) -> String {
+    let mut out = String::with_capacity(key_prefix.len() + user_id.len() + 4);
+    out.push_str(key_prefix);
+    out.push_str(":{");
+    for c in user_id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    out.push_str("}:");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_tag_holds_the_whole_user_id() {
+        assert_eq!(user_prefix("tollgate", "ana"), "tollgate:{ana}:");
+        let p = user_prefix("tollgate", "a}b{c:d%");
+        assert_eq!(p, "tollgate:{a%7Db%7Bc%3Ad%25}:");
+        // Redis hashes the text between the first `{` and the next `}`: the whole id.
+        let open = p.find('{').unwrap();
+        let close = open + p[open..].find('}').unwrap();
+        assert_eq!(&p[open + 1..close], "a%7Db%7Bc%3Ad%25");
+    }
+
+    #[test]
+    fn distinct_ids_get_distinct_prefixes() {
+        let ids = ["a", "a:", "a%3A", "a}", "a%7D", "{a}", "", "%"];
+        let prefixes: std::collections::HashSet<_> =
+            ids.iter().map(|id| user_prefix("t", id)).collect();
+        assert_eq!(prefixes.len(), ids.len());
+    }
+}

@@ -1,0 +1,195 @@
+//! The connection to Redis: a deadpool-redis pool makes connections (with connect and wait
+//! timeouts), and one multiplexed connection taken from it is shared by every call until it
+//! fails (it pipelines concurrent calls over one socket, and skips the pool's PING per
+//! checkout). Every call is bounded by `redis.op_timeout_ms`, reports to the circuit breaker,
+//! and is skipped outright while the circuit is open.
+
+use super::breaker::{Breaker, Transition};
+use crate::config::RedisConfig;
+use crate::telemetry::Metrics;
+use deadpool_redis::redis::aio::MultiplexedConnection;
+use deadpool_redis::redis::{AsyncConnectionConfig, FromRedisValue, RedisError, Script};
+use deadpool_redis::{Manager, Pool, Runtime};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Why a call did not reach an answer. The caller takes the outage path either way.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the Redis circuit is open")]
+    CircuitOpen,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no Redis connection: {0}")]
+    Connect(String),
+    #[error("Redis call failed: {0}")]
+    Call(#[from] RedisError),
+    #[error("unexpected reply from the {0} script")]
+    Malformed(&'static str),
+}
+
+pub struct Link {
+    pool: Pool,
+    shared: Mutex<Option<MultiplexedConnection>>,
+    op_timeout: Duration,
+    breaker: Breaker,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("op_timeout", &self.op_timeout)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// Builds the pool (no connection is made yet). Fails only on an unusable URL.
+    pub fn new(config: &RedisConfig, metrics: Metrics) -> Result<Self, String> {
+        let op_timeout = Duration::from_millis(config.op_timeout_ms);
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(op_timeout));
+        let manager = Manager::new_with_config(config.url.expose(), connection)
+            .map_err(|e| format!("redis.url: {e}"))?;
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("redis pool: {e}"))?;
+        Ok(Self {
+            pool,
+            shared: Mutex::new(None),
+            op_timeout,
+            breaker: Breaker::new(config.breaker_failures),
+            metrics,
+        })
+    }
+
+    pub fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Closes the circuit after a successful probe; `true` if it was open.
+    pub fn close_circuit(&self) -> bool {
+        let closed = self.breaker.close();
+        if closed {
+            self.metrics.set_redis_up(true);
+            tracing::warn!("Redis is back: circuit closed, shared limits apply again");
+        }
+        closed
+    }
+
+    /// Runs a script on the user's keys (`prefix` is the only KEYS entry). `probe` calls go
+    /// through an open circuit (the probe task's journal replay).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        probe: bool,
+        script: &Script,
+        prefix: &str,
+        args: &[u64],
+        text_args: &[&str],
+    ) -> Result<T, Unavailable> {
+        self.guarded(op, probe, |mut conn| async move {
+            let mut invocation = script.key(prefix);
+            for a in text_args {
+                invocation.arg(*a);
+            }
+            for a in args {
+                invocation.arg(*a);
+            }
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs one command. `probe` calls go through an open circuit (the probe task's).
+    pub async fn command<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        probe: bool,
+        cmd: deadpool_redis::redis::Cmd,
+    ) -> Result<T, Unavailable> {
+        self.guarded(op, probe, |mut conn| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await
+    }
+
+    async fn guarded<T, F, Fut>(
+        &self,
+        op: &'static str,
+        probe: bool,
+        call: F,
+    ) -> Result<T, Unavailable>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        if !probe && self.breaker.is_open() {
+            return Err(Unavailable::CircuitOpen);
+        }
+        let attempt = async {
+            let conn = self.connection().await?;
+            call(conn).await.map_err(Unavailable::Call)
+        };
+        let result = match tokio::time::timeout(self.op_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Unavailable::Timeout(self.op_timeout)),
+        };
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => self.failed(op, e),
+        }
+        result
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, Unavailable> {
+        if let Some(conn) = self.lock().clone() {
+            return Ok(conn);
+        }
+        let object = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Unavailable::Connect(e.to_string()))?;
+        let conn = deadpool_redis::Connection::take(object);
+        *self.lock() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn failed(&self, op: &'static str, error: &Unavailable) {
+        self.metrics.record_redis_error(op);
+        let broken = match error {
+            Unavailable::Call(e) => e.is_io_error() || e.is_connection_dropped() || e.is_timeout(),
+            Unavailable::Connect(_) | Unavailable::Timeout(_) => true,
+            Unavailable::CircuitOpen | Unavailable::Malformed(_) => false,
+        };
+        if broken {
+            // A fresh connection next time (a timed-out one may be stuck behind a hung server).
+            *self.lock() = None;
+        }
+        if self.breaker.failure() == Transition::Opened {
+            self.metrics.set_redis_up(false);
+            tracing::error!(
+                error = %error,
+                "Redis is unavailable: circuit open, limits follow the outage policy"
+            );
+        } else {
+            tracing::debug!(op, error = %error, "Redis call failed");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,367 @@
+//! The Redis store (Redis mode): every replica's actor for a user works against the same keys
+//! through atomic Lua scripts (admit with reservation, meter, settle, usage), never
+//! read-then-write from Rust. Windows use Redis `TIME`; every key gets its expiry in the script
+//! that writes it; a user's keys share one Cluster slot. Concurrent requests hold leases, so a
+//! dead replica's slots free themselves (and what they metered is charged).
+//!
+//! Calls are bounded (`redis.op_timeout_ms`) and guarded by a circuit breaker; when one fails
+//! the actor applies the outage policy (`users::outage`). Settlements that cannot reach Redis
+//! wait in a journal that the probe task replays, exactly once each, when Redis is back.
+
+mod breaker;
+mod journal;
+mod keys;
+mod link;
+
+pub use journal::PendingSettle;
+pub use link::Unavailable;
+
+use super::book::{AdmitRequest, Counts, Refusal};
+use super::limits::UserLimits;
+use super::outage::{Known, OutagePolicy};
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use deadpool_redis::redis::{cmd, Script};
+use journal::Journal;
+use link::Link;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PRELUDE: &str = include_str!("prelude.lua");
+
+struct Scripts {
+    admit: Script,
+    meter: Script,
+    settle: Script,
+    usage: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            admit: with_prelude(include_str!("admit.lua")),
+            meter: with_prelude(include_str!("meter.lua")),
+            settle: with_prelude(include_str!("settle.lua")),
+            usage: with_prelude(include_str!("usage.lua")),
+        }
+    }
+}
+
+/// What the admit script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The granted output cap, or why not.
+    pub decision: Result<u32, Refusal>,
+    pub minute_used: u64,
+    pub known: Known,
+    /// Leases of dead replicas freed on the way.
+    pub expired_leases: u64,
+    pub now_ms: u64,
+}
+
+/// What the meter script said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metered {
+    Within(Known),
+    Over(Known),
+    /// Redis holds no such open request (already settled, or its lease ended).
+    Unknown,
+}
+
+pub struct RedisLedger {
+    link: Link,
+    scripts: Scripts,
+    journal: Journal,
+    key_prefix: String,
+    lease_ms: u64,
+    probe_interval: Duration,
+    pub policy: OutagePolicy,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("key_prefix", &self.key_prefix)
+            .field("link", &self.link)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLedger {
+    /// Builds the ledger (connects lazily). Fails only on an unusable `redis.url`.
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Self, String> {
+        let r = &config.redis;
+        metrics.set_redis_up(true);
+        Ok(Self {
+            link: Link::new(r, metrics.clone())?,
+            scripts: Scripts::new(),
+            journal: Journal::new(r.journal_max, metrics),
+            key_prefix: r.key_prefix.clone(),
+            lease_ms: r.lease_secs * 1000,
+            probe_interval: Duration::from_millis(r.probe_interval_ms),
+            policy: OutagePolicy::new(r),
+        })
+    }
+
+    /// The key prefix of a user's keys.
+    pub fn user_prefix(&self, user_id: &str) -> String {
+        keys::user_prefix(&self.key_prefix, user_id)
+    }
+
+    /// Ready: Redis answers (the circuit is closed).
+    pub fn ready(&self) -> bool {
+        !self.link.circuit_open()
+    }
+
+    /// Settlements waiting for Redis.
+    pub fn pending_settlements(&self) -> usize {
+        self.journal.len()
+    }
+
+    pub async fn admit(
+        &self,
+        prefix: &str,
+        request: &AdmitRequest,
+    ) -> Result<Admitted, Unavailable> {
+        let (in_nano, out_nano) = request.price.nano_usd_per_token();
+        let l = &request.limits;
+        let args = [
+            request.estimated_input_tokens,
+            u64::from(request.max_tokens),
+            request.choices,
+            u64::from(request.stream),
+            in_nano,
+            out_nano,
+            l.requests_per_minute,
+            l.requests_per_day,
+            l.tokens_per_day,
+            l.max_concurrent_streams,
+            u64::from(l.min_granted_tokens),
+            l.daily_cap_micro_usd,
+            l.monthly_cap_micro_usd,
+            self.lease_ms,
+        ];
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "admit",
+                false,
+                &self.scripts.admit,
+                prefix,
+                &args,
+                &[&request.request_id],
+            )
+            .await?;
+        let [code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month, expired_leases, now_ms] =
+            reply[..]
+        else {
+            return Err(malformed("admit"));
+        };
+        let decision = match code {
+            0 => Ok(u32::try_from(granted).unwrap_or(u32::MAX)),
+            1 => Err(Refusal::Concurrency),
+            2 => Err(Refusal::Minute {
+                frees_at_ms: now_ms + retry_ms,
+            }),
+            3 => Err(Refusal::DayRequests),
+            4 => Err(Refusal::DailySpend),
+            5 => Err(Refusal::MonthlySpend),
+            6 => Err(Refusal::DayTokens),
+            _ => return Err(malformed("admit")),
+        };
+        Ok(Admitted {
+            decision,
+            minute_used,
+            known: Known {
+                tokens_running,
+                spend_today,
+                spend_month,
+            },
+            expired_leases,
+            now_ms,
+        })
+    }
+
+    pub async fn meter(
+        &self,
+        prefix: &str,
+        request_id: &str,
+        output_tokens: u64,
+        limits: &UserLimits,
+    ) -> Result<Metered, Unavailable> {
+        let args = [
+            output_tokens,
+            limits.daily_cap_micro_usd,
+            limits.monthly_cap_micro_usd,
+        ];
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "meter",
+                false,
+                &self.scripts.meter,
+                prefix,
+                &args,
+                &[request_id],
+            )
+            .await?;
+        let [verdict, spend_today, spend_month, _now] = reply[..] else {
+            return Err(malformed("meter"));
+        };
+        // Only spend is reported here; the token window stays as last admitted.
+        let known = Known {
+            tokens_running: 0,
+            spend_today,
+            spend_month,
+        };
+        Ok(match verdict {
+            0 => Metered::Within(known),
+            1 => Metered::Over(known),
+            _ => Metered::Unknown,
+        })
+    }
+
+    /// Settles in Redis, or keeps the settlement in the journal for the probe to replay.
+    pub async fn settle(&self, entry: PendingSettle) {
+        if let Err(e) = self.apply(&entry, false).await {
+            tracing::debug!(
+                request_id = %entry.request_id,
+                error = %e,
+                "settlement kept in the journal until Redis answers"
+            );
+            self.journal.push(entry);
+        }
+    }
+
+    async fn apply(&self, entry: &PendingSettle, probe: bool) -> Result<(), Unavailable> {
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "settle",
+                probe,
+                &self.scripts.settle,
+                &entry.prefix,
+                &entry.script_args(),
+                &[&entry.request_id],
+            )
+            .await?;
+        match reply[..] {
+            [_applied, _cost] => Ok(()),
+            _ => Err(malformed("settle")),
+        }
+    }
+
+    /// The user's figures for `/v1/usage`, and Redis' time.
+    pub async fn usage(&self, prefix: &str) -> Result<(Counts, u64), Unavailable> {
+        let reply: Vec<u64> = self
+            .link
+            .script("usage", false, &self.scripts.usage, prefix, &[], &[])
+            .await?;
+        let [minute_used, oldest, requests_today, tokens_running, spend_today, spend_month, requests, input, output, cut, open, streams, open_input, open_output, now_ms] =
+            reply[..]
+        else {
+            return Err(malformed("usage"));
+        };
+        let counts = Counts {
+            requests,
+            input_tokens: input,
+            output_tokens: output,
+            cut_requests: cut,
+            open_requests: open,
+            open_streams: streams,
+            open_input_tokens: open_input,
+            open_output_tokens: open_output,
+            minute_used,
+            minute_oldest_ms: (minute_used > 0).then_some(oldest),
+            requests_today,
+            tokens_running,
+            spend_today_running: spend_today,
+            spend_month_running: spend_month,
+        };
+        Ok((counts, now_ms))
+    }
+
+    /// Claims the alert for `window` in `period` across replicas: `true` for exactly one caller.
+    pub async fn claim_alert(
+        &self,
+        prefix: &str,
+        window: &str,
+        period: u64,
+    ) -> Result<bool, Unavailable> {
+        let mut c = cmd("SET");
+        c.arg(format!("{prefix}alert:{window}:{period}"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(40u64 * 86_400_000);
+        let reply: Option<String> = self.link.command("alert", false, c).await?;
+        Ok(reply.is_some())
+    }
+
+    /// Runs until the process ends: while the circuit is open or settlements wait, probes Redis
+    /// every `redis.probe_interval_ms`, replays the journal, and closes the circuit once the
+    /// journal is empty. Spawn it once, at start-up.
+    pub async fn probe_forever(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.probe_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if self.ready() && self.journal.is_empty() {
+                continue;
+            }
+            if self
+                .link
+                .command::<String>("ping", true, cmd("PING"))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let replayed = self.replay().await;
+            if replayed > 0 {
+                tracing::info!(replayed, "settlements replayed into Redis");
+            }
+            if self.journal.is_empty() {
+                self.link.close_circuit();
+            }
+        }
+    }
+
+    async fn replay(&self) -> usize {
+        let mut replayed = 0;
+        while let Some(entry) = self.journal.take() {
+            if self.apply(&entry, true).await.is_err() {
+                self.journal.put_back(entry);
+                break;
+            }
+            replayed += 1;
+        }
+        replayed
+    }
+
+    /// Warns when Redis may evict keys (limits would silently reset) or cannot be reached.
+    pub async fn check_server(&self) {
+        let mut c = cmd("CONFIG");
+        c.arg("GET").arg("maxmemory-policy");
+        match self.link.command::<Vec<String>>("config", true, c).await {
+            Ok(reply) => {
+                let policy = reply.get(1).map_or("unknown", String::as_str);
+                if policy.starts_with("allkeys") || policy.starts_with("volatile") {
+                    tracing::warn!(
+                        maxmemory_policy = policy,
+                        "Redis may evict keys under memory pressure: evicted limit keys reset \
+                         users' windows and budgets. Use maxmemory-policy noeviction."
+                    );
+                } else {
+                    tracing::info!(maxmemory_policy = policy, "Redis is reachable");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up"),
+        }
+    }
+}
+
+fn malformed(op: &'static str) -> Unavailable {
+    Unavailable::Malformed(op)
+}
