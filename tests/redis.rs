@@ -1,0 +1,515 @@
+//! Redis mode, black-box: real `tollgate` processes (two replicas where it matters) sharing one
+//! real `redis-server`, each with its built-in mock provider. Limits that hold across replicas,
+//! leases that free a dead replica's slots, the outage policy while Redis is stopped or hung,
+//! recovery with every settlement counted once, and restarts that keep users' state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/process.rs"]
+mod process;
+#[path = "common/redis.rs"]
+mod redis;
+
+use process::Running;
+use redis::RedisServer;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const SECRET: &str = "redis-test-secret";
+/// Longest a test waits for any one answer: far below the 30 s deadline, so a request that
+/// hangs on a stopped or hung Redis fails the test.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+fn env_for(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("RUST_LOG", "info"),
+        ("TOLLGATE_JWT_SECRET", SECRET),
+        ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE__SERVER__WORKERS", "2"),
+        ("TOLLGATE__USERS__SNAPSHOT_PATH", ""),
+        ("TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS", "0"),
+        // Generous per-call timeout: a busy CI machine must not trip the outage path where a
+        // test asserts shared (exact) limits. Outage tests lower it.
+        ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "2000"),
+        ("TOLLGATE__REDIS__PROBE_INTERVAL_MS", "200"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.push(("TOLLGATE_REDIS_URL".into(), redis.url()));
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+fn gateway(env: &[(String, String)]) -> (Running, String) {
+    let mut command = Command::new(BIN);
+    command.env_clear().envs(env.iter().cloned());
+    command.stdout(Stdio::null());
+    process::start(command, "tollgate is serving", Some("gateway"))
+}
+
+fn token(user: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--sub", user, "--plan", "pro", "--ttl", "900"])
+        .env_clear()
+        .env("TOLLGATE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// One HTTP/1.1 exchange (Connection: close): status, lower-cased headers, de-chunked body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+fn exchange(listen: &str, head: &str, body: &str) -> Answer {
+    let mut socket = TcpStream::connect(listen).unwrap();
+    socket.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let request = format!(
+        "{head}\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    socket
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("no complete answer within {ANSWER_WITHIN:?}: {e}"));
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    body
+}
+
+fn chat(listen: &str, token: &str, body: &str) -> Answer {
+    exchange(
+        listen,
+        &format!("POST /v1/chat/completions HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        body,
+    )
+}
+
+fn small_request() -> &'static str {
+    r#"{"model":"mock-gpt","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#
+}
+
+fn usage(listen: &str, token: &str) -> serde_json::Value {
+    let answer = exchange(
+        listen,
+        &format!("GET /v1/usage HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        "",
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["usage"].clone()
+}
+
+fn get(listen: &str, path: &str) -> Answer {
+    exchange(listen, &format!("GET {path} HTTP/1.1"), "")
+}
+
+/// Waits (bounded) until `/readyz` answers `status`.
+fn wait_ready(listen: &str, status: u16) -> Answer {
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(listen, "/readyz");
+        if answer.status == status {
+            return answer;
+        }
+        assert!(
+            Instant::now() < until,
+            "/readyz stayed {}: {}",
+            answer.status,
+            answer.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// No key tollgate wrote lives forever.
+fn assert_every_key_expires(redis: &RedisServer) {
+    let keys = redis.cli(&["--scan", "--pattern", "tollgate:*"]);
+    assert!(!keys.is_empty(), "tollgate wrote no keys");
+    for key in keys.lines() {
+        let ttl: i64 = redis.cli(&["PTTL", key]).parse().unwrap();
+        assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
+    }
+}
+
+#[test]
+fn thirty_requests_across_two_replicas_admit_exactly_the_limit_of_ten() {
+    let redis = RedisServer::start();
+    let env = env_for(&redis, &[("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "100")]);
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let token = token("ana");
+    let barrier = Arc::new(Barrier::new(30));
+    let answers: Vec<(usize, u16, String)> = (0..30)
+        .map(|i| {
+            let (listen, token, barrier) = (
+                if i % 2 == 0 { a.clone() } else { b.clone() },
+                token.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let answer = chat(&listen, &token, small_request());
+                let code = if answer.status == 200 {
+                    String::new()
+                } else {
+                    answer.error_code()
+                };
+                (i % 2, answer.status, code)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let admitted = answers.iter().filter(|(_, s, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(_, s, _)| *s != 200).collect();
+    assert_eq!(admitted, 10, "{answers:?}");
+    assert_eq!(refused.len(), 20);
+    assert!(refused
+        .iter()
+        .all(|(_, s, code)| *s == 429 && code == "requests_per_minute"));
+    assert_eq!(redis.cli(&["ZCARD", "tollgate:{ana}:minute"]), "10");
+    // Both replicas report the same shared windows.
+    let (ua, ub) = (usage(&a, &token), usage(&b, &token));
+    assert_eq!(ua, ub);
+    assert_eq!(ua["requests_per_minute"]["used"], 10);
+    assert_eq!(ua["requests"], 10);
+    assert_eq!(ua["output_tokens"], 50);
+    assert_every_key_expires(&redis);
+}
+
+#[test]
+fn streams_of_one_user_on_two_replicas_are_cut_at_the_daily_cap_within_the_bound() {
+    let redis = RedisServer::start();
+    // mock-gpt output costs 10 micro-USD a token: the cap is 200 output tokens in all.
+    let cap_micro = 2_000u64;
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__COST__MAX_DAILY_USD", "0.002"),
+            ("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "10"),
+        ],
+    );
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let token = token("bea");
+    let body = r#"{"model":"mock-gpt:tokens=1000,tps=400","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let streams: Vec<Answer> = (0..4)
+        .map(|i| {
+            let listen = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let token = token.clone();
+            std::thread::spawn(move || chat(&listen, &token, body))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    for stream in &streams {
+        assert_eq!(stream.status, 200);
+        let events: Vec<&str> = stream
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"), "{}", stream.body);
+        let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+        assert_eq!(error["error"]["code"], "budget_exceeded", "{}", stream.body);
+    }
+    // Bound: each open stream may pass the cap by one meter batch (16 tokens) plus the chunk
+    // that crossed it (1 token here) before its replica hears "stop" from Redis.
+    let spent = usage(&a, &token)["daily_usd"]["used_usd"].as_f64().unwrap();
+    let spent_micro = (spent * 1e6).round() as u64;
+    let bound = cap_micro + 4 * (16 + 1) * 10;
+    assert!(
+        (cap_micro..=bound).contains(&spent_micro),
+        "spent {spent_micro} micro-USD; cap {cap_micro}, bound {bound}"
+    );
+    let next = chat(&b, &token, small_request());
+    assert_eq!(next.status, 429);
+    assert_eq!(next.error_code(), "daily_budget");
+    assert_every_key_expires(&redis);
+}
+
+#[test]
+fn a_slot_held_by_a_killed_replica_frees_itself_after_the_lease() {
+    let redis = RedisServer::start();
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "1"),
+            ("TOLLGATE__LIMITS__DEADLINE_SECS", "3"),
+            ("TOLLGATE__REDIS__LEASE_SECS", "4"),
+        ],
+    );
+    let (mut a, a_listen) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let token = token("cy");
+
+    // Replica A streams slowly; read until at least two meter batches went out, then kill A.
+    let body = r#"{"model":"mock-gpt:tokens=1000,tps=50","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut socket = TcpStream::connect(&a_listen).unwrap();
+    socket.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("data: ").count() < 40 {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+
+    // The dead replica's slot still counts...
+    let refused = chat(&b, &token, small_request());
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.error_code(), "concurrent_streams");
+    // ...until its lease ends; then the other replica admits again.
+    let until = Instant::now() + Duration::from_secs(15);
+    let admitted = loop {
+        let answer = chat(&b, &token, small_request());
+        if answer.status == 200 {
+            break answer;
+        }
+        assert_eq!(answer.error_code(), "concurrent_streams");
+        assert!(Instant::now() < until, "the slot never freed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(admitted.json()["usage"]["completion_tokens"], 5);
+    // What the dead replica had metered (whole batches of 16) was charged, as a cut request.
+    let u = usage(&b, &token);
+    let dead_output = u["output_tokens"].as_u64().unwrap() - 5;
+    assert!(
+        dead_output >= 16 && dead_output % 16 == 0,
+        "charged {dead_output}"
+    );
+    assert_eq!(u["cut_requests"], 1);
+    assert_eq!(u["requests"], 2);
+    assert_eq!(u["open_requests"], 0);
+    assert_every_key_expires(&redis);
+}
+
+fn metric(listen: &str, line_start: &str) -> Option<f64> {
+    get(listen, "/metrics")
+        .body
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sends small requests until one is refused; returns how many were admitted and the refusal.
+fn admit_until_refused(listen: &str, token: &str) -> (u64, Answer) {
+    for admitted in 0..100 {
+        let answer = chat(listen, token, small_request());
+        if answer.status != 200 {
+            return (admitted, answer);
+        }
+        assert_eq!(answer.json()["usage"]["completion_tokens"], 5);
+    }
+    panic!("100 requests admitted during an outage");
+}
+
+#[test]
+fn redis_stopped_mid_load_follows_the_outage_policy_and_recovery_counts_everything_once() {
+    let mut redis = RedisServer::start();
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "300"),
+            ("TOLLGATE__REDIS__BREAKER_FAILURES", "2"),
+            ("TOLLGATE__REDIS__EXPECTED_REPLICAS", "2"),
+            ("TOLLGATE__REDIS__OUTAGE_ALLOWANCE_TOKENS", "60"),
+            ("TOLLGATE__RATE__REQUESTS_PER_MINUTE", "100"),
+        ],
+    );
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let token = token("dee");
+    for listen in [&a, &b] {
+        assert_eq!(chat(listen, &token, small_request()).status, 200);
+    }
+    assert_eq!(get(&a, "/readyz").json()["redis"], "ok");
+
+    redis.stop();
+    // Each replica admits on its own up to the token allowance, then fails closed.
+    let mut during = 0;
+    for listen in [&a, &b] {
+        let (admitted, refusal) = admit_until_refused(listen, &token);
+        assert!(admitted >= 1, "the allowance admitted nothing");
+        assert_eq!(refusal.status, 503, "{}", refusal.body);
+        assert_eq!(refusal.error_code(), "state_unavailable");
+        assert_eq!(refusal.header("retry-after"), Some("5"));
+        assert_ne!(refusal.header("x-should-retry"), Some("false"));
+        during += admitted;
+        let ready = wait_ready(listen, 503);
+        assert_eq!(ready.json()["redis"], "unavailable");
+        assert_eq!(metric(listen, "tollgate_redis_up "), Some(0.0));
+        assert!(
+            metric(
+                listen,
+                "tollgate_outage_decisions_total{decision=\"fail_closed\"}"
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
+    // The per-user view needs Redis: a clear 503, not stale numbers.
+    let usage_during = exchange(
+        &a,
+        &format!("GET /v1/usage HTTP/1.1\r\nAuthorization: Bearer {token}"),
+        "",
+    );
+    assert_eq!(usage_during.status, 503);
+
+    redis.restart();
+    for listen in [&a, &b] {
+        assert_eq!(wait_ready(listen, 200).json()["redis"], "ok");
+        assert_eq!(metric(listen, "tollgate_redis_journal_pending "), Some(0.0));
+    }
+    // Everything settled meanwhile is in Redis, counted once: 2 before, `during` in the outage.
+    let u = usage(&b, &token);
+    assert_eq!(u["requests"], 2 + during);
+    assert_eq!(u["requests_per_day"]["used"], 2 + during);
+    assert_eq!(u["output_tokens"], 5 * (2 + during));
+    assert_eq!(u["open_requests"], 0);
+    // And shared limits apply again.
+    assert_eq!(chat(&a, &token, small_request()).status, 200);
+    assert_every_key_expires(&redis);
+}
+
+#[test]
+fn a_hung_redis_never_hangs_a_request_and_service_recovers_after_it() {
+    let redis = RedisServer::start();
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "200"),
+            ("TOLLGATE__REDIS__BREAKER_FAILURES", "3"),
+        ],
+    );
+    let (_a, a) = gateway(&env);
+    let token = token("eli");
+    assert_eq!(chat(&a, &token, small_request()).status, 200);
+
+    redis.pause();
+    // Every request gets an answer (exchange() fails the test after 10 s; the deadline is 30 s).
+    let statuses: Vec<u16> = (0..8)
+        .map(|_| chat(&a, &token, small_request()).status)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&200),
+        "the outage allowance admitted nothing"
+    );
+    assert_eq!(wait_ready(&a, 503).json()["redis"], "unavailable");
+    let admitted = statuses.iter().filter(|s| **s == 200).count() as u64;
+
+    redis.resume();
+    wait_ready(&a, 200);
+    let u = usage(&a, &token);
+    assert_eq!(u["requests"], 1 + admitted);
+    assert_eq!(u["output_tokens"], 5 * (1 + admitted));
+}
+
+#[test]
+fn a_restarted_gateway_in_redis_mode_keeps_windows_and_spend() {
+    let redis = RedisServer::start();
+    let env = env_for(&redis, &[]);
+    let token = token("fay");
+    let (mut first, listen) = gateway(&env);
+    for _ in 0..3 {
+        assert_eq!(chat(&listen, &token, small_request()).status, 200);
+    }
+    let before = usage(&listen, &token);
+    // Even a crash loses nothing settled: it is all in Redis.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let (_second, listen) = gateway(&env);
+    let after = usage(&listen, &token);
+    for key in ["requests", "input_tokens", "output_tokens"] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    for window in ["requests_per_minute", "requests_per_day", "tokens_per_day"] {
+        assert_eq!(after[window]["used"], before[window]["used"], "{window}");
+    }
+    assert_eq!(
+        after["daily_usd"]["used_usd"],
+        before["daily_usd"]["used_usd"]
+    );
+    assert_eq!(after["requests_per_minute"]["used"], 3);
+}
