@@ -1,7 +1,8 @@
 //! The connection to Redis: a deadpool-redis pool makes connections (with connect and wait
-//! timeouts), and one multiplexed connection taken from it is shared by every call until it
-//! fails (it pipelines concurrent calls over one socket, and skips the pool's PING per
-//! checkout). Every call is bounded by `redis.op_timeout_ms`, reports to the circuit breaker,
+//! timeouts), and each thread that calls (the actors' arbiter threads) takes one multiplexed
+//! connection from it and keeps it until it fails. A multiplexed connection pipelines the
+//! concurrent calls of its thread over one socket, skips the pool's PING per checkout, and its
+//! I/O task runs on the calling thread, so a call costs no cross-thread wake-ups. Every call is bounded by `redis.op_timeout_ms`, reports to the circuit breaker,
 //! and is skipped outright while the circuit is open.
 
 use super::breaker::{Breaker, Transition};
@@ -10,8 +11,10 @@ use crate::telemetry::Metrics;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{AsyncConnectionConfig, FromRedisValue, RedisError, Script};
 use deadpool_redis::{Manager, Pool, Runtime};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 /// Why a call did not reach an answer. The caller takes the outage path either way.
@@ -31,7 +34,7 @@ pub enum Unavailable {
 
 pub struct Link {
     pool: Pool,
-    shared: Mutex<Option<MultiplexedConnection>>,
+    per_thread: Mutex<HashMap<ThreadId, MultiplexedConnection>>,
     op_timeout: Duration,
     breaker: Breaker,
     metrics: Metrics,
@@ -66,7 +69,7 @@ impl Link {
             .map_err(|e| format!("redis pool: {e}"))?;
         Ok(Self {
             pool,
-            shared: Mutex::new(None),
+            per_thread: Mutex::new(HashMap::new()),
             op_timeout,
             breaker: Breaker::new(config.breaker_failures),
             metrics,
@@ -154,8 +157,9 @@ impl Link {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, Unavailable> {
-        if let Some(conn) = self.lock().clone() {
-            return Ok(conn);
+        let thread = std::thread::current().id();
+        if let Some(conn) = self.lock().get(&thread) {
+            return Ok(conn.clone());
         }
         let object = self
             .pool
@@ -163,7 +167,7 @@ impl Link {
             .await
             .map_err(|e| Unavailable::Connect(e.to_string()))?;
         let conn = deadpool_redis::Connection::take(object);
-        *self.lock() = Some(conn.clone());
+        self.lock().insert(thread, conn.clone());
         Ok(conn)
     }
 
@@ -176,7 +180,7 @@ impl Link {
         };
         if broken {
             // A fresh connection next time (a timed-out one may be stuck behind a hung server).
-            *self.lock() = None;
+            self.lock().remove(&std::thread::current().id());
         }
         if self.breaker.failure() == Transition::Opened {
             self.metrics.set_redis_up(false);
@@ -189,7 +193,7 @@ impl Link {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, MultiplexedConnection>> {
+        self.per_thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
