@@ -292,6 +292,20 @@ fn streams_of_one_user_on_two_replicas_are_cut_at_the_daily_cap_within_the_bound
     let next = chat(&b, &token, small_request());
     assert_eq!(next.status, 429);
     assert_eq!(next.error_code(), "daily_budget");
+    // Both replicas saw the 80 % threshold pass; exactly one of them raised the alert.
+    let alerts = || {
+        [&a, &b]
+            .iter()
+            .map(|l| metric(l, "tollgate_budget_alerts_total{window=\"daily\"}").unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while alerts() < 1.0 {
+        assert!(Instant::now() < until, "no replica raised the daily alert");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(alerts(), 1.0);
     assert_every_key_expires(&redis);
 }
 

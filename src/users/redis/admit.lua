@@ -52,7 +52,9 @@ local o = { day = r.day, month = r.month, in_nano = in_nano, out_nano = out_nano
   input = input, reserved = reserved, metered = 0, stream = stream }
 redis.call('HSET', P .. 'open', rid, encode(o))
 redis.call('ZADD', P .. 'leases', int(now + lease_ms), rid)
-redis.call('PEXPIRE', P .. 'open', int(lease_ms + MINUTE_MS))
-redis.call('PEXPIRE', P .. 'leases', int(lease_ms + MINUTE_MS))
+-- Open requests outlive their lease until a later script charges them (a dead replica's
+-- request is charged when the user is next seen): keep them as long as the month's spend.
+redis.call('PEXPIRE', P .. 'open', int(34 * DAY_MS))
+redis.call('PEXPIRE', P .. 'leases', int(34 * DAY_MS))
 return { 0, granted, 0, minute + 1, r.tokens + reserved, r.spend_today + input_cost,
   r.spend_month + input_cost, expired, now }
