@@ -352,9 +352,13 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Output tokens counted between two reports to the user's actor. The most a stream can
-    /// overshoot a limit the actor enforces is one batch (plus the chunk that crossed it).
+    /// Output tokens counted between two reports to the user's actor, near a cap (and for the
+    /// first report). The most a stream can overshoot a spend cap is one such batch (plus the
+    /// chunk that crossed it).
     pub meter_batch_tokens: u32,
+    /// Largest batch, far from every cap: the actor allows longer batches while half the
+    /// headroom, split among the user's open requests, covers them (fewer reports, same bound).
+    pub meter_batch_max_tokens: u32,
     /// Events buffered between the upstream reader and a slow client.
     pub client_buffer_events: usize,
 }
@@ -363,6 +367,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             meter_batch_tokens: 16,
+            meter_batch_max_tokens: 256,
             client_buffer_events: 64,
         }
     }

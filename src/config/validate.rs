@@ -162,6 +162,12 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         "relay.meter_batch_tokens",
         c.relay.meter_batch_tokens.into(),
     )?;
+    if c.relay.meter_batch_max_tokens < c.relay.meter_batch_tokens {
+        return Err(ConfigError::invalid(
+            "relay.meter_batch_max_tokens",
+            "must be at least relay.meter_batch_tokens",
+        ));
+    }
     positive(
         "relay.client_buffer_events",
         c.relay.client_buffer_events as u64,

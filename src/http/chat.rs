@@ -126,6 +126,7 @@ pub(super) async fn chat_completions(
             idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
             max_event_bytes: limits.upstream.max_event_bytes,
             meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
+            meter_batch_max_tokens: limits.relay.meter_batch_max_tokens.into(),
             buffer_events: limits.relay.client_buffer_events,
             guard: output_guard(&output),
             on_finish: {

@@ -47,7 +47,9 @@ pub struct StreamJob {
     pub deadline: Instant,
     pub idle_timeout: Duration,
     pub max_event_bytes: usize,
+    /// Batch bounds of the meter reports (the actor's allowance picks between them).
     pub meter_batch_tokens: u64,
+    pub meter_batch_max_tokens: u64,
     pub buffer_events: usize,
     /// Output guardrails, when any are on.
     pub guard: Option<OutputGuard>,
@@ -100,6 +102,9 @@ struct Relay {
     deadline: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     meter_batch_tokens: u64,
+    meter_batch_max_tokens: u64,
+    /// Tokens until the next report: the actor's last allowance within the batch bounds.
+    next_report_after: u64,
     started: Instant,
     identity: StreamIdentity,
     output_tokens: u64,
@@ -134,6 +139,8 @@ impl StreamJob {
             deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
             idle_timeout: self.idle_timeout,
             meter_batch_tokens: self.meter_batch_tokens,
+            meter_batch_max_tokens: self.meter_batch_max_tokens,
+            next_report_after: self.meter_batch_tokens,
             started: self.started,
             identity: StreamIdentity::default(),
             output_tokens: 0,
@@ -355,10 +362,14 @@ impl Relay {
             self.output_tokens += tokens;
             self.unreported_tokens += tokens;
         }
-        if self.unreported_tokens >= self.meter_batch_tokens {
+        if self.unreported_tokens >= self.next_report_after {
             let batch = std::mem::take(&mut self.unreported_tokens);
-            if self.ticket.meter(batch).await == Verdict::StopBudget {
-                return Some(StreamEnd::BudgetExceeded);
+            match self.ticket.meter(batch).await {
+                Verdict::StopBudget => return Some(StreamEnd::BudgetExceeded),
+                Verdict::Continue { allowance } => {
+                    self.next_report_after =
+                        allowance.clamp(self.meter_batch_tokens, self.meter_batch_max_tokens);
+                }
             }
         }
         capped.then_some(StreamEnd::TokenCap)

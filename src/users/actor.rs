@@ -260,7 +260,8 @@ impl UserActor {
             .meter(request_id, tokens, &local, now, &self.shared.org);
         self.touched();
         if within {
-            Verdict::Continue
+            let allowance = self.book.allowance(request_id, &local, &self.shared.org);
+            Verdict::Continue { allowance }
         } else {
             Verdict::StopBudget
         }
@@ -278,24 +279,27 @@ impl UserActor {
             return Verdict::StopBudget;
         };
         let verdict = match reply {
-            Ok(Metered::Within(k)) | Ok(Metered::Over(k)) => {
+            Ok(Metered::Within(k, _)) | Ok(Metered::Over(k)) => {
                 let known = remote.known.get_or_insert_with(Known::default);
                 known.spend_today = k.spend_today;
                 known.spend_month = k.spend_month;
                 let known = *known;
                 self.remote_alerts(known, self.shared.clock.now_ms());
-                if matches!(reply, Ok(Metered::Over(_))) {
-                    Verdict::StopBudget
-                } else {
-                    Verdict::Continue
+                match reply {
+                    // The organisation cap is counted here, per replica: no allowance then.
+                    Ok(Metered::Within(_, allowance)) if self.shared.org.cap().is_none() => {
+                        Verdict::Continue { allowance }
+                    }
+                    Ok(Metered::Within(..)) => Verdict::Continue { allowance: 0 },
+                    _ => Verdict::StopBudget,
                 }
             }
-            Ok(Metered::Unknown) => Verdict::Continue,
+            Ok(Metered::Unknown) => Verdict::Continue { allowance: 0 },
             Err(_) => {
                 // Redis went away mid-stream: the book takes the request over and meters what
                 // streams from now on against the outage allowance.
                 let Some(open) = remote.open.remove(request_id) else {
-                    return Verdict::Continue;
+                    return Verdict::Continue { allowance: 0 };
                 };
                 let adopted = OpenRequest {
                     input_tokens: 0,
@@ -466,7 +470,7 @@ impl Handler<Meter> for UserActor {
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
         let Some(limits) = self.limits else {
-            return now_reply(Verdict::Continue);
+            return now_reply(Verdict::Continue { allowance: 0 });
         };
         let remote_held = self
             .remote

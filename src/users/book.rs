@@ -333,6 +333,30 @@ impl Book {
             && !org.over(self.state.day)
     }
 
+    /// Output tokens `request_id` may stream before the running spend could reach a cap: half
+    /// the headroom left under the daily and monthly caps, at this request's output price,
+    /// split evenly among the open requests (so reports come often only near a cap). 0 when
+    /// an organisation cap is set (other users spend from it too) or the request is unknown.
+    pub fn allowance(&self, request_id: &str, limits: &UserLimits, org: &OrgLedger) -> u64 {
+        let Some(open) = self.open.get(request_id) else {
+            return 0;
+        };
+        if org.cap().is_some() {
+            return 0;
+        }
+        let headroom = limits
+            .daily_cap_micro_usd
+            .saturating_sub(self.spend_today_running())
+            .min(
+                limits
+                    .monthly_cap_micro_usd
+                    .saturating_sub(self.spend_month_running()),
+            );
+        let (_, output_nano_usd) = open.price.nano_usd_per_token();
+        let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
+        tokens / (2 * self.open.len() as u64)
+    }
+
     /// Replaces the reservation with what was used. Settling an unknown (or already settled)
     /// request changes nothing.
     pub fn settle(

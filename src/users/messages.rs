@@ -23,7 +23,10 @@ pub struct Meter {
 /// The actor's answer to [`Meter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Continue,
+    /// Go on. `allowance`: output tokens this request may stream before the user's spend could
+    /// reach a cap (half the headroom, split among the user's open requests); the relay reports
+    /// again after that many (clamped to its batch bounds). 0 when unknown.
+    Continue { allowance: u64 },
     /// Stop relaying: a spend cap was passed.
     StopBudget,
 }

@@ -55,7 +55,7 @@ impl Ticket {
     /// Reports `output_tokens` more relayed tokens; the answer says whether to go on.
     pub async fn meter(&mut self, output_tokens: u64) -> Verdict {
         if output_tokens == 0 {
-            return Verdict::Continue;
+            return Verdict::Continue { allowance: 0 };
         }
         self.metered_output_tokens += output_tokens;
         let message = Meter {

@@ -1,16 +1,20 @@
 -- Meter: add relayed output tokens to an open request; say whether the user is still within
 -- the spend caps. ARGV: rid, tokens, daily_cap, monthly_cap
--- Returns {verdict, spend_today, spend_month, now}; verdict 0 = go on, 1 = stop (cap passed),
--- 2 = no such open request (settled, or its lease ended).
+-- Returns {verdict, spend_today, spend_month, now, allowance}; verdict 0 = go on, 1 = stop (cap
+-- passed), 2 = no such open request (settled, or its lease ended). allowance: output tokens this
+-- request may stream before the next report (half the headroom under the caps at its output
+-- price, split among the user's open requests on every replica; as Book::allowance).
 local rid = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local daily_cap, monthly_cap = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local s = redis.call('HGET', P .. 'open', rid)
-if not s then return { 2, 0, 0, now } end
+if not s then return { 2, 0, 0, now, 0 } end
 local o = decode(s)
 o.metered = o.metered + tokens
 redis.call('HSET', P .. 'open', rid, encode(o))
 local r = running(now)
 local within = r.spend_today <= daily_cap and r.spend_month <= monthly_cap
-return { within and 0 or 1, r.spend_today, r.spend_month, now }
+local headroom = math.max(0, math.min(daily_cap - r.spend_today, monthly_cap - r.spend_month))
+local allowance = math.floor(math.floor(headroom * 1000 / math.max(o.out_nano, 1)) / (2 * r.open))
+return { within and 0 or 1, r.spend_today, r.spend_month, now, allowance }

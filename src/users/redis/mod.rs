@@ -12,6 +12,8 @@ mod breaker;
 mod journal;
 mod keys;
 mod link;
+#[cfg(test)]
+mod tests;
 
 pub use journal::PendingSettle;
 pub use link::Unavailable;
@@ -63,7 +65,8 @@ pub struct Admitted {
 /// What the meter script said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metered {
-    Within(Known),
+    /// Within the caps; the request's allowance (see `Verdict::Continue`).
+    Within(Known, u64),
     Over(Known),
     /// Redis holds no such open request (already settled, or its lease ended).
     Unknown,
@@ -206,7 +209,7 @@ impl RedisLedger {
                 &[request_id],
             )
             .await?;
-        let [verdict, spend_today, spend_month, _now] = reply[..] else {
+        let [verdict, spend_today, spend_month, _now, allowance] = reply[..] else {
             return Err(malformed("meter"));
         };
         // Only spend is reported here; the token window stays as last admitted.
@@ -216,7 +219,7 @@ impl RedisLedger {
             spend_month,
         };
         Ok(match verdict {
-            0 => Metered::Within(known),
+            0 => Metered::Within(known, allowance),
             1 => Metered::Over(known),
             _ => Metered::Unknown,
         })
