@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
 const MINUTE_MS: u64 = 60_000;
+/// Largest allowance [`Book::allowance`] reports (the relay's own bound is far lower).
+const MAX_ALLOWANCE: u64 = 1_000_000_000;
 
 /// What survives an actor: kept in the store when the actor is evicted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -354,7 +356,8 @@ impl Book {
             );
         let (_, output_nano_usd) = open.price.nano_usd_per_token();
         let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
-        tokens / (2 * self.open.len() as u64)
+        // The same cap as the Redis script (whose numbers are doubles).
+        (tokens / (2 * self.open.len() as u64)).min(MAX_ALLOWANCE)
     }
 
     /// Replaces the reservation with what was used. Settling an unknown (or already settled)

@@ -16,5 +16,7 @@ redis.call('HSET', P .. 'open', rid, encode(o))
 local r = running(now)
 local within = r.spend_today <= daily_cap and r.spend_month <= monthly_cap
 local headroom = math.max(0, math.min(daily_cap - r.spend_today, monthly_cap - r.spend_month))
-local allowance = math.floor(math.floor(headroom * 1000 / math.max(o.out_nano, 1)) / (2 * r.open))
+-- Capped well below 2^53 (Lua numbers are doubles); the relay caps it far lower anyway.
+local allowance = math.min(1e9,
+  math.floor(math.floor(headroom * 1000 / math.max(o.out_nano, 1)) / (2 * r.open)))
 return { within and 0 or 1, r.spend_today, r.spend_month, now, allowance }
