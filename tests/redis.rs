@@ -527,3 +527,61 @@ fn a_restarted_gateway_in_redis_mode_keeps_windows_and_spend() {
     );
     assert_eq!(after["requests_per_minute"]["used"], 3);
 }
+
+#[test]
+fn streams_running_when_redis_stops_finish_and_are_billed_exactly_once_after_it_returns() {
+    let mut redis = RedisServer::start();
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "300"),
+            ("TOLLGATE__REDIS__BREAKER_FAILURES", "2"),
+            // Report every 16 tokens: meter calls fail mid-stream, and the replica's own book
+            // takes the streams over (metering them against the outage allowance).
+            ("TOLLGATE__RELAY__METER_BATCH_MAX_TOKENS", "16"),
+        ],
+    );
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let token = token("gus");
+    // Two slow streams (one per replica) of exactly 200 output tokens each (the cap).
+    let body = r#"{"model":"mock-gpt:tokens=400,tps=100","stream":true,"max_tokens":200,"messages":[{"role":"user","content":"hi"}]}"#;
+    let streams: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|listen| {
+            let token = token.clone();
+            std::thread::spawn(move || chat(&listen, &token, body))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(600));
+    redis.stop();
+    for stream in streams {
+        let stream = stream.join().unwrap();
+        assert_eq!(stream.status, 200);
+        assert!(
+            stream.body.contains(r#""finish_reason":"length""#),
+            "the stream did not run to its cap: {}",
+            stream.body
+        );
+        assert!(stream.body.ends_with("data: [DONE]\n\n"));
+    }
+    redis.restart();
+    // The settlements failed while Redis was down; each replica's probe replays its journal.
+    for listen in [&a, &b] {
+        wait_ready(listen, 200);
+        let until = Instant::now() + Duration::from_secs(15);
+        while metric(listen, "tollgate_redis_journal_pending ") != Some(0.0) {
+            assert!(Instant::now() < until, "the journal was never replayed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let u = usage(&a, &token);
+    assert_eq!(u["requests"], 2);
+    assert_eq!(u["output_tokens"], 400);
+    assert_eq!(
+        u["tokens_per_day"]["used"],
+        u["input_tokens"].as_u64().unwrap() + 400
+    );
+    assert_eq!(u["open_requests"], 0);
+    assert_every_key_expires(&redis);
+}
