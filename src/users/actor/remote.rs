@@ -1,153 +1,60 @@
-//! The per-user actor: owns one user's [`Book`], handles one message at a time, sends alerts off
-//! the request path, and evicts itself when idle, leaving its state in the store.
-//!
-//! Embedded mode: the book is the authority, and one message at a time is what makes admission
-//! atomic. Redis mode (see [`RemoteUser`]): the Redis scripts are the authority (atomic across
-//! replicas); the book then only holds what this replica decided on its own while Redis was
-//! away, under the outage policy's local limits.
+//! The Redis-mode half of the user's actor: turning the scripts' answers (or their failures)
+//! into the client's answers, the outage policy's local admission, Redis-side alert claims, and
+//! settlement through Redis or the journal. See the parent module for the actor itself.
 
-use super::alerts::{AlertSender, UserAlert};
-use super::book::{Alert, Book, Counts, Grant, OpenRequest, UsageReport};
-use super::calendar::{day_key, month_key};
-use super::limits::UserLimits;
-use super::messages::{Admit, Meter, Settle, Snapshot, Verdict};
-use super::org::OrgLedger;
-use super::outage::{outage_refusal, Known};
-use super::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
-use super::store::UserStore;
-use super::AdmitRequest;
-use crate::accounting::{Outcome, Usage};
-use crate::clock::Clock;
-use crate::error::ApiError;
-use crate::telemetry::Metrics;
-use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, ResponseActFuture};
+use super::{now_reply, Reply, UserActor};
+use crate::accounting::Outcome;
+use crate::error::{ApiError, ErrorCode};
+use crate::users::alerts::UserAlert;
+use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest};
+use crate::users::calendar::{day_key, month_key};
+use crate::users::limits::UserLimits;
+use crate::users::messages::{Settle, Verdict};
+use crate::users::outage::{outage_refusal, Known};
+use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
+use crate::users::AdmitRequest;
+use actix::fut::WrapFuture;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// What every actor shares.
-#[derive(Debug, Clone)]
-pub(super) struct Shared {
-    pub clock: Arc<dyn Clock>,
-    pub org: Arc<OrgLedger>,
-    pub store: Arc<dyn UserStore>,
-    pub remote: Option<Arc<RedisLedger>>,
-    pub alerts: AlertSender,
-    pub metrics: Metrics,
-    pub directory: Arc<Mutex<HashMap<String, actix::Addr<UserActor>>>>,
-    pub mailbox_capacity: usize,
-    pub idle_evict: Duration,
-}
+use std::sync::Arc;
 
 /// Redis mode: what this replica knows of the user beyond Redis.
-struct RemoteUser {
-    ledger: Arc<RedisLedger>,
-    prefix: String,
+pub(super) struct RemoteUser {
+    pub(super) ledger: Arc<RedisLedger>,
+    pub(super) prefix: String,
     /// Requests Redis admitted for this replica, until settled (or adopted by the book when
     /// Redis went away while they ran).
-    open: HashMap<String, OpenRequest>,
+    pub(super) open: HashMap<String, OpenRequest>,
     /// Requests this replica admitted on its own while Redis was away.
-    local: HashSet<String>,
+    pub(super) local: HashSet<String>,
     /// The user's running figures as Redis last reported them.
-    known: Option<Known>,
+    pub(super) known: Option<Known>,
     /// The day and month whose alerts this actor already claimed.
-    alerted: (Option<u64>, Option<u32>),
+    pub(super) alerted: (Option<u64>, Option<u32>),
 }
 
-pub(super) struct UserActor {
-    user_id: String,
-    book: Book,
-    limits: Option<UserLimits>,
-    remote: Option<RemoteUser>,
-    shared: Shared,
-    last_active: Instant,
-    evicting: bool,
-}
-
-type Reply<T> = ResponseActFuture<UserActor, T>;
-
-fn now_reply<T: 'static>(value: T) -> Reply<T> {
-    Box::pin(ready(value))
-}
-
-impl UserActor {
-    pub(super) fn new(user_id: String, shared: Shared) -> Self {
-        let remote = shared.remote.clone().map(|ledger| RemoteUser {
-            prefix: ledger.user_prefix(&user_id),
+impl RemoteUser {
+    pub(super) fn new(ledger: Arc<RedisLedger>, user_id: &str) -> Self {
+        Self {
+            prefix: ledger.user_prefix(user_id),
             ledger,
             open: HashMap::new(),
             local: HashSet::new(),
             known: None,
             alerted: (None, None),
-        });
-        let state = match remote {
-            Some(_) => Default::default(),
-            None => shared.store.load(&user_id).unwrap_or_default(),
-        };
-        Self {
-            user_id,
-            book: Book::new(state),
-            limits: None,
-            remote,
-            shared,
-            last_active: Instant::now(),
-            evicting: false,
         }
     }
+}
 
-    fn touched(&mut self) {
-        self.last_active = Instant::now();
-        if self.remote.is_some() {
-            return; // alerts come from Redis' figures (remote_alerts)
-        }
-        if let Some(limits) = self.limits {
-            for alert in self.book.due_alerts(&limits) {
-                self.shared.alerts.send(UserAlert {
-                    user_id: self.user_id.clone(),
-                    alert,
-                });
-            }
-        }
-    }
-
-    fn evict_if_idle(&mut self, ctx: &mut Context<Self>) {
-        let remote_open = self.remote.as_ref().is_some_and(|r| !r.open.is_empty());
-        if self.evicting
-            || self.book.has_open_requests()
-            || remote_open
-            || self.last_active.elapsed() < self.shared.idle_evict
-        {
-            return;
-        }
-        self.evicting = true;
-        if self.remote.is_none() {
-            self.shared
-                .store
-                .save(&self.user_id, self.book.state().clone());
-        }
-        let me = ctx.address();
-        let mut directory = self
-            .shared
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if directory.get(&self.user_id) == Some(&me) {
-            directory.remove(&self.user_id);
-        }
-        drop(directory);
-        ctx.stop();
-    }
-
+impl UserActor {
     /// Redis mode: the admit script's answer (or its failure) turned into the client's answer.
-    fn admitted(
+    pub(super) fn admitted(
         &mut self,
         reply: Result<Admitted, Unavailable>,
         request: AdmitRequest,
     ) -> Result<Grant, ApiError> {
         let Some(remote) = self.remote.as_mut() else {
             return Err(ApiError::new(
-                crate::error::ErrorCode::Internal,
+                ErrorCode::Internal,
                 "user actor lost its Redis ledger",
             ));
         };
@@ -207,7 +114,7 @@ impl UserActor {
     ) -> Result<Grant, ApiError> {
         let Some(remote) = self.remote.as_mut() else {
             return Err(ApiError::new(
-                crate::error::ErrorCode::Internal,
+                ErrorCode::Internal,
                 "user actor lost its Redis ledger",
             ));
         };
@@ -229,46 +136,18 @@ impl UserActor {
             }
             Err(refusal) => {
                 let refusal = outage_refusal(refusal);
-                metrics.record_outage_decision(
-                    if refusal.code == crate::error::ErrorCode::StateUnavailable {
-                        "fail_closed"
-                    } else {
-                        "refused"
-                    },
-                );
+                metrics.record_outage_decision(if refusal.code == ErrorCode::StateUnavailable {
+                    "fail_closed"
+                } else {
+                    "refused"
+                });
                 Err(refusal)
             }
         }
     }
 
-    /// Redis mode: the outage policy's limits for requests this book holds.
-    fn local_limits(&self, limits: &UserLimits) -> UserLimits {
-        match &self.remote {
-            Some(remote) => remote
-                .ledger
-                .policy
-                .local_limits(limits, remote.known.as_ref()),
-            None => *limits,
-        }
-    }
-
-    fn meter_in_book(&mut self, request_id: &str, tokens: u64, limits: &UserLimits) -> Verdict {
-        let local = self.local_limits(limits);
-        let now = self.shared.clock.now_ms();
-        let within = self
-            .book
-            .meter(request_id, tokens, &local, now, &self.shared.org);
-        self.touched();
-        if within {
-            let allowance = self.book.allowance(request_id, &local, &self.shared.org);
-            Verdict::Continue { allowance }
-        } else {
-            Verdict::StopBudget
-        }
-    }
-
     /// Redis mode: the meter script's answer (or its failure) for a request Redis admitted.
-    fn metered(
+    pub(super) fn metered(
         &mut self,
         reply: Result<Metered, Unavailable>,
         request_id: &str,
@@ -375,7 +254,7 @@ impl UserActor {
     }
 
     /// Redis mode: settles a request this replica admitted (through Redis or on its own).
-    fn settle_remote(&mut self, msg: Settle) -> Reply<()> {
+    pub(super) fn settle_remote(&mut self, msg: Settle) -> Reply<()> {
         let Some(remote) = self.remote.as_mut() else {
             return now_reply(());
         };
@@ -412,134 +291,5 @@ impl UserActor {
         };
         self.touched();
         Box::pin(async move { ledger.settle(entry).await }.into_actor(self))
-    }
-}
-
-impl Actor for UserActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
-        let every =
-            (self.shared.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
-        ctx.run_interval(every, |actor, ctx| actor.evict_if_idle(ctx));
-    }
-}
-
-impl Handler<Admit> for UserActor {
-    type Result = Reply<Option<Result<Grant, ApiError>>>;
-
-    fn handle(&mut self, Admit(request): Admit, _: &mut Self::Context) -> Self::Result {
-        if self.evicting {
-            return now_reply(None);
-        }
-        self.limits = Some(request.limits);
-        let now = self.shared.clock.now_ms();
-        let Some(remote) = &self.remote else {
-            let result = self.book.admit(request, now, &self.shared.org);
-            self.touched();
-            return now_reply(Some(result));
-        };
-        // The organisation cap is counted per replica (see README: Redis mode).
-        let org = &self.shared.org;
-        let input_cost = request.price.cost_micro_usd(Usage {
-            input_tokens: request.estimated_input_tokens,
-            output_tokens: 0,
-        });
-        if org
-            .cap()
-            .is_some_and(|cap| org.spent(day_key(now)) + input_cost > cap)
-        {
-            let error = super::book::Refusal::OrgDaily.error(&request.limits, now);
-            return now_reply(Some(Err(error)));
-        }
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
-        Box::pin(
-            async move {
-                let reply = ledger.admit(&prefix, &request).await;
-                (reply, request)
-            }
-            .into_actor(self)
-            .map(|(reply, request), actor, _| Some(actor.admitted(reply, request))),
-        )
-    }
-}
-
-impl Handler<Meter> for UserActor {
-    type Result = Reply<Verdict>;
-
-    fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
-        let Some(limits) = self.limits else {
-            return now_reply(Verdict::Continue { allowance: 0 });
-        };
-        let remote_held = self
-            .remote
-            .as_ref()
-            .filter(|r| r.open.contains_key(&msg.request_id));
-        let Some(remote) = remote_held else {
-            // Embedded mode, or a request this replica's book holds.
-            return now_reply(self.meter_in_book(&msg.request_id, msg.output_tokens, &limits));
-        };
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
-        Box::pin(
-            async move {
-                let reply = ledger
-                    .meter(&prefix, &msg.request_id, msg.output_tokens, &limits)
-                    .await;
-                (reply, msg)
-            }
-            .into_actor(self)
-            .map(move |(reply, msg), actor, _| {
-                actor.metered(reply, &msg.request_id, msg.output_tokens, &limits)
-            }),
-        )
-    }
-}
-
-impl Handler<Settle> for UserActor {
-    type Result = Reply<()>;
-
-    fn handle(&mut self, msg: Settle, _: &mut Self::Context) -> Self::Result {
-        if self.remote.is_some() {
-            return self.settle_remote(msg);
-        }
-        let now = self.shared.clock.now_ms();
-        self.book.settle(
-            &msg.request_id,
-            msg.usage,
-            msg.outcome,
-            now,
-            &self.shared.org,
-        );
-        // Keep the store current, so a snapshot (embedded mode) holds settled usage.
-        self.shared
-            .store
-            .save(&self.user_id, self.book.state().clone());
-        self.touched();
-        now_reply(())
-    }
-}
-
-impl Handler<Snapshot> for UserActor {
-    type Result = Reply<Option<UsageReport>>;
-
-    fn handle(&mut self, Snapshot(limits): Snapshot, _: &mut Self::Context) -> Self::Result {
-        if self.evicting {
-            return now_reply(None);
-        }
-        let Some(remote) = &self.remote else {
-            let report = self.book.report(&limits, self.shared.clock.now_ms());
-            return now_reply(Some(report));
-        };
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
-        Box::pin(
-            async move {
-                match ledger.usage(&prefix).await {
-                    Ok((counts, now_ms)) => Some(counts.report(&limits, now_ms)),
-                    Err(_) => None,
-                }
-            }
-            .into_actor(self),
-        )
     }
 }
