@@ -1,9 +1,12 @@
 //! Overhead of the gateway against the mock provider directly and against nginx, in one run.
 //!
 //! Starts the release `tollgate mock-provider`, nginx (`load/nginx.conf.template`, plain reverse
-//! proxy with `proxy_buffering off` and a keep-alive upstream) and `tollgate` (in-memory state,
-//! per-user limits lifted, one token per simulated user) on loopback, then drives the arms
-//! interleaved through the same mock:
+//! proxy with `proxy_buffering off` and a keep-alive upstream), `tollgate` (in-memory state,
+//! per-user limits lifted, one token per simulated user) and, for the Redis arm, a
+//! `redis-server` (tests/common/redis.rs, `appendfsync everysec`) with a second `tollgate` that
+//! differs from the first only by `TOLLGATE_REDIS_URL` and a 1 s Redis call timeout (so a loaded
+//! box does not send it down the outage path). Then it drives the arms interleaved through the
+//! same mock:
 //!
 //! 1. **one stream at a time**: short unpaced streams (10 tokens, as `benches/ttft.rs`), arms
 //!    alternating stream by stream (rotated order);
@@ -18,19 +21,30 @@
 //! 4. **memory**: a fresh proxy, warmed with one stream per user, then N streams held open (the mock
 //!    stalls after the first token); (RSS with N open − RSS before) ÷ N, for N in `MEM_STREAMS`.
 //!
+//! For the Redis arm it also counts Redis commands per request in every phase (`INFO
+//! commandstats` deltas ÷ the requests that arm served), charges redis-server's CPU per chunk
+//! separately, and checks after every phase that `/readyz` says `"redis":"ok"` and reports
+//! `tollgate_redis_errors_total` if it is not zero. In phases 2 and 3 it also reports what else
+//! kept the proxy's CPU busy (a disturbed window shows there).
+//!
 //! Every stream uses a fresh loopback connection (`Connection: close`) and the same request bytes
 //! in every arm. With `PIN=1` (default when `taskset` exists and there are ≥ 2 CPUs) the proxy
-//! under test runs on CPU 1 and the mock and this driver on CPU 0, so nginx (one worker) and
-//! tollgate (`workers = 0` → one per available CPU = 1) each get exactly one core.
+//! under test runs on CPU 1 and the mock, redis-server and this driver on CPU 0, so nginx (one
+//! worker) and either tollgate (`workers = 0` → one per available CPU = 1) each get exactly one
+//! core; Redis is part of the Redis arm's cost but not of its gateway's core.
 //!
-//! Run: `load/bench.sh` (installs nginx, raises the fd limit) or `cargo bench --bench overhead`.
+//! Run: `load/bench.sh` (installs nginx and redis-server, raises the fd limit) or
+//! `cargo bench --bench overhead`.
 //! Knobs: ONE_STREAMS (300), CONC (1000), ROUNDS (2), WINDOW_SECS (10), SAT_CONC (50),
 //! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PIN (auto), NGINX (path), ARMS
-//! ("direct,nginx,tollgate"). Prints figures; asserts nothing (targets are reported, not tested).
+//! ("direct,nginx,tollgate,tollgate-redis"). Prints figures; asserts nothing (targets are
+//! reported, not tested). The Redis arm is skipped, with a line saying so, when `redis-server` or
+//! `redis-cli` is not on `PATH` (Debian package `redis-server`).
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -145,6 +159,11 @@ mod process;
 
 use process::Running;
 
+#[path = "../tests/common/redis.rs"]
+mod redis;
+
+use redis::RedisServer;
+
 /// The pid of a running proxy (for its CPU and memory).
 trait Pid {
     fn pid(&self) -> u32;
@@ -235,8 +254,9 @@ fn start_mock(pin: Pinning) -> (Running, SocketAddr) {
     )
 }
 
-fn start_gateway(pin: Pinning, mock: SocketAddr) -> (Running, SocketAddr) {
-    let env: Vec<(&str, String)> = vec![
+/// The gateway under test; with `redis_url`, the same gateway in Redis mode.
+fn start_gateway(pin: Pinning, mock: SocketAddr, redis_url: Option<&str>) -> (Running, SocketAddr) {
+    let mut env: Vec<(&str, String)> = vec![
         ("TOLLGATE_LISTEN", "127.0.0.1:0".into()),
         ("TOLLGATE_UPSTREAM_URL", format!("http://{mock}/v1")),
         ("TOLLGATE_JWT_SECRET", SECRET.into()),
@@ -252,9 +272,17 @@ fn start_gateway(pin: Pinning, mock: SocketAddr) -> (Running, SocketAddr) {
         ("TOLLGATE__UPSTREAM__MAX_CONNECTIONS", "30000".into()),
         ("TOLLGATE__UPSTREAM__IDLE_TIMEOUT_SECS", "600".into()),
         ("TOLLGATE__LIMITS__DEADLINE_SECS", "600".into()),
+        // A Redis lease must outlive the deadline; start-up validates it in either mode.
+        ("TOLLGATE__REDIS__LEASE_SECS", "660".into()),
     ];
-    // REDIS ARM: a second gateway with TOLLGATE_REDIS_URL pointing at a `redis-server` started
-    // on loopback by this bench goes here (same env plus the URL).
+    if let Some(url) = redis_url {
+        env.extend([
+            ("TOLLGATE_REDIS_URL", url.to_string()),
+            // The default 50 ms is for production; a Redis sharing a busy core with the mock
+            // and the driver must not send the arm down the outage path.
+            ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "1000".into()),
+        ]);
+    }
     spawn_tollgate(pin, PROXY_CPU, &[], &env, "tollgate is serving")
 }
 
@@ -342,6 +370,22 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
     };
     get(11) + get(12)
+}
+
+/// Busy ticks of one CPU, all processes (user, nice, system, irq, softirq, steal).
+fn cpu_busy_ticks(cpu: u32) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let prefix = format!("cpu{cpu} ");
+    stat.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| {
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum()
+        })
 }
 
 fn status_kib(pid: &str, key: &str) -> u64 {
@@ -509,6 +553,10 @@ struct Stats {
     chunks_in_window: u64,
     completed_in_window: u64,
     started_in_window: u64,
+    /// Requests written and streams ended with `[DONE]`, window or not (Redis commands per
+    /// request count the whole run).
+    sent: u64,
+    completed: u64,
     errors: u64,
     error_samples: Vec<String>,
 }
@@ -521,6 +569,8 @@ impl Stats {
             chunks_in_window: 0,
             completed_in_window: 0,
             started_in_window: 0,
+            sent: 0,
+            completed: 0,
             errors: 0,
             error_samples: Vec::new(),
         }
@@ -531,6 +581,8 @@ impl Stats {
         self.chunks_in_window += o.chunks_in_window;
         self.completed_in_window += o.completed_in_window;
         self.started_in_window += o.started_in_window;
+        self.sent += o.sent;
+        self.completed += o.completed;
         self.errors += o.errors;
         for e in &o.error_samples {
             if self.error_samples.len() < 3 {
@@ -570,6 +622,7 @@ async fn one_stream(
         .write_all(request)
         .await
         .map_err(|e| format!("write: {e}"))?;
+    stats.borrow_mut().sent += 1;
     let mut reader = Reader::default();
     let mut buf = vec![0u8; 32 * 1024];
     let mut ttft = None;
@@ -616,8 +669,10 @@ async fn one_stream(
     if !reader.done_seen {
         return Err("stream ended without [DONE]".into());
     }
+    let mut st = stats.borrow_mut();
+    st.completed += 1;
     if window.contains(Instant::now()) {
-        stats.borrow_mut().completed_in_window += 1;
+        st.completed_in_window += 1;
     }
     ttft.ok_or_else(|| "no content delta".into())
 }
@@ -645,6 +700,253 @@ fn requests(model: &str, max_tokens: u32, tokens: &[String]) -> Rc<Vec<Vec<u8>>>
 }
 
 // ---------------------------------------------------------------------------------------------
+// The Redis arm's redis-server: commands per request and health after each phase.
+
+/// `GET path` on a fresh connection; the status code and the body (at most 5 s).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut socket = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        socket
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut bytes = Vec::new();
+        socket
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of headers")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no status code")?;
+        Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("GET {path}: no answer within 5 s"))?
+}
+
+/// Redis commands a phase cost the Redis arm.
+struct Tally {
+    phase: String,
+    /// Requests served while the phase was counted: streams that ended with `[DONE]`, and in
+    /// the memory phase the streams held open too (the denominator).
+    served: u64,
+    /// Requests sent, including streams abandoned at the end of a load phase (their admit and
+    /// settle are in the calls, so "per request sent" is the lower bound).
+    sent: u64,
+    calls: BTreeMap<String, u64>,
+}
+
+/// The Redis behind the `tollgate-redis` arm and what the bench learnt about it.
+struct RedisSide {
+    server: RedisServer,
+    pid: u32,
+    version: String,
+    tallies: Vec<Tally>,
+    /// One line per check of a Redis gateway (`/readyz`, `tollgate_redis_errors_total`).
+    checks: Vec<String>,
+}
+
+impl RedisSide {
+    /// Starts redis-server (on `DRIVER_CPU` when pinning) with an fsync per second: the
+    /// harness fsyncs every write for its crash tests, production Redis does not.
+    fn start(pin: Pinning) -> Result<Self, String> {
+        for tool in ["redis-server", "redis-cli"] {
+            if find_in_path(tool).is_none() {
+                return Err(format!("{tool} not found (Debian package redis-server)"));
+            }
+        }
+        let server = std::panic::catch_unwind(RedisServer::start)
+            .map_err(|_| "redis-server did not start (see the message above)".to_string())?;
+        server.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+        let info = server.cli(&["INFO", "server"]);
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let pid: u32 = field("process_id:")
+            .parse()
+            .map_err(|_| "no process_id in INFO")?;
+        if let Some(taskset) = pin.taskset {
+            let pinned = Command::new(taskset)
+                .args(["-a", "-p", "-c", &DRIVER_CPU.to_string(), &pid.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(pinned, "taskset could not pin redis-server");
+        }
+        Ok(Self {
+            server,
+            pid,
+            version: field("redis_version:"),
+            tallies: Vec::new(),
+            checks: Vec::new(),
+        })
+    }
+
+    /// `INFO commandstats` as command → calls.
+    fn calls(&self) -> BTreeMap<String, u64> {
+        self.server.command_calls()
+    }
+
+    /// Adds `after − before` (less the bench's own INFO) to the phase's tally.
+    fn count(
+        &mut self,
+        phase: &str,
+        before: &BTreeMap<String, u64>,
+        after: &BTreeMap<String, u64>,
+        served: u64,
+        sent: u64,
+    ) {
+        let index = match self.tallies.iter().position(|t| t.phase == phase) {
+            Some(i) => i,
+            None => {
+                self.tallies.push(Tally {
+                    phase: phase.to_string(),
+                    served: 0,
+                    sent: 0,
+                    calls: BTreeMap::new(),
+                });
+                self.tallies.len() - 1
+            }
+        };
+        let tally = &mut self.tallies[index];
+        tally.served += served;
+        tally.sent += sent;
+        for (name, &n) in after {
+            let delta = n.saturating_sub(before.get(name).copied().unwrap_or(0));
+            if name != "info" && delta > 0 {
+                *tally.calls.entry(name.clone()).or_default() += delta;
+            }
+        }
+    }
+
+    /// Asks a Redis gateway whether it is ready with Redis ok, and for its Redis errors.
+    async fn check(&mut self, gateway: SocketAddr, after: &str) {
+        let ready = match http_get(gateway, "/readyz").await {
+            Ok((status, body)) => {
+                let redis = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["redis"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "?".into());
+                if status == 200 && redis == "ok" {
+                    "ready, redis ok".to_string()
+                } else {
+                    format!("NOT OK: /readyz {status} {}", body.trim())
+                }
+            }
+            Err(e) => format!("NOT OK: /readyz {e}"),
+        };
+        let errors = match http_get(gateway, "/metrics").await {
+            Ok((_, body)) => {
+                let lines: Vec<(String, f64)> = body
+                    .lines()
+                    .filter(|l| l.starts_with("tollgate_redis_errors_total"))
+                    .filter_map(|l| {
+                        let (series, value) = l.rsplit_once(' ')?;
+                        Some((series.to_string(), value.trim().parse().ok()?))
+                    })
+                    .filter(|(_, v)| *v > 0.0)
+                    .collect();
+                if lines.is_empty() {
+                    "tollgate_redis_errors_total 0".to_string()
+                } else {
+                    lines
+                        .iter()
+                        .map(|(series, v)| format!("{series} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            }
+            Err(e) => format!("/metrics {e}"),
+        };
+        let line = format!("after {after}: {ready}; {errors}");
+        println!("  tollgate-redis {line}");
+        self.checks.push(line);
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "Redis (tollgate-redis arm): redis-server {} (pid {}), appendonly yes, appendfsync everysec",
+            self.version, self.pid
+        );
+        println!(
+            "  Redis commands per request: INFO commandstats deltas (less the bench's own INFO) ÷ \
+             requests served (completed; phase 4: warm-up + held open) [÷ requests sent]; \
+             commandstats counts the commands a script runs as well as the script call"
+        );
+        let per = |n: u64, d: u64| fmt((d > 0).then(|| n as f64 / d as f64), 2);
+        for t in &self.tallies {
+            let total: u64 = t.calls.values().sum();
+            println!(
+                "  {:<34} {:>7} per request [{}]  ({total} commands, {} served, {} sent)",
+                t.phase,
+                per(total, t.served),
+                per(total, t.sent),
+                t.served,
+                t.sent,
+            );
+            let mut by_calls: Vec<(&String, &u64)> = t.calls.iter().collect();
+            by_calls.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            for sent in [true, false] {
+                let group: Vec<(&String, &u64)> = by_calls
+                    .iter()
+                    .copied()
+                    .filter(|(name, _)| sent_by_client(name) == sent)
+                    .collect();
+                let sum: u64 = group.iter().map(|(_, &n)| n).sum();
+                let items: Vec<String> = group
+                    .iter()
+                    .map(|(name, &n)| {
+                        if n * 200 < t.served {
+                            format!("{name} ({n} in all)")
+                        } else {
+                            format!("{name} {}", per(n, t.served))
+                        }
+                    })
+                    .collect();
+                let what = if sent {
+                    "sent by the gateway"
+                } else {
+                    "run inside its scripts"
+                };
+                println!(
+                    "  {:>34} {:>7} {what}: {}",
+                    "",
+                    per(sum, t.served),
+                    items.join(", ")
+                );
+            }
+        }
+        println!("  health of the Redis gateway:");
+        for line in &self.checks {
+            println!("    {line}");
+        }
+    }
+}
+
+/// Whether a command is one a client sends (a script call, a probe, connection set-up) rather
+/// than one a Lua script runs. tollgate's only plain data command, SET for a budget alert's
+/// claim, cannot fire here (the budgets are lifted), so every data command is a script's.
+fn sent_by_client(name: &str) -> bool {
+    ["eval", "fcall", "script|", "client|", "config|"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || matches!(name, "ping" | "hello" | "select" | "auth")
+}
+
+// ---------------------------------------------------------------------------------------------
 // Phases.
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -652,8 +954,8 @@ enum Arm {
     Direct,
     Nginx,
     Tollgate,
-    // REDIS ARM: `TollgateRedis` (tollgate with TOLLGATE_REDIS_URL) goes here, with a column in
-    // the table and its ratios against direct and nginx.
+    /// The same gateway in Redis mode (`TOLLGATE_REDIS_URL`).
+    TollgateRedis,
 }
 
 impl Arm {
@@ -662,6 +964,7 @@ impl Arm {
             Arm::Direct => "direct",
             Arm::Nginx => "nginx",
             Arm::Tollgate => "tollgate",
+            Arm::TollgateRedis => "tollgate-redis",
         }
     }
 }
@@ -671,6 +974,8 @@ struct Target {
     addr: SocketAddr,
     /// The proxy process whose CPU is charged (none for the direct arm).
     pid: Option<u32>,
+    /// redis-server, whose CPU is charged separately (the Redis arm only).
+    redis_pid: Option<u32>,
 }
 
 struct LoadResult {
@@ -678,6 +983,9 @@ struct LoadResult {
     secs: f64,
     proxy_ticks: u64,
     mock_ticks: u64,
+    redis_ticks: u64,
+    /// Everything that ran on the proxy's CPU (pinned runs): the proxy and any intruder.
+    proxy_cpu_ticks: u64,
 }
 
 impl LoadResult {
@@ -687,6 +995,8 @@ impl LoadResult {
             secs: 0.0,
             proxy_ticks: 0,
             mock_ticks: 0,
+            redis_ticks: 0,
+            proxy_cpu_ticks: 0,
         }
     }
     fn merge(&mut self, o: &Self) {
@@ -694,6 +1004,8 @@ impl LoadResult {
         self.secs += o.secs;
         self.proxy_ticks += o.proxy_ticks;
         self.mock_ticks += o.mock_ticks;
+        self.redis_ticks += o.redis_ticks;
+        self.proxy_cpu_ticks += o.proxy_cpu_ticks;
     }
 }
 
@@ -741,10 +1053,18 @@ async fn run_load(
         }));
     }
     tokio::time::sleep_until(window.start.into()).await;
-    let (p0, m0) = (target.pid.map_or(0, cpu_ticks), cpu_ticks(mock_pid));
+    let ticks = || {
+        (
+            target.pid.map_or(0, cpu_ticks),
+            cpu_ticks(mock_pid),
+            target.redis_pid.map_or(0, cpu_ticks),
+            cpu_busy_ticks(PROXY_CPU),
+        )
+    };
+    let (p0, m0, r0, c0) = ticks();
     let measured_from = Instant::now();
     tokio::time::sleep_until(window.end.into()).await;
-    let (p1, m1) = (target.pid.map_or(0, cpu_ticks), cpu_ticks(mock_pid));
+    let (p1, m1, r1, c1) = ticks();
     let secs = measured_from.elapsed().as_secs_f64();
     let drain_until = tokio::time::Instant::from(window.end + plan.drain);
     let mut unfinished = Vec::new();
@@ -767,6 +1087,8 @@ async fn run_load(
         secs,
         proxy_ticks: p1.saturating_sub(p0),
         mock_ticks: m1.saturating_sub(m0),
+        redis_ticks: r1.saturating_sub(r0),
+        proxy_cpu_ticks: c1.saturating_sub(c0),
     }
 }
 
@@ -940,7 +1262,8 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let arms_wanted = std::env::var("ARMS").unwrap_or_else(|_| "direct,nginx,tollgate".into());
+    let arms_wanted =
+        std::env::var("ARMS").unwrap_or_else(|_| "direct,nginx,tollgate,tollgate-redis".into());
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -988,7 +1311,7 @@ fn main() {
     println!(
         "placement: {}",
         if pin.taskset.is_some() {
-            "proxy under test on CPU 1; mock + driver on CPU 0 (PIN=0 to turn off)"
+            "proxy under test on CPU 1; mock + redis-server + driver on CPU 0 (PIN=0 to turn off)"
         } else {
             "not pinned"
         }
@@ -1023,13 +1346,23 @@ fn main() {
     let nginx_bin = find_in_path(&std::env::var("NGINX").unwrap_or_else(|_| "nginx".into()))
         .and_then(|p| p.to_str().map(str::to_string));
     let mut arms = Vec::new();
-    for arm in [Arm::Direct, Arm::Nginx, Arm::Tollgate] {
+    let mut redis_side = None;
+    for arm in [Arm::Direct, Arm::Nginx, Arm::Tollgate, Arm::TollgateRedis] {
         if !arms_wanted.split(',').any(|a| a.trim() == arm.name()) {
             continue;
         }
         if arm == Arm::Nginx && nginx_bin.is_none() {
             println!("nginx not found (load/bench.sh installs it): the nginx arm is skipped");
             continue;
+        }
+        if arm == Arm::TollgateRedis {
+            match RedisSide::start(pin) {
+                Ok(side) => redis_side = Some(side),
+                Err(e) => {
+                    println!("{e} (load/bench.sh installs it): the tollgate-redis arm is skipped");
+                    continue;
+                }
+            }
         }
         arms.push(arm);
     }
@@ -1049,7 +1382,13 @@ fn main() {
     let reports = local.block_on(&rt, async {
         let mut reports: Vec<(Arm, ArmReport)> =
             arms.iter().map(|a| (*a, ArmReport::default())).collect();
-        let (gateway, gateway_addr) = start_gateway(pin, mock_addr);
+        let gateway = arms
+            .contains(&Arm::Tollgate)
+            .then(|| start_gateway(pin, mock_addr, None));
+        // The Redis arm's gateway: the same env plus TOLLGATE_REDIS_URL and a 1 s call timeout.
+        let redis_gateway = redis_side
+            .as_ref()
+            .map(|side| start_gateway(pin, mock_addr, Some(&side.server.url())));
         let nginx_dir = tmp.path().join("nginx-load");
         std::fs::create_dir_all(&nginx_dir).expect("mkdir");
         let nginx = nginx_bin
@@ -1059,14 +1398,23 @@ fn main() {
         let targets: Vec<Target> = arms
             .iter()
             .map(|arm| match arm {
-                Arm::Direct => Target { arm: *arm, addr: mock_addr, pid: None },
+                Arm::Direct => Target { arm: *arm, addr: mock_addr, pid: None, redis_pid: None },
                 Arm::Nginx => {
                     let (n, a) = nginx.as_ref().expect("nginx");
-                    Target { arm: *arm, addr: *a, pid: Some(n.pid()) }
+                    Target { arm: *arm, addr: *a, pid: Some(n.pid()), redis_pid: None }
                 }
-                Arm::Tollgate => Target { arm: *arm, addr: gateway_addr, pid: Some(gateway.pid()) },
+                Arm::Tollgate => {
+                    let (g, a) = gateway.as_ref().expect("gateway");
+                    Target { arm: *arm, addr: *a, pid: Some(g.pid()), redis_pid: None }
+                }
+                Arm::TollgateRedis => {
+                    let (g, a) = redis_gateway.as_ref().expect("redis gateway");
+                    let redis_pid = redis_side.as_ref().map(|side| side.pid);
+                    Target { arm: *arm, addr: *a, pid: Some(g.pid()), redis_pid }
+                }
             })
             .collect();
+        let redis_index = targets.iter().position(|t| t.arm == Arm::TollgateRedis);
         println!(
             "mock {mock_addr}, {}",
             targets
@@ -1093,6 +1441,7 @@ fn main() {
         let one = requests("mock-gpt:tokens=10,tps=0,delay_ms=0", 64, &tokens);
         let one_stats: Vec<RefCell<Stats>> = targets.iter().map(|_| RefCell::new(Stats::new())).collect();
         let direct_index = targets.iter().position(|t| t.arm == Arm::Direct);
+        let redis_before = redis_side.as_ref().map(RedisSide::calls);
         for i in 0..one_streams {
             let mut ttft = vec![None; targets.len()];
             for j in 0..targets.len() {
@@ -1114,6 +1463,15 @@ fn main() {
         }
         for (k, s) in one_stats.into_iter().enumerate() {
             reports[k].1.one = Some(s.into_inner());
+        }
+        if let (Some(side), Some(before), Some(k)) =
+            (redis_side.as_mut(), redis_before, redis_index)
+        {
+            let after = side.calls();
+            let s = reports[k].1.one.as_ref().expect("phase 1 stats");
+            let (served, sent) = (s.completed, s.sent);
+            side.count("phase 1: one stream at a time", &before, &after, served, sent);
+            side.check(targets[k].addr, "phase 1").await;
         }
 
         // 2. CONC open paced streams; rounds × arms, order rotated each round.
@@ -1144,7 +1502,12 @@ fn main() {
             drain: Duration::ZERO,
             limit: Duration::from_secs(60),
         };
+        let phase_names = [
+            format!("phase 2: {conc} paced streams"),
+            "phase 3: saturation".to_string(),
+        ];
         for (phase, reqs, plan) in [(2, &paced, &plan), (3, &sat, &sat_plan)] {
+            let phase_name = &phase_names[phase - 2];
             if phase == 3 {
                 println!(
                     "phase 3: saturation, {sat_conc} open unpaced streams of 2000 tokens, {rounds} rounds × {} arms, {sat_window_secs} s window each",
@@ -1155,9 +1518,15 @@ fn main() {
                 for j in 0..targets.len() {
                     let k = (round + j) % targets.len();
                     let t = &targets[k];
+                    let counted = t.arm == Arm::TollgateRedis;
+                    let redis_before = redis_side.as_ref().filter(|_| counted).map(RedisSide::calls);
                     let r = run_load(t, mock_pid, reqs, plan).await;
+                    if let (Some(side), Some(before)) = (redis_side.as_mut(), redis_before) {
+                        let after = side.calls();
+                        side.count(phase_name, &before, &after, r.stats.completed, r.stats.sent);
+                    }
                     println!(
-                        "  round {} {:<9} {:>9.0} chunks/s {:>7.1} streams/s  ttft p99 {} ms  errors {}",
+                        "  round {} {:<14} {:>9.0} chunks/s {:>7.1} streams/s  ttft p99 {} ms  errors {}",
                         round + 1,
                         t.arm.name(),
                         r.stats.chunks_in_window as f64 / r.secs,
@@ -1169,9 +1538,13 @@ fn main() {
                     slot.get_or_insert_with(LoadResult::empty).merge(&r);
                 }
             }
+            if let (Some(side), Some(k)) = (redis_side.as_mut(), redis_index) {
+                side.check(targets[k].addr, &format!("phase {phase}")).await;
+            }
         }
         drop(nginx);
         drop(gateway);
+        drop(redis_gateway);
 
         // 4. Memory: fresh proxies, one user-wide warm-up, then N streams held open.
         let stall = requests("mock-gpt:tokens=100,tps=0,delay_ms=0,fault=stall@1", 128, &tokens);
@@ -1190,8 +1563,17 @@ fn main() {
                         let bin = nginx_bin.as_deref().expect("nginx");
                         start_nginx(pin, bin, &dir, mock_addr, nginx_nofile)
                     }
-                    Arm::Tollgate => start_gateway(pin, mock_addr),
+                    Arm::Tollgate => start_gateway(pin, mock_addr, None),
+                    Arm::TollgateRedis => {
+                        // A fresh gateway on an empty Redis (the last one's leases and windows
+                        // gone).
+                        let side = redis_side.as_ref().expect("redis arm without redis-server");
+                        side.server.cli(&["FLUSHALL"]);
+                        start_gateway(pin, mock_addr, Some(&side.server.url()))
+                    }
                 };
+                let counted = *arm == Arm::TollgateRedis;
+                let redis_before = redis_side.as_ref().filter(|_| counted).map(RedisSide::calls);
                 let scratch = RefCell::new(Stats::new());
                 for r in short.iter() {
                     let _ = one_stream(addr, r, &scratch, forever, Duration::from_secs(10)).await;
@@ -1210,6 +1592,21 @@ fn main() {
                     m.loaded_kib,
                     fmt(m.kib_per_stream(), 1)
                 );
+                if let (Some(side), Some(before)) = (redis_side.as_mut(), redis_before) {
+                    // Let the gateway settle the streams the driver just abandoned.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let after = side.calls();
+                    let (warm_completed, warm_sent) = {
+                        let s = scratch.borrow();
+                        (s.completed, s.sent)
+                    };
+                    // Held-open streams never complete: they count as served once open.
+                    let served = warm_completed + m.open as u64;
+                    let sent = warm_sent + m.requested as u64;
+                    let phase = format!("phase 4: memory, {n} held open");
+                    side.count(&phase, &before, &after, served, sent);
+                    side.check(addr, &format!("phase 4 @{n}")).await;
+                }
                 report.mem.push(m);
                 drop(proxy);
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1218,7 +1615,19 @@ fn main() {
         reports
     });
     drop(mock);
-    print_table(&reports, conc, sat_conc, tck, &mem_streams, one_streams);
+    let pinned = pin.taskset.is_some();
+    print_table(
+        &reports,
+        conc,
+        sat_conc,
+        tck,
+        &mem_streams,
+        one_streams,
+        pinned,
+    );
+    if let Some(side) = &redis_side {
+        side.print();
+    }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
 }
 
@@ -1229,6 +1638,7 @@ fn print_table(
     tck: f64,
     mem_streams: &[usize],
     one_streams: usize,
+    pinned: bool,
 ) {
     let get = |arm: Arm| reports.iter().find(|(a, _)| *a == arm).map(|(_, r)| r);
     let direct = get(Arm::Direct);
@@ -1268,6 +1678,27 @@ fn print_table(
         r.as_ref().filter(|r| r.secs > 0.0).map(|r| {
             (if mock { r.mock_ticks } else { r.proxy_ticks }) as f64 / tck / r.secs * 100.0
         })
+    };
+    // What else ran on the proxy's CPU (the idle proxies, other processes on the machine):
+    // a check on the figures above, which assume the proxy had that core to itself.
+    let intruders = move |r: &Option<LoadResult>| {
+        r.as_ref().filter(|r| pinned && r.secs > 0.0).map(|r| {
+            let other = r.proxy_cpu_ticks.saturating_sub(r.proxy_ticks);
+            other as f64 / tck / r.secs * 100.0
+        })
+    };
+    // redis-server's CPU, charged to the Redis arm only (it sits on the mock's CPU).
+    let redis_cpu = |arm: Arm, r: &Option<LoadResult>, per_chunk: bool| {
+        r.as_ref()
+            .filter(|r| arm == Arm::TollgateRedis && r.stats.chunks_in_window > 0 && r.secs > 0.0)
+            .map(|r| {
+                let secs = r.redis_ticks as f64 / tck;
+                if per_chunk {
+                    secs * 1e6 / r.stats.chunks_in_window as f64
+                } else {
+                    secs / r.secs * 100.0
+                }
+            })
     };
 
     type Row<'a> = (
@@ -1406,6 +1837,24 @@ fn print_table(
             true,
         ),
         (
+            format!("CPU 1 busy besides the proxy, {conc} paced (%)"),
+            Box::new(move |_, r| intruders(&r.many)),
+            0,
+            false,
+        ),
+        (
+            format!("redis-server CPU per chunk, {conc} paced (µs)"),
+            Box::new(move |a, r| redis_cpu(a, &r.many, true)),
+            2,
+            false,
+        ),
+        (
+            format!("redis-server CPU busy, {conc} paced (% of a core)"),
+            Box::new(move |a, r| redis_cpu(a, &r.many, false)),
+            0,
+            false,
+        ),
+        (
             format!("chunks/s relayed, saturation ({sat_conc} unpaced)"),
             Box::new(|_, r| per_s(&r.sat, true)),
             0,
@@ -1422,6 +1871,24 @@ fn print_table(
             Box::new(|_, r| busy(&r.sat, false).filter(|v| *v > 0.0)),
             0,
             true,
+        ),
+        (
+            "CPU 1 busy besides the proxy, saturation (%)".into(),
+            Box::new(move |_, r| intruders(&r.sat)),
+            0,
+            false,
+        ),
+        (
+            "redis-server CPU per chunk, saturation (µs)".into(),
+            Box::new(move |a, r| redis_cpu(a, &r.sat, true)),
+            2,
+            false,
+        ),
+        (
+            "redis-server CPU busy, saturation (% of a core)".into(),
+            Box::new(move |a, r| redis_cpu(a, &r.sat, false)),
+            0,
+            false,
         ),
         (
             "mock CPU busy, saturation (% of a core)".into(),
@@ -1469,12 +1936,23 @@ fn print_table(
         ));
     }
 
+    // (arm, against, header): the ratio columns.
+    let ratios = [
+        (Arm::Tollgate, Arm::Direct, "tg÷direct"),
+        (Arm::Tollgate, Arm::Nginx, "tg÷nginx"),
+        (Arm::TollgateRedis, Arm::Direct, "tgR÷direct"),
+        (Arm::TollgateRedis, Arm::Nginx, "tgR÷nginx"),
+        (Arm::TollgateRedis, Arm::Tollgate, "tgR÷tg"),
+    ];
     println!();
+    println!("tg = tollgate (in-memory state), tgR = tollgate-redis (TOLLGATE_REDIS_URL)");
     let mut header = format!("{:<50}", "figure");
     for (arm, _) in reports {
-        header.push_str(&format!("{:>11}", arm.name()));
+        header.push_str(&format!("{:>15}", arm.name()));
     }
-    header.push_str(&format!("{:>13}{:>13}", "tg÷direct", "tg÷nginx"));
+    for (_, _, name) in ratios {
+        header.push_str(&format!("{name:>12}"));
+    }
     println!("{header}");
     println!("{}", "-".repeat(header.chars().count()));
     for (label, f, digits, ratio) in &rows {
@@ -1483,66 +1961,56 @@ fn print_table(
         for (arm, r) in reports {
             let v = f(*arm, r);
             values.push((*arm, v));
-            line.push_str(&format!("{:>11}", fmt(v, *digits)));
+            line.push_str(&format!("{:>15}", fmt(v, *digits)));
         }
         let value = |arm: Arm| values.iter().find(|(a, _)| *a == arm).and_then(|(_, v)| *v);
-        let tg = value(Arm::Tollgate);
-        let ratio_of = |other: Option<f64>| {
-            tg.zip(other)
-                .filter(|(_, o)| o.abs() > 1e-9)
-                .map(|(t, o)| t / o)
-        };
-        // Ratios of added TTFT against nginx's added TTFT are meaningful; against direct not.
+        // Ratios of added TTFT against another proxy's added TTFT are meaningful; against
+        // direct (added = 0 by definition) not, nor when either is negative (noise).
         let is_added = label.starts_with("added");
-        let vs_direct = if *ratio && !is_added {
-            ratio_of(value(Arm::Direct))
-        } else {
-            None
-        };
-        let vs_nginx = if *ratio || is_added {
-            ratio_of(value(Arm::Nginx))
-        } else {
-            None
-        };
-        line.push_str(&format!(
-            "{:>13}{:>13}",
-            fmt(vs_direct, 2),
-            fmt(vs_nginx, 2)
-        ));
+        for (arm, against, _) in ratios {
+            let wanted = if against == Arm::Direct {
+                *ratio && !is_added
+            } else {
+                *ratio || is_added
+            };
+            let r = value(arm)
+                .zip(value(against))
+                .filter(|(v, o)| wanted && *v >= 0.0 && *o > 1e-9)
+                .map(|(a, o)| a / o);
+            line.push_str(&format!("{:>12}", fmt(r, 2)));
+        }
         println!("{line}");
     }
     println!();
     println!("targets (issue 7; reported, not asserted):");
-    let tg = get(Arm::Tollgate);
     let ng = get(Arm::Nginx);
-    let paired99 = tg.and_then(|t| exact_percentile(&t.one_added_ms, 99.0));
-    println!(
-        "  added TTFT p99, 1 stream ≤ 0.4 ms: {} ms (paired)",
-        fmt(paired99, 3)
-    );
-    let many99 = tg.and_then(|t| minus(ql(&t.many, 99.0, false), d_many(99.0)));
-    println!(
-        "  added TTFT p99, {conc} streams ≤ 2 ms: {} ms (Δ of p99s)",
-        fmt(many99, 3)
-    );
-    let sat_ratio = tg
-        .and_then(|t| per_s(&t.sat, true))
-        .zip(ng.and_then(|n| per_s(&n.sat, true)))
-        .map(|(a, b)| a / b);
-    let paced_ratio = tg
-        .and_then(|t| per_s(&t.many, true))
-        .zip(ng.and_then(|n| per_s(&n.many, true)))
-        .map(|(a, b)| a / b);
-    println!(
-        "  chunks/s ≥ 0.8 × nginx: {} × at saturation, {} × with {conc} paced streams",
-        fmt(sat_ratio, 2),
-        fmt(paced_ratio, 2)
-    );
-    for m in tg.map_or(&[][..], |t| &t.mem[..]) {
+    for arm in [Arm::Tollgate, Arm::TollgateRedis] {
+        let Some(tg) = get(arm) else { continue };
+        println!("  {}:", arm.name());
+        let paired99 = exact_percentile(&tg.one_added_ms, 99.0);
         println!(
-            "  ≤ 48 KiB per open stream: {} KiB at {} open",
-            fmt(m.kib_per_stream(), 1),
-            m.open
+            "    added TTFT p99, 1 stream ≤ 0.4 ms: {} ms (paired)",
+            fmt(paired99, 3)
         );
+        let many99 = minus(ql(&tg.many, 99.0, false), d_many(99.0));
+        println!(
+            "    added TTFT p99, {conc} streams ≤ 2 ms: {} ms (Δ of p99s)",
+            fmt(many99, 3)
+        );
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+        let sat_ratio = ratio(per_s(&tg.sat, true), ng.and_then(|n| per_s(&n.sat, true)));
+        let paced_ratio = ratio(per_s(&tg.many, true), ng.and_then(|n| per_s(&n.many, true)));
+        println!(
+            "    chunks/s ≥ 0.8 × nginx: {} × at saturation, {} × with {conc} paced streams",
+            fmt(sat_ratio, 2),
+            fmt(paced_ratio, 2)
+        );
+        for m in &tg.mem {
+            println!(
+                "    ≤ 48 KiB per open stream: {} KiB at {} open",
+                fmt(m.kib_per_stream(), 1),
+                m.open
+            );
+        }
     }
 }

@@ -15,7 +15,6 @@
 #[path = "../tests/common/redis.rs"]
 mod redis;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tollgate::accounting::{Outcome, Usage};
@@ -38,24 +37,6 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
-}
-
-/// `INFO commandstats` as command → calls.
-fn command_calls(server: &redis::RedisServer) -> BTreeMap<String, u64> {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split(',')
-                .next()?
-                .strip_prefix("calls=")?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
 }
 
 /// One request's bookkeeping; returns (admit µs, whole bookkeeping µs).
@@ -145,7 +126,7 @@ fn main() {
 
         println!("Per-request bookkeeping, sequential ({requests} requests per arm, interleaved, 100 users each):");
         let (mut m_admit, mut m_all, mut r_admit, mut r_all) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let before = command_calls(&server);
+        let before = server.command_calls();
         for i in 0..requests {
             let (a, t) = one_request(&memory, &format!("m{}", i % 100), &format!("m{i}"), request.clone()).await;
             m_admit.push(a);
@@ -154,7 +135,7 @@ fn main() {
             r_admit.push(a);
             r_all.push(t);
         }
-        let after = command_calls(&server);
+        let after = server.command_calls();
         let (ma50, ma99) = summary("memory: admit", &mut m_admit);
         let (ra50, ra99) = summary("redis:  admit", &mut r_admit);
         let (mt50, mt99) = summary("memory: admit+4 meters+settle", &mut m_all);

@@ -290,6 +290,26 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_lease_must_outlive_the_deadline_only_in_redis_mode() {
+        let long_deadline = ("TOLLGATE__LIMITS__DEADLINE_SECS", "60");
+        assert!(load_with(None, &[long_deadline]).is_ok());
+        assert_eq!(
+            invalid_key(load_with(
+                None,
+                &[
+                    long_deadline,
+                    ("TOLLGATE_REDIS_URL", "redis://127.0.0.1:6379/")
+                ]
+            )),
+            "redis.lease_secs"
+        );
+        assert_eq!(
+            invalid_key(load_with(None, &[("TOLLGATE_REDIS_URL", "http://x/")])),
+            "redis.url"
+        );
+    }
+
+    #[test]
     fn the_reference_file_documents_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
         let reference = read_file(&path).unwrap();

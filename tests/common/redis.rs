@@ -153,6 +153,18 @@ impl RedisServer {
         signal(self.pid(), "CONT");
     }
 
+    /// `INFO commandstats` as command → calls so far (commands run inside scripts included).
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').next()?.strip_prefix("calls=")?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Runs `redis-cli -h 127.0.0.1 -p PORT -e --raw <args>` and returns its stdout, trimmed.
     /// Panics, quoting stdout and stderr, if the command fails or Redis answers with an error
     /// (`-e`), and kills `redis-cli` after 10 s (never call it on a paused server).
