@@ -54,9 +54,20 @@ pub struct OpenRequest {
     pub input_tokens: u64,
     pub reserved_tokens: u64,
     pub metered_output_tokens: u64,
+    /// Output tokens this request was last allowed to stream before its next report (its
+    /// allowance): promised spend that admission and other requests' allowances must leave.
+    pub promised_tokens: u64,
 }
 
 impl OpenRequest {
+    /// What the outstanding allowance would cost.
+    pub fn promised_cost(&self) -> u64 {
+        self.price.cost_micro_usd(Usage {
+            input_tokens: 0,
+            output_tokens: self.promised_tokens,
+        })
+    }
+
     /// Cost so far: the input estimate and the output metered.
     pub fn cost(&self) -> u64 {
         self.price.cost_micro_usd(Usage {
@@ -223,6 +234,21 @@ impl Book {
                 .sum::<u64>()
     }
 
+    /// Allowances outstanding today and this month (except `except`'s), as spend.
+    fn promised(&self, except: Option<&str>) -> (u64, u64) {
+        let (day, month) = (self.state.day, self.state.month);
+        self.open
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .fold((0, 0), |(d, m), (_, o)| {
+                let c = o.promised_cost();
+                (
+                    d + if o.day == day { c } else { 0 },
+                    m + if o.month == month { c } else { 0 },
+                )
+            })
+    }
+
     fn rate_limits(&self, limits: &UserLimits) -> RateLimitHeaders {
         RateLimitHeaders {
             limit_requests: limits.requests_per_minute,
@@ -268,10 +294,12 @@ impl Book {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
-        if self.spend_today_running() + input_cost > limits.daily_cap_micro_usd {
+        // Spend promised to running streams (their allowances) is not free to take.
+        let (promised_today, promised_month) = self.promised(None);
+        if self.spend_today_running() + promised_today + input_cost > limits.daily_cap_micro_usd {
             return refuse(self, Refusal::DailySpend);
         }
-        if self.spend_month_running() + input_cost > limits.monthly_cap_micro_usd {
+        if self.spend_month_running() + promised_month + input_cost > limits.monthly_cap_micro_usd {
             return refuse(self, Refusal::MonthlySpend);
         }
         if org
@@ -304,6 +332,7 @@ impl Book {
                 input_tokens: request.estimated_input_tokens,
                 reserved_tokens: request.estimated_input_tokens + u64::from(granted) * choices,
                 metered_output_tokens: 0,
+                promised_tokens: 0,
             },
         );
         org.add(self.state.day, input_cost as i64);
@@ -335,29 +364,41 @@ impl Book {
             && !org.over(self.state.day)
     }
 
-    /// Output tokens `request_id` may stream before the running spend could reach a cap: half
-    /// the headroom left under the daily and monthly caps, at this request's output price,
-    /// split evenly among the open requests (so reports come often only near a cap). 0 when
-    /// an organisation cap is set (other users spend from it too) or the request is unknown.
-    pub fn allowance(&self, request_id: &str, limits: &UserLimits, org: &OrgLedger) -> u64 {
-        let Some(open) = self.open.get(request_id) else {
-            return 0;
-        };
-        if org.cap().is_some() {
-            return 0;
-        }
+    /// Grants `request_id` its allowance: the output tokens it may stream before its next
+    /// report. Half the headroom left under the daily and monthly caps (after the spend and the
+    /// other requests' allowances), at this request's output price, split evenly among the open
+    /// requests; it is promised spend until the next report or settlement, so admission and the
+    /// other requests leave it alone, and no allowance can push the user past a cap. 0 when an
+    /// organisation cap is set (other users spend from it too) or the request is unknown.
+    pub fn grant_allowance(
+        &mut self,
+        request_id: &str,
+        limits: &UserLimits,
+        org: &OrgLedger,
+    ) -> u64 {
+        let (others_today, others_month) = self.promised(Some(request_id));
         let headroom = limits
             .daily_cap_micro_usd
-            .saturating_sub(self.spend_today_running())
+            .saturating_sub(self.spend_today_running() + others_today)
             .min(
                 limits
                     .monthly_cap_micro_usd
-                    .saturating_sub(self.spend_month_running()),
+                    .saturating_sub(self.spend_month_running() + others_month),
             );
-        let (_, output_nano_usd) = open.price.nano_usd_per_token();
-        let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
-        // The same cap as the Redis script (whose numbers are doubles).
-        (tokens / (2 * self.open.len() as u64)).min(MAX_ALLOWANCE)
+        let open_requests = self.open.len() as u64;
+        let Some(open) = self.open.get_mut(request_id) else {
+            return 0;
+        };
+        let allowance = if org.cap().is_some() {
+            0
+        } else {
+            let (_, output_nano_usd) = open.price.nano_usd_per_token();
+            let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
+            // The same cap as the Redis script (whose numbers are doubles).
+            (tokens / (2 * open_requests)).min(MAX_ALLOWANCE)
+        };
+        open.promised_tokens = allowance;
+        allowance
     }
 
     /// Replaces the reservation with what was used. Settling an unknown (or already settled)
@@ -740,6 +781,36 @@ mod tests {
         let refused = book.admit(request("c", limits), T0, &org).unwrap_err();
         assert_eq!(refused.code, ErrorCode::DailyBudget);
         assert!(refused.final_answer);
+    }
+
+    #[test]
+    fn allowances_are_promised_spend_that_admission_and_other_streams_leave_alone() {
+        // Input costs 25 micro-USD (10 tokens), output 10 per token.
+        let limits = UserLimits {
+            daily_cap_micro_usd: 4_025,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        assert!(book.meter("a", 16, &limits, T0, &org));
+        // Headroom 4,025 − 25 − 160 = 3,840 → half of it, at 10 per token: 192 tokens.
+        assert_eq!(book.grant_allowance("a", &limits, &org), 192);
+        // A prompt that fits the spend but not the spend plus a's promise is refused...
+        let big = AdmitRequest {
+            estimated_input_tokens: 800, // 2,000 micro-USD
+            ..request("b", limits)
+        };
+        let refused = book.admit(big, T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::DailyBudget);
+        // ...a small one is admitted, and its allowance leaves a's promise alone:
+        // (4,025 − 185 − 1,920 − 25) ÷ 2 ÷ 2 open = 473 micro-USD → 47 tokens.
+        book.admit(request("c", limits), T0, &org).unwrap();
+        assert_eq!(book.grant_allowance("c", &limits, &org), 47);
+        // Both use all they were allowed: still within the cap.
+        assert!(book.meter("a", 192, &limits, T0, &org));
+        assert!(book.meter("c", 47, &limits, T0, &org));
+        assert!(book.report(&limits, T0).daily_usd.used_usd <= 0.004_025);
     }
 
     #[test]

@@ -139,9 +139,12 @@ impl UserActor {
         let within = self
             .book
             .meter(request_id, tokens, &local, now, &self.shared.org);
+        // Granted whatever the verdict, as the Redis script does.
+        let allowance = self
+            .book
+            .grant_allowance(request_id, &local, &self.shared.org);
         self.touched();
         if within {
-            let allowance = self.book.allowance(request_id, &local, &self.shared.org);
             Verdict::Continue { allowance }
         } else {
             Verdict::StopBudget

@@ -95,6 +95,7 @@ impl UserActor {
             reserved_tokens: request.estimated_input_tokens
                 + u64::from(granted) * request.choices.max(1),
             metered_output_tokens: 0,
+            promised_tokens: 0,
         };
         self.shared.org.add(open.day, open.cost() as i64);
         remote.open.insert(request.request_id, open);
@@ -184,6 +185,7 @@ impl UserActor {
                     input_tokens: 0,
                     reserved_tokens: 0,
                     metered_output_tokens: 0,
+                    promised_tokens: 0,
                     ..open
                 };
                 self.book.adopt(request_id.to_string(), adopted);

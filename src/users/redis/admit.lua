@@ -33,8 +33,9 @@ if minute >= rpm then
 end
 if r.requests_today >= rpd then return refuse(3, 0) end
 local input_cost = cost(input, 0, in_nano, out_nano)
-if r.spend_today + input_cost > daily_cap then return refuse(4, 0) end
-if r.spend_month + input_cost > monthly_cap then return refuse(5, 0) end
+-- Spend promised to running streams (their allowances) is not free to take.
+if r.spend_today + r.promised_today + input_cost > daily_cap then return refuse(4, 0) end
+if r.spend_month + r.promised_month + input_cost > monthly_cap then return refuse(5, 0) end
 local left = math.max(0, tpd - r.tokens)
 local floor = math.min(min_grant, max_tokens)
 if left < input + floor * choices then return refuse(6, 0) end
@@ -49,7 +50,7 @@ redis.call('PEXPIREAT', dk, int((r.day + 2) * DAY_MS))
 redis.call('HINCRBY', P .. 'life', 'requests', 1)
 redis.call('PEXPIRE', P .. 'life', int(400 * DAY_MS))
 local o = { day = r.day, month = r.month, in_nano = in_nano, out_nano = out_nano,
-  input = input, reserved = reserved, metered = 0, stream = stream }
+  input = input, reserved = reserved, metered = 0, stream = stream, promised = 0 }
 redis.call('HSET', P .. 'open', rid, encode(o))
 redis.call('ZADD', P .. 'leases', int(now + lease_ms), rid)
 -- Open requests outlive their lease until a later script charges them (a dead replica's

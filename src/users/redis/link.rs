@@ -2,8 +2,9 @@
 //! timeouts), and each thread that calls (the actors' arbiter threads) takes one multiplexed
 //! connection from it and keeps it until it fails. A multiplexed connection pipelines the
 //! concurrent calls of its thread over one socket, skips the pool's PING per checkout, and its
-//! I/O task runs on the calling thread, so a call costs no cross-thread wake-ups. Every call is bounded by `redis.op_timeout_ms`, reports to the circuit breaker,
-//! and is skipped outright while the circuit is open.
+//! I/O task runs on the calling thread, so a call costs no cross-thread wake-ups. Making a
+//! connection is bounded by `redis.connect_timeout_ms`, every call by `redis.op_timeout_ms`;
+//! each reports to the circuit breaker, and calls are skipped while the circuit is open.
 
 use super::breaker::{Breaker, Transition};
 use crate::config::RedisConfig;
@@ -141,13 +142,14 @@ impl Link {
         if !probe && self.breaker.is_open() {
             return Err(Unavailable::CircuitOpen);
         }
-        let attempt = async {
-            let conn = self.connection().await?;
-            call(conn).await.map_err(Unavailable::Call)
-        };
-        let result = match tokio::time::timeout(self.op_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Unavailable::Timeout(self.op_timeout)),
+        // A new connection is bounded by the pool's own timeouts (`redis.connect_timeout_ms`);
+        // the call on it by `redis.op_timeout_ms`.
+        let result = match self.connection().await {
+            Ok(conn) => match tokio::time::timeout(self.op_timeout, call(conn)).await {
+                Ok(result) => result.map_err(Unavailable::Call),
+                Err(_) => Err(Unavailable::Timeout(self.op_timeout)),
+            },
+            Err(e) => Err(e),
         };
         match &result {
             Ok(_) => self.breaker.success(),

@@ -15,8 +15,17 @@ o.metered = o.metered + tokens
 redis.call('HSET', P .. 'open', rid, encode(o))
 local r = running(now)
 local within = r.spend_today <= daily_cap and r.spend_month <= monthly_cap
-local headroom = math.max(0, math.min(daily_cap - r.spend_today, monthly_cap - r.spend_month))
+-- The new allowance (Book::grant_allowance): half the headroom left after the spend and the
+-- other requests' allowances, at this request's output price, split among the open requests.
+local own = cost(0, o.promised, o.in_nano, o.out_nano)
+local own_today = (o.day == r.day) and own or 0
+local own_month = (o.month == r.month) and own or 0
+local headroom = math.max(0, math.min(
+  daily_cap - r.spend_today - (r.promised_today - own_today),
+  monthly_cap - r.spend_month - (r.promised_month - own_month)))
 -- Capped well below 2^53 (Lua numbers are doubles); the relay caps it far lower anyway.
 local allowance = math.min(1e9,
   math.floor(math.floor(headroom * 1000 / math.max(o.out_nano, 1)) / (2 * r.open)))
+o.promised = allowance
+redis.call('HSET', P .. 'open', rid, encode(o))
 return { within and 0 or 1, r.spend_today, r.spend_month, now, allowance }

@@ -35,17 +35,18 @@ local function cost(input, output, in_nano, out_nano)
   return math.floor((input * in_nano + output * out_nano + 999) / 1000)
 end
 
--- An open request: day,month,in_nano,out_nano,input,reserved,metered,stream
+-- An open request: day,month,in_nano,out_nano,input,reserved,metered,stream,promised
+-- (promised: output tokens it may stream before its next report: its allowance).
 local function decode(s)
   local f = {}
   for v in string.gmatch(s, '[^,]+') do f[#f + 1] = tonumber(v) end
   return { day = f[1], month = f[2], in_nano = f[3], out_nano = f[4], input = f[5],
-    reserved = f[6], metered = f[7], stream = f[8] }
+    reserved = f[6], metered = f[7], stream = f[8], promised = f[9] or 0 }
 end
 
 local function encode(o)
   return table.concat({ int(o.day), int(o.month), int(o.in_nano), int(o.out_nano),
-    int(o.input), int(o.reserved), int(o.metered), int(o.stream) }, ',')
+    int(o.input), int(o.reserved), int(o.metered), int(o.stream), int(o.promised or 0) }, ',')
 end
 
 local function num(v)
@@ -104,6 +105,8 @@ local function running(now)
     spend_today = num(redis.call('HGET', dk, 'spend')),
     spend_month = num(redis.call('HGET', P .. 'month:' .. int(month), 'spend')),
     open = 0, streams = 0, open_input = 0, open_output = 0,
+    -- allowances outstanding, as spend (see Book::grant_allowance)
+    promised_today = 0, promised_month = 0,
   }
   local open = redis.call('HGETALL', P .. 'open')
   for i = 2, #open, 2 do
@@ -113,11 +116,16 @@ local function running(now)
     r.streams = r.streams + o.stream
     r.open_input = r.open_input + o.input
     r.open_output = r.open_output + o.metered
+    local promised = cost(0, o.promised, o.in_nano, o.out_nano)
     if o.day == day then
       r.tokens = r.tokens + o.reserved
       r.spend_today = r.spend_today + c
+      r.promised_today = r.promised_today + promised
     end
-    if o.month == month then r.spend_month = r.spend_month + c end
+    if o.month == month then
+      r.spend_month = r.spend_month + c
+      r.promised_month = r.promised_month + promised
+    end
   end
   return r
 end
