@@ -40,7 +40,7 @@ pub struct Settle {
     pub outcome: Outcome,
 }
 
-/// Read the user's counters and windows under `limits`.
+/// Read the user's counters and windows under `limits` (an error when Redis cannot answer).
 #[derive(Debug, Message)]
-#[rtype(result = "Option<UsageReport>")]
+#[rtype(result = "Option<Result<UsageReport, ApiError>>")]
 pub struct Snapshot(pub UserLimits);

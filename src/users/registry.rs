@@ -7,11 +7,12 @@ use super::actor::{Shared, UserActor};
 use super::alerts;
 use super::book::{AdmitRequest, UsageReport};
 use super::limits::{usd_to_micro, UserLimits};
-use super::messages::{Admit, Snapshot};
+use super::messages::{Admit, Settle, Snapshot};
 use super::org::OrgLedger;
 use super::redis::RedisLedger;
 use super::store::UserStore;
 use super::ticket::Ticket;
+use crate::accounting::{Outcome, Usage};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
@@ -92,7 +93,16 @@ impl UserRegistry {
     pub async fn admit(&self, user_id: &str, request: AdmitRequest) -> Result<Ticket, ApiError> {
         for _ in 0..ATTEMPTS {
             let addr = self.actor(user_id);
-            if let Ok(Some(answer)) = addr.send(Admit(request.clone())).await {
+            // If this future is dropped while the actor answers (the client left), the request
+            // it may have admitted is settled with no usage rather than left open.
+            let mut cancel = CancelOnDrop {
+                addr: Some(addr.clone()),
+                request_id: &request.request_id,
+            };
+            let answer = addr.send(Admit(request.clone())).await;
+            cancel.addr = None;
+            drop(cancel);
+            if let Ok(Some(answer)) = answer {
                 let grant = answer?;
                 return Ok(Ticket::new(
                     addr,
@@ -110,7 +120,7 @@ impl UserRegistry {
     pub async fn usage(&self, user_id: &str, limits: UserLimits) -> Result<UsageReport, ApiError> {
         for _ in 0..ATTEMPTS {
             if let Ok(Some(report)) = self.actor(user_id).send(Snapshot(limits)).await {
-                return Ok(report);
+                return report;
             }
         }
         Err(unavailable())
@@ -135,6 +145,25 @@ impl Drop for UserRegistry {
     fn drop(&mut self) {
         for arbiter in self.arbiters.iter().chain([&self.alert_arbiter]) {
             arbiter.stop();
+        }
+    }
+}
+
+/// Settles (with no usage) the request an abandoned admission may have admitted. Settling a
+/// request that was never admitted, or is settled already, changes nothing.
+struct CancelOnDrop<'a> {
+    addr: Option<Addr<UserActor>>,
+    request_id: &'a str,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(addr) = self.addr.take() {
+            addr.do_send(Settle {
+                request_id: self.request_id.to_string(),
+                usage: Usage::default(),
+                outcome: Outcome::ClientGone,
+            });
         }
     }
 }
@@ -202,5 +231,65 @@ mod tests {
         assert_eq!(report.output_tokens, 5);
         assert_eq!(report.requests_per_minute.used, 1, "the window survived");
         assert_eq!(report.tokens_per_day.used, 15);
+    }
+
+    use crate::users::redis::tests::server;
+
+    /// Redis mode: a client that leaves while its admit call is in flight (or before the actor
+    /// took the message) leaves no request open, whichever happened.
+    #[actix_rt::test]
+    async fn admissions_abandoned_at_any_moment_leave_nothing_open_in_redis() {
+        let redis = server::RedisServer::start();
+        let mut config = Config::default();
+        config.redis.url = crate::config::Secret::new(redis.url());
+        config.redis.op_timeout_ms = 2000;
+        config.rate.requests_per_minute = 1000;
+        config.rate.max_concurrent_streams = 1000;
+        let metrics =
+            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new()));
+        let ledger = Arc::new(RedisLedger::new(&config, metrics.clone()).unwrap());
+        let registry = UserRegistry::new(
+            1,
+            &config,
+            Arc::new(crate::clock::SystemClock),
+            metrics,
+            Arc::new(super::super::store::MemoryStore::default()),
+            Some(ledger),
+        );
+        let limits = UserLimits::for_plan(&config, "pro");
+        let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
+        let request = |id: usize| AdmitRequest {
+            request_id: format!("gone-{id}"),
+            estimated_input_tokens: 10,
+            max_tokens: 50,
+            choices: 1,
+            stream: true,
+            price,
+            limits,
+        };
+        // Warm the connection and the script cache.
+        registry
+            .admit("una", request(1000))
+            .await
+            .unwrap()
+            .settle(Usage::default(), Outcome::Completed)
+            .await;
+        for id in 0..40 {
+            let mut admitting = Box::pin(registry.admit("una", request(id)));
+            assert!(futures::poll!(admitting.as_mut()).is_pending());
+            // Leave at a different moment each time: before, during or after the Redis call.
+            std::thread::sleep(Duration::from_micros(25 * id as u64));
+            drop(admitting);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let report = registry.usage("una", limits).await.unwrap();
+            if report.open_requests == 0 {
+                assert!(report.requests > 1, "no abandoned admission reached Redis");
+                break;
+            }
+            assert!(std::time::Instant::now() < until, "left open: {report:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

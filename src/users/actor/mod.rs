@@ -95,10 +95,18 @@ impl UserActor {
     }
 
     fn evict_if_idle(&mut self, ctx: &mut Context<Self>) {
-        let remote_open = self.remote.as_ref().is_some_and(|r| !r.open.is_empty());
+        // Redis mode: what this replica did alone during an outage (its book, and the outage
+        // allowance it has used) must outlive the outage, or a fresh actor would grant the
+        // allowance again. Evict only once Redis answers and holds every settlement.
+        let remote_busy = self.remote.as_ref().is_some_and(|r| {
+            !r.open.is_empty()
+                || !r.admitting.is_empty()
+                || !r.ledger.ready()
+                || r.ledger.pending_settlements() > 0
+        });
         if self.evicting
             || self.book.has_open_requests()
-            || remote_open
+            || remote_busy
             || self.last_active.elapsed() < self.shared.idle_evict
         {
             return;
@@ -170,6 +178,8 @@ impl Handler<Admit> for UserActor {
         if self.evicting {
             return now_reply(None);
         }
+        // Busy now: no eviction while a Redis call is in flight.
+        self.last_active = Instant::now();
         self.limits = Some(request.limits);
         let now = self.shared.clock.now_ms();
         let Some(remote) = &self.remote else {
@@ -191,13 +201,22 @@ impl Handler<Admit> for UserActor {
             return now_reply(Some(Err(error)));
         }
         let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        self.admitting(&request.request_id);
         Box::pin(
             async move {
                 let reply = ledger.admit(&prefix, &request).await;
                 (reply, request)
             }
             .into_actor(self)
-            .map(|(reply, request), actor, _| Some(actor.admitted(reply, request))),
+            .map(|(reply, request), actor, ctx| {
+                let request_id = request.request_id.clone();
+                let answer = actor.admitted(reply, request);
+                // The caller left while Redis answered: settle what was just admitted.
+                if let Some(cancel) = actor.admitted_cancelled(&request_id) {
+                    ctx.spawn(actor.settle_remote(cancel));
+                }
+                Some(answer)
+            }),
         )
     }
 }
@@ -206,6 +225,7 @@ impl Handler<Meter> for UserActor {
     type Result = Reply<Verdict>;
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
         let Some(limits) = self.limits else {
             return now_reply(Verdict::Continue { allowance: 0 });
         };
@@ -237,6 +257,7 @@ impl Handler<Settle> for UserActor {
     type Result = Reply<()>;
 
     fn handle(&mut self, msg: Settle, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
         if self.remote.is_some() {
             return self.settle_remote(msg);
         }
@@ -258,23 +279,28 @@ impl Handler<Settle> for UserActor {
 }
 
 impl Handler<Snapshot> for UserActor {
-    type Result = Reply<Option<UsageReport>>;
+    type Result = Reply<Option<Result<UsageReport, ApiError>>>;
 
     fn handle(&mut self, Snapshot(limits): Snapshot, _: &mut Self::Context) -> Self::Result {
         if self.evicting {
             return now_reply(None);
         }
+        self.last_active = Instant::now();
         let Some(remote) = &self.remote else {
             let report = self.book.report(&limits, self.shared.clock.now_ms());
-            return now_reply(Some(report));
+            return now_reply(Some(Ok(report)));
         };
         let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
         Box::pin(
             async move {
-                match ledger.usage(&prefix).await {
-                    Ok((counts, now_ms)) => Some(counts.report(&limits, now_ms)),
-                    Err(_) => None,
-                }
+                Some(match ledger.usage(&prefix).await {
+                    Ok((counts, now_ms)) => Ok(counts.report(&limits, now_ms)),
+                    Err(_) => Err(ApiError::new(
+                        crate::error::ErrorCode::StateUnavailable,
+                        "usage cannot be read right now (shared state unavailable)",
+                    )
+                    .retry_after(super::outage::FAIL_CLOSED_RETRY_SECS)),
+                })
             }
             .into_actor(self),
         )

@@ -3,7 +3,7 @@
 //! settlement through Redis or the journal. See the parent module for the actor itself.
 
 use super::{now_reply, Reply, UserActor};
-use crate::accounting::Outcome;
+use crate::accounting::{Outcome, Usage};
 use crate::error::{ApiError, ErrorCode};
 use crate::users::alerts::UserAlert;
 use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest};
@@ -30,6 +30,10 @@ pub(super) struct RemoteUser {
     pub(super) known: Option<Known>,
     /// The day and month whose alerts this actor already claimed.
     pub(super) alerted: (Option<u64>, Option<u32>),
+    /// Requests whose admit call is in flight, and those among them whose caller left
+    /// meanwhile (settled as soon as the answer arrives).
+    pub(super) admitting: HashSet<String>,
+    cancelled: HashSet<String>,
 }
 
 impl RemoteUser {
@@ -41,11 +45,32 @@ impl RemoteUser {
             local: HashSet::new(),
             known: None,
             alerted: (None, None),
+            admitting: HashSet::new(),
+            cancelled: HashSet::new(),
         }
     }
 }
 
 impl UserActor {
+    /// Redis mode: an admit call for `request_id` is in flight.
+    pub(super) fn admitting(&mut self, request_id: &str) {
+        if let Some(remote) = self.remote.as_mut() {
+            remote.admitting.insert(request_id.to_string());
+        }
+    }
+
+    /// Redis mode: the admit call for `request_id` was answered. If its caller left meanwhile
+    /// (a settlement arrived first), the settlement to apply now.
+    pub(super) fn admitted_cancelled(&mut self, request_id: &str) -> Option<Settle> {
+        let remote = self.remote.as_mut()?;
+        remote.admitting.remove(request_id);
+        remote.cancelled.remove(request_id).then(|| Settle {
+            request_id: request_id.to_string(),
+            usage: Usage::default(),
+            outcome: Outcome::ClientGone,
+        })
+    }
+
     /// Redis mode: the admit script's answer (or its failure) turned into the client's answer.
     pub(super) fn admitted(
         &mut self,
@@ -125,6 +150,7 @@ impl UserActor {
             .policy
             .local_limits(&request.limits, remote.known.as_ref());
         let request_id = request.request_id.clone();
+        let price = request.price;
         let now = self.shared.clock.now_ms();
         let result = self.book.admit(request, now, &self.shared.org);
         let metrics = &self.shared.metrics;
@@ -136,6 +162,24 @@ impl UserActor {
                 Ok(grant)
             }
             Err(refusal) => {
+                if matches!(error, Unavailable::Timeout(_)) {
+                    // The admit call may have reached Redis after all: close that record (with
+                    // no usage) once Redis answers, so it holds no slot and is charged nothing.
+                    let (input_nano_usd, output_nano_usd) = price.nano_usd_per_token();
+                    remote.ledger.journal(PendingSettle {
+                        prefix: remote.prefix.clone(),
+                        request_id,
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        cut: false,
+                        local: false,
+                        day: day_key(now),
+                        month: month_key(now),
+                        input_nano_usd,
+                        output_nano_usd,
+                        admitted_ms: now,
+                    });
+                }
                 let refusal = outage_refusal(refusal);
                 metrics.record_outage_decision(if refusal.code == ErrorCode::StateUnavailable {
                     "fail_closed"
@@ -262,6 +306,10 @@ impl UserActor {
         };
         let in_book = self.book.open_request(&msg.request_id).cloned();
         let Some(open) = remote.open.remove(&msg.request_id).or(in_book.clone()) else {
+            if remote.admitting.contains(&msg.request_id) {
+                // The caller left before its admit call was answered: settle on the answer.
+                remote.cancelled.insert(msg.request_id);
+            }
             return now_reply(()); // settled already
         };
         let local = remote.local.remove(&msg.request_id);

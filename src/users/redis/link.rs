@@ -41,6 +41,24 @@ pub struct Link {
     metrics: Metrics,
 }
 
+impl Unavailable {
+    /// Redis answered (with an error or an unexpected reply): retrying the same call cannot
+    /// help, unlike a timeout or a lost connection.
+    pub fn is_answer(&self) -> bool {
+        use deadpool_redis::redis::{ErrorKind, ServerErrorKind};
+        match self {
+            Unavailable::Call(e) => matches!(
+                e.kind(),
+                ErrorKind::UnexpectedReturnType
+                    | ErrorKind::Parse
+                    | ErrorKind::Server(ServerErrorKind::ResponseError)
+            ),
+            Unavailable::Malformed(_) => true,
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")

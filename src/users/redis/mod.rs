@@ -13,7 +13,7 @@ mod journal;
 mod keys;
 mod link;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use journal::PendingSettle;
 pub use link::Unavailable;
@@ -237,6 +237,11 @@ impl RedisLedger {
         }
     }
 
+    /// Keeps a settlement for the probe to apply (the caller knows Redis is failing).
+    pub fn journal(&self, entry: PendingSettle) {
+        self.journal.push(entry);
+    }
+
     async fn apply(&self, entry: &PendingSettle, probe: bool) -> Result<(), Unavailable> {
         let reply: Vec<u64> = self
             .link
@@ -334,11 +339,20 @@ impl RedisLedger {
     async fn replay(&self) -> usize {
         let mut replayed = 0;
         while let Some(entry) = self.journal.take() {
-            if self.apply(&entry, true).await.is_err() {
-                self.journal.put_back(entry);
-                break;
+            match self.apply(&entry, true).await {
+                Ok(()) => replayed += 1,
+                // Redis answered, but with an error: this entry can never apply (e.g. a
+                // script error); dropping it keeps the rest of the journal moving.
+                Err(e) if e.is_answer() => tracing::error!(
+                    request_id = %entry.request_id,
+                    error = %e,
+                    "a journaled settlement was refused by Redis and dropped"
+                ),
+                Err(_) => {
+                    self.journal.put_back(entry);
+                    break;
+                }
             }
-            replayed += 1;
         }
         replayed
     }

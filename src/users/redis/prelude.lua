@@ -85,7 +85,10 @@ local function expire_leases(now)
       local o = decode(s)
       charge(o, o.input, o.metered, 1)
       redis.call('HDEL', P .. 'open', rid)
-      mark_done(rid)
+      -- Remember what was charged: a settlement arriving later (a replica that was only cut
+      -- off, its settlement journaled) adds what it used beyond this, once.
+      redis.call('SET', P .. 'done:' .. rid, 'lease,' .. int(o.input) .. ',' .. int(o.metered),
+        'PX', int(2 * DAY_MS))
     end
     redis.call('ZREM', lk, rid)
   end

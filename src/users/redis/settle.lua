@@ -5,8 +5,20 @@
 -- Returns {applied, cost}.
 local rid = ARGV[1]
 local done = P .. 'done:' .. rid
-if redis.call('EXISTS', done) == 1 then return { 0, 0 } end
 local input, output, cut = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local marker = redis.call('GET', done)
+if marker then
+  -- Settled already, or its lease ended and what it had metered was charged then: charge
+  -- only what this settlement adds beyond that (and count no second cut).
+  local charged_input, charged_output = string.match(marker, '^lease,(%d+),(%d+)$')
+  if not charged_input then return { 0, 0 } end
+  local o = { day = tonumber(ARGV[6]), month = tonumber(ARGV[7]), in_nano = tonumber(ARGV[8]),
+    out_nano = tonumber(ARGV[9]) }
+  local c = charge(o, math.max(0, input - tonumber(charged_input)),
+    math.max(0, output - tonumber(charged_output)), 0)
+  mark_done(rid)
+  return { 1, c }
+end
 local o
 local s = redis.call('HGET', P .. 'open', rid)
 if s then

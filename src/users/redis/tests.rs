@@ -9,7 +9,7 @@
 //! `EVAL` of the prelude); they never write a user's keys behind the scripts' back.
 
 #[path = "../../../tests/common/redis.rs"]
-mod server;
+pub(crate) mod server;
 
 use super::{Admitted, Metered, PendingSettle, RedisLedger, PRELUDE};
 use crate::accounting::{Outcome, Usage};
@@ -919,7 +919,7 @@ async fn a_repeated_settlement_is_counted_once() {
 }
 
 #[actix_rt::test]
-async fn an_expired_lease_charges_what_was_metered_and_ignores_a_late_settle() {
+async fn an_expired_lease_charges_what_was_metered_and_a_late_settle_adds_the_rest_once() {
     let server = RedisServer::start();
     let mut config = config_for(&server);
     config.redis.lease_secs = 1;
@@ -984,23 +984,26 @@ async fn an_expired_lease_charges_what_was_metered_and_ignores_a_late_settle() {
         assert!(pttl > 30 * DAY_MS, "{key} expires in {pttl} ms");
     }
 
-    // The replica comes back late: its meter and settlement change nothing.
+    // The replica was only cut off: its late meter changes nothing, its late settlement adds
+    // what it used beyond what the lease expiry charged (140 more output tokens), once, and
+    // counts no second cut.
     assert_eq!(
         ledger.meter(&prefix, "a", 500, &limits).await.unwrap(),
         Metered::Unknown
     );
-    ledger
-        .settle(settlement(
-            &prefix,
-            "a",
-            price,
-            a.now_ms,
-            (100, 180),
-            false,
-            false,
-        ))
-        .await;
-    assert_eq!(usage(&ledger, &prefix).await, freed);
+    let late = settlement(&prefix, "a", price, a.now_ms, (100, 180), false, false);
+    ledger.settle(late.clone()).await;
+    let extra = cost(price, 0, 140);
+    let settled = Counts {
+        output_tokens: 180,
+        tokens_running: freed.tokens_running + 140,
+        spend_today_running: freed.spend_today_running + extra,
+        spend_month_running: freed.spend_month_running + extra,
+        ..freed.clone()
+    };
+    assert_eq!(usage(&ledger, &prefix).await, settled);
+    ledger.settle(late).await;
+    assert_eq!(usage(&ledger, &prefix).await, settled, "applied once");
     assert_eq!(ledger.pending_settlements(), 0);
 }
 
