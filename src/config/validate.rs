@@ -209,6 +209,12 @@ fn validate_redis(c: &Config) -> Result<(), ConfigError> {
     positive("redis.expected_replicas", r.expected_replicas)?;
     positive("redis.journal_max", r.journal_max as u64)?;
     usd("redis.outage_allowance_usd", r.outage_allowance_usd)?;
+    if r.lease_secs > 86_400 {
+        return Err(ConfigError::invalid(
+            "redis.lease_secs",
+            "must be at most 86400 (a day)",
+        ));
+    }
     if !r.url.is_empty() && r.lease_secs <= c.limits.deadline_secs {
         return Err(ConfigError::invalid(
             "redis.lease_secs",

@@ -437,7 +437,9 @@ impl Book {
     pub fn due_alerts(&mut self, limits: &UserLimits) -> Vec<Alert> {
         let mut alerts = Vec::new();
         let percent = u64::from(limits.alert_threshold_percent);
-        let crossed = |spend: u64, cap: u64| cap > 0 && spend * 100 >= cap * percent;
+        let crossed = |spend: u64, cap: u64| {
+            cap > 0 && u128::from(spend) * 100 >= u128::from(cap) * u128::from(percent)
+        };
         let today = self.spend_today_running();
         if crossed(today, limits.daily_cap_micro_usd)
             && self.state.alerted_day != Some(self.state.day)

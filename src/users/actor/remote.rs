@@ -225,6 +225,9 @@ impl UserActor {
                 let Some(open) = remote.open.remove(request_id) else {
                     return Verdict::Continue { allowance: 0 };
                 };
+                // The book counts the request's cost afresh from here (its settlement corrects
+                // the organisation ledger against the book's figure): take the cost so far out.
+                self.shared.org.add(open.day, -(open.cost() as i64));
                 let adopted = OpenRequest {
                     input_tokens: 0,
                     reserved_tokens: 0,
@@ -260,7 +263,9 @@ impl UserActor {
             return;
         };
         let percent = u64::from(limits.alert_threshold_percent);
-        let crossed = |spend: u64, cap: u64| cap > 0 && spend * 100 >= cap * percent;
+        let crossed = |spend: u64, cap: u64| {
+            cap > 0 && u128::from(spend) * 100 >= u128::from(cap) * u128::from(percent)
+        };
         let (day, month) = (day_key(now_ms), month_key(now_ms));
         let mut due = Vec::new();
         if crossed(known.spend_today, limits.daily_cap_micro_usd) && remote.alerted.0 != Some(day) {
@@ -284,16 +289,29 @@ impl UserActor {
             let alerts = self.shared.alerts.clone();
             let user_id = self.user_id.clone();
             actix_rt::spawn(async move {
-                if let Ok(true) = ledger.claim_alert(&prefix, window, period).await {
-                    alerts.send(UserAlert {
-                        user_id,
-                        alert: Alert {
-                            window,
-                            spend_micro_usd: spend,
-                            cap_micro_usd: cap,
-                            percent: limits.alert_threshold_percent,
-                        },
-                    });
+                // Redis may be briefly away: retry the claim a few times before giving up.
+                for backoff_secs in [1, 2, 4, 0] {
+                    match ledger.claim_alert(&prefix, window, period).await {
+                        Ok(true) => {
+                            alerts.send(UserAlert {
+                                user_id,
+                                alert: Alert {
+                                    window,
+                                    spend_micro_usd: spend,
+                                    cap_micro_usd: cap,
+                                    percent: limits.alert_threshold_percent,
+                                },
+                            });
+                            return;
+                        }
+                        Ok(false) => return, // another replica sent it
+                        Err(_) if backoff_secs > 0 => {
+                            tokio::time::sleep(std::time::Duration::from_secs(backoff_secs)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(user_id = %user_id, window, error = %e, "budget alert not sent: Redis unavailable");
+                        }
+                    }
                 }
             });
         }
