@@ -292,4 +292,63 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Redis mode: an actor that admitted on its own during an outage outlives its idle time
+    /// until Redis holds its settlements (a fresh actor would grant the outage allowance again).
+    #[actix_rt::test]
+    async fn no_eviction_while_redis_is_away() {
+        let mut redis = server::RedisServer::start();
+        let mut config = Config::default();
+        config.redis.url = crate::config::Secret::new(redis.url());
+        config.redis.op_timeout_ms = 2000;
+        config.redis.probe_interval_ms = 100;
+        config.redis.breaker_failures = 1;
+        config.users.idle_evict_secs = 1;
+        let metrics =
+            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new()));
+        let ledger = Arc::new(RedisLedger::new(&config, metrics.clone()).unwrap());
+        actix_rt::spawn(ledger.clone().probe_forever());
+        let registry = UserRegistry::new(
+            1,
+            &config,
+            Arc::new(crate::clock::SystemClock),
+            metrics,
+            Arc::new(super::super::store::MemoryStore::default()),
+            Some(ledger.clone()),
+        );
+        let limits = UserLimits::for_plan(&config, "pro");
+        let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
+        let request = AdmitRequest {
+            request_id: "during".into(),
+            estimated_input_tokens: 10,
+            max_tokens: 50,
+            choices: 1,
+            stream: false,
+            price,
+            limits,
+        };
+        redis.stop();
+        let ticket = registry.admit("vic", request).await.unwrap();
+        assert!(!ledger.ready(), "admitted under the outage policy");
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 50,
+        };
+        ticket.settle(usage, Outcome::Completed).await;
+        // Idle for three eviction periods: the actor stays while Redis is away.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(registry.live_actors(), 1);
+        redis.restart();
+        let until = std::time::Instant::now() + Duration::from_secs(15);
+        while registry.live_actors() > 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "never evicted after Redis returned"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ledger.ready());
+        let report = registry.usage("vic", limits).await.unwrap();
+        assert_eq!((report.requests, report.output_tokens), (1, 50));
+    }
 }
