@@ -162,10 +162,12 @@ SUMMARY_JSON="$WORK/k6-summary.json"
 # A fresh secret per run: the gateway and `tollgate token` share it, nothing else knows it.
 JWT_SECRET="load-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 
-# The gateway's environment: embedded mock (no upstream), in-process state (no Redis), no state
-# snapshot (every run starts with empty windows and zero spend, and no tollgate-state.json is
-# written to the current directory), then the script's profile: the per-user windows and caps it
-# needs (lifted for the throughput scripts; later assignments of a key win).
+# The gateway's environment: embedded mock (no upstream), in-process state (no Redis) unless
+# LOAD_REDIS_URL names a Redis (then Redis mode; the run's users are fresh ids, so earlier runs'
+# keys do not interfere), no state snapshot (every run starts with empty windows and zero spend,
+# and no tollgate-state.json is written to the current directory), then the script's profile: the
+# per-user windows and caps it needs (lifted for the throughput scripts; later assignments of a
+# key win).
 gateway_env=(
     env -u TOLLGATE_UPSTREAM_URL -u TOLLGATE_UPSTREAM_API_KEY -u TOLLGATE_REDIS_URL -u TOLLGATE_CONFIG
     "TOLLGATE_LISTEN=127.0.0.1:$PORT"
@@ -173,6 +175,9 @@ gateway_env=(
     "TOLLGATE__USERS__SNAPSHOT_PATH="
     "${PROFILE_ENV[@]}"
 )
+if [[ -n "${LOAD_REDIS_URL:-}" ]]; then
+    gateway_env+=("TOLLGATE_REDIS_URL=$LOAD_REDIS_URL")
+fi
 SCRIPT_ENV=("${SCRIPT_ENV[@]/@JWT_SECRET@/$JWT_SECRET}")
 
 GW_PID=""
@@ -208,7 +213,7 @@ for setting in "${PROFILE_ENV[@]}"; do echo "load/run.sh:   $setting" >&2; done
 # --- tokens: one user per VU --------------------------------------------------------------------
 TOKENS=""
 for i in $(seq 1 "$VUS"); do
-    t="$(env -u TOLLGATE_CONFIG "TOLLGATE_JWT_SECRET=$JWT_SECRET" "$BIN" token --sub "load-user-$i" --plan "$PLAN")" \
+    t="$(env -u TOLLGATE_CONFIG "TOLLGATE_JWT_SECRET=$JWT_SECRET" "$BIN" token --sub "load-user-${JWT_SECRET:5:8}-$i" --plan "$PLAN")" \
         || die "tollgate token failed for load-user-$i"
     TOKENS+="${TOKENS:+,}$t"
 done

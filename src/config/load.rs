@@ -307,6 +307,13 @@ mod tests {
             invalid_key(load_with(None, &[("TOLLGATE_REDIS_URL", "http://x/")])),
             "redis.url"
         );
+        assert_eq!(
+            invalid_key(load_with(
+                None,
+                &[("TOLLGATE_REDIS_URL", "rediss://x:6380/")]
+            )),
+            "redis.url"
+        );
     }
 
     #[test]

@@ -187,7 +187,14 @@ fn validate_redis(c: &Config) -> Result<(), ConfigError> {
     let r = &c.redis;
     if !r.url.is_empty() {
         match url::Url::parse(r.url.expose()) {
-            Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+            Ok(u) if matches!(u.scheme(), "redis" | "redis+unix" | "unix") => {}
+            Ok(u) if u.scheme() == "rediss" => {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    "rediss:// (TLS) is not built in: reach Redis over a private network or a \
+                     local TLS tunnel with redis://",
+                ))
+            }
             _ => {
                 return Err(ConfigError::invalid(
                     "redis.url",
