@@ -585,3 +585,28 @@ fn streams_running_when_redis_stops_finish_and_are_billed_exactly_once_after_it_
     assert_eq!(u["open_requests"], 0);
     assert_every_key_expires(&redis);
 }
+
+#[test]
+fn refusals_only_time_lifts_are_repeated_without_asking_redis() {
+    let redis = RedisServer::start();
+    let env = env_for(&redis, &[]);
+    let (_a, a) = gateway(&env);
+    let token = token("hal");
+    for _ in 0..10 {
+        assert_eq!(chat(&a, &token, small_request()).status, 200);
+    }
+    let calls = || redis.command_calls().get("evalsha").copied().unwrap_or(0);
+    let first = chat(&a, &token, small_request());
+    assert_eq!(first.error_code(), "requests_per_minute");
+    let before = calls();
+    for _ in 0..20 {
+        let again = chat(&a, &token, small_request());
+        assert_eq!(again.status, 429);
+        assert_eq!(again.error_code(), "requests_per_minute");
+        let retry: u64 = again.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    assert_eq!(calls(), before, "the repeated refusals reached Redis");
+    // The user's view (one script call) still shows exactly the ten admitted.
+    assert_eq!(usage(&a, &token)["requests_per_minute"]["used"], 10);
+}

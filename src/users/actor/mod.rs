@@ -201,6 +201,9 @@ impl Handler<Admit> for UserActor {
             return now_reply(Some(Err(error)));
         }
         let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        if let Some(refusal) = self.cached_refusal() {
+            return now_reply(Some(Err(refusal)));
+        }
         self.admitting(&request.request_id);
         Box::pin(
             async move {

@@ -6,7 +6,7 @@ use super::{now_reply, Reply, UserActor};
 use crate::accounting::{Outcome, Usage};
 use crate::error::{ApiError, ErrorCode};
 use crate::users::alerts::UserAlert;
-use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest};
+use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest, Refusal};
 use crate::users::calendar::{day_key, month_key};
 use crate::users::limits::UserLimits;
 use crate::users::messages::{Settle, Verdict};
@@ -34,6 +34,8 @@ pub(super) struct RemoteUser {
     /// meanwhile (settled as soon as the answer arrives).
     pub(super) admitting: HashSet<String>,
     cancelled: HashSet<String>,
+    /// A refusal only time lifts (minute window, day's requests) and until when it holds.
+    pub(super) refused_until: Option<(std::time::Instant, ApiError)>,
 }
 
 impl RemoteUser {
@@ -47,11 +49,32 @@ impl RemoteUser {
             alerted: (None, None),
             admitting: HashSet::new(),
             cancelled: HashSet::new(),
+            refused_until: None,
         }
     }
 }
 
 impl UserActor {
+    /// Redis mode: the refusal to repeat without asking Redis, while it holds.
+    pub(super) fn cached_refusal(&mut self) -> Option<ApiError> {
+        let remote = self.remote.as_mut()?;
+        match &remote.refused_until {
+            Some((until, error)) if std::time::Instant::now() < *until => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                Some(
+                    error
+                        .clone()
+                        .retry_after(left.as_millis().div_ceil(1000).max(1) as u64),
+                )
+            }
+            Some(_) => {
+                remote.refused_until = None;
+                None
+            }
+            None => None,
+        }
+    }
+
     /// Redis mode: an admit call for `request_id` is in flight.
     pub(super) fn admitting(&mut self, request_id: &str) {
         if let Some(remote) = self.remote.as_mut() {
@@ -108,7 +131,16 @@ impl UserActor {
         let rate_limits = counts.rate_limits(&limits);
         let granted = match admitted.decision {
             Ok(granted) => granted,
-            Err(why) => return Err(why.error(&limits, admitted.now_ms).rate_limits(rate_limits)),
+            Err(why) => {
+                let error = why.error(&limits, admitted.now_ms).rate_limits(rate_limits);
+                // Refusals nothing but time can lift (the minute window, the day's requests)
+                // are answered here until then, sparing Redis an abusive client's retries.
+                if matches!(why, Refusal::Minute { .. } | Refusal::DayRequests) {
+                    let wait = std::time::Duration::from_secs(error.retry_after_secs.unwrap_or(1));
+                    remote.refused_until = Some((std::time::Instant::now() + wait, error.clone()));
+                }
+                return Err(error);
+            }
         };
         let open = OpenRequest {
             stream: request.stream,
