@@ -214,7 +214,7 @@ for setting in "${PROFILE_ENV[@]}"; do echo "load/run.sh:   $setting" >&2; done
 TOKENS=""
 for i in $(seq 1 "$VUS"); do
     t="$(env -u TOLLGATE_CONFIG "TOLLGATE_JWT_SECRET=$JWT_SECRET" "$BIN" token --sub "load-user-${JWT_SECRET:5:8}-$i" --plan "$PLAN")" \
-        || die "tollgate token failed for load-user-$i"
+        || die "tollgate token failed for user $i"
     TOKENS+="${TOKENS:+,}$t"
 done
 

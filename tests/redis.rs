@@ -56,8 +56,12 @@ fn gateway(env: &[(String, String)]) -> (Running, String) {
 }
 
 fn token(user: &str) -> String {
+    token_on_plan(user, "pro")
+}
+
+fn token_on_plan(user: &str, plan: &str) -> String {
     let out = Command::new(BIN)
-        .args(["token", "--sub", user, "--plan", "pro", "--ttl", "900"])
+        .args(["token", "--sub", user, "--plan", plan, "--ttl", "900"])
         .env_clear()
         .env("TOLLGATE_JWT_SECRET", SECRET)
         .output()
@@ -589,7 +593,14 @@ fn streams_running_when_redis_stops_finish_and_are_billed_exactly_once_after_it_
 #[test]
 fn refusals_only_time_lifts_are_repeated_without_asking_redis() {
     let redis = RedisServer::start();
-    let env = env_for(&redis, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plans.toml");
+    std::fs::write(
+        &config,
+        "[plans.enterprise.rate]\nrequests_per_minute = 20\n",
+    )
+    .unwrap();
+    let env = env_for(&redis, &[("TOLLGATE_CONFIG", config.to_str().unwrap())]);
     let (_a, a) = gateway(&env);
     let token = token("hal");
     for _ in 0..10 {
@@ -609,4 +620,7 @@ fn refusals_only_time_lifts_are_repeated_without_asking_redis() {
     assert_eq!(calls(), before, "the repeated refusals reached Redis");
     // The user's view (one script call) still shows exactly the ten admitted.
     assert_eq!(usage(&a, &token)["requests_per_minute"]["used"], 10);
+    // The same user on a plan with a higher limit is not refused from the cache.
+    let upgraded = token_on_plan("hal", "enterprise");
+    assert_eq!(chat(&a, &upgraded, small_request()).status, 200);
 }

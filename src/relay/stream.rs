@@ -364,7 +364,7 @@ impl Relay {
         }
         if self.unreported_tokens >= self.next_report_after {
             let batch = std::mem::take(&mut self.unreported_tokens);
-            match self.ticket.meter(batch).await {
+            match self.ticket.meter(batch, self.meter_batch_max_tokens).await {
                 Verdict::StopBudget => return Some(StreamEnd::BudgetExceeded),
                 Verdict::Continue { allowance } => {
                     self.next_report_after =

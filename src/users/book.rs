@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 
 const MINUTE_MS: u64 = 60_000;
-/// Largest allowance [`Book::allowance`] reports (the relay's own bound is far lower).
-const MAX_ALLOWANCE: u64 = 1_000_000_000;
 
 /// What survives an actor: kept in the store when the actor is evicted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -294,13 +292,20 @@ impl Book {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
-        // Spend promised to running streams (their allowances) is not free to take.
-        let (promised_today, promised_month) = self.promised(None);
-        if self.spend_today_running() + promised_today + input_cost > limits.daily_cap_micro_usd {
+        if self.spend_today_running() + input_cost > limits.daily_cap_micro_usd {
             return refuse(self, Refusal::DailySpend);
         }
-        if self.spend_month_running() + promised_month + input_cost > limits.monthly_cap_micro_usd {
+        if self.spend_month_running() + input_cost > limits.monthly_cap_micro_usd {
             return refuse(self, Refusal::MonthlySpend);
+        }
+        // Spend promised to running streams (their allowances) is not free to take either; a
+        // refusal for that alone says "soon": promises end within a batch.
+        let (promised_today, promised_month) = self.promised(None);
+        if self.spend_today_running() + promised_today + input_cost > limits.daily_cap_micro_usd
+            || self.spend_month_running() + promised_month + input_cost
+                > limits.monthly_cap_micro_usd
+        {
+            return refuse(self, Refusal::SpendInFlight);
         }
         if org
             .cap()
@@ -370,11 +375,15 @@ impl Book {
     /// requests; it is promised spend until the next report or settlement, so admission and the
     /// other requests leave it alone, and no allowance can push the user past a cap. 0 when an
     /// organisation cap is set (other users spend from it too) or the request is unknown.
+    ///
+    /// Never more than `max_batch` (the relay's largest batch) nor the output the request's
+    /// grant still allows: a promise the request cannot use would only refuse others.
     pub fn grant_allowance(
         &mut self,
         request_id: &str,
         limits: &UserLimits,
         org: &OrgLedger,
+        max_batch: u64,
     ) -> u64 {
         let (others_today, others_month) = self.promised(Some(request_id));
         let headroom = limits
@@ -394,8 +403,12 @@ impl Book {
         } else {
             let (_, output_nano_usd) = open.price.nano_usd_per_token();
             let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
-            // The same cap as the Redis script (whose numbers are doubles).
-            (tokens / (2 * open_requests)).min(MAX_ALLOWANCE)
+            let grant_left = open
+                .reserved_tokens
+                .saturating_sub(open.input_tokens + open.metered_output_tokens);
+            (tokens / (2 * open_requests))
+                .min(max_batch)
+                .min(grant_left)
         };
         open.promised_tokens = allowance;
         allowance
@@ -495,10 +508,14 @@ impl Book {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Concurrency,
-    Minute { frees_at_ms: u64 },
+    Minute {
+        frees_at_ms: u64,
+    },
     DayRequests,
     DailySpend,
     MonthlySpend,
+    /// Only spend promised to running streams stands in the way: it ends within a batch.
+    SpendInFlight,
     OrgDaily,
     DayTokens,
 }
@@ -541,6 +558,11 @@ impl Refusal {
                     .retry_after(secs_until(now_ms, next_month_ms(now_ms)))
                     .no_retry()
             }
+            Refusal::SpendInFlight => ApiError::new(
+                ErrorCode::DailyBudget,
+                "the spend cap is nearly reached by requests in flight: retry when they end",
+            )
+            .retry_after(1),
             Refusal::OrgDaily => ApiError::new(
                 ErrorCode::OrgDailyBudget,
                 "the organisation's daily spend cap is reached",
@@ -796,22 +818,32 @@ mod tests {
         let mut book = Book::default();
         book.admit(request("a", limits), T0, &org).unwrap();
         assert!(book.meter("a", 16, &limits, T0, &org));
-        // Headroom 4,025 − 25 − 160 = 3,840 → half of it, at 10 per token: 192 tokens.
-        assert_eq!(book.grant_allowance("a", &limits, &org), 192);
-        // A prompt that fits the spend but not the spend plus a's promise is refused...
+        // Headroom 4,025 − 25 − 160 = 3,840 → half of it, at 10 per token: 192 tokens; but a's
+        // grant (100 output tokens) leaves only 84, and a promise it cannot use helps nobody.
+        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
+        assert_eq!(
+            book.grant_allowance("a", &limits, &org, 50),
+            50,
+            "the relay's batch"
+        );
+        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
+        // A prompt that fits the spend but not the spend plus a's promise is refused, as
+        // "retry soon" (the promise ends within a batch)...
         let big = AdmitRequest {
-            estimated_input_tokens: 800, // 2,000 micro-USD
+            estimated_input_tokens: 1_300, // 3,250 micro-USD: 185 + 3,250 ≤ 4,025 < + 840
             ..request("b", limits)
         };
         let refused = book.admit(big, T0, &org).unwrap_err();
         assert_eq!(refused.code, ErrorCode::DailyBudget);
+        assert_eq!(refused.retry_after_secs, Some(1));
+        assert!(!refused.final_answer);
         // ...a small one is admitted, and its allowance leaves a's promise alone:
-        // (4,025 − 185 − 1,920 − 25) ÷ 2 ÷ 2 open = 473 micro-USD → 47 tokens.
+        // (4,025 − 210 − 840) ÷ 2 open ÷ 2, at 10 per token → 74 tokens.
         book.admit(request("c", limits), T0, &org).unwrap();
-        assert_eq!(book.grant_allowance("c", &limits, &org), 47);
+        assert_eq!(book.grant_allowance("c", &limits, &org, 256), 74);
         // Both use all they were allowed: still within the cap.
-        assert!(book.meter("a", 192, &limits, T0, &org));
-        assert!(book.meter("c", 47, &limits, T0, &org));
+        assert!(book.meter("a", 84, &limits, T0, &org));
+        assert!(book.meter("c", 74, &limits, T0, &org));
         assert!(book.report(&limits, T0).daily_usd.used_usd <= 0.004_025);
     }
 

@@ -18,6 +18,8 @@ pub struct Admit(pub AdmitRequest);
 pub struct Meter {
     pub request_id: String,
     pub output_tokens: u64,
+    /// The relay's largest batch: no allowance (promise) beyond it.
+    pub max_batch: u64,
 }
 
 /// The actor's answer to [`Meter`].

@@ -53,7 +53,8 @@ impl Ticket {
     }
 
     /// Reports `output_tokens` more relayed tokens; the answer says whether to go on.
-    pub async fn meter(&mut self, output_tokens: u64) -> Verdict {
+    /// `max_batch`: the most the relay will stream before its next report.
+    pub async fn meter(&mut self, output_tokens: u64, max_batch: u64) -> Verdict {
         if output_tokens == 0 {
             return Verdict::Continue { allowance: 0 };
         }
@@ -61,6 +62,7 @@ impl Ticket {
         let message = Meter {
             request_id: self.request_id.clone(),
             output_tokens,
+            max_batch,
         };
         match self.addr.send(message).await {
             Ok(verdict) => verdict,

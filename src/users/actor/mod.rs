@@ -11,7 +11,7 @@ mod remote;
 use remote::RemoteUser;
 
 use super::alerts::{AlertSender, UserAlert};
-use super::book::{Book, Grant, UsageReport};
+use super::book::{Book, Grant, UsageReport, UserState};
 use super::calendar::day_key;
 use super::limits::UserLimits;
 use super::messages::{Admit, Meter, Settle, Snapshot, Verdict};
@@ -98,11 +98,11 @@ impl UserActor {
         // Redis mode: what this replica did alone during an outage (its book, and the outage
         // allowance it has used) must outlive the outage, or a fresh actor would grant the
         // allowance again. Evict only once Redis answers and holds every settlement.
+        let outage_decisions = self.book.state() != &UserState::default();
         let remote_busy = self.remote.as_ref().is_some_and(|r| {
             !r.open.is_empty()
                 || !r.admitting.is_empty()
-                || !r.ledger.ready()
-                || r.ledger.pending_settlements() > 0
+                || (outage_decisions && (!r.ledger.ready() || r.ledger.pending_settlements() > 0))
         });
         if self.evicting
             || self.book.has_open_requests()
@@ -141,7 +141,13 @@ impl UserActor {
         }
     }
 
-    fn meter_in_book(&mut self, request_id: &str, tokens: u64, limits: &UserLimits) -> Verdict {
+    fn meter_in_book(
+        &mut self,
+        request_id: &str,
+        tokens: u64,
+        limits: &UserLimits,
+        max_batch: u64,
+    ) -> Verdict {
         let local = self.local_limits(limits);
         let now = self.shared.clock.now_ms();
         let within = self
@@ -150,7 +156,7 @@ impl UserActor {
         // Granted whatever the verdict, as the Redis script does.
         let allowance = self
             .book
-            .grant_allowance(request_id, &local, &self.shared.org);
+            .grant_allowance(request_id, &local, &self.shared.org, max_batch);
         self.touched();
         if within {
             Verdict::Continue { allowance }
@@ -201,7 +207,7 @@ impl Handler<Admit> for UserActor {
             return now_reply(Some(Err(error)));
         }
         let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
-        if let Some(refusal) = self.cached_refusal() {
+        if let Some(refusal) = self.cached_refusal(&request.limits) {
             return now_reply(Some(Err(refusal)));
         }
         self.admitting(&request.request_id);
@@ -238,20 +244,32 @@ impl Handler<Meter> for UserActor {
             .filter(|r| r.open.contains_key(&msg.request_id));
         let Some(remote) = remote_held else {
             // Embedded mode, or a request this replica's book holds.
-            return now_reply(self.meter_in_book(&msg.request_id, msg.output_tokens, &limits));
+            let verdict =
+                self.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
+            return now_reply(verdict);
         };
         let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        // The organisation cap is counted here, per replica: no allowance (promise) then.
+        let max_batch = if self.shared.org.cap().is_some() {
+            0
+        } else {
+            msg.max_batch
+        };
         Box::pin(
             async move {
                 let reply = ledger
-                    .meter(&prefix, &msg.request_id, msg.output_tokens, &limits)
+                    .meter(
+                        &prefix,
+                        &msg.request_id,
+                        msg.output_tokens,
+                        &limits,
+                        max_batch,
+                    )
                     .await;
                 (reply, msg)
             }
             .into_actor(self)
-            .map(move |(reply, msg), actor, _| {
-                actor.metered(reply, &msg.request_id, msg.output_tokens, &limits)
-            }),
+            .map(move |(reply, msg), actor, _| actor.metered(reply, &msg, &limits)),
         )
     }
 }

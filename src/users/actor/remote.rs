@@ -7,9 +7,9 @@ use crate::accounting::{Outcome, Usage};
 use crate::error::{ApiError, ErrorCode};
 use crate::users::alerts::UserAlert;
 use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest, Refusal};
-use crate::users::calendar::{day_key, month_key};
+use crate::users::calendar::{day_key, month_key, next_day_ms};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Settle, Verdict};
+use crate::users::messages::{Meter, Settle, Verdict};
 use crate::users::outage::{outage_refusal, Known};
 use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
 use crate::users::AdmitRequest;
@@ -34,8 +34,9 @@ pub(super) struct RemoteUser {
     /// meanwhile (settled as soon as the answer arrives).
     pub(super) admitting: HashSet<String>,
     cancelled: HashSet<String>,
-    /// A refusal only time lifts (minute window, day's requests) and until when it holds.
-    pub(super) refused_until: Option<(std::time::Instant, ApiError)>,
+    /// A refusal only time lifts (minute window, day's requests): until when it holds, for
+    /// requests under which limits.
+    pub(super) refused_until: Option<(std::time::Instant, UserLimits, ApiError)>,
 }
 
 impl RemoteUser {
@@ -55,11 +56,14 @@ impl RemoteUser {
 }
 
 impl UserActor {
-    /// Redis mode: the refusal to repeat without asking Redis, while it holds.
-    pub(super) fn cached_refusal(&mut self) -> Option<ApiError> {
+    /// Redis mode: the refusal to repeat without asking Redis, while it holds (and only for a
+    /// request under the same limits: another plan may allow more).
+    pub(super) fn cached_refusal(&mut self, limits: &UserLimits) -> Option<ApiError> {
         let remote = self.remote.as_mut()?;
         match &remote.refused_until {
-            Some((until, error)) if std::time::Instant::now() < *until => {
+            Some((until, cached_for, error))
+                if std::time::Instant::now() < *until && cached_for == limits =>
+            {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 Some(
                     error
@@ -67,11 +71,11 @@ impl UserActor {
                         .retry_after(left.as_millis().div_ceil(1000).max(1) as u64),
                 )
             }
-            Some(_) => {
+            Some((until, ..)) if std::time::Instant::now() >= *until => {
                 remote.refused_until = None;
                 None
             }
-            None => None,
+            _ => None,
         }
     }
 
@@ -112,7 +116,7 @@ impl UserActor {
             Err(error) => return self.admit_during_outage(request, &error),
         };
         remote.known = Some(admitted.known);
-        if !self.book.has_open_requests() {
+        if !self.book.has_open_requests() && remote.ledger.pending_settlements() == 0 {
             // Whatever this replica decided alone during an outage is in Redis by now.
             self.book = Book::default();
         }
@@ -135,9 +139,17 @@ impl UserActor {
                 let error = why.error(&limits, admitted.now_ms).rate_limits(rate_limits);
                 // Refusals nothing but time can lift (the minute window, the day's requests)
                 // are answered here until then, sparing Redis an abusive client's retries.
-                if matches!(why, Refusal::Minute { .. } | Refusal::DayRequests) {
-                    let wait = std::time::Duration::from_secs(error.retry_after_secs.unwrap_or(1));
-                    remote.refused_until = Some((std::time::Instant::now() + wait, error.clone()));
+                let wait_ms = match why {
+                    Refusal::Minute { frees_at_ms } => {
+                        Some(frees_at_ms.saturating_sub(admitted.now_ms))
+                    }
+                    Refusal::DayRequests => Some(next_day_ms(admitted.now_ms) - admitted.now_ms),
+                    _ => None,
+                };
+                if let Some(wait_ms) = wait_ms {
+                    let until =
+                        std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+                    remote.refused_until = Some((until, limits, error.clone()));
                 }
                 return Err(error);
             }
@@ -194,7 +206,7 @@ impl UserActor {
                 Ok(grant)
             }
             Err(refusal) => {
-                if matches!(error, Unavailable::Timeout(_)) {
+                if error.may_have_applied() {
                     // The admit call may have reached Redis after all: close that record (with
                     // no usage) once Redis answers, so it holds no slot and is charged nothing.
                     let (input_nano_usd, output_nano_usd) = price.nano_usd_per_token();
@@ -227,10 +239,10 @@ impl UserActor {
     pub(super) fn metered(
         &mut self,
         reply: Result<Metered, Unavailable>,
-        request_id: &str,
-        tokens: u64,
+        msg: &Meter,
         limits: &UserLimits,
     ) -> Verdict {
+        let (request_id, tokens) = (msg.request_id.as_str(), msg.output_tokens);
         let Some(remote) = self.remote.as_mut() else {
             return Verdict::StopBudget;
         };
@@ -268,7 +280,7 @@ impl UserActor {
                     ..open
                 };
                 self.book.adopt(request_id.to_string(), adopted);
-                return self.meter_in_book(request_id, tokens, limits);
+                return self.meter_in_book(request_id, tokens, limits, msg.max_batch);
             }
         };
         let day = day_key(self.shared.clock.now_ms());

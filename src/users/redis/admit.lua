@@ -3,7 +3,8 @@
 --       max_concurrent, min_grant, daily_cap, monthly_cap, lease_ms
 -- Returns {code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month,
 --          expired_leases, now}; code 0 = admitted, 1 concurrency, 2 minute, 3 day requests,
---          4 daily spend, 5 monthly spend, 6 tokens per day.
+--          4 daily spend, 5 monthly spend, 6 tokens per day, 7 spend promised to running
+--          streams (retry soon).
 local rid = ARGV[1]
 local input = tonumber(ARGV[2])
 local max_tokens = tonumber(ARGV[3])
@@ -16,6 +17,10 @@ local daily_cap, monthly_cap = tonumber(ARGV[13]), tonumber(ARGV[14])
 local lease_ms = tonumber(ARGV[15])
 
 local now = now_ms()
+-- Settled already (a late copy of an admit whose caller was answered without Redis): refuse.
+if redis.call('EXISTS', P .. 'done:' .. rid) == 1 then
+  return { 1, 0, 1000, 0, 0, 0, 0, 0, now }
+end
 local expired = expire_leases(now)
 local mk = P .. 'minute'
 redis.call('ZREMRANGEBYSCORE', mk, '-inf', int(now - MINUTE_MS))
@@ -33,9 +38,12 @@ if minute >= rpm then
 end
 if r.requests_today >= rpd then return refuse(3, 0) end
 local input_cost = cost(input, 0, in_nano, out_nano)
--- Spend promised to running streams (their allowances) is not free to take.
-if r.spend_today + r.promised_today + input_cost > daily_cap then return refuse(4, 0) end
-if r.spend_month + r.promised_month + input_cost > monthly_cap then return refuse(5, 0) end
+if r.spend_today + input_cost > daily_cap then return refuse(4, 0) end
+if r.spend_month + input_cost > monthly_cap then return refuse(5, 0) end
+-- Spend promised to running streams (their allowances) is not free to take either; a refusal
+-- for that alone says "soon" (7): promises end within a batch.
+if r.spend_today + r.promised_today + input_cost > daily_cap
+  or r.spend_month + r.promised_month + input_cost > monthly_cap then return refuse(7, 1000) end
 local left = math.max(0, tpd - r.tokens)
 local floor = math.min(min_grant, max_tokens)
 if left < input + floor * choices then return refuse(6, 0) end

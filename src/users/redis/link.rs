@@ -42,6 +42,15 @@ pub struct Link {
 }
 
 impl Unavailable {
+    /// The call may have been applied by Redis (it was sent; no answer came back in time).
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            Unavailable::Timeout(_) => true,
+            Unavailable::Call(e) => e.is_timeout() || e.is_io_error() || e.is_connection_dropped(),
+            _ => false,
+        }
+    }
+
     /// Redis answered (with an error or an unexpected reply): retrying the same call cannot
     /// help, unlike a timeout or a lost connection.
     pub fn is_answer(&self) -> bool {

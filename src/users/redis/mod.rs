@@ -171,6 +171,7 @@ impl RedisLedger {
             4 => Err(Refusal::DailySpend),
             5 => Err(Refusal::MonthlySpend),
             6 => Err(Refusal::DayTokens),
+            7 => Err(Refusal::SpendInFlight),
             _ => return Err(malformed("admit")),
         };
         Ok(Admitted {
@@ -192,11 +193,13 @@ impl RedisLedger {
         request_id: &str,
         output_tokens: u64,
         limits: &UserLimits,
+        max_batch: u64,
     ) -> Result<Metered, Unavailable> {
         let args = [
             output_tokens,
             limits.daily_cap_micro_usd,
             limits.monthly_cap_micro_usd,
+            max_batch,
         ];
         let reply: Vec<u64> = self
             .link

@@ -11,10 +11,13 @@
 #[path = "../../../tests/common/redis.rs"]
 pub(crate) mod server;
 
+/// The relay's largest meter batch, as the default config has it.
+const MAX_BATCH: u64 = 256;
+
 use super::{Admitted, Metered, PendingSettle, RedisLedger, PRELUDE};
 use crate::accounting::{Outcome, Usage};
 use crate::config::{Config, ModelPrice, Secret};
-use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorCode};
 use crate::pricing::{Price, PriceTable};
 use crate::telemetry::{LabelSets, Metrics};
 use crate::users::book::{AdmitRequest, Book, Counts, Refusal};
@@ -293,8 +296,10 @@ fn lua_cost_matches_price_cost_micro_usd() {
 // 2. The scripts decide as the book does.
 
 /// Which refusal the book's error stands for.
-fn book_kind(code: ErrorCode) -> &'static str {
-    match code {
+fn book_kind(error: &ApiError) -> &'static str {
+    match error.code {
+        // A spend refusal that is not final: only promised spend stood in the way.
+        ErrorCode::DailyBudget if !error.final_answer => "spend-in-flight",
         ErrorCode::ConcurrentStreams => "concurrency",
         ErrorCode::RequestsPerMinute => "minute",
         ErrorCode::RequestsPerDay => "day-requests",
@@ -313,6 +318,7 @@ fn redis_kind(refusal: Refusal) -> &'static str {
         Refusal::DailySpend => "daily-spend",
         Refusal::MonthlySpend => "monthly-spend",
         Refusal::DayTokens => "day-tokens",
+        Refusal::SpendInFlight => "spend-in-flight",
         Refusal::OrgDaily => panic!("Redis has no organisation cap"),
     }
 }
@@ -395,7 +401,7 @@ impl<'a> Twin<'a> {
                 *self.seen.entry("admitted").or_default() += 1;
             }
             (Err(refusal), Err(error)) => {
-                assert_eq!(redis_kind(refusal), book_kind(error.code), "{context}");
+                assert_eq!(redis_kind(refusal), book_kind(error), "{context}");
                 let ours = refusal.error(&limits, now);
                 assert_eq!(
                     ours.retry_after_secs, error.retry_after_secs,
@@ -436,13 +442,13 @@ impl<'a> Twin<'a> {
         let open_in_book = self.book.open_request(id).is_some();
         let ours = self
             .ledger
-            .meter(&self.prefix, id, tokens, &self.limits)
+            .meter(&self.prefix, id, tokens, &self.limits, MAX_BATCH)
             .await
             .expect("Redis answers");
         let (now, limits) = (self.now, self.limits);
         let theirs = self.book.meter(id, tokens, &limits, now, &self.org);
         // The script grants the next allowance whatever the verdict; so does the book here.
-        let granted = self.book.grant_allowance(id, &limits, &self.org);
+        let granted = self.book.grant_allowance(id, &limits, &self.org, MAX_BATCH);
         let report = self.book.report(&limits, now);
         let book_spend = (report.daily_usd.used_usd, report.monthly_usd.used_usd);
         let spend = |k: Known| (k.spend_today as f64 / 1e6, k.spend_month as f64 / 1e6);
@@ -836,15 +842,18 @@ async fn a_repeated_settlement_is_counted_once() {
     let admitted = admit_ok(&ledger, &prefix, &request("r1", 100, 200, limits)).await;
     assert_eq!(admitted.decision, Ok(200));
     assert_eq!(
-        ledger.meter(&prefix, "r1", 30, &limits).await.unwrap(),
+        ledger
+            .meter(&prefix, "r1", 30, &limits, MAX_BATCH)
+            .await
+            .unwrap(),
         Metered::Within(
             Known {
                 tokens_running: 0,
                 spend_today: cost(price, 100, 30),
                 spend_month: cost(price, 100, 30),
             },
-            // Half the headroom (10^9 - 550 micro-USD) in output tokens at 10 000 nano-USD.
-            49_999_972
+            // Half the headroom is far more; the request's grant (200) leaves 170.
+            170
         )
     );
     let entry = settlement(
@@ -886,7 +895,10 @@ async fn a_repeated_settlement_is_counted_once() {
         }
     );
     assert_eq!(
-        ledger.meter(&prefix, "r1", 5, &limits).await.unwrap(),
+        ledger
+            .meter(&prefix, "r1", 5, &limits, MAX_BATCH)
+            .await
+            .unwrap(),
         Metered::Unknown,
         "a settled request meters nothing"
     );
@@ -933,7 +945,10 @@ async fn an_expired_lease_charges_what_was_metered_and_a_late_settle_adds_the_re
 
     let a = admit_ok(&ledger, &prefix, &request("a", 100, 200, limits)).await;
     assert!(matches!(
-        ledger.meter(&prefix, "a", 40, &limits).await.unwrap(),
+        ledger
+            .meter(&prefix, "a", 40, &limits, MAX_BATCH)
+            .await
+            .unwrap(),
         Metered::Within(..)
     ));
     let refused = ledger
@@ -988,7 +1003,10 @@ async fn an_expired_lease_charges_what_was_metered_and_a_late_settle_adds_the_re
     // what it used beyond what the lease expiry charged (140 more output tokens), once, and
     // counts no second cut.
     assert_eq!(
-        ledger.meter(&prefix, "a", 500, &limits).await.unwrap(),
+        ledger
+            .meter(&prefix, "a", 500, &limits, MAX_BATCH)
+            .await
+            .unwrap(),
         Metered::Unknown
     );
     let late = settlement(&prefix, "a", price, a.now_ms, (100, 180), false, false);
@@ -1022,7 +1040,10 @@ async fn an_expired_lease_is_charged_even_if_the_user_comes_back_later() {
     let price = mock_price();
 
     admit_ok(&ledger, &prefix, &request("a", 100, 200, limits)).await;
-    ledger.meter(&prefix, "a", 40, &limits).await.unwrap();
+    ledger
+        .meter(&prefix, "a", 40, &limits, MAX_BATCH)
+        .await
+        .unwrap();
     // The replica dies; the user comes back after the open record's expiry.
     tokio::time::sleep(Duration::from_millis(62_000)).await;
     let counts = usage(&ledger, &prefix).await;
@@ -1140,12 +1161,12 @@ async fn every_key_written_has_an_expiry() {
     // alert claim, usage.
     let p = ledger.user_prefix("keys");
     let a = admit_ok(&ledger, &p, &request("a", 50, 100, limits)).await;
-    ledger.meter(&p, "a", 20, &limits).await.unwrap();
+    ledger.meter(&p, "a", 20, &limits, MAX_BATCH).await.unwrap();
     let entry = settlement(&p, "a", price, a.now_ms, (50, 20), false, false);
     ledger.settle(entry.clone()).await;
     ledger.settle(entry).await;
     admit_ok(&ledger, &p, &request("b", 50, 100, limits)).await;
-    ledger.meter(&p, "b", 5, &limits).await.unwrap();
+    ledger.meter(&p, "b", 5, &limits, MAX_BATCH).await.unwrap();
     ledger
         .settle(settlement(&p, "l", price, a.now_ms, (9, 9), true, true))
         .await;
@@ -1168,7 +1189,7 @@ async fn every_key_written_has_an_expiry() {
     // settlement for a day long gone.
     let q = short.user_prefix("leased");
     let d = admit_ok(&short, &q, &request("d", 50, 100, limits)).await;
-    short.meter(&q, "d", 7, &limits).await.unwrap();
+    short.meter(&q, "d", 7, &limits, MAX_BATCH).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let e = admit_ok(&short, &q, &request("e", 50, 100, limits)).await;
     assert_eq!(e.expired_leases, 1);
@@ -1230,7 +1251,10 @@ async fn settlements_made_while_redis_is_down_are_replayed_once_it_is_back() {
     let price = mock_price();
 
     let admitted = admit_ok(&ledger, &prefix, &request("o1", 100, 200, limits)).await;
-    ledger.meter(&prefix, "o1", 20, &limits).await.unwrap();
+    ledger
+        .meter(&prefix, "o1", 20, &limits, MAX_BATCH)
+        .await
+        .unwrap();
     assert!(ledger.ready());
 
     server.stop();
