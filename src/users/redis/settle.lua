@@ -14,8 +14,11 @@ if marker then
   if not charged_input then return { 0, 0 } end
   local o = { day = tonumber(ARGV[6]), month = tonumber(ARGV[7]), in_nano = tonumber(ARGV[8]),
     out_nano = tonumber(ARGV[9]) }
-  local c = charge(o, math.max(0, input - tonumber(charged_input)),
+  -- The input estimate charged then may exceed the real input: the difference may be negative.
+  local c = charge(o, input - tonumber(charged_input),
     math.max(0, output - tonumber(charged_output)), 0)
+  -- The expiry counted the request as cut; it finished after all.
+  if cut == 0 then redis.call('HINCRBY', P .. 'life', 'cut', -1) end
   mark_done(rid)
   return { 1, c }
 end
