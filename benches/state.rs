@@ -59,7 +59,7 @@ async fn one_request(
         .expect("admitted");
     let admitted = started.elapsed();
     for _ in 0..OUTPUT_TOKENS / METER_BATCH {
-        ticket.meter(METER_BATCH).await;
+        ticket.meter(METER_BATCH, METER_BATCH).await;
     }
     let usage = Usage {
         input_tokens: req_input(),
