@@ -557,7 +557,21 @@ fn streams_running_when_redis_stops_finish_and_are_billed_exactly_once_after_it_
             std::thread::spawn(move || chat(&listen, &token, body))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(600));
+    // Stop Redis once both streams are under way: each has an open record in Redis that its
+    // replica has already metered into (field 7 of the record).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = redis.cli(&["HVALS", "tollgate:{gus}:open"]);
+        let metered = open
+            .lines()
+            .filter(|record| record.split(',').nth(6).is_some_and(|m| m != "0"))
+            .count();
+        if metered == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "the streams never started: {open}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     redis.stop();
     for stream in streams {
         let stream = stream.join().unwrap();

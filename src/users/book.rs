@@ -58,6 +58,21 @@ pub struct OpenRequest {
 }
 
 impl OpenRequest {
+    /// A request admitted at `now_ms` that used nothing (yet).
+    pub fn empty(price: Price, now_ms: u64) -> Self {
+        Self {
+            stream: false,
+            day: day_key(now_ms),
+            month: month_key(now_ms),
+            admitted_ms: now_ms,
+            price,
+            input_tokens: 0,
+            reserved_tokens: 0,
+            metered_output_tokens: 0,
+            promised_tokens: 0,
+        }
+    }
+
     /// What the outstanding allowance would cost.
     pub fn promised_cost(&self) -> u64 {
         self.price.cost_micro_usd(Usage {
@@ -248,14 +263,12 @@ impl Book {
     }
 
     fn rate_limits(&self, limits: &UserLimits) -> RateLimitHeaders {
-        RateLimitHeaders {
-            limit_requests: limits.requests_per_minute,
-            remaining_requests: limits
-                .requests_per_minute
-                .saturating_sub(self.state.minute.len() as u64),
-            limit_tokens: limits.tokens_per_day,
-            remaining_tokens: limits.tokens_per_day.saturating_sub(self.tokens_running()),
+        Counts {
+            minute_used: self.state.minute.len() as u64,
+            tokens_running: self.tokens_running(),
+            ..Counts::default()
         }
+        .rate_limits(limits)
     }
 
     /// Checks every window and, if all allow it, reserves for the request. One atomic step:
@@ -307,10 +320,7 @@ impl Book {
         {
             return refuse(self, Refusal::SpendInFlight);
         }
-        if org
-            .cap()
-            .is_some_and(|cap| org.spent(self.state.day) + input_cost > cap)
-        {
+        if org.would_pass(self.state.day, input_cost) {
             return refuse(self, Refusal::OrgDaily);
         }
         let left = limits.tokens_per_day.saturating_sub(self.tokens_running());
@@ -449,12 +459,8 @@ impl Book {
     /// Alerts owed now: a cap passed the threshold and no alert went out this period yet.
     pub fn due_alerts(&mut self, limits: &UserLimits) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        let percent = u64::from(limits.alert_threshold_percent);
-        let crossed = |spend: u64, cap: u64| {
-            cap > 0 && u128::from(spend) * 100 >= u128::from(cap) * u128::from(percent)
-        };
         let today = self.spend_today_running();
-        if crossed(today, limits.daily_cap_micro_usd)
+        if limits.alert_due(today, limits.daily_cap_micro_usd)
             && self.state.alerted_day != Some(self.state.day)
         {
             self.state.alerted_day = Some(self.state.day);
@@ -466,7 +472,7 @@ impl Book {
             });
         }
         let month = self.spend_month_running();
-        if crossed(month, limits.monthly_cap_micro_usd)
+        if limits.alert_due(month, limits.monthly_cap_micro_usd)
             && self.state.alerted_month != Some(self.state.month)
         {
             self.state.alerted_month = Some(self.state.month);

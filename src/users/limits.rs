@@ -50,6 +50,15 @@ impl UserLimits {
     }
 }
 
+impl UserLimits {
+    /// Whether `spend` has reached `alert_threshold_percent` of `cap` (a cap of 0: never).
+    pub fn alert_due(&self, spend_micro_usd: u64, cap_micro_usd: u64) -> bool {
+        cap_micro_usd > 0
+            && u128::from(spend_micro_usd) * 100
+                >= u128::from(cap_micro_usd) * u128::from(self.alert_threshold_percent)
+    }
+}
+
 /// USD (validated finite, ≥ 0) to micro-USD.
 pub fn usd_to_micro(usd: f64) -> u64 {
     (usd * 1_000_000.0).round() as u64

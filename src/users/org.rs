@@ -46,6 +46,11 @@ impl OrgLedger {
         guard.1 = guard.1.saturating_add_signed(delta);
     }
 
+    /// Whether adding `cost` to today's spend would pass the cap.
+    pub fn would_pass(&self, day: u64, cost: u64) -> bool {
+        self.cap().is_some_and(|cap| self.spent(day) + cost > cap)
+    }
+
     /// Whether today's spend passes the cap.
     pub fn over(&self, day: u64) -> bool {
         self.cap().is_some_and(|cap| self.spent(day) > cap)

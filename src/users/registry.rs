@@ -235,6 +235,22 @@ mod tests {
 
     use crate::users::redis::tests::server;
 
+    /// A Redis-mode registry (one actor thread, system clock) and its ledger.
+    fn redis_registry(config: &Config) -> (UserRegistry, Arc<RedisLedger>) {
+        let metrics =
+            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new()));
+        let ledger = Arc::new(RedisLedger::new(config, metrics.clone()).unwrap());
+        let registry = UserRegistry::new(
+            1,
+            config,
+            Arc::new(crate::clock::SystemClock),
+            metrics,
+            Arc::new(super::super::store::MemoryStore::default()),
+            Some(ledger.clone()),
+        );
+        (registry, ledger)
+    }
+
     /// Redis mode: a client that leaves while its admit call is in flight (or before the actor
     /// took the message) leaves no request open, whichever happened.
     #[actix_rt::test]
@@ -245,17 +261,7 @@ mod tests {
         config.redis.op_timeout_ms = 2000;
         config.rate.requests_per_minute = 1000;
         config.rate.max_concurrent_streams = 1000;
-        let metrics =
-            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new()));
-        let ledger = Arc::new(RedisLedger::new(&config, metrics.clone()).unwrap());
-        let registry = UserRegistry::new(
-            1,
-            &config,
-            Arc::new(crate::clock::SystemClock),
-            metrics,
-            Arc::new(super::super::store::MemoryStore::default()),
-            Some(ledger),
-        );
+        let (registry, _ledger) = redis_registry(&config);
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
         let request = |id: usize| AdmitRequest {
@@ -304,18 +310,8 @@ mod tests {
         config.redis.probe_interval_ms = 100;
         config.redis.breaker_failures = 1;
         config.users.idle_evict_secs = 1;
-        let metrics =
-            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new()));
-        let ledger = Arc::new(RedisLedger::new(&config, metrics.clone()).unwrap());
+        let (registry, ledger) = redis_registry(&config);
         actix_rt::spawn(ledger.clone().probe_forever());
-        let registry = UserRegistry::new(
-            1,
-            &config,
-            Arc::new(crate::clock::SystemClock),
-            metrics,
-            Arc::new(super::super::store::MemoryStore::default()),
-            Some(ledger.clone()),
-        );
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").unwrap();
         let request = AdmitRequest {

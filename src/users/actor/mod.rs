@@ -194,19 +194,15 @@ impl Handler<Admit> for UserActor {
             return now_reply(Some(result));
         };
         // The organisation cap is counted per replica (see README: Redis mode).
-        let org = &self.shared.org;
         let input_cost = request.price.cost_micro_usd(Usage {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
-        if org
-            .cap()
-            .is_some_and(|cap| org.spent(day_key(now)) + input_cost > cap)
-        {
+        if self.shared.org.would_pass(day_key(now), input_cost) {
             let error = super::book::Refusal::OrgDaily.error(&request.limits, now);
             return now_reply(Some(Err(error)));
         }
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        let (ledger, prefix) = remote.handles();
         if let Some(refusal) = self.cached_refusal(&request.limits) {
             return now_reply(Some(Err(refusal)));
         }
@@ -248,7 +244,7 @@ impl Handler<Meter> for UserActor {
                 self.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
             return now_reply(verdict);
         };
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        let (ledger, prefix) = remote.handles();
         // The organisation cap is counted here, per replica: no allowance (promise) then.
         let max_batch = if self.shared.org.cap().is_some() {
             0
@@ -311,7 +307,7 @@ impl Handler<Snapshot> for UserActor {
             let report = self.book.report(&limits, self.shared.clock.now_ms());
             return now_reply(Some(Ok(report)));
         };
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        let (ledger, prefix) = remote.handles();
         Box::pin(
             async move {
                 Some(match ledger.usage(&prefix).await {

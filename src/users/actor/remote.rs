@@ -20,7 +20,8 @@ use std::sync::Arc;
 /// Redis mode: what this replica knows of the user beyond Redis.
 pub(super) struct RemoteUser {
     pub(super) ledger: Arc<RedisLedger>,
-    pub(super) prefix: String,
+    /// The user's key prefix (shared with every call's future, not copied).
+    pub(super) prefix: Arc<str>,
     /// Requests Redis admitted for this replica, until settled (or adopted by the book when
     /// Redis went away while they ran).
     pub(super) open: HashMap<String, OpenRequest>,
@@ -40,9 +41,14 @@ pub(super) struct RemoteUser {
 }
 
 impl RemoteUser {
+    /// What a Redis call's future needs: the ledger and the user's key prefix.
+    pub(super) fn handles(&self) -> (Arc<RedisLedger>, Arc<str>) {
+        (self.ledger.clone(), self.prefix.clone())
+    }
+
     pub(super) fn new(ledger: Arc<RedisLedger>, user_id: &str) -> Self {
         Self {
-            prefix: ledger.user_prefix(user_id),
+            prefix: ledger.user_prefix(user_id).into(),
             ledger,
             open: HashMap::new(),
             local: HashSet::new(),
@@ -105,10 +111,7 @@ impl UserActor {
         request: AdmitRequest,
     ) -> Result<Grant, ApiError> {
         let Some(remote) = self.remote.as_mut() else {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                "user actor lost its Redis ledger",
-            ));
+            return Err(lost_ledger());
         };
         let limits = request.limits;
         let admitted = match reply {
@@ -183,10 +186,7 @@ impl UserActor {
         error: &Unavailable,
     ) -> Result<Grant, ApiError> {
         let Some(remote) = self.remote.as_mut() else {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                "user actor lost its Redis ledger",
-            ));
+            return Err(lost_ledger());
         };
         tracing::debug!(user_id = %self.user_id, error = %error, "admitting under the outage policy");
         request.limits = remote
@@ -209,20 +209,14 @@ impl UserActor {
                 if error.may_have_applied() {
                     // The admit call may have reached Redis after all: close that record (with
                     // no usage) once Redis answers, so it holds no slot and is charged nothing.
-                    let (input_nano_usd, output_nano_usd) = price.nano_usd_per_token();
-                    remote.ledger.journal(PendingSettle {
-                        prefix: remote.prefix.clone(),
+                    remote.ledger.journal(PendingSettle::of(
+                        remote.prefix.clone(),
                         request_id,
-                        input_tokens: 0,
-                        output_tokens: 0,
-                        cut: false,
-                        local: false,
-                        day: day_key(now),
-                        month: month_key(now),
-                        input_nano_usd,
-                        output_nano_usd,
-                        admitted_ms: now,
-                    });
+                        &OpenRequest::empty(price, now),
+                        Usage::default(),
+                        false,
+                        false,
+                    ));
                 }
                 let refusal = outage_refusal(refusal);
                 metrics.record_outage_decision(if refusal.code == ErrorCode::StateUnavailable {
@@ -254,11 +248,7 @@ impl UserActor {
                 let known = *known;
                 self.remote_alerts(known, self.shared.clock.now_ms());
                 match reply {
-                    // The organisation cap is counted here, per replica: no allowance then.
-                    Ok(Metered::Within(_, allowance)) if self.shared.org.cap().is_none() => {
-                        Verdict::Continue { allowance }
-                    }
-                    Ok(Metered::Within(..)) => Verdict::Continue { allowance: 0 },
+                    Ok(Metered::Within(_, allowance)) => Verdict::Continue { allowance },
                     _ => Verdict::StopBudget,
                 }
             }
@@ -306,17 +296,15 @@ impl UserActor {
         let (Some(remote), Some(limits)) = (self.remote.as_mut(), self.limits) else {
             return;
         };
-        let percent = u64::from(limits.alert_threshold_percent);
-        let crossed = |spend: u64, cap: u64| {
-            cap > 0 && u128::from(spend) * 100 >= u128::from(cap) * u128::from(percent)
-        };
         let (day, month) = (day_key(now_ms), month_key(now_ms));
         let mut due = Vec::new();
-        if crossed(known.spend_today, limits.daily_cap_micro_usd) && remote.alerted.0 != Some(day) {
+        if limits.alert_due(known.spend_today, limits.daily_cap_micro_usd)
+            && remote.alerted.0 != Some(day)
+        {
             remote.alerted.0 = Some(day);
             due.push((day, known.spend_today, limits.daily_cap_micro_usd, "daily"));
         }
-        if crossed(known.spend_month, limits.monthly_cap_micro_usd)
+        if limits.alert_due(known.spend_month, limits.monthly_cap_micro_usd)
             && remote.alerted.1 != Some(month)
         {
             remote.alerted.1 = Some(month);
@@ -328,8 +316,7 @@ impl UserActor {
             ));
         }
         for (period, spend, cap, window) in due {
-            let ledger = remote.ledger.clone();
-            let prefix = remote.prefix.clone();
+            let (ledger, prefix) = remote.handles();
             let alerts = self.shared.alerts.clone();
             let user_id = self.user_id.clone();
             actix_rt::spawn(async move {
@@ -375,7 +362,7 @@ impl UserActor {
             return now_reply(()); // settled already
         };
         let local = remote.local.remove(&msg.request_id);
-        let (ledger, prefix) = (remote.ledger.clone(), remote.prefix.clone());
+        let (ledger, prefix) = remote.handles();
         let now = self.shared.clock.now_ms();
         if in_book.is_some() {
             let org = &self.shared.org;
@@ -387,21 +374,14 @@ impl UserActor {
                 .org
                 .add(open.day, cost as i64 - open.cost() as i64);
         }
-        let (input_nano_usd, output_nano_usd) = open.price.nano_usd_per_token();
-        let entry = PendingSettle {
-            prefix,
-            request_id: msg.request_id,
-            input_tokens: msg.usage.input_tokens,
-            output_tokens: msg.usage.output_tokens,
-            cut: msg.outcome != Outcome::Completed,
-            local,
-            day: open.day,
-            month: open.month,
-            input_nano_usd,
-            output_nano_usd,
-            admitted_ms: open.admitted_ms,
-        };
+        let cut = msg.outcome != Outcome::Completed;
+        let entry = PendingSettle::of(prefix, msg.request_id, &open, msg.usage, cut, local);
         self.touched();
         Box::pin(async move { ledger.settle(entry).await }.into_actor(self))
     }
+}
+
+/// Redis-mode handlers run only on actors built with a ledger; this answers the impossible case.
+fn lost_ledger() -> ApiError {
+    ApiError::new(ErrorCode::Internal, "user actor lost its Redis ledger")
 }

@@ -2,14 +2,16 @@
 //! Replay is safe to repeat: the settle script applies a request id once, so a settlement that
 //! did reach Redis before its call timed out is not counted twice.
 
+use crate::accounting::Usage;
 use crate::telemetry::Metrics;
+use crate::users::book::OpenRequest;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// One settlement, with everything the settle script needs (its open record may be gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingSettle {
-    pub prefix: String,
+    pub prefix: Arc<str>,
     pub request_id: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -24,6 +26,31 @@ pub struct PendingSettle {
 }
 
 impl PendingSettle {
+    /// The settlement of `open` (admitted as `request_id` under `prefix`) with `usage`.
+    pub fn of(
+        prefix: Arc<str>,
+        request_id: String,
+        open: &OpenRequest,
+        usage: Usage,
+        cut: bool,
+        local: bool,
+    ) -> Self {
+        let (input_nano_usd, output_nano_usd) = open.price.nano_usd_per_token();
+        Self {
+            prefix,
+            request_id,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cut,
+            local,
+            day: open.day,
+            month: open.month,
+            input_nano_usd,
+            output_nano_usd,
+            admitted_ms: open.admitted_ms,
+        }
+    }
+
     /// The settle script's numeric arguments, in its ARGV order (after the request id).
     pub fn script_args(&self) -> [u64; 9] {
         [

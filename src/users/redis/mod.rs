@@ -19,6 +19,7 @@ pub use journal::PendingSettle;
 pub use link::Unavailable;
 
 use super::book::{AdmitRequest, Counts, Refusal};
+use super::calendar::DAY_MS;
 use super::limits::UserLimits;
 use super::outage::{Known, OutagePolicy};
 use crate::config::Config;
@@ -305,7 +306,7 @@ impl RedisLedger {
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(40u64 * 86_400_000);
+            .arg(40 * DAY_MS);
         let reply: Option<String> = self.link.command("alert", false, c).await?;
         Ok(reply.is_some())
     }

@@ -142,7 +142,7 @@ fn settlement(
 ) -> PendingSettle {
     let (input_nano_usd, output_nano_usd) = price.nano_usd_per_token();
     PendingSettle {
-        prefix: prefix.to_string(),
+        prefix: prefix.into(),
         request_id: id.to_string(),
         input_tokens: usage.0,
         output_tokens: usage.1,
