@@ -217,20 +217,25 @@ mod tests {
         assert_eq!(registry.live_actors(), 1);
 
         // Wait for the eviction (bounded), then ask again: a fresh actor, the same counts.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while registry.live_actors() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the idle actor was not evicted"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_eviction(&registry, Duration::from_secs(10)).await;
         let report = registry.usage("ivy", limits).await.unwrap();
         assert_eq!(registry.live_actors(), 1);
         assert_eq!(report.requests, 1);
         assert_eq!(report.output_tokens, 5);
         assert_eq!(report.requests_per_minute.used, 1, "the window survived");
         assert_eq!(report.tokens_per_day.used, 15);
+    }
+
+    /// Waits (polling: eviction has no event to wait on) until every actor was evicted.
+    async fn wait_for_eviction(registry: &UserRegistry, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while registry.live_actors() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no eviction within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     use crate::users::redis::tests::server;
@@ -335,14 +340,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(registry.live_actors(), 1);
         redis.restart();
-        let until = std::time::Instant::now() + Duration::from_secs(15);
-        while registry.live_actors() > 0 {
-            assert!(
-                std::time::Instant::now() < until,
-                "never evicted after Redis returned"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_eviction(&registry, Duration::from_secs(15)).await;
         assert!(ledger.ready());
         let report = registry.usage("vic", limits).await.unwrap();
         assert_eq!((report.requests, report.output_tokens), (1, 50));
