@@ -1,6 +1,8 @@
 //! The shared vocabulary of what a request used and how it ended, passed from the relay to the
-//! user's actor (settlement), the request log and the metrics.
+//! user's actor (settlement), the request log and the metrics. Every label a metric may carry
+//! for an ending is an enum here whose `ALL` declares the label values up front.
 
+use crate::error::ErrorCode;
 use serde::Serialize;
 
 /// How a request ended. One per request, logged and counted.
@@ -28,6 +30,106 @@ impl Outcome {
             Outcome::ClientGone => "client_gone",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected => "rejected",
+        }
+    }
+
+    /// Why an answer that started was ended early (or left by its client); `None` for a
+    /// whole answer and for a refusal.
+    pub fn cut_reason(self) -> Option<CutReason> {
+        match self {
+            Outcome::Completed | Outcome::Rejected => None,
+            Outcome::CutTokenCap => Some(CutReason::TokenCap),
+            Outcome::CutBudget => Some(CutReason::Budget),
+            Outcome::CutDeadline => Some(CutReason::Deadline),
+            Outcome::CutGuardrail => Some(CutReason::Guardrail),
+            Outcome::UpstreamError => Some(CutReason::UpstreamFailed),
+            Outcome::ClientGone => Some(CutReason::ClientGone),
+        }
+    }
+
+    /// The error event that ends a started stream with this outcome, if it ends in one (a
+    /// completed stream and one cut at the output cap end normally; a client that left gets
+    /// nothing).
+    pub fn stream_error(self) -> Option<ErrorCode> {
+        match self {
+            Outcome::CutBudget => Some(ErrorCode::BudgetExceeded),
+            Outcome::CutDeadline => Some(ErrorCode::DeadlineExceeded),
+            Outcome::CutGuardrail => Some(ErrorCode::OutputBlocked),
+            Outcome::UpstreamError => Some(ErrorCode::UpstreamFailed),
+            Outcome::Completed | Outcome::CutTokenCap | Outcome::ClientGone | Outcome::Rejected => {
+                None
+            }
+        }
+    }
+}
+
+/// The `reason` label of `tollgate_stream_cuts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CutReason {
+    TokenCap,
+    Budget,
+    Deadline,
+    Guardrail,
+    UpstreamFailed,
+    ClientGone,
+}
+
+impl CutReason {
+    pub const ALL: [CutReason; 6] = [
+        CutReason::TokenCap,
+        CutReason::Budget,
+        CutReason::Deadline,
+        CutReason::Guardrail,
+        CutReason::UpstreamFailed,
+        CutReason::ClientGone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutReason::TokenCap => "token_cap",
+            CutReason::Budget => "budget",
+            CutReason::Deadline => "deadline",
+            CutReason::Guardrail => "guardrail",
+            CutReason::UpstreamFailed => "upstream_failed",
+            CutReason::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// The `kind` label of `tollgate_upstream_errors_total`: how the provider failed a request
+/// before it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamFailure {
+    /// It answered with an error or something unusable, or broke.
+    Failed,
+    /// It could not be reached (or its circuit is open).
+    Unavailable,
+    /// It did not answer in time.
+    Timeout,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [UpstreamFailure; 3] = [
+        UpstreamFailure::Failed,
+        UpstreamFailure::Unavailable,
+        UpstreamFailure::Timeout,
+    ];
+
+    /// The failure an error code reports, if it is an upstream one.
+    pub fn of(code: ErrorCode) -> Option<Self> {
+        match code {
+            ErrorCode::UpstreamFailed => Some(UpstreamFailure::Failed),
+            ErrorCode::UpstreamUnavailable => Some(UpstreamFailure::Unavailable),
+            ErrorCode::UpstreamTimeout => Some(UpstreamFailure::Timeout),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Failed => "upstream_failed",
+            UpstreamFailure::Unavailable => "upstream_unavailable",
+            UpstreamFailure::Timeout => "upstream_timeout",
         }
     }
 }

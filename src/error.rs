@@ -1,6 +1,7 @@
-//! The one error table: every error a client can receive, with its HTTP status, OpenAI error
-//! `type` and `code`, and the OpenAI-shaped body. `http` turns an [`ApiError`] into a response;
-//! the relay uses [`ErrorBody`] for the error event that ends a broken stream.
+//! The one error table: every error a client can receive, with how it is delivered (an HTTP
+//! status before the body, or an error event inside a stream that already started), its OpenAI
+//! error `type` and `code`, and the OpenAI-shaped body. `http` turns an [`ApiError`] into a
+//! response; the relay writes [`ErrorCode::stream_event`] as the event that ends a cut stream.
 
 use serde::Serialize;
 
@@ -36,6 +37,21 @@ pub enum ErrorCode {
     StateUnavailable,
     UpstreamTimeout,
     Internal,
+    /// In-stream: a spend or token limit was crossed while the reply streamed.
+    BudgetExceeded,
+    /// In-stream: `limits.deadline_secs` passed while the reply streamed.
+    DeadlineExceeded,
+    /// In-stream: an output guardrail stopped the reply.
+    OutputBlocked,
+}
+
+/// How a code reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// As the response's status and JSON body, before any reply started.
+    Status(u16),
+    /// Only as the error event that ends a stream that already started (status 200).
+    InStream,
 }
 
 impl ErrorCode {
@@ -70,12 +86,15 @@ impl ErrorCode {
         ErrorCode::StateUnavailable,
         ErrorCode::UpstreamTimeout,
         ErrorCode::Internal,
+        ErrorCode::BudgetExceeded,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::OutputBlocked,
     ];
 
-    /// The HTTP status. Exhaustive on purpose: a new code must decide its status here.
-    pub fn status(self) -> u16 {
+    /// How the code is delivered. Exhaustive on purpose: a new code must decide its status here.
+    pub fn delivery(self) -> Delivery {
         use ErrorCode::*;
-        match self {
+        Delivery::Status(match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
             | PromptInjection => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
@@ -90,7 +109,31 @@ impl ErrorCode {
             UpstreamFailed => 502,
             UpstreamUnavailable | StateUnavailable => 503,
             UpstreamTimeout => 504,
+            BudgetExceeded | DeadlineExceeded | OutputBlocked => return Delivery::InStream,
+        })
+    }
+
+    /// The HTTP status the client got with this code: its own, or 200 for an in-stream code
+    /// (the stream had started).
+    pub fn status(self) -> u16 {
+        match self.delivery() {
+            Delivery::Status(status) => status,
+            Delivery::InStream => 200,
         }
+    }
+
+    /// The `data:` payload that ends a started stream with this code. `UpstreamFailed` is the
+    /// one code delivered both ways; mid-stream it says so.
+    pub fn stream_event(self) -> String {
+        let message = match self {
+            ErrorCode::BudgetExceeded => {
+                "your spend or token limit was reached during this response"
+            }
+            ErrorCode::DeadlineExceeded => "the request exceeded the gateway's time limit",
+            ErrorCode::OutputBlocked => "the response was stopped by an output guardrail",
+            _ => "the upstream provider failed during the response",
+        };
+        ErrorBody::new(message, self.kind(), self.as_str()).to_json()
     }
 
     /// OpenAI's error `type`.
@@ -108,6 +151,9 @@ impl ErrorCode {
                 "upstream_error"
             }
             Internal => "server_error",
+            BudgetExceeded => "rate_limit_error",
+            DeadlineExceeded => "timeout_error",
+            OutputBlocked => "content_filter_error",
         }
     }
 
@@ -144,6 +190,9 @@ impl ErrorCode {
             StateUnavailable => "state_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Internal => "internal_error",
+            BudgetExceeded => "budget_exceeded",
+            DeadlineExceeded => "deadline_exceeded",
+            OutputBlocked => "output_blocked",
         }
     }
 }
@@ -250,7 +299,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 29);
+        assert_eq!(n, 32);
     }
 
     #[test]

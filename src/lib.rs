@@ -14,10 +14,12 @@
 
 pub mod accounting;
 pub mod auth;
+pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod guardrails;
 pub mod http;
 pub mod mock;

@@ -9,7 +9,7 @@ use crate::config::ModelPrice;
 use std::collections::BTreeMap;
 
 /// Integer price of one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Price {
     input_nano_usd_per_token: u64,
     output_nano_usd_per_token: u64,

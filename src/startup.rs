@@ -5,10 +5,9 @@
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
-use crate::error::ErrorCode;
 use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
-use crate::policy::guard::Guardrails;
+use crate::policy::guardrails::Guardrails;
 use crate::pricing::PriceTable;
 use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
@@ -92,27 +91,7 @@ pub fn start(
         config.metrics.max_user_series,
         LabelSets::new(config.pricing.keys().cloned(), features),
     );
-    let rejections: Vec<&str> = ErrorCode::ALL
-        .iter()
-        .filter(|c| (400..500).contains(&c.status()))
-        .map(|c| c.as_str())
-        .collect();
-    metrics.declare_known_labels(
-        &rejections,
-        &[
-            "token_cap",
-            "budget",
-            "deadline",
-            "guardrail",
-            "upstream_failed",
-            "client_gone",
-        ],
-        &[
-            "upstream_failed",
-            "upstream_unavailable",
-            "upstream_timeout",
-        ],
-    );
+    metrics.declare_known_labels();
     start_upkeep(metrics.clone());
     let metrics_server = match config.server.metrics_listen.as_str() {
         "" => None,

@@ -66,14 +66,14 @@ pub enum RulePattern {
 
 /// Result of [`InjectionDetector::scan`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Verdict {
+pub struct InjectionScore {
     /// Sum of the weights of the matched rules.
     pub score: u32,
     /// Ids of the matched rules, in rule order, each once.
     pub matched: Vec<String>,
 }
 
-impl Verdict {
+impl InjectionScore {
     /// Whether the score reaches `threshold`.
     pub fn is_injection(&self, threshold: u32) -> bool {
         self.score >= threshold
@@ -210,7 +210,7 @@ impl InjectionDetector {
     }
 
     /// Score `text` (any length; linear time).
-    pub fn scan(&self, text: &str) -> Verdict {
+    pub fn scan(&self, text: &str) -> InjectionScore {
         let mut hit = vec![false; self.ids.len()];
 
         let normalized = normalize(text);
@@ -241,7 +241,7 @@ impl InjectionDetector {
             }
         }
 
-        let mut verdict = Verdict::default();
+        let mut verdict = InjectionScore::default();
         for (index, matched) in hit.iter().enumerate() {
             if *matched {
                 if let (Some(id), Some(weight)) = (self.ids.get(index), self.weights.get(index)) {

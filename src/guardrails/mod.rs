@@ -7,7 +7,7 @@
 //! - [`input`]: [`InjectionDetector`] scores a request message against weighted phrase and regex
 //!   rules after [`normalize`] (NFKC, case folding, zero-width removal, confusables, whitespace),
 //!   also looking inside one level of Base64 and Unicode TAG "ASCII smuggling". The caller compares
-//!   [`Verdict::score`] with a threshold ([`DEFAULT_THRESHOLD`]) and blocks or flags.
+//!   [`InjectionScore::score`] with a threshold ([`DEFAULT_THRESHOLD`]) and blocks or flags.
 //! - [`output`]: [`StreamScanner`] sits between the upstream's deltas and the client. It releases
 //!   text as soon as no forbidden pattern can still start in it, holding back only the shortest
 //!   tail that could begin a match ([`StreamScanner::held_chars`]), and either redacts a match in
@@ -22,9 +22,42 @@ pub mod normalize;
 pub mod output;
 mod rules;
 
-pub use input::{InjectionDetector, Rule, RulePattern, Verdict, DEFAULT_THRESHOLD, MIN_BASE64_LEN};
+pub use input::{
+    InjectionDetector, InjectionScore, Rule, RulePattern, DEFAULT_THRESHOLD, MIN_BASE64_LEN,
+};
 pub use normalize::normalize;
 pub use output::{
     canary_rule, default_secret_rules, new_canary, pii_redaction_rules, OutputAction,
-    OutputPattern, OutputRule, ScanOutput, StreamScanner,
+    OutputPattern, OutputRule, RuleHit, ScanOutput, StreamScanner,
 };
+
+/// What a guardrail checks for (the `check` label of `tollgate_guardrail_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// The input filter: an attempt to override the model's instructions.
+    PromptInjection,
+    /// Output: a credential (API keys, tokens, private keys).
+    Secret,
+    /// Output: personal data (e-mail addresses, phone numbers).
+    Pii,
+    /// Output: the per-request canary (the system prompt leaked).
+    Canary,
+}
+
+impl Check {
+    pub const ALL: [Check; 4] = [
+        Check::PromptInjection,
+        Check::Secret,
+        Check::Pii,
+        Check::Canary,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::PromptInjection => "prompt_injection",
+            Check::Secret => "secret",
+            Check::Pii => "pii",
+            Check::Canary => "canary",
+        }
+    }
+}

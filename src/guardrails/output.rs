@@ -27,6 +27,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
 use super::normalize::is_invisible;
+use super::Check;
 
 /// Longest pattern accepted, in characters: bounds the hold-back (and so the added latency).
 pub const MAX_PATTERN_CHARS: usize = 1024;
@@ -50,8 +51,10 @@ pub enum OutputAction {
 /// One output check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRule {
-    /// Stable identifier (logs, metric labels, the `Blocked` answer).
+    /// Stable identifier (the request log, the `Blocked` answer).
     pub id: String,
+    /// Which kind of check it is (the metric label).
+    pub check: Check,
     /// What to look for.
     pub pattern: OutputPattern,
     /// What to do about it.
@@ -85,8 +88,8 @@ pub enum ScanOutput {
     /// A `Block` rule matched: send `safe_prefix` (the text before the match not yet released),
     /// then end the stream. Every later call answers `Blocked` again with an empty prefix.
     Blocked {
-        /// Id of the rule that matched.
-        rule_id: String,
+        /// The rule that matched.
+        rule: RuleHit,
         /// Text before the match that had not been released yet.
         safe_prefix: String,
     },
@@ -100,9 +103,17 @@ enum Window {
     Regex { max_len: usize },
 }
 
+/// The rule that blocked a reply: its id and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleHit {
+    pub id: String,
+    pub check: Check,
+}
+
 #[derive(Debug, Clone)]
 struct CompiledRule {
     id: String,
+    check: Check,
     action: OutputAction,
     regex: Regex,
     window: Window,
@@ -128,7 +139,7 @@ pub struct StreamScanner {
     /// `buf[start..]` is held back.
     buf: String,
     start: usize,
-    blocked: Option<String>,
+    blocked: Option<RuleHit>,
     finished: bool,
 }
 
@@ -213,6 +224,7 @@ impl StreamScanner {
         };
         self.rules.push(CompiledRule {
             id: rule.id,
+            check: rule.check,
             action: rule.action,
             regex,
             window,
@@ -240,9 +252,9 @@ impl StreamScanner {
 
     /// Feed the next delta; returns what can be released now.
     pub fn push(&mut self, delta: &str) -> ScanOutput {
-        if let Some(rule_id) = &self.blocked {
+        if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
-                rule_id: rule_id.clone(),
+                rule: rule.clone(),
                 safe_prefix: String::new(),
             };
         }
@@ -256,9 +268,9 @@ impl StreamScanner {
 
     /// End of stream: scan and release the held tail.
     pub fn finish(&mut self) -> ScanOutput {
-        if let Some(rule_id) = &self.blocked {
+        if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
-                rule_id: rule_id.clone(),
+                rule: rule.clone(),
                 safe_prefix: String::new(),
             };
         }
@@ -312,12 +324,15 @@ impl StreamScanner {
             };
             match &rule.action {
                 OutputAction::Block => {
-                    let rule_id = rule.id.clone();
-                    self.blocked = Some(rule_id.clone());
+                    let hit = RuleHit {
+                        id: rule.id.clone(),
+                        check: rule.check,
+                    };
+                    self.blocked = Some(hit.clone());
                     self.buf.clear();
                     self.start = 0;
                     return ScanOutput::Blocked {
-                        rule_id,
+                        rule: hit,
                         safe_prefix: out,
                     };
                 }
@@ -432,6 +447,7 @@ fn compile(id: &str, pattern: &str, case_insensitive: bool) -> Result<Regex, Str
 fn block_regex(id: &str, regex: &str, max_len: usize) -> OutputRule {
     OutputRule {
         id: id.to_string(),
+        check: Check::Secret,
         pattern: OutputPattern::Regex {
             regex: regex.to_string(),
             max_len,
@@ -481,6 +497,7 @@ pub fn pii_redaction_rules() -> Vec<OutputRule> {
     vec![
         OutputRule {
             id: "email".to_string(),
+            check: Check::Pii,
             pattern: OutputPattern::Regex {
                 regex: r"[A-Za-z0-9._%+\-]{1,32}@[A-Za-z0-9\-]{1,30}(?:\.[A-Za-z0-9\-]{1,30}){0,3}\.[A-Za-z]{2,12}".to_string(),
                 max_len: 48,
@@ -489,6 +506,7 @@ pub fn pii_redaction_rules() -> Vec<OutputRule> {
         },
         OutputRule {
             id: "phone".to_string(),
+            check: Check::Pii,
             pattern: OutputPattern::Regex {
                 regex: r"(?:\+[1-9][0-9]{0,2}[ .\-]?)?(?:\([0-9]{2,4}\)[ .\-]?|[0-9]{2,4}[ .\-])[0-9]{3,4}[ .\-]?[0-9]{3,4}".to_string(),
                 max_len: 24,
@@ -502,6 +520,7 @@ pub fn pii_redaction_rules() -> Vec<OutputRule> {
 pub fn canary_rule(canary: &str) -> OutputRule {
     OutputRule {
         id: "canary".to_string(),
+        check: Check::Canary,
         pattern: OutputPattern::Literal(canary.to_string()),
         action: OutputAction::Block,
     }
@@ -539,12 +558,9 @@ mod tests {
         for chunk in chunks {
             match scanner.push(chunk) {
                 ScanOutput::Text(t) => released.push_str(&t),
-                ScanOutput::Blocked {
-                    rule_id,
-                    safe_prefix,
-                } => {
+                ScanOutput::Blocked { rule, safe_prefix } => {
                     released.push_str(&safe_prefix);
-                    return (released, Some(rule_id));
+                    return (released, Some(rule.id));
                 }
             }
             assert!(scanner.held_chars() <= scanner.max_hold_chars() + chunk.chars().count());
@@ -554,12 +570,9 @@ mod tests {
                 released.push_str(&t);
                 (released, None)
             }
-            ScanOutput::Blocked {
-                rule_id,
-                safe_prefix,
-            } => {
+            ScanOutput::Blocked { rule, safe_prefix } => {
                 released.push_str(&safe_prefix);
-                (released, Some(rule_id))
+                (released, Some(rule.id))
             }
         }
     }
@@ -663,6 +676,7 @@ mod tests {
         let bad = |pattern: OutputPattern| {
             StreamScanner::new(vec![OutputRule {
                 id: "the_bad_one".into(),
+                check: Check::Secret,
                 pattern,
                 action: OutputAction::Block,
             }])
@@ -816,7 +830,10 @@ mod tests {
         assert_eq!(
             scanner.push("more"),
             ScanOutput::Blocked {
-                rule_id: "canary".into(),
+                rule: RuleHit {
+                    id: "canary".into(),
+                    check: Check::Canary,
+                },
                 safe_prefix: String::new()
             }
         );
@@ -827,6 +844,7 @@ mod tests {
     fn word_boundary_lookahead_waits_for_the_next_char() {
         let rules = vec![OutputRule {
             id: "word".into(),
+            check: Check::Pii,
             pattern: OutputPattern::Regex {
                 regex: r"\bfoo\b".into(),
                 max_len: 3,

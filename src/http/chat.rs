@@ -1,19 +1,25 @@
-//! `POST /v1/chat/completions`: authenticate → check input → admit → relay → settle → log.
+//! `POST /v1/chat/completions`, read top to bottom as the pipeline:
+//! authenticate → read → check → screen → admit → send → relay → finish.
+//!
+//! Each stage returns a value (or the error that ends the request); the request's log record is
+//! filled from those values. The [`Exchange`] owns the request's end: refusals, the relay's
+//! summary and a dropped handler all end there, settled and logged once.
 
 use super::errors::{add_rate_limit_headers, error_response};
 use super::request_id::request_id;
 use super::server::AppState;
-use crate::accounting::{Outcome, Usage, UsageSource};
-use crate::auth::{authorize_feature, authorize_model};
+use crate::auth::{authorize_feature, authorize_model, Identity};
+use crate::config::PlanConfig;
 use crate::error::{ApiError, ErrorCode};
-use crate::policy::guard::OutputPlan;
+use crate::exchange::{upstream_refused, Exchange};
+use crate::policy::guardrails::OutputPlan;
 use crate::policy::ChatRequest;
 use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
-use crate::relay::guard::OutputGuard;
+use crate::relay::output_filter::OutputFilter;
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Finished, StreamEnd, UpstreamClient};
-use crate::telemetry::{Metrics, RequestLog};
+use crate::relay::{Answer, UpstreamClient};
+use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{AdmitRequest, UserLimits};
 use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
@@ -25,8 +31,6 @@ use tokio::time::Instant;
 
 /// The feature used when a request names none.
 const DEFAULT_FEATURE: &str = "chat_support";
-/// The status logged for a client that left before its answer was complete (nginx's 499).
-const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// Longest header value copied into the request log.
 const MAX_LOGGED_HEADER_CHARS: usize = 128;
 
@@ -38,47 +42,73 @@ pub(super) async fn chat_completions(
 ) -> HttpResponse {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
-    let mut log = RequestLog::new(state.log_sink.clone(), request_id(&req), started.into_std())
-        .with_metrics(state.metrics.clone());
-    log.feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
-    log.session_id = header_text(&req, "x-session-id");
+    let feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
+    let log = RequestLog::new(
+        state.log_sink.clone(),
+        request_id(&req),
+        feature,
+        header_text(&req, "x-session-id"),
+        started.into_std(),
+    )
+    .with_metrics(state.metrics.clone());
+    let mut exchange = Exchange::new(log);
 
-    let Checked {
-        request,
-        output,
-        counter,
-        price,
-        wanted,
-    } = match check_request(&req, payload, &state, &mut log).await {
-        Ok(checked) => checked,
-        Err(e) => return reject(log, &e),
+    let (identity, plan) = match authenticate(&req, &state, &mut exchange) {
+        Ok(who) => who,
+        Err(e) => return refuse(exchange, &e),
     };
+    let mut request = match read(&req, payload, &state).await {
+        Ok(request) => request,
+        Err(e) => return refuse(exchange, &e),
+    };
+    exchange.log().asked(Asked {
+        model: request
+            .model
+            .chars()
+            .take(MAX_LOGGED_HEADER_CHARS)
+            .collect(),
+        stream: request.stream,
+        prompt_hash: state.hasher.hash(&request.last_user_text()),
+    });
+    let checked = match check(&mut request, &identity, plan, &state) {
+        Ok(checked) => checked,
+        Err(e) => return refuse(exchange, &e),
+    };
+    exchange
+        .log()
+        .estimated(checked.price, checked.estimated_input_tokens);
+    let output = match screen(&mut request, &state, &mut exchange) {
+        Ok(output) => output,
+        Err(e) => return refuse(exchange, &e),
+    };
+
     let admitted = state
         .users
         .admit(
-            &log.user_id,
+            &identity.user_id,
             AdmitRequest {
-                request_id: log.request_id.clone(),
-                estimated_input_tokens: log.input_tokens_estimated,
-                max_tokens: wanted,
+                request_id: exchange.log().request_id().to_string(),
+                estimated_input_tokens: checked.estimated_input_tokens,
+                max_tokens: checked.wanted_max_tokens,
                 choices: request.choices(),
                 stream: request.stream,
-                price,
-                limits: UserLimits::for_plan(&state.config, &log.plan),
+                price: checked.price,
+                limits: UserLimits::for_plan(&state.config, &identity.plan),
             },
         )
         .await;
-    let ticket = match admitted {
-        Ok(ticket) => ticket,
-        Err(e) => return reject(log, &e),
+    let exchange = match admitted {
+        Ok(ticket) => exchange.admitted(ticket),
+        Err(e) => return refuse(exchange, &e),
     };
-    let granted = ticket.max_tokens();
-    let rate_limits = ticket.rate_limits();
+    let granted = exchange.ticket().max_tokens();
+    let rate_limits = exchange.ticket().rate_limits();
+
     let body = match request.upstream_body(granted) {
         Ok(body) => body,
         Err(e) => {
-            ticket.settle(Usage::default(), Outcome::Rejected).await;
-            return reject(log, &e);
+            exchange.refuse(&e).await;
+            return error_response(&e);
         }
     };
     let wait = deadline.saturating_duration_since(Instant::now());
@@ -91,36 +121,24 @@ pub(super) async fn chat_completions(
         Ok(response) => response,
         Err(e) => {
             // Refused or unreachable before any output: nothing is billed.
-            let outcome = if e.code == ErrorCode::UpstreamTimeout {
-                Outcome::CutDeadline
-            } else {
-                Outcome::UpstreamError
-            };
-            ticket.settle(Usage::default(), outcome).await;
-            log.finish(
-                outcome,
-                e.code.status(),
-                Usage::default(),
-                UsageSource::Counted,
-                None,
-                Some(e.code.as_str()),
-            );
-            return error_response(&e.rate_limits(rate_limits));
+            let error = e.rate_limits(rate_limits);
+            exchange.finish(upstream_refused(error.clone())).await;
+            return error_response(&error);
         }
     };
-    let choices = request_choices(&request);
-    let max_output_tokens = u64::from(granted) * choices;
-    let estimated_input_tokens = log.input_tokens_estimated;
-    let limits = &state.config;
 
+    let limits = &state.config;
+    let max_output_tokens = u64::from(granted) * request.choices().max(1);
+    let filter = output
+        .as_ref()
+        .map(|plan| OutputFilter::from_template(plan.template.clone()));
     if request.stream {
-        let (opened, body) = stream::start(StreamJob {
+        let (task, opened, body) = stream::prepare(StreamJob {
             upstream: response,
-            ticket,
-            counter,
+            counter: checked.counter,
             max_output_tokens,
             client_wants_usage: request.client_wants_usage,
-            estimated_input_tokens,
+            estimated_input_tokens: checked.estimated_input_tokens,
             started,
             deadline,
             idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
@@ -128,16 +146,9 @@ pub(super) async fn chat_completions(
             meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
             meter_batch_max_tokens: limits.relay.meter_batch_max_tokens.into(),
             buffer_events: limits.relay.client_buffer_events,
-            guard: output_guard(&output),
-            on_finish: {
-                // Dropped with the closure: when the stream ends, however it ends.
-                let open = OpenStream::new(&state.metrics);
-                Box::new(move |finished: Finished| {
-                    log_stream_end(log, finished);
-                    drop(open);
-                })
-            },
+            filter,
         });
+        exchange.relay_stream(task, &state.metrics);
         return match opened.await {
             Ok(Ok(())) => {
                 let mut response = HttpResponse::Ok();
@@ -149,7 +160,7 @@ pub(super) async fn chat_completions(
                 add_rate_limit_headers(&mut response, &rate_limits);
                 response.streaming(body)
             }
-            Ok(Err(end)) => error_response(&end.pre_stream_error().rate_limits(rate_limits)),
+            Ok(Err(error)) => error_response(&error.rate_limits(rate_limits)),
             Err(_) => error_response(&ApiError::new(
                 ErrorCode::Internal,
                 "the relay stopped unexpectedly",
@@ -157,31 +168,21 @@ pub(super) async fn chat_completions(
         };
     }
 
-    let result = complete(CompleteJob {
+    let (relayed, body) = complete(CompleteJob {
         upstream: response,
-        counter,
+        counter: checked.counter,
         max_output_tokens,
-        estimated_input_tokens,
+        estimated_input_tokens: checked.estimated_input_tokens,
         started,
         deadline,
         max_body_bytes: limits.upstream.max_event_bytes,
-        guard: output_guard(&output),
+        filter,
     })
     .await;
-    match result {
-        Ok((body, finished)) => {
-            ticket.settle(finished.usage, finished.end.outcome()).await;
-            if let Some(rule) = &finished.blocked_by {
-                log.guardrail = Some(format!("output_blocked:{rule}"));
-            }
-            log.finish(
-                finished.end.outcome(),
-                200,
-                finished.usage,
-                finished.usage_source,
-                finished.ttft,
-                None,
-            );
+    let answer = relayed.answer.clone();
+    exchange.finish(relayed).await;
+    match (answer, body) {
+        (Answer::Body, Some(body)) => {
             let mut response = HttpResponse::Ok();
             response
                 .content_type("application/json")
@@ -189,144 +190,104 @@ pub(super) async fn chat_completions(
             add_rate_limit_headers(&mut response, &rate_limits);
             response.body(body)
         }
-        Err((error, finished)) => {
-            ticket.settle(finished.usage, finished.end.outcome()).await;
-            log.finish(
-                finished.end.outcome(),
-                error.code.status(),
-                finished.usage,
-                finished.usage_source,
-                None,
-                Some(error.code.as_str()),
-            );
-            error_response(&error.rate_limits(rate_limits))
-        }
+        (Answer::Error(error), _) => error_response(&error.rate_limits(rate_limits)),
+        _ => error_response(&ApiError::new(ErrorCode::Internal, "the reply was lost")),
     }
 }
 
-/// The reply's scanners, cloned from the rules compiled at start-up.
-fn output_guard(plan: &Option<OutputPlan>) -> Option<OutputGuard> {
-    plan.as_ref()
-        .map(|plan| OutputGuard::from_template(plan.template.clone()))
+/// Who is asking, and may their plan use the feature they name. The caller goes into the log
+/// as soon as it is known (a feature refusal is logged under its user).
+fn authenticate<'s>(
+    req: &HttpRequest,
+    state: &'s AppState,
+    exchange: &mut Exchange,
+) -> Result<(Identity, &'s PlanConfig), ApiError> {
+    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let identity = state.auth.authenticate(authorization)?;
+    exchange.log().caller(Caller {
+        user_id: identity.user_id.clone(),
+        plan: identity.plan.clone(),
+        plan_known: state.config.plans.contains_key(&identity.plan),
+    });
+    let plan = authorize_feature(&state.config.plans, &identity, exchange.log().feature())?;
+    Ok((identity, plan))
 }
 
-/// Counts a stream in `tollgate_active_streams` while it lives.
-struct OpenStream(Metrics);
-
-impl OpenStream {
-    fn new(metrics: &Metrics) -> Self {
-        metrics.stream_opened();
-        Self(metrics.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.stream_closed();
-    }
-}
-
-/// Logs a finished stream: an error status if it ended before the client got a stream.
-fn log_stream_end(mut log: RequestLog, finished: Finished) {
-    if let Some(rule) = &finished.blocked_by {
-        log.guardrail = Some(format!("output_blocked:{rule}"));
-    }
-    let (status, error_code) = if finished.end == StreamEnd::ClientGone {
-        (CLIENT_CLOSED_REQUEST, None)
-    } else if finished.committed {
-        let code = finished
-            .end
-            .is_error()
-            .then(|| finished.end.client_error().2);
-        (200, code)
-    } else {
-        let error = finished.end.pre_stream_error();
-        (error.code.status(), Some(error.code.as_str()))
-    };
-    log.finish(
-        finished.end.outcome(),
-        status,
-        finished.usage,
-        finished.usage_source,
-        finished.ttft,
-        error_code,
-    );
-}
-
-/// A request that passed every check before admission.
-struct Checked {
-    request: ChatRequest,
-    /// The reply's output guardrails.
-    output: Option<OutputPlan>,
-    counter: TokenCounter,
-    price: Price,
-    /// The output cap asked for, clamped to the plan's.
-    wanted: u32,
-}
-
-/// Identity, authorization and input policy, in that order, all before the upstream. Fills
-/// the log with who is asking for what.
-async fn check_request(
+/// Reads and parses the body (bounded; compressed bodies refused).
+async fn read(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-    log: &mut RequestLog,
-) -> Result<Checked, ApiError> {
-    let config = &state.config;
-    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let identity = state.auth.authenticate(authorization)?;
-    log.user_id = identity.user_id.clone();
-    log.plan = identity.plan.clone();
-    log.plan_known = config.plans.contains_key(&identity.plan);
-    let plan = authorize_feature(&config.plans, &identity, &log.feature)?;
+) -> Result<ChatRequest, ApiError> {
     if req.headers().contains_key(CONTENT_ENCODING) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             "compressed request bodies are not accepted",
         ));
     }
-    let body = read_body(req, payload, config.limits.max_body_bytes).await?;
-    let mut request = ChatRequest::parse(&body)?;
-    log.model = request
-        .model
-        .chars()
-        .take(MAX_LOGGED_HEADER_CHARS)
-        .collect();
-    log.stream = request.stream;
-    log.prompt_hash = state.hasher.hash(&request.last_user_text());
+    let body = read_body(req, payload, state.config.limits.max_body_bytes).await?;
+    ChatRequest::parse(&body)
+}
+
+/// A request that passed its checks.
+struct Checked {
+    price: Price,
+    counter: TokenCounter,
+    estimated_input_tokens: u64,
+    /// The output cap asked for, clamped to the plan's.
+    wanted_max_tokens: u32,
+}
+
+/// The model is priced and in the plan; the input fits the limits (history trimmed).
+fn check(
+    request: &mut ChatRequest,
+    identity: &Identity,
+    plan: &PlanConfig,
+    state: &AppState,
+) -> Result<Checked, ApiError> {
+    let config = &state.config;
     let price = state.prices.price(&request.model).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownModel,
             "this model is not in the gateway's price table",
         )
     })?;
-    log.price = Some(price);
     authorize_model(&identity.plan, plan, &request.model)?;
     let counter = TokenCounter::for_model(&request.model);
-    let (estimate, _trimmed) = request.enforce(&config.limits, &counter)?;
-    log.input_tokens_estimated = estimate;
-    let verdict = state.guardrails.check_input(&request, &log.feature)?;
-    if !verdict.flagged.is_empty() {
-        log.guardrail = Some(format!("input_flagged:{}", verdict.flagged.join(",")));
+    let (estimated_input_tokens, _trimmed) = request.enforce(&config.limits, &counter)?;
+    let plan_cap = plan
+        .max_output_tokens
+        .unwrap_or(config.limits.max_output_tokens);
+    let wanted_max_tokens = request
+        .requested_max_tokens
+        .unwrap_or(config.limits.default_max_tokens)
+        .min(plan_cap);
+    Ok(Checked {
+        price,
+        counter,
+        estimated_input_tokens,
+        wanted_max_tokens,
+    })
+}
+
+/// The guardrails: the input filter (block, or flag into the log), and the reply's output
+/// rules (with the canary put first in the request when one is on).
+fn screen(
+    request: &mut ChatRequest,
+    state: &AppState,
+    exchange: &mut Exchange,
+) -> Result<Option<OutputPlan>, ApiError> {
+    let flags = state
+        .guardrails
+        .check_input(request, exchange.log().feature())?;
+    if !flags.flagged.is_empty() {
+        exchange.log().input_flagged(flags.flagged);
     }
     let output = state.guardrails.output_plan();
     if let Some(canary) = output.as_ref().and_then(|o| o.canary_message.as_deref()) {
         request.prepend_system_message(canary);
     }
-    let plan_cap = plan
-        .max_output_tokens
-        .unwrap_or(config.limits.max_output_tokens);
-    let wanted = request
-        .requested_max_tokens
-        .unwrap_or(config.limits.default_max_tokens)
-        .min(plan_cap);
-    Ok(Checked {
-        request,
-        output,
-        counter,
-        price,
-        wanted,
-    })
+    Ok(output)
 }
 
 /// Reads the body, refusing (without reading on) once it exceeds `limit` bytes.
@@ -362,17 +323,13 @@ async fn read_body(
     Ok(body)
 }
 
-/// `n` choices multiply the output the request may produce (validated: 1 ..= 8).
-fn request_choices(request: &ChatRequest) -> u64 {
-    request.choices().max(1)
-}
-
 fn header_text(req: &HttpRequest, name: &str) -> Option<String> {
     let value = req.headers().get(name)?.to_str().ok()?.trim();
     (!value.is_empty()).then(|| value.chars().take(MAX_LOGGED_HEADER_CHARS).collect())
 }
 
-fn reject(log: RequestLog, error: &ApiError) -> HttpResponse {
-    log.reject(error.code.status(), error.code.as_str());
+/// Ends a request refused before admission.
+fn refuse(exchange: Exchange, error: &ApiError) -> HttpResponse {
+    exchange.refuse(error);
     error_response(error)
 }

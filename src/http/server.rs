@@ -5,7 +5,7 @@ use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::policy::guard::Guardrails;
+use crate::policy::guardrails::Guardrails;
 use crate::pricing::PriceTable;
 use crate::relay::health::UpstreamHealth;
 use crate::relay::UpstreamClient;

@@ -29,7 +29,7 @@ pub use knobs::{Fault, KnobError, MockOptions};
 pub use recorder::{MockRecorder, RecordedRequest, StreamEnd};
 pub use words::{generated_text, token_text, WORDS};
 
-use recorder::EndGuard;
+use recorder::EndRecorder;
 use stream::{abrupt_close_error, error_body, token_interval, Interruption, Reply};
 
 /// Model names the mock advertises; any model name is accepted.
@@ -266,7 +266,7 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-fn stream_response(reply: Reply, guard: EndGuard) -> HttpResponse {
+fn stream_response(reply: Reply, guard: EndRecorder) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -276,7 +276,7 @@ fn stream_response(reply: Reply, guard: EndGuard) -> HttpResponse {
 
 /// The non-streamed answer; the guard lives in this future, so a client that leaves during the
 /// delay or a stall records `Dropped`.
-async fn whole_response(reply: Reply, mut guard: EndGuard) -> HttpResponse {
+async fn whole_response(reply: Reply, mut guard: EndRecorder) -> HttpResponse {
     if !reply.first_token_delay.is_zero() {
         tokio::time::sleep(reply.first_token_delay).await;
     }

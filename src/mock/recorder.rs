@@ -2,7 +2,7 @@
 //!
 //! The recorder is per [`super::MockServer`], never global. Requests are kept in arrival order in
 //! a `std::sync::Mutex` (never held across an await); a `tokio::sync::watch` counter wakes waiters
-//! whenever anything changes. [`EndGuard`] is how a reply reports its end: it must live inside the
+//! whenever anything changes. [`EndRecorder`] is how a reply reports its end: it must live inside the
 //! response body stream's state, so that dropping the body (the peer went away) records
 //! [`StreamEnd::Dropped`].
 
@@ -102,7 +102,7 @@ impl MockRecorder {
         self: &Arc<Self>,
         headers: Vec<(String, String)>,
         body: serde_json::Value,
-    ) -> EndGuard {
+    ) -> EndRecorder {
         self.start_from(None, headers, body)
     }
 
@@ -112,7 +112,7 @@ impl MockRecorder {
         peer: Option<std::net::SocketAddr>,
         headers: Vec<(String, String)>,
         body: serde_json::Value,
-    ) -> EndGuard {
+    ) -> EndRecorder {
         let index = {
             let mut requests = self.lock();
             requests.push(RecordedRequest {
@@ -124,7 +124,7 @@ impl MockRecorder {
             requests.len() - 1
         };
         self.changed();
-        EndGuard {
+        EndRecorder {
             recorder: Arc::clone(self),
             index,
             tokens_sent: 0,
@@ -171,17 +171,17 @@ impl MockRecorder {
     }
 }
 
-/// Records the end of one reply: [`StreamEnd::Completed`] via [`EndGuard::complete`], or
+/// Records the end of one reply: [`StreamEnd::Completed`] via [`EndRecorder::complete`], or
 /// [`StreamEnd::Dropped`] when dropped before that.
 #[derive(Debug)]
-pub(crate) struct EndGuard {
+pub(crate) struct EndRecorder {
     recorder: Arc<MockRecorder>,
     index: usize,
     tokens_sent: u32,
     ended: bool,
 }
 
-impl EndGuard {
+impl EndRecorder {
     /// Counts one more content token sent.
     pub(crate) fn token_sent(&mut self) {
         self.tokens_sent = self.tokens_sent.saturating_add(1);
@@ -211,7 +211,7 @@ impl EndGuard {
     }
 }
 
-impl Drop for EndGuard {
+impl Drop for EndRecorder {
     fn drop(&mut self) {
         self.end(|at, tokens_sent| StreamEnd::Dropped { at, tokens_sent });
     }

@@ -3,7 +3,7 @@
 //! A [`Reply`] is everything decided about an answer before it starts (how many tokens, pace,
 //! fault). [`Reply::sse_stream`] turns it into a body stream that yields each SSE event as its
 //! own chunk, sleeping before the role chunk and before each content token; its state owns the
-//! [`EndGuard`], so dropping the body early records [`super::StreamEnd::Dropped`]. This module
+//! [`EndRecorder`], so dropping the body early records [`super::StreamEnd::Dropped`]. This module
 //! knows nothing of routes or request parsing.
 
 use std::io;
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::Stream;
 use serde_json::{json, Value};
 
-use super::recorder::EndGuard;
+use super::recorder::EndRecorder;
 use super::words::{generated_text, token_text};
 
 /// A mid-reply failure (the status fault is answered before any reply exists).
@@ -83,7 +83,7 @@ impl Reply {
     /// injected interruption in their place.
     pub(crate) fn sse_stream(
         self,
-        guard: EndGuard,
+        guard: EndRecorder,
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + 'static {
         let state = SseState {
             reply: self,
@@ -173,7 +173,7 @@ enum Step {
 
 struct SseState {
     reply: Reply,
-    guard: EndGuard,
+    guard: EndRecorder,
     step: Step,
 }
 

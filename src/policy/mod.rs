@@ -5,7 +5,7 @@
 //! type-checked here, so a malformed request never reaches the upstream. [`guard`] holds the
 //! guardrail settings: the prompt-injection filter and the output rules of a request.
 
-pub mod guard;
+pub mod guardrails;
 
 use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};

@@ -239,11 +239,6 @@ fn truncate_text_field(parent: &mut Value, field: &str, counter: &TokenCounter, 
     *text = kept;
 }
 
-/// A data payload carrying an OpenAI error object.
-pub fn error_payload(message: &str, kind: &str, code: &str) -> String {
-    crate::error::ErrorBody::new(message, kind, code).to_json()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

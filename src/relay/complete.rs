@@ -1,11 +1,12 @@
 //! Non-streamed replies: read the provider's whole `chat.completion` (bounded in size and by the
 //! deadline), enforce the output cap on it, and decide what is billed.
 
-use super::guard::OutputGuard;
+use super::output_filter::OutputFilter;
 use super::upstream::UpstreamResponse;
-use super::{Finished, StreamEnd};
-use crate::accounting::{Usage, UsageSource};
+use super::{Answer, Relayed};
+use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::{ApiError, ErrorCode};
+use crate::guardrails::RuleHit;
 use crate::tokenize::TokenCounter;
 use bytes::Bytes;
 use serde_json::Value;
@@ -20,21 +21,27 @@ pub struct CompleteJob {
     pub started: Instant,
     pub deadline: Instant,
     pub max_body_bytes: usize,
-    pub guard: Option<OutputGuard>,
+    pub filter: Option<OutputFilter>,
 }
 
-/// The body for the client and the summary, or the error to answer with and its summary.
-pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, Finished)> {
-    let counted = |end, output_tokens| Finished {
-        end,
+/// The summary, and the body for the client when it is answered with one (`Answer::Body`;
+/// else the summary's `Answer::Error` says what to answer).
+pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
+    let counted = |outcome, output_tokens| Relayed {
+        outcome,
         usage: Usage {
             input_tokens: job.estimated_input_tokens,
             output_tokens,
         },
         usage_source: UsageSource::Counted,
         ttft: None,
-        committed: false,
+        answer: Answer::Body,
         blocked_by: None,
+    };
+    let refused = |outcome, error| {
+        let mut relayed = counted(outcome, 0);
+        relayed.answer = Answer::Error(error);
+        (relayed, None)
     };
     let mut upstream = job.upstream;
     let body = match tokio::time::timeout_at(
@@ -48,11 +55,11 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
                 ErrorCode::UpstreamTimeout,
                 "the upstream provider did not finish within the gateway's time limit",
             );
-            return Err((error, counted(StreamEnd::Deadline, 0)));
+            return refused(Outcome::CutDeadline, error);
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading the upstream reply failed");
-            return Err((failed(), counted(StreamEnd::UpstreamFailed, 0)));
+            return refused(Outcome::UpstreamError, failed());
         }
         Ok(Ok(body)) => body,
     };
@@ -61,39 +68,41 @@ pub async fn complete(job: CompleteJob) -> Result<(Bytes, Finished), (ApiError, 
         Ok(Value::Object(o)) if !o.contains_key("error") => Value::Object(o),
         _ => {
             tracing::warn!("upstream reply is not a chat completion");
-            return Err((failed(), counted(StreamEnd::UpstreamFailed, 0)));
+            return refused(Outcome::UpstreamError, failed());
         }
     };
     let (output_tokens, capped) = cap_reply(&mut reply, &job.counter, job.max_output_tokens);
     let blocked_by = job
-        .guard
-        .and_then(|mut guard| guard_reply(&mut reply, &mut guard));
+        .filter
+        .and_then(|mut filter| filter_reply(&mut reply, &mut filter));
     let reported = reply.get("usage").and_then(|u| {
         Some(Usage {
             input_tokens: u.get("prompt_tokens")?.as_u64()?,
             output_tokens: u.get("completion_tokens")?.as_u64()?,
         })
     });
-    let end = match (&blocked_by, capped) {
-        (Some(_), _) => StreamEnd::OutputBlocked,
-        (None, true) => StreamEnd::TokenCap,
-        (None, false) => StreamEnd::Completed,
+    let outcome = match (&blocked_by, capped) {
+        (Some(_), _) => Outcome::CutGuardrail,
+        (None, true) => Outcome::CutTokenCap,
+        (None, false) => Outcome::Completed,
     };
-    let mut finished = counted(end, output_tokens);
-    finished.blocked_by = blocked_by;
-    finished.ttft = Some(Instant::now() - job.started);
-    finished.committed = true;
-    match (capped || finished.blocked_by.is_some(), reported) {
+    let mut relayed = counted(outcome, output_tokens);
+    relayed.blocked_by = blocked_by;
+    relayed.ttft = Some(Instant::now() - job.started);
+    match (capped || relayed.blocked_by.is_some(), reported) {
         (false, Some(usage)) => {
-            finished.usage = usage;
-            finished.usage_source = UsageSource::Upstream;
+            relayed.usage = usage;
+            relayed.usage_source = UsageSource::Upstream;
         }
-        (true, _) => set_usage(&mut reply, finished.usage),
+        (true, _) => set_usage(&mut reply, relayed.usage),
         (false, None) => {}
     }
     match serde_json::to_vec(&reply) {
-        Ok(bytes) => Ok((Bytes::from(bytes), finished)),
-        Err(_) => Err((failed(), finished)),
+        Ok(bytes) => (relayed, Some(Bytes::from(bytes))),
+        Err(_) => {
+            relayed.answer = Answer::Error(failed());
+            (relayed, None)
+        }
     }
 }
 
@@ -130,9 +139,9 @@ fn cap_reply(reply: &mut Value, counter: &TokenCounter, max_output_tokens: u64) 
 }
 
 /// Runs each choice's message texts (content, refusal, tool-call arguments) through the
-/// output guard. A blocked choice keeps only the text before the match and finishes with
+/// output filter. A blocked choice keeps only the text before the match and finishes with
 /// `content_filter` (OpenAI's own reason); returns the rule.
-fn guard_reply(reply: &mut Value, guard: &mut OutputGuard) -> Option<String> {
+fn filter_reply(reply: &mut Value, filter: &mut OutputFilter) -> Option<RuleHit> {
     let mut blocked = None;
     let choices = reply.get_mut("choices").and_then(Value::as_array_mut)?;
     for choice in choices.iter_mut() {
@@ -158,11 +167,11 @@ fn guard_reply(reply: &mut Value, guard: &mut OutputGuard) -> Option<String> {
             }
             for text in texts {
                 let Value::String(s) = text else { continue };
-                match guard.scan_whole(s) {
+                match filter.scan_whole(s) {
                     Ok(released) => *s = released,
-                    Err((prefix, id)) => {
+                    Err((prefix, hit)) => {
                         *s = prefix;
-                        rule.get_or_insert(id);
+                        rule.get_or_insert(hit);
                     }
                 }
             }

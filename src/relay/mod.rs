@@ -2,126 +2,75 @@
 //! ([`stream`]) or whole ([`complete`]), under the output cap and the deadline.
 //!
 //! Only this module talks to the provider (`upstream`, the one place awc is used) and parses
-//! its output (`sse`, `chunk`). It reports tokens to the user's [`crate::users::Ticket`] and
-//! hands a [`Finished`] summary to its caller, who logs it.
+//! its output (`sse`, `chunk`). It reports relayed tokens through the request's
+//! [`crate::users::Ticket`] and returns a [`Relayed`] summary; it never settles, logs or calls
+//! back up: the caller ends the request from that value.
 
 pub mod chunk;
 pub mod complete;
-pub mod guard;
 pub mod health;
+pub mod output_filter;
 pub mod sse;
 pub mod stream;
 pub mod upstream;
 
 use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::error::{ApiError, ErrorCode};
+use crate::guardrails::RuleHit;
+use crate::telemetry::CLIENT_CLOSED_REQUEST;
 use std::time::Duration;
 
 pub use upstream::{UpstreamClient, UpstreamResponse};
 
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The provider finished (`[DONE]`).
-    Completed,
-    /// The output cap was reached: the client got `finish_reason: "length"`.
-    TokenCap,
-    /// The user's actor said stop (a spend or token limit was crossed mid-stream).
-    BudgetExceeded,
-    /// `limits.deadline_secs` passed.
-    Deadline,
-    /// The provider broke, went silent, or sent an error or something unreadable.
-    UpstreamFailed,
-    /// The client disconnected.
-    ClientGone,
-    /// An output guardrail matched: the client got the text before the match, then the error.
-    OutputBlocked,
-}
-
-impl StreamEnd {
-    /// Endings the client must be told about as errors.
-    pub fn is_error(self) -> bool {
-        matches!(
-            self,
-            StreamEnd::Deadline
-                | StreamEnd::UpstreamFailed
-                | StreamEnd::BudgetExceeded
-                | StreamEnd::ClientGone
-                | StreamEnd::OutputBlocked
-        )
-    }
-
-    /// The HTTP error for an ending that came before the stream opened.
-    pub fn pre_stream_error(self) -> crate::error::ApiError {
-        use crate::error::{ApiError, ErrorCode};
-        match self {
-            StreamEnd::Deadline => ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "the upstream provider did not start its reply within the gateway's time limit",
-            ),
-            StreamEnd::Completed
-            | StreamEnd::TokenCap
-            | StreamEnd::BudgetExceeded
-            | StreamEnd::UpstreamFailed
-            | StreamEnd::ClientGone
-            | StreamEnd::OutputBlocked => ApiError::new(
-                ErrorCode::UpstreamFailed,
-                "the upstream provider failed before its reply started",
-            ),
-        }
-    }
-
-    pub fn outcome(self) -> Outcome {
-        match self {
-            StreamEnd::Completed => Outcome::Completed,
-            StreamEnd::TokenCap => Outcome::CutTokenCap,
-            StreamEnd::BudgetExceeded => Outcome::CutBudget,
-            StreamEnd::Deadline => Outcome::CutDeadline,
-            StreamEnd::UpstreamFailed => Outcome::UpstreamError,
-            StreamEnd::ClientGone => Outcome::ClientGone,
-            StreamEnd::OutputBlocked => Outcome::CutGuardrail,
-        }
-    }
-
-    /// The error event (message, type, code) the client gets for an abnormal ending.
-    pub fn client_error(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            StreamEnd::Deadline => (
-                "the request exceeded the gateway's time limit",
-                "timeout_error",
-                "deadline_exceeded",
-            ),
-            StreamEnd::BudgetExceeded => (
-                "your spend or token limit was reached during this response",
-                "rate_limit_error",
-                "budget_exceeded",
-            ),
-            StreamEnd::OutputBlocked => (
-                "the response was stopped by an output guardrail",
-                "content_filter_error",
-                "output_blocked",
-            ),
-            StreamEnd::Completed
-            | StreamEnd::TokenCap
-            | StreamEnd::UpstreamFailed
-            | StreamEnd::ClientGone => (
-                "the upstream provider failed during the response",
-                "upstream_error",
-                "upstream_failed",
-            ),
-        }
-    }
-}
-
-/// What the relay hands back when a request has ended.
+/// What the relay hands back when a reply has ended.
 #[derive(Debug, Clone)]
-pub struct Finished {
-    pub end: StreamEnd,
+pub struct Relayed {
+    /// How it ended (never `Rejected`).
+    pub outcome: Outcome,
     pub usage: Usage,
     pub usage_source: UsageSource,
     /// Time from the request's arrival to the first output token relayed.
     pub ttft: Option<Duration>,
-    /// Whether the client got a stream (else it got an HTTP error, or nothing).
-    pub committed: bool,
+    /// How the client was answered.
+    pub answer: Answer,
     /// The output guardrail rule that cut the reply, if one did.
-    pub blocked_by: Option<String>,
+    pub blocked_by: Option<RuleHit>,
+}
+
+/// How the client was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A stream (200), which ended as the outcome says.
+    Stream,
+    /// A whole reply (200).
+    Body,
+    /// An HTTP error, before any reply started.
+    Error(ApiError),
+    /// Nothing: the client left first.
+    Nothing,
+}
+
+impl Answer {
+    /// The status logged for this answer (nginx's 499 when the client left first).
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Stream | Answer::Body => 200,
+            Answer::Error(error) => error.code.status(),
+            Answer::Nothing => CLIENT_CLOSED_REQUEST,
+        }
+    }
+}
+
+/// The HTTP error for a stream that ended with `outcome` before its first frame.
+pub fn failed_before_reply(outcome: Outcome) -> ApiError {
+    match outcome {
+        Outcome::CutDeadline => ApiError::new(
+            ErrorCode::UpstreamTimeout,
+            "the upstream provider did not start its reply within the gateway's time limit",
+        ),
+        _ => ApiError::new(
+            ErrorCode::UpstreamFailed,
+            "the upstream provider failed before its reply started",
+        ),
+    }
 }

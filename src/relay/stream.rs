@@ -2,17 +2,19 @@
 //! event the moment it is complete, counts output tokens, meters them to the user's actor, and
 //! cuts the stream on the output cap, a stop from the actor, the deadline, an idle or broken
 //! upstream, or a client that left. Whatever the ending, the upstream response is dropped first
-//! (closing its connection), the client gets its closing frames, and the request is settled and
-//! logged exactly once.
+//! (closing its connection), the client gets its closing frames, and the task returns a
+//! [`Relayed`] summary for its caller to settle and log.
 
-use super::chunk::{error_payload, truncate_chunk, Payload, StreamIdentity};
-use super::guard::{Filtered, OutputGuard};
+use super::chunk::{truncate_chunk, Payload, StreamIdentity};
+use super::output_filter::{Filtered, OutputFilter};
 use super::sse::{encode_data, SseEvent, SseParser, DONE};
 use super::upstream::UpstreamResponse;
-use super::{Finished, StreamEnd};
-use crate::accounting::{Usage, UsageSource};
+use super::{failed_before_reply, Answer, Relayed};
+use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::error::ApiError;
+use crate::guardrails::RuleHit;
 use crate::tokenize::TokenCounter;
-use crate::users::{Ticket, Verdict};
+use crate::users::{MeterAnswer, Ticket};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use std::borrow::Cow;
@@ -37,7 +39,6 @@ const DRAIN_MAX_BYTES: usize = 64 * 1024;
 /// Everything one stream needs.
 pub struct StreamJob {
     pub upstream: UpstreamResponse,
-    pub ticket: Ticket,
     pub counter: TokenCounter,
     /// Output tokens this stream may relay (granted `max_tokens` × `n`).
     pub max_output_tokens: u64,
@@ -51,27 +52,45 @@ pub struct StreamJob {
     pub meter_batch_tokens: u64,
     pub meter_batch_max_tokens: u64,
     pub buffer_events: usize,
-    /// Output guardrails, when any are on.
-    pub guard: Option<OutputGuard>,
-    /// Called once when the stream has ended, with how it ended and what it used.
-    pub on_finish: Box<dyn FnOnce(Finished)>,
+    /// The output guardrails, when any are on.
+    pub filter: Option<OutputFilter>,
 }
 
-/// Whether the stream opened: `Ok` once its first frame is ready for the client, or how it
-/// ended before that (the client then gets a plain HTTP error instead of a stream).
-pub type Opened = oneshot::Receiver<Result<(), StreamEnd>>;
+/// Whether the stream opened: `Ok` once its first frame is ready for the client, or the HTTP
+/// error to answer instead (it ended before that).
+pub type Opened = oneshot::Receiver<Result<(), ApiError>>;
 
-/// Starts the relay task on the current worker. Returns when-the-stream-opened and the client's
-/// body stream; send the body only after `Opened` says `Ok`.
+/// A stream's relay, ready to run: the caller drives [`StreamTask::run`] (on the current
+/// worker) and ends the request with what it returns.
+pub struct StreamTask {
+    job: StreamJob,
+    tx: mpsc::Sender<Bytes>,
+    opened: oneshot::Sender<Result<(), ApiError>>,
+    closed_cleanly: Arc<AtomicBool>,
+}
+
+/// Prepares a stream: its task, when-the-stream-opened, and the client's body stream; send the
+/// body only after `Opened` says `Ok`.
 ///
 /// The body ends cleanly only after the task queued its closing frames. If the task stops
 /// without them (a client too slow to take them, a bug), the body yields an error instead, so
 /// the connection is aborted: an OpenAI SDK must never mistake a broken stream for a whole one.
-pub fn start(job: StreamJob) -> (Opened, impl Stream<Item = Result<Bytes, std::io::Error>>) {
+pub fn prepare(
+    job: StreamJob,
+) -> (
+    StreamTask,
+    Opened,
+    impl Stream<Item = Result<Bytes, std::io::Error>>,
+) {
     let (tx, mut rx) = mpsc::channel(job.buffer_events.max(1));
     let (opened_tx, opened_rx) = oneshot::channel();
     let closed_cleanly = Arc::new(AtomicBool::new(false));
-    actix_rt::spawn(job.run(tx, opened_tx, closed_cleanly.clone()));
+    let task = StreamTask {
+        job,
+        tx,
+        opened: opened_tx,
+        closed_cleanly: closed_cleanly.clone(),
+    };
     let mut aborted = false;
     let body = futures::stream::poll_fn(move |cx| match rx.poll_recv(cx) {
         Poll::Ready(Some(frame)) => Poll::Ready(Some(Ok(frame))),
@@ -84,17 +103,17 @@ pub fn start(job: StreamJob) -> (Opened, impl Stream<Item = Result<Bytes, std::i
         Poll::Ready(None) => Poll::Ready(None),
         Poll::Pending => Poll::Pending,
     });
-    (opened_rx, body)
+    (task, opened_rx, body)
 }
 
 /// Running state of one stream.
-struct Relay {
+struct Relay<'t> {
     tx: mpsc::Sender<Bytes>,
     /// Taken when the first frame goes out (the response is committed) or the stream ends first.
-    opened: Option<oneshot::Sender<Result<(), StreamEnd>>>,
+    opened: Option<oneshot::Sender<Result<(), ApiError>>>,
     committed: bool,
     closed_cleanly: Arc<AtomicBool>,
-    ticket: Ticket,
+    ticket: &'t mut Ticket,
     counter: TokenCounter,
     max_output_tokens: u64,
     client_wants_usage: bool,
@@ -111,52 +130,55 @@ struct Relay {
     unreported_tokens: u64,
     upstream_usage: Option<Usage>,
     finish_seen: bool,
-    guard: Option<OutputGuard>,
+    filter: Option<OutputFilter>,
     /// The rule that blocked the output, if one did.
-    blocked_by: Option<String>,
+    blocked_by: Option<RuleHit>,
     /// The upstream body reached its end (polling it again would be a bug).
     upstream_ended: bool,
     first_token_at: Option<Instant>,
 }
 
-impl StreamJob {
-    async fn run(
-        self,
-        tx: mpsc::Sender<Bytes>,
-        opened: oneshot::Sender<Result<(), StreamEnd>>,
-        closed_cleanly: Arc<AtomicBool>,
-    ) {
+impl StreamTask {
+    /// Relays the stream to its end, metering through `ticket`; returns how it ended and what
+    /// it used (the caller settles).
+    pub async fn run(self, ticket: &mut Ticket) -> Relayed {
+        let StreamTask {
+            job,
+            tx,
+            opened,
+            closed_cleanly,
+        } = self;
         let mut relay = Relay {
             tx,
             opened: Some(opened),
             committed: false,
             closed_cleanly,
-            ticket: self.ticket,
-            counter: self.counter,
-            max_output_tokens: self.max_output_tokens,
-            client_wants_usage: self.client_wants_usage,
-            estimated_input_tokens: self.estimated_input_tokens,
-            deadline: Box::pin(tokio::time::sleep_until(self.deadline)),
-            idle_timeout: self.idle_timeout,
-            meter_batch_tokens: self.meter_batch_tokens,
-            meter_batch_max_tokens: self.meter_batch_max_tokens,
-            next_report_after: self.meter_batch_tokens,
-            started: self.started,
+            ticket,
+            counter: job.counter,
+            max_output_tokens: job.max_output_tokens,
+            client_wants_usage: job.client_wants_usage,
+            estimated_input_tokens: job.estimated_input_tokens,
+            deadline: Box::pin(tokio::time::sleep_until(job.deadline)),
+            idle_timeout: job.idle_timeout,
+            meter_batch_tokens: job.meter_batch_tokens,
+            meter_batch_max_tokens: job.meter_batch_max_tokens,
+            next_report_after: job.meter_batch_tokens,
+            started: job.started,
             identity: StreamIdentity::default(),
             output_tokens: 0,
             unreported_tokens: 0,
             upstream_usage: None,
             finish_seen: false,
-            guard: self.guard,
+            filter: job.filter,
             blocked_by: None,
             upstream_ended: false,
             first_token_at: None,
         };
-        let mut upstream = self.upstream;
-        let end = relay.pump(&mut upstream, self.max_event_bytes).await;
+        let mut upstream = job.upstream;
+        let end = relay.pump(&mut upstream, job.max_event_bytes).await;
         // A cut drops the upstream response, closing its connection, before anything else; a
         // completed one is read to its end after the client has its last frame, for reuse.
-        let finished_upstream = if end == StreamEnd::Completed && !relay.upstream_ended {
+        let finished_upstream = if end == Outcome::Completed && !relay.upstream_ended {
             Some(upstream)
         } else {
             drop(upstream);
@@ -167,29 +189,31 @@ impl StreamJob {
             drain(upstream).await;
         }
         let (usage, usage_source) = match (end, relay.upstream_usage) {
-            (StreamEnd::Completed, Some(reported)) => {
+            (Outcome::Completed, Some(reported)) => {
                 reconcile(reported.output_tokens, relay.output_tokens, relay.counter);
                 (reported, UsageSource::Upstream)
             }
             _ => (
                 Usage {
-                    input_tokens: self.estimated_input_tokens,
+                    input_tokens: job.estimated_input_tokens,
                     output_tokens: relay.output_tokens,
                 },
                 UsageSource::Counted,
             ),
         };
-        let ttft = relay.first_token_at.map(|t| t - relay.started);
-        let committed = relay.committed;
-        relay.ticket.settle(usage, end.outcome()).await;
-        (self.on_finish)(Finished {
-            end,
+        let answer = match (end, relay.committed) {
+            (Outcome::ClientGone, _) => Answer::Nothing,
+            (_, true) => Answer::Stream,
+            (_, false) => Answer::Error(failed_before_reply(end)),
+        };
+        Relayed {
+            outcome: end,
             usage,
             usage_source,
-            ttft,
-            committed,
+            ttft: relay.first_token_at.map(|t| t - relay.started),
+            answer,
             blocked_by: relay.blocked_by.take(),
-        });
+        }
     }
 }
 
@@ -208,13 +232,13 @@ fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
     }
 }
 
-impl Relay {
-    async fn pump(&mut self, upstream: &mut UpstreamResponse, max_event_bytes: usize) -> StreamEnd {
+impl Relay<'_> {
+    async fn pump(&mut self, upstream: &mut UpstreamResponse, max_event_bytes: usize) -> Outcome {
         let end = self.read_upstream(upstream, max_event_bytes).await;
-        if end == StreamEnd::UpstreamFailed && self.at_cap() {
+        if end == Outcome::UpstreamError && self.at_cap() {
             // The client already has every token it was granted; however the upstream stops
             // now (ends, stalls, breaks), the stream ended at the cap.
-            return StreamEnd::TokenCap;
+            return Outcome::CutTokenCap;
         }
         end
     }
@@ -244,15 +268,15 @@ impl Relay {
         &mut self,
         upstream: &mut UpstreamResponse,
         max_event_bytes: usize,
-    ) -> StreamEnd {
+    ) -> Outcome {
         let mut parser = SseParser::new(max_event_bytes);
         let mut events: Vec<SseEvent> = Vec::new();
         loop {
             let silence = self.silence_allowed();
             let read = tokio::select! {
                 biased;
-                _ = self.tx.closed() => return StreamEnd::ClientGone,
-                _ = &mut self.deadline => return StreamEnd::Deadline,
+                _ = self.tx.closed() => return Outcome::ClientGone,
+                _ = &mut self.deadline => return Outcome::CutDeadline,
                 read = tokio::time::timeout(silence, upstream.next()) => read,
             };
             let at_eof = match read {
@@ -263,18 +287,18 @@ impl Relay {
                             "upstream went silent"
                         );
                     }
-                    return StreamEnd::UpstreamFailed;
+                    return Outcome::UpstreamError;
                 }
                 Ok(Some(Ok(bytes))) => {
                     if let Err(e) = parser.feed(&bytes, &mut events) {
                         tracing::warn!(error = %e, "upstream stream is not usable SSE");
-                        return StreamEnd::UpstreamFailed;
+                        return Outcome::UpstreamError;
                     }
                     false
                 }
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream broke");
-                    return StreamEnd::UpstreamFailed;
+                    return Outcome::UpstreamError;
                 }
                 Ok(None) => {
                     self.upstream_ended = true;
@@ -291,33 +315,33 @@ impl Relay {
                 // A provider that ends without `[DONE]` after finishing the reply is done; one
                 // that ends mid-reply broke.
                 if self.finish_seen {
-                    return StreamEnd::Completed;
+                    return Outcome::Completed;
                 }
                 if !self.at_cap() {
                     tracing::warn!("upstream stream ended before the reply finished");
                 }
-                return StreamEnd::UpstreamFailed;
+                return Outcome::UpstreamError;
             }
         }
     }
 
     /// Handles one upstream event; `Some` ends the stream.
-    async fn on_event(&mut self, event: &SseEvent) -> Option<StreamEnd> {
+    async fn on_event(&mut self, event: &SseEvent) -> Option<Outcome> {
         let payload = if event.event.as_deref() == Some("error") {
             Payload::Error
         } else {
             Payload::parse(&event.data)
         };
         let view = match payload {
-            Payload::Done => return Some(StreamEnd::Completed),
+            Payload::Done => return Some(Outcome::Completed),
             Payload::Chunk(view) => view,
             Payload::Error => {
                 tracing::warn!("upstream sent an error event mid-stream");
-                return Some(StreamEnd::UpstreamFailed);
+                return Some(Outcome::UpstreamError);
             }
             Payload::Malformed => {
                 tracing::warn!("upstream sent a malformed chunk");
-                return Some(StreamEnd::UpstreamFailed);
+                return Some(Outcome::UpstreamError);
             }
         };
         self.identity.learn(&view);
@@ -338,13 +362,11 @@ impl Relay {
         };
         if !capped || tokens > 0 {
             // Without output guardrails the provider's payload goes out as it came.
-            let (send, blocked) = match self.guard.as_mut().map(|g| g.filter_chunk(&payload)) {
+            let (send, blocked) = match self.filter.as_mut().map(|f| f.filter_chunk(&payload)) {
                 None => (Some(payload), None),
                 Some(Filtered::Send(p)) => (Some(Cow::Owned(p)), None),
                 Some(Filtered::Skip) => (None, None),
-                Some(Filtered::Blocked { payload, rule_id }) => {
-                    (payload.map(Cow::Owned), Some(rule_id))
-                }
+                Some(Filtered::Blocked { payload, rule }) => (payload.map(Cow::Owned), Some(rule)),
             };
             if let Some(p) = send {
                 if let Err(end) = self.emit(encode_data(&p)).await {
@@ -354,7 +376,7 @@ impl Relay {
             if let Some(rule) = blocked {
                 self.blocked_by = Some(rule);
                 self.output_tokens += tokens;
-                return Some(StreamEnd::OutputBlocked);
+                return Some(Outcome::CutGuardrail);
             }
         }
         if tokens > 0 {
@@ -365,22 +387,22 @@ impl Relay {
         if self.unreported_tokens >= self.next_report_after {
             let batch = std::mem::take(&mut self.unreported_tokens);
             match self.ticket.meter(batch, self.meter_batch_max_tokens).await {
-                Verdict::StopBudget => return Some(StreamEnd::BudgetExceeded),
-                Verdict::Continue { allowance } => {
+                MeterAnswer::Stop => return Some(Outcome::CutBudget),
+                MeterAnswer::Continue { allowance } => {
                     self.next_report_after =
                         allowance.clamp(self.meter_batch_tokens, self.meter_batch_max_tokens);
                 }
             }
         }
-        capped.then_some(StreamEnd::TokenCap)
+        capped.then_some(Outcome::CutTokenCap)
     }
 
     /// Queues a frame for the client, waiting (bounded by the deadline) while it is slow.
-    async fn emit(&mut self, frame: Bytes) -> Result<(), StreamEnd> {
+    async fn emit(&mut self, frame: Bytes) -> Result<(), Outcome> {
         self.commit();
         tokio::select! {
-            sent = self.tx.send(frame) => sent.map_err(|_| StreamEnd::ClientGone),
-            _ = &mut self.deadline => Err(StreamEnd::Deadline),
+            sent = self.tx.send(frame) => sent.map_err(|_| Outcome::ClientGone),
+            _ = &mut self.deadline => Err(Outcome::CutDeadline),
         }
     }
 
@@ -394,12 +416,12 @@ impl Relay {
 
     /// The frames that close the stream for the client. An error before anything was sent is
     /// handed to the handler instead, which answers it with a plain HTTP error.
-    async fn send_tail(&mut self, mut end: StreamEnd) -> StreamEnd {
+    async fn send_tail(&mut self, mut end: Outcome) -> Outcome {
         let mut frames: Vec<String> = Vec::new();
-        // Text the guard still holds goes out before a normal ending (or blocks it).
-        if matches!(end, StreamEnd::Completed | StreamEnd::TokenCap) {
-            if let Some(guard) = self.guard.as_mut() {
-                let (tails, blocked) = match guard.finish() {
+        // Text the filter still holds goes out before a normal ending (or blocks it).
+        if matches!(end, Outcome::Completed | Outcome::CutTokenCap) {
+            if let Some(filter) = self.filter.as_mut() {
+                let (tails, blocked) = match filter.finish() {
                     Ok(tails) => (tails, None),
                     Err((tails, rule)) => (tails, Some(rule)),
                 };
@@ -408,21 +430,23 @@ impl Relay {
                 }
                 if let Some(rule) = blocked {
                     self.blocked_by = Some(rule);
-                    end = StreamEnd::OutputBlocked;
+                    end = Outcome::CutGuardrail;
                 }
             }
         }
-        if end.is_error() && end != StreamEnd::OutputBlocked {
+        // An error before anything was sent becomes a plain HTTP error (a guardrail block
+        // has sent its safe prefix: it always ends inside the stream).
+        let ends_in_error = end == Outcome::ClientGone || end.stream_error().is_some();
+        if ends_in_error && end != Outcome::CutGuardrail {
             if let Some(opened) = self.opened.take() {
-                let _ = opened.send(Err(end));
+                let _ = opened.send(Err(failed_before_reply(end)));
                 return end;
             }
         }
         self.commit();
         match end {
-            StreamEnd::ClientGone => return end,
-            StreamEnd::Completed => {}
-            StreamEnd::TokenCap => {
+            Outcome::ClientGone => return end,
+            Outcome::CutTokenCap => {
                 frames.push(self.identity.length_finish_chunk());
                 if self.client_wants_usage {
                     frames.push(self.identity.usage_chunk(Usage {
@@ -431,13 +455,7 @@ impl Relay {
                     }));
                 }
             }
-            StreamEnd::Deadline
-            | StreamEnd::UpstreamFailed
-            | StreamEnd::BudgetExceeded
-            | StreamEnd::OutputBlocked => {
-                let (message, kind, code) = end.client_error();
-                frames.push(error_payload(message, kind, code));
-            }
+            _ => frames.extend(end.stream_error().map(|code| code.stream_event())),
         }
         frames.push(DONE.to_string());
         for frame in frames {

@@ -33,6 +33,9 @@ use metrics_exporter_prometheus::{
 };
 
 use super::user_cost::{escape_label_value, format_micro_usd, write_family_header, UserCostTable};
+use crate::accounting::{CutReason, UpstreamFailure};
+use crate::error::ErrorCode;
+use crate::guardrails::Check;
 
 /// Requests that finished, by `feature`, `plan`, `model` and `outcome`.
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -120,6 +123,26 @@ impl LabelSets {
             f
         } else {
             OTHER_LABEL
+        }
+    }
+}
+
+/// What a guardrail did to a request (the `action` label of `tollgate_guardrail_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardrailAction {
+    /// The request or reply was stopped.
+    Block,
+    /// The request went on, marked in its log line.
+    Flag,
+}
+
+impl GuardrailAction {
+    pub const ALL: [GuardrailAction; 2] = [GuardrailAction::Block, GuardrailAction::Flag];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardrailAction::Block => "block",
+            GuardrailAction::Flag => "flag",
         }
     }
 }
@@ -407,22 +430,21 @@ impl Metrics {
     }
 
     /// Creates the labelled counters whose values are known in advance at zero, so the first
-    /// event shows in `rate()` / `increase()` (a series that appears with 1 counts as 0).
-    pub fn declare_known_labels(
-        &self,
-        rejection_reasons: &[&str],
-        cut_reasons: &[&str],
-        upstream_kinds: &[&str],
-    ) {
+    /// event shows in `rate()` / `increase()` (a series that appears with 1 counts as 0): every
+    /// refusal code (the 4xx rows of the error table), cut reason and upstream failure kind.
+    pub fn declare_known_labels(&self) {
+        let refusals = ErrorCode::ALL
+            .iter()
+            .filter(|code| (400..500).contains(&code.status()));
         self.inner.global.with_recorder(|| {
-            for reason in rejection_reasons {
-                counter!(REJECTIONS_TOTAL, "reason" => reason.to_string()).increment(0);
+            for code in refusals {
+                counter!(REJECTIONS_TOTAL, "reason" => code.as_str()).increment(0);
             }
-            for reason in cut_reasons {
-                counter!(STREAM_CUTS_TOTAL, "reason" => reason.to_string()).increment(0);
+            for reason in CutReason::ALL {
+                counter!(STREAM_CUTS_TOTAL, "reason" => reason.as_str()).increment(0);
             }
-            for kind in upstream_kinds {
-                counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.to_string()).increment(0);
+            for kind in UpstreamFailure::ALL {
+                counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str()).increment(0);
             }
             for window in ["daily", "monthly"] {
                 counter!(BUDGET_ALERTS_TOTAL, "window" => window).increment(0);
@@ -430,18 +452,17 @@ impl Metrics {
         });
     }
 
-    /// Counts a rejection; `reason` is the error code (e.g. `requests_per_minute`).
-    pub fn record_rejection(&self, reason: &str) {
-        self.inner.global.with_recorder(|| {
-            counter!(REJECTIONS_TOTAL, "reason" => reason.to_owned()).increment(1)
-        });
+    /// Counts a refusal by its error code (e.g. `requests_per_minute`).
+    pub fn record_rejection(&self, code: ErrorCode) {
+        self.inner
+            .global
+            .with_recorder(|| counter!(REJECTIONS_TOTAL, "reason" => code.as_str()).increment(1));
     }
 
-    /// Counts a stream cut; `reason` is one of `token_cap`, `budget`, `deadline`, `guardrail`,
-    /// `upstream_failed`, `client_gone`.
-    pub fn record_stream_cut(&self, reason: &str) {
+    /// Counts a stream cut.
+    pub fn record_stream_cut(&self, reason: CutReason) {
         self.inner.global.with_recorder(|| {
-            counter!(STREAM_CUTS_TOTAL, "reason" => reason.to_owned()).increment(1)
+            counter!(STREAM_CUTS_TOTAL, "reason" => reason.as_str()).increment(1)
         });
     }
 
@@ -466,17 +487,17 @@ impl Metrics {
             .with_recorder(|| gauge!(ACTIVE_STREAMS).decrement(1.0));
     }
 
-    /// Counts an upstream failure of the given `kind` (a fixed server-side name).
-    pub fn record_upstream_error(&self, kind: &str) {
+    /// Counts an upstream failure.
+    pub fn record_upstream_error(&self, kind: UpstreamFailure) {
         self.inner.global.with_recorder(|| {
-            counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.to_owned()).increment(1)
+            counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str()).increment(1)
         });
     }
 
-    /// Counts a guardrail hit; `check` and `action` are fixed server-side names.
-    pub fn record_guardrail(&self, check: &str, action: &str) {
+    /// Counts a guardrail hit.
+    pub fn record_guardrail(&self, check: Check, action: GuardrailAction) {
         self.inner.global.with_recorder(|| {
-            counter!(GUARDRAIL_EVENTS_TOTAL, "check" => check.to_owned(), "action" => action.to_owned())
+            counter!(GUARDRAIL_EVENTS_TOTAL, "check" => check.as_str(), "action" => action.as_str())
                 .increment(1)
         });
     }
@@ -598,13 +619,13 @@ mod tests {
 
     fn record_one_of_each(metrics: &Metrics, plan: &str) {
         metrics.record_request(&record(plan, "alice", "gpt-4o", "chat"));
-        metrics.record_rejection("requests_per_minute");
-        metrics.record_stream_cut("token_cap");
+        metrics.record_rejection(ErrorCode::RequestsPerMinute);
+        metrics.record_stream_cut(CutReason::TokenCap);
         metrics.record_budget_alert("daily");
-        metrics.record_guardrail("secret", "block");
+        metrics.record_guardrail(Check::Secret, GuardrailAction::Block);
         metrics.stream_opened();
         metrics.stream_closed();
-        metrics.record_upstream_error("connect");
+        metrics.record_upstream_error(UpstreamFailure::Unavailable);
         metrics.upkeep();
     }
 
@@ -731,10 +752,12 @@ mod tests {
     fn counters_are_shared_and_user_cost_is_per_instance() {
         let a = Metrics::install(2, labels());
         let b = Metrics::install(2, labels());
-        let reason = "test_shared_reason";
+        // A code no other test records as a refusal (a 500 is never one).
+        let code = ErrorCode::Internal;
+        let reason = code.as_str();
         let before = value(&a.render(), REJECTIONS_TOTAL, &[("reason", reason)]).unwrap_or(0.0);
-        a.record_rejection(reason);
-        b.record_rejection(reason);
+        a.record_rejection(code);
+        b.record_rejection(code);
         assert_eq!(
             value(&a.render(), REJECTIONS_TOTAL, &[("reason", reason)]),
             Some(before + 2.0)

@@ -7,8 +7,10 @@ pub mod metrics;
 mod request_log;
 mod user_cost;
 
-pub use self::metrics::{LabelSets, Metrics, RequestRecord};
-pub use request_log::{LogSink, MemoryLog, PromptHasher, RequestLog};
+pub use self::metrics::{GuardrailAction, LabelSets, Metrics, RequestRecord};
+pub use request_log::{
+    Asked, Caller, Ended, LogSink, MemoryLog, PromptHasher, RequestLog, CLIENT_CLOSED_REQUEST,
+};
 
 use tracing_subscriber::EnvFilter;
 

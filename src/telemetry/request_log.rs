@@ -1,19 +1,24 @@
 //! The request log: one JSON line per request, written when the request has truly ended.
 //!
-//! A [`RequestLog`] is created when a request arrives and filled in as it advances. It is
-//! written by [`RequestLog::finish`]; if the request is dropped first (the client left while
-//! the handler waited), `Drop` writes it with outcome `client_gone`, so no request goes unlogged.
+//! A [`RequestLog`] is created when a request arrives and filled in from the pipeline's values
+//! ([`Caller`], [`Asked`]) as it advances. It is written once, with how the request [`Ended`],
+//! by the request's owner (`exchange`); if it is dropped first (the client left while the
+//! handler waited), `Drop` writes it with outcome `client_gone`, so no request goes unlogged.
+//! Each line carries `timestamp`: when the request arrived (RFC 3339, UTC, milliseconds).
 
-use super::metrics::{Metrics, RequestRecord};
-use crate::accounting::{Outcome, Usage, UsageSource};
+use super::metrics::{GuardrailAction, Metrics, RequestRecord};
+use crate::accounting::{Outcome, UpstreamFailure, Usage, UsageSource};
+use crate::calendar::rfc3339_millis;
 use crate::config::Secret;
+use crate::error::ErrorCode;
+use crate::guardrails::{Check, RuleHit};
 use crate::pricing::{micro_usd_to_usd, Price};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where request log lines go.
 #[derive(Clone, Debug)]
@@ -108,6 +113,7 @@ impl PromptHasher {
 /// The fields of one request's log line.
 #[derive(Debug, Serialize)]
 struct Line<'a> {
+    timestamp: &'a str,
     request_id: &'a str,
     user_id: &'a str,
     feature: &'a str,
@@ -127,50 +133,99 @@ struct Line<'a> {
     usage_source: UsageSource,
     input_tokens: u64,
     error_code: Option<&'a str>,
-    guardrail: Option<&'a str>,
+    guardrail: Option<String>,
 }
 
-/// One request's log record, filled in as the request advances.
+/// Who is asking, once authenticated.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub user_id: String,
+    pub plan: String,
+    /// The plan was found in the config (else its metric label is `other`).
+    pub plan_known: bool,
+}
+
+/// What is asked for, once the body is read.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    pub model: String,
+    pub stream: bool,
+    pub prompt_hash: String,
+}
+
+/// How a request ended, as its log line and metrics record it.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub outcome: Outcome,
+    /// The HTTP status the client got (200 for a stream, whatever ended it; 499 when it left).
+    pub status: u16,
+    /// The error the client got, as a status or as the stream's last event.
+    pub error: Option<ErrorCode>,
+    pub usage: Usage,
+    pub usage_source: UsageSource,
+    pub ttft: Option<Duration>,
+    /// The output guardrail rule that cut the reply.
+    pub output_blocked: Option<RuleHit>,
+}
+
+impl Ended {
+    /// A request refused before it reached the upstream: nothing used.
+    pub fn refused(error: ErrorCode) -> Self {
+        Self {
+            outcome: Outcome::Rejected,
+            status: error.status(),
+            error: Some(error),
+            usage: Usage::default(),
+            usage_source: UsageSource::Counted,
+            ttft: None,
+            output_blocked: None,
+        }
+    }
+}
+
+/// One request's log record, filled in from the pipeline's values as the request advances,
+/// and written once by [`RequestLog::write`] (or, if dropped unwritten, as `client_gone`).
 pub struct RequestLog {
     sink: LogSink,
     metrics: Option<Metrics>,
     started: Instant,
+    /// Wall-clock arrival, for the line's `timestamp`.
+    arrived: SystemTime,
     written: bool,
-    /// The plan was found in the config (else its metric label is `other`, or `none`).
-    pub plan_known: bool,
-    pub request_id: String,
-    pub user_id: String,
-    pub feature: String,
-    pub plan: String,
-    pub model: String,
-    pub input_tokens_estimated: u64,
-    pub prompt_hash: String,
-    pub session_id: Option<String>,
-    pub stream: bool,
-    pub price: Option<Price>,
-    /// What a guardrail did (`input_flagged:<rules>`, `output_blocked:<rule>`), if anything.
-    pub guardrail: Option<String>,
+    request_id: String,
+    feature: String,
+    session_id: Option<String>,
+    caller: Caller,
+    asked: Asked,
+    /// The model's price, once the request passed the price table.
+    price: Option<Price>,
+    input_tokens_estimated: u64,
+    /// Input rules that matched a request let through under `flag`.
+    input_flagged: Vec<String>,
 }
 
 impl RequestLog {
-    pub fn new(sink: LogSink, request_id: String, started: Instant) -> Self {
+    pub fn new(
+        sink: LogSink,
+        request_id: String,
+        feature: String,
+        session_id: Option<String>,
+        started: Instant,
+    ) -> Self {
         Self {
             sink,
             metrics: None,
             started,
+            arrived: SystemTime::now(),
             written: false,
-            plan_known: false,
             request_id,
-            user_id: String::new(),
-            feature: String::new(),
-            plan: String::new(),
-            model: String::new(),
-            input_tokens_estimated: 0,
-            prompt_hash: String::new(),
-            session_id: None,
-            stream: false,
+            feature,
+            session_id,
+            caller: Caller::default(),
+            asked: Asked::default(),
             price: None,
-            guardrail: None,
+            input_tokens_estimated: 0,
+            input_flagged: Vec::new(),
         }
     }
 
@@ -180,89 +235,90 @@ impl RequestLog {
         self
     }
 
-    /// Writes the line for a request that ended with `outcome`.
-    pub fn finish(
-        mut self,
-        outcome: Outcome,
-        status: u16,
-        usage: Usage,
-        usage_source: UsageSource,
-        ttft: Option<Duration>,
-        error_code: Option<&str>,
-    ) {
-        self.write(outcome, status, usage, usage_source, ttft, error_code);
+    pub fn request_id(&self) -> &str {
+        &self.request_id
     }
 
-    /// Writes the line for a request refused before it reached the upstream.
-    pub fn reject(self, status: u16, error_code: &str) {
-        self.finish(
-            Outcome::Rejected,
-            status,
-            Usage::default(),
-            UsageSource::Counted,
-            None,
-            Some(error_code),
-        );
+    pub fn feature(&self) -> &str {
+        &self.feature
     }
 
-    fn write(
-        &mut self,
-        outcome: Outcome,
-        status: u16,
-        usage: Usage,
-        usage_source: UsageSource,
-        ttft: Option<Duration>,
-        error_code: Option<&str>,
-    ) {
+    /// The caller is known.
+    pub fn caller(&mut self, caller: Caller) {
+        self.caller = caller;
+    }
+
+    /// The request is known.
+    pub fn asked(&mut self, asked: Asked) {
+        self.asked = asked;
+    }
+
+    /// The request passed its checks: its price and input estimate.
+    pub fn estimated(&mut self, price: Price, input_tokens: u64) {
+        self.price = Some(price);
+        self.input_tokens_estimated = input_tokens;
+    }
+
+    /// The input filter flagged these rules (and let the request through).
+    pub fn input_flagged(&mut self, rules: Vec<String>) {
+        self.input_flagged = rules;
+    }
+
+    /// Writes the line and records the metrics, once.
+    pub fn write(mut self, ended: &Ended) {
+        self.write_once(ended);
+    }
+
+    fn write_once(&mut self, ended: &Ended) {
         if self.written {
             return;
         }
         self.written = true;
-        let cost = self.price.map_or(0, |p| p.cost_micro_usd(usage));
+        let cost = self.price.map_or(0, |p| p.cost_micro_usd(ended.usage));
+        let arrived_ms = self
+            .arrived
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let guardrail = match (&ended.output_blocked, self.input_flagged.is_empty()) {
+            (Some(rule), _) => Some(format!("output_blocked:{}", rule.id)),
+            (None, false) => Some(format!("input_flagged:{}", self.input_flagged.join(","))),
+            (None, true) => None,
+        };
         let line = Line {
+            timestamp: &rfc3339_millis(arrived_ms),
             request_id: &self.request_id,
-            user_id: &self.user_id,
+            user_id: &self.caller.user_id,
             feature: &self.feature,
-            plan: &self.plan,
-            model: &self.model,
+            plan: &self.caller.plan,
+            model: &self.asked.model,
             input_tokens_estimated: self.input_tokens_estimated,
-            output_tokens: usage.output_tokens,
-            total_tokens: usage.total(),
+            output_tokens: ended.usage.output_tokens,
+            total_tokens: ended.usage.total(),
             cost_usd: micro_usd_to_usd(cost),
             latency_ms: self.started.elapsed().as_millis() as u64,
-            ttft_ms: ttft.map(|t| t.as_millis() as u64),
-            outcome,
-            status,
-            prompt_hash: &self.prompt_hash,
+            ttft_ms: ended.ttft.map(|t| t.as_millis() as u64),
+            outcome: ended.outcome,
+            status: ended.status,
+            prompt_hash: &self.asked.prompt_hash,
             session_id: self.session_id.as_deref(),
-            stream: self.stream,
-            usage_source,
-            input_tokens: usage.input_tokens,
-            error_code,
-            guardrail: self.guardrail.as_deref(),
+            stream: self.asked.stream,
+            usage_source: ended.usage_source,
+            input_tokens: ended.usage.input_tokens,
+            error_code: ended.error.map(ErrorCode::as_str),
+            guardrail,
         };
         if let Ok(json) = serde_json::to_string(&line) {
             self.sink.write(json);
         }
         if let Some(metrics) = &self.metrics {
-            self.record_metrics(metrics, outcome, status, usage, cost, ttft, error_code);
+            self.record_metrics(metrics, ended, cost);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record_metrics(
-        &self,
-        metrics: &Metrics,
-        outcome: Outcome,
-        status: u16,
-        usage: Usage,
-        cost_micro_usd: u64,
-        ttft: Option<Duration>,
-        error_code: Option<&str>,
-    ) {
-        let plan = if self.plan_known {
-            self.plan.as_str()
-        } else if self.plan.is_empty() {
+    fn record_metrics(&self, metrics: &Metrics, ended: &Ended, cost_micro_usd: u64) {
+        let plan = if self.caller.plan_known {
+            self.caller.plan.as_str()
+        } else if self.caller.plan.is_empty() {
             "none"
         } else {
             "other"
@@ -270,84 +326,62 @@ impl RequestLog {
         metrics.record_request(&RequestRecord {
             feature: &self.feature,
             plan,
-            model: &self.model,
-            user_id: &self.user_id,
-            outcome: outcome.as_str(),
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
+            model: &self.asked.model,
+            user_id: &self.caller.user_id,
+            outcome: ended.outcome.as_str(),
+            input_tokens: ended.usage.input_tokens,
+            output_tokens: ended.usage.output_tokens,
             cost_micro_usd,
             duration: self.started.elapsed(),
-            ttft,
+            ttft: ended.ttft,
         });
-        let cut = match outcome {
-            Outcome::Completed | Outcome::Rejected => None,
-            Outcome::CutTokenCap => Some("token_cap"),
-            Outcome::CutBudget => Some("budget"),
-            Outcome::CutDeadline => Some("deadline"),
-            Outcome::CutGuardrail => Some("guardrail"),
-            Outcome::UpstreamError => Some("upstream_failed"),
-            Outcome::ClientGone => Some("client_gone"),
-        };
         // A cut is an answer that started and was ended early (or whose client left).
-        if let Some(reason) = cut.filter(|_| status == 200 || outcome == Outcome::ClientGone) {
+        let started = ended.status == 200 || ended.outcome == Outcome::ClientGone;
+        if let Some(reason) = ended.outcome.cut_reason().filter(|_| started) {
             metrics.record_stream_cut(reason);
         }
-        if let Some((check, action)) = guardrail_event(self.guardrail.as_deref(), error_code) {
-            metrics.record_guardrail(check, action);
+        if ended.error == Some(ErrorCode::PromptInjection) {
+            metrics.record_guardrail(Check::PromptInjection, GuardrailAction::Block);
+        } else if let Some(rule) = &ended.output_blocked {
+            metrics.record_guardrail(rule.check, GuardrailAction::Block);
+        } else if !self.input_flagged.is_empty() {
+            metrics.record_guardrail(Check::PromptInjection, GuardrailAction::Flag);
         }
-        match outcome {
-            Outcome::Rejected => metrics.record_rejection(error_code.unwrap_or("unknown")),
-            Outcome::UpstreamError => {
-                metrics.record_upstream_error(error_code.unwrap_or("upstream_failed"))
-            }
+        match (ended.outcome, ended.error) {
+            (Outcome::Rejected, Some(code)) => metrics.record_rejection(code),
+            (Outcome::UpstreamError, code) => metrics.record_upstream_error(
+                code.and_then(UpstreamFailure::of)
+                    .unwrap_or(UpstreamFailure::Failed),
+            ),
             // The provider did not answer in time (a pre-stream 504): an upstream error too.
-            Outcome::CutDeadline if error_code == Some("upstream_timeout") => {
-                metrics.record_upstream_error("upstream_timeout")
+            (Outcome::CutDeadline, Some(ErrorCode::UpstreamTimeout)) => {
+                metrics.record_upstream_error(UpstreamFailure::Timeout)
             }
             _ => {}
         }
     }
 }
 
-/// The (check, action) labels of what a guardrail did to this request, if anything.
-fn guardrail_event(
-    guardrail: Option<&str>,
-    error_code: Option<&str>,
-) -> Option<(&'static str, &'static str)> {
-    if error_code == Some("prompt_injection") {
-        return Some(("prompt_injection", "block"));
-    }
-    let (what, detail) = guardrail?.split_once(':')?;
-    match what {
-        "input_flagged" => Some(("prompt_injection", "flag")),
-        "output_blocked" => Some((
-            match detail {
-                "canary" => "canary",
-                "email" | "phone" => "pii",
-                _ => "secret",
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let ended = Ended {
+            outcome: Outcome::ClientGone,
+            status: CLIENT_CLOSED_REQUEST,
+            error: None,
+            usage: Usage {
+                input_tokens: self.input_tokens_estimated,
+                output_tokens: 0,
             },
-            "block",
-        )),
-        _ => None,
+            usage_source: UsageSource::Counted,
+            ttft: None,
+            output_blocked: None,
+        };
+        self.write_once(&ended);
     }
 }
 
-impl Drop for RequestLog {
-    fn drop(&mut self) {
-        let usage = Usage {
-            input_tokens: self.input_tokens_estimated,
-            output_tokens: 0,
-        };
-        self.write(
-            Outcome::ClientGone,
-            499,
-            usage,
-            UsageSource::Counted,
-            None,
-            None,
-        );
-    }
-}
+/// The status logged for a client that left before its answer was complete (nginx's 499).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 #[cfg(test)]
 mod tests {
@@ -365,13 +399,22 @@ mod tests {
     #[test]
     fn dropped_log_is_written_once_as_client_gone() {
         let (sink, lines) = LogSink::memory();
-        let mut log = RequestLog::new(sink, "r1".into(), Instant::now());
-        log.input_tokens_estimated = 7;
+        let mut log = RequestLog::new(sink, "r1".into(), "chat".into(), None, Instant::now());
+        log.estimated(crate::pricing::Price::default(), 7);
         drop(log);
         let lines = lines.lines();
         assert_eq!(lines.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
         assert_eq!(v["outcome"], "client_gone");
         assert_eq!(v["request_id"], "r1");
+        assert_eq!(v["input_tokens"], 7);
+        assert_eq!(v["status"], 499);
+        let timestamp = v["timestamp"].as_str().unwrap();
+        assert_eq!(
+            timestamp.len(),
+            "2026-12-04T21:25:27.123Z".len(),
+            "{timestamp}"
+        );
+        assert!(timestamp.ends_with('Z') && timestamp.as_bytes()[10] == b'T');
     }
 }

@@ -9,10 +9,10 @@
 //!   reservation with what was used, once (a second settle of the same id changes nothing).
 //! - Metering adds output to the running spend; the answer is stop once a cap is passed.
 
-use super::calendar::{day_key, month_key, next_day_ms, next_month_ms, rfc3339};
 use super::limits::UserLimits;
 use super::org::OrgLedger;
 use crate::accounting::{Outcome, RateLimitHeaders, Usage};
+use crate::calendar::{day_key, month_key, next_day_ms, next_month_ms, rfc3339};
 use crate::error::{ApiError, ErrorCode};
 use crate::pricing::Price;
 use serde::{Deserialize, Serialize};

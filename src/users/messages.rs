@@ -14,7 +14,7 @@ pub struct Admit(pub AdmitRequest);
 
 /// Output tokens relayed since the last report.
 #[derive(Debug, Message)]
-#[rtype(result = "Verdict")]
+#[rtype(result = "MeterAnswer")]
 pub struct Meter {
     pub request_id: String,
     pub output_tokens: u64,
@@ -24,13 +24,13 @@ pub struct Meter {
 
 /// The actor's answer to [`Meter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum MeterAnswer {
     /// Go on. `allowance`: output tokens this request may stream before the user's spend could
     /// reach a cap (half the headroom, split among the user's open requests); the relay reports
     /// again after that many (clamped to its batch bounds). 0 when unknown.
     Continue { allowance: u64 },
     /// Stop relaying: a spend cap was passed.
-    StopBudget,
+    Stop,
 }
 
 /// Replace the reservation with what was used. Idempotent per request id.
@@ -45,4 +45,4 @@ pub struct Settle {
 /// Read the user's counters and windows under `limits` (an error when Redis cannot answer).
 #[derive(Debug, Message)]
 #[rtype(result = "Option<Result<UsageReport, ApiError>>")]
-pub struct Snapshot(pub UserLimits);
+pub struct ReadUsage(pub UserLimits);

@@ -10,7 +10,7 @@
 mod actor;
 mod alerts;
 pub mod book;
-pub mod calendar;
+
 pub mod limits;
 mod messages;
 mod org;
@@ -23,7 +23,7 @@ mod ticket;
 pub use book::AdmitRequest;
 pub use book::UsageReport;
 pub use limits::UserLimits;
-pub use messages::Verdict;
+pub use messages::MeterAnswer;
 pub use redis::RedisLedger;
 pub use registry::UserRegistry;
 pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};

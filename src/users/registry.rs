@@ -7,7 +7,7 @@ use super::actor::{Shared, UserActor};
 use super::alerts;
 use super::book::{AdmitRequest, UsageReport};
 use super::limits::{usd_to_micro, UserLimits};
-use super::messages::{Admit, Settle, Snapshot};
+use super::messages::{Admit, ReadUsage, Settle};
 use super::org::OrgLedger;
 use super::redis::RedisLedger;
 use super::store::UserStore;
@@ -119,7 +119,7 @@ impl UserRegistry {
     /// The user's counters and windows.
     pub async fn usage(&self, user_id: &str, limits: UserLimits) -> Result<UsageReport, ApiError> {
         for _ in 0..ATTEMPTS {
-            if let Ok(Some(report)) = self.actor(user_id).send(Snapshot(limits)).await {
+            if let Ok(Some(report)) = self.actor(user_id).send(ReadUsage(limits)).await {
                 return report;
             }
         }

@@ -1,7 +1,7 @@
 //! [`Ticket`]: one admitted request's handle on its user's actor.
 
 use super::actor::UserActor;
-use super::messages::{Meter, Settle, Verdict};
+use super::messages::{Meter, MeterAnswer, Settle};
 use crate::accounting::{Outcome, RateLimitHeaders, Usage};
 use actix::Addr;
 
@@ -54,9 +54,9 @@ impl Ticket {
 
     /// Reports `output_tokens` more relayed tokens; the answer says whether to go on.
     /// `max_batch`: the most the relay will stream before its next report.
-    pub async fn meter(&mut self, output_tokens: u64, max_batch: u64) -> Verdict {
+    pub async fn meter(&mut self, output_tokens: u64, max_batch: u64) -> MeterAnswer {
         if output_tokens == 0 {
-            return Verdict::Continue { allowance: 0 };
+            return MeterAnswer::Continue { allowance: 0 };
         }
         self.metered_output_tokens += output_tokens;
         let message = Meter {
@@ -69,7 +69,7 @@ impl Ticket {
             Err(_) => {
                 // The actor cannot hold the limits: fail closed rather than stream unmetered.
                 tracing::error!(request_id = %self.request_id, "user actor unreachable while metering");
-                Verdict::StopBudget
+                MeterAnswer::Stop
             }
         }
     }

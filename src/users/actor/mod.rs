@@ -12,13 +12,13 @@ use remote::RemoteUser;
 
 use super::alerts::{AlertSender, UserAlert};
 use super::book::{Book, Grant, UsageReport, UserState};
-use super::calendar::day_key;
 use super::limits::UserLimits;
-use super::messages::{Admit, Meter, Settle, Snapshot, Verdict};
+use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Settle};
 use super::org::OrgLedger;
 use super::redis::RedisLedger;
 use super::store::UserStore;
 use crate::accounting::Usage;
+use crate::calendar::day_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
@@ -147,7 +147,7 @@ impl UserActor {
         tokens: u64,
         limits: &UserLimits,
         max_batch: u64,
-    ) -> Verdict {
+    ) -> MeterAnswer {
         let local = self.local_limits(limits);
         let now = self.shared.clock.now_ms();
         let within = self
@@ -159,9 +159,9 @@ impl UserActor {
             .grant_allowance(request_id, &local, &self.shared.org, max_batch);
         self.touched();
         if within {
-            Verdict::Continue { allowance }
+            MeterAnswer::Continue { allowance }
         } else {
-            Verdict::StopBudget
+            MeterAnswer::Stop
         }
     }
 }
@@ -227,12 +227,12 @@ impl Handler<Admit> for UserActor {
 }
 
 impl Handler<Meter> for UserActor {
-    type Result = Reply<Verdict>;
+    type Result = Reply<MeterAnswer>;
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         let Some(limits) = self.limits else {
-            return now_reply(Verdict::Continue { allowance: 0 });
+            return now_reply(MeterAnswer::Continue { allowance: 0 });
         };
         let remote_held = self
             .remote
@@ -295,10 +295,10 @@ impl Handler<Settle> for UserActor {
     }
 }
 
-impl Handler<Snapshot> for UserActor {
+impl Handler<ReadUsage> for UserActor {
     type Result = Reply<Option<Result<UsageReport, ApiError>>>;
 
-    fn handle(&mut self, Snapshot(limits): Snapshot, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, ReadUsage(limits): ReadUsage, _: &mut Self::Context) -> Self::Result {
         if self.evicting {
             return now_reply(None);
         }

@@ -4,12 +4,12 @@
 
 use super::{now_reply, Reply, UserActor};
 use crate::accounting::{Outcome, Usage};
+use crate::calendar::{day_key, month_key, next_day_ms};
 use crate::error::{ApiError, ErrorCode};
 use crate::users::alerts::UserAlert;
 use crate::users::book::{Alert, Book, Counts, Grant, OpenRequest, Refusal};
-use crate::users::calendar::{day_key, month_key, next_day_ms};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Meter, Settle, Verdict};
+use crate::users::messages::{Meter, MeterAnswer, Settle};
 use crate::users::outage::{outage_refusal, Known};
 use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
 use crate::users::AdmitRequest;
@@ -235,10 +235,10 @@ impl UserActor {
         reply: Result<Metered, Unavailable>,
         msg: &Meter,
         limits: &UserLimits,
-    ) -> Verdict {
+    ) -> MeterAnswer {
         let (request_id, tokens) = (msg.request_id.as_str(), msg.output_tokens);
         let Some(remote) = self.remote.as_mut() else {
-            return Verdict::StopBudget;
+            return MeterAnswer::Stop;
         };
         let verdict = match reply {
             Ok(Metered::Within(k, _)) | Ok(Metered::Over(k)) => {
@@ -248,16 +248,16 @@ impl UserActor {
                 let known = *known;
                 self.remote_alerts(known, self.shared.clock.now_ms());
                 match reply {
-                    Ok(Metered::Within(_, allowance)) => Verdict::Continue { allowance },
-                    _ => Verdict::StopBudget,
+                    Ok(Metered::Within(_, allowance)) => MeterAnswer::Continue { allowance },
+                    _ => MeterAnswer::Stop,
                 }
             }
-            Ok(Metered::Unknown) => Verdict::Continue { allowance: 0 },
+            Ok(Metered::Unknown) => MeterAnswer::Continue { allowance: 0 },
             Err(_) => {
                 // Redis went away mid-stream: the book takes the request over and meters what
                 // streams from now on against the outage allowance.
                 let Some(open) = remote.open.remove(request_id) else {
-                    return Verdict::Continue { allowance: 0 };
+                    return MeterAnswer::Continue { allowance: 0 };
                 };
                 // The book counts the request's cost afresh from here (its settlement corrects
                 // the organisation ledger against the book's figure): take the cost so far out.
@@ -284,7 +284,7 @@ impl UserActor {
             self.shared.org.add(day, (open.cost() - before) as i64);
         }
         if self.shared.org.over(day) {
-            return Verdict::StopBudget;
+            return MeterAnswer::Stop;
         }
         self.touched();
         verdict

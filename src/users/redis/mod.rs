@@ -19,9 +19,9 @@ pub use journal::PendingSettle;
 pub use link::Unavailable;
 
 use super::book::{AdmitRequest, Counts, Refusal};
-use super::calendar::DAY_MS;
 use super::limits::UserLimits;
 use super::outage::{Known, OutagePolicy};
+use crate::calendar::DAY_MS;
 use crate::config::Config;
 use crate::telemetry::Metrics;
 use deadpool_redis::redis::{cmd, Script};
@@ -66,7 +66,7 @@ pub struct Admitted {
 /// What the meter script said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metered {
-    /// Within the caps; the request's allowance (see `Verdict::Continue`).
+    /// Within the caps; the request's allowance (see `MeterAnswer::Continue`).
     Within(Known, u64),
     Over(Known),
     /// Redis holds no such open request (already settled, or its lease ended).

@@ -16,12 +16,12 @@ const MAX_BATCH: u64 = 256;
 
 use super::{Admitted, Metered, PendingSettle, RedisLedger, PRELUDE};
 use crate::accounting::{Outcome, Usage};
+use crate::calendar::{day_key, month_key, DAY_MS};
 use crate::config::{Config, ModelPrice, Secret};
 use crate::error::{ApiError, ErrorCode};
 use crate::pricing::{Price, PriceTable};
 use crate::telemetry::{LabelSets, Metrics};
 use crate::users::book::{AdmitRequest, Book, Counts, Refusal};
-use crate::users::calendar::{day_key, month_key, DAY_MS};
 use crate::users::limits::UserLimits;
 use crate::users::org::OrgLedger;
 use crate::users::outage::Known;

@@ -11,7 +11,7 @@ use crate::guardrails::{
 
 /// What the input filter decided for a request that may proceed.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct InputVerdict {
+pub struct InputFlags {
     /// Rules that matched a request let through under `flag`.
     pub flagged: Vec<String>,
 }
@@ -67,7 +67,7 @@ impl Guardrails {
         &self,
         request: &ChatRequest,
         feature: &str,
-    ) -> Result<InputVerdict, ApiError> {
+    ) -> Result<InputFlags, ApiError> {
         let action = self
             .config
             .input_action_by_feature
@@ -75,7 +75,7 @@ impl Guardrails {
             .copied()
             .unwrap_or(self.config.input_action);
         if action == GuardAction::Off {
-            return Ok(InputVerdict::default());
+            return Ok(InputFlags::default());
         }
         let mut flagged: Vec<String> = Vec::new();
         for text in request.message_texts(self.config.input_all_roles) {
@@ -95,7 +95,7 @@ impl Guardrails {
                 }
             }
         }
-        Ok(InputVerdict { flagged })
+        Ok(InputFlags { flagged })
     }
 
     /// The output rules of one reply (a clone of the compiled shared rules, plus a fresh

@@ -1,15 +1,15 @@
-//! Output guardrails on a relayed reply: every choice's content goes through its own
-//! [`StreamScanner`], so a forbidden string split over any number of chunks never reaches the
+//! The output filter: the output guardrails applied to a relayed reply. Every choice's content
+//! goes through its own [`StreamScanner`], so a forbidden string split over any number of chunks never reaches the
 //! client. Chunks are rewritten with what the scanner releases (the held-back tail goes out with
 //! a later chunk or at the finish); a block ends the stream after the safe prefix.
 
-use crate::guardrails::{OutputRule, ScanOutput, StreamScanner};
+use crate::guardrails::{Check, OutputRule, RuleHit, ScanOutput, StreamScanner};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The rule id reported when the provider's indexes are out of range (fail closed).
-const GUARD_UNAVAILABLE: &str = "guard_unavailable";
-/// Choice and tool-call indexes the guard accepts from the provider.
+const FILTER_UNAVAILABLE: &str = "guard_unavailable";
+/// Choice and tool-call indexes the filter accepts from the provider.
 const MAX_INDEX: u64 = 128;
 
 /// What to do with one upstream chunk.
@@ -22,7 +22,7 @@ pub enum Filtered {
     /// A block rule matched: send the payload, if any (the safe prefix), then cut the stream.
     Blocked {
         payload: Option<String>,
-        rule_id: String,
+        rule: RuleHit,
     },
 }
 
@@ -43,20 +43,20 @@ pub type Tails = Vec<(usize, Value)>;
 /// The scanners of one reply: one per text of each choice (content, refusal, each tool call's
 /// arguments), so nothing the model writes reaches the client unscanned.
 #[derive(Debug)]
-pub struct OutputGuard {
+pub struct OutputFilter {
     /// A fresh scanner with the reply's rules, cloned for each text (cloning a compiled
     /// scanner costs microseconds; compiling one, milliseconds).
     template: StreamScanner,
     scanners: BTreeMap<(usize, Slot), StreamScanner>,
 }
 
-impl OutputGuard {
+impl OutputFilter {
     /// Compiles `rules` (tests; the gateway clones a template compiled at start-up).
     pub fn new(rules: Vec<OutputRule>) -> Result<Self, String> {
         Ok(Self::from_template(StreamScanner::new(rules)?))
     }
 
-    /// A guard whose texts each get a clone of `template`.
+    /// A filter whose texts each get a clone of `template`.
     pub fn from_template(template: StreamScanner) -> Self {
         Self {
             template,
@@ -78,7 +78,7 @@ impl OutputGuard {
         let Ok(mut value) = serde_json::from_str::<Value>(data) else {
             return Filtered::Send(data.to_string());
         };
-        let mut blocked: Option<String> = None;
+        let mut blocked: Option<RuleHit> = None;
         let mut anything_to_send = false;
         let choices = match value.get_mut("choices").and_then(Value::as_array_mut) {
             Some(choices) if !choices.is_empty() => choices,
@@ -136,14 +136,14 @@ impl OutputGuard {
         }
         let payload = anything_to_send.then(|| value.to_string());
         match (blocked, payload) {
-            (Some(rule_id), payload) => Filtered::Blocked { payload, rule_id },
+            (Some(rule), payload) => Filtered::Blocked { payload, rule },
             (None, Some(payload)) => Filtered::Send(payload),
             (None, None) => Filtered::Skip,
         }
     }
 
     /// Ends the scanners of one choice: its held tails by slot, or the rule that blocked.
-    fn finish_choice(&mut self, index: usize) -> Result<SlotTails, (SlotTails, String)> {
+    fn finish_choice(&mut self, index: usize) -> Result<SlotTails, (SlotTails, RuleHit)> {
         let mut tails = Vec::new();
         for ((choice, slot), scanner) in self.scanners.iter_mut() {
             if *choice != index {
@@ -152,14 +152,11 @@ impl OutputGuard {
             match scanner.finish() {
                 ScanOutput::Text(t) if !t.is_empty() => tails.push((*slot, t)),
                 ScanOutput::Text(_) => {}
-                ScanOutput::Blocked {
-                    rule_id,
-                    safe_prefix,
-                } => {
+                ScanOutput::Blocked { rule, safe_prefix } => {
                     if !safe_prefix.is_empty() {
                         tails.push((*slot, safe_prefix));
                     }
-                    return Err((tails, rule_id));
+                    return Err((tails, rule));
                 }
             }
         }
@@ -168,7 +165,7 @@ impl OutputGuard {
 
     /// The end of the reply (without a finish chunk): every choice's held tails as deltas to
     /// send, or those before the block and the rule that blocked.
-    pub fn finish(&mut self) -> Result<Tails, (Tails, String)> {
+    pub fn finish(&mut self) -> Result<Tails, (Tails, RuleHit)> {
         let choices: Vec<usize> = self.scanners.keys().map(|(c, _)| *c).collect();
         let mut out = Vec::new();
         let mut seen = Vec::new();
@@ -196,18 +193,15 @@ impl OutputGuard {
 
     /// Scans one whole (non-streamed) text with a fresh scanner: the text to return, or the
     /// safe prefix and the rule.
-    pub fn scan_whole(&self, text: &str) -> Result<String, (String, String)> {
+    pub fn scan_whole(&self, text: &str) -> Result<String, (String, RuleHit)> {
         let mut scanner = self.template.clone();
         let mut released = String::new();
         for out in [scanner.push(text), scanner.finish()] {
             match out {
                 ScanOutput::Text(t) => released.push_str(&t),
-                ScanOutput::Blocked {
-                    rule_id,
-                    safe_prefix,
-                } => {
+                ScanOutput::Blocked { rule, safe_prefix } => {
                     released.push_str(&safe_prefix);
-                    return Err((released, rule_id));
+                    return Err((released, rule));
                 }
             }
         }
@@ -218,22 +212,22 @@ impl OutputGuard {
 fn unavailable() -> Filtered {
     Filtered::Blocked {
         payload: None,
-        rule_id: GUARD_UNAVAILABLE.into(),
+        rule: RuleHit {
+            id: FILTER_UNAVAILABLE.into(),
+            check: Check::Secret,
+        },
     }
 }
 
 /// Writes a scanner's answer into `text`; true when there is something to send.
-fn apply(out: ScanOutput, text: &mut String, blocked: &mut Option<String>) -> bool {
+fn apply(out: ScanOutput, text: &mut String, blocked: &mut Option<RuleHit>) -> bool {
     match out {
         ScanOutput::Text(released) => {
             *text = released;
         }
-        ScanOutput::Blocked {
-            rule_id,
-            safe_prefix,
-        } => {
+        ScanOutput::Blocked { rule, safe_prefix } => {
             *text = safe_prefix;
-            blocked.get_or_insert(rule_id);
+            blocked.get_or_insert(rule);
         }
     }
     !text.is_empty()
@@ -312,19 +306,19 @@ mod tests {
     #[test]
     fn a_canary_split_over_one_character_chunks_never_reaches_the_client() {
         let canary = "cnry-0123456789abcdef";
-        let mut guard = OutputGuard::new(vec![canary_rule(canary)]).unwrap();
+        let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let text = format!("hello {canary} world");
         let mut released = String::new();
         let mut blocked = None;
         for c in text.chars() {
-            match guard.filter_chunk(&chunk(&c.to_string(), None)) {
+            match filter.filter_chunk(&chunk(&c.to_string(), None)) {
                 Filtered::Send(p) => released.push_str(&content(&p)),
                 Filtered::Skip => {}
-                Filtered::Blocked { payload, rule_id } => {
+                Filtered::Blocked { payload, rule } => {
                     if let Some(p) = payload {
                         released.push_str(&content(&p));
                     }
-                    blocked = Some(rule_id);
+                    blocked = Some(rule);
                     break;
                 }
             }
@@ -337,43 +331,43 @@ mod tests {
     #[test]
     fn refusals_tool_arguments_usage_and_wild_indexes() {
         let canary = "cnry-fedcba9876543210";
-        let mut guard = OutputGuard::new(vec![canary_rule(canary)]).unwrap();
+        let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let refusal = json!({"choices":[{"index":0,"delta":{"refusal":format!("no: {canary}")},"finish_reason":null}]});
         assert!(matches!(
-            guard.filter_chunk(&refusal.to_string()),
+            filter.filter_chunk(&refusal.to_string()),
             Filtered::Blocked { .. }
         ));
 
-        let mut guard = OutputGuard::new(vec![canary_rule(canary)]).unwrap();
+        let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let tool = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":format!("{{\"x\":\"{canary}\"}}")}}]},"finish_reason":null}]});
-        match guard.filter_chunk(&tool.to_string()) {
+        match filter.filter_chunk(&tool.to_string()) {
             Filtered::Blocked { payload, .. } => {
                 assert!(!payload.unwrap_or_default().contains(canary))
             }
             other => panic!("{other:?}"),
         }
 
-        let mut guard = OutputGuard::new(default_secret_rules()).unwrap();
+        let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
         let usage =
             json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}).to_string();
-        assert_eq!(guard.filter_chunk(&usage), Filtered::Send(usage.clone()));
+        assert_eq!(filter.filter_chunk(&usage), Filtered::Send(usage.clone()));
         let wild = json!({"choices":[{"index":u64::MAX,"delta":{"content":"x"}}]}).to_string();
         assert!(matches!(
-            guard.filter_chunk(&wild),
+            filter.filter_chunk(&wild),
             Filtered::Blocked { .. }
         ));
     }
 
     #[test]
     fn clean_text_comes_out_whole_by_the_finish() {
-        let mut guard = OutputGuard::new(default_secret_rules()).unwrap();
+        let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
         let mut released = String::new();
         for piece in [" the quick", " brown fox", " jumps"] {
-            if let Filtered::Send(p) = guard.filter_chunk(&chunk(piece, None)) {
+            if let Filtered::Send(p) = filter.filter_chunk(&chunk(piece, None)) {
                 released.push_str(&content(&p));
             }
         }
-        match guard.filter_chunk(&chunk("", Some("stop"))) {
+        match filter.filter_chunk(&chunk("", Some("stop"))) {
             Filtered::Send(p) => released.push_str(&content(&p)),
             other => panic!("{other:?}"),
         }

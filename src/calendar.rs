@@ -38,6 +38,13 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// `ms` as an RFC 3339 UTC timestamp with millisecond precision.
+pub fn rfc3339_millis(ms: u64) -> String {
+    let seconds = rfc3339(ms);
+    let whole = seconds.strip_suffix('Z').unwrap_or(&seconds);
+    format!("{whole}.{:03}Z", ms % 1000)
+}
+
 /// Howard Hinnant's `civil_from_days`: (year, month 1-12, day 1-31).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -83,6 +90,15 @@ mod tests {
         let feb29 = days_from_civil(2028, 2, 29);
         assert_eq!(civil_from_days(feb29), (2028, 2, 29));
         assert_eq!(civil_from_days(feb29 + 1), (2028, 3, 1));
+    }
+
+    #[test]
+    fn formats_rfc3339_with_millis() {
+        assert_eq!(
+            rfc3339_millis(1_795_608_000_042),
+            "2026-11-25T12:00:00.042Z"
+        );
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]
