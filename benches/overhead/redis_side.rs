@@ -5,10 +5,9 @@
 use crate::client::http_get;
 use crate::redis::RedisServer;
 use crate::report::fmt;
-use crate::setup::{find_in_path, Pinning, DRIVER_CPU};
+use crate::setup::{find_in_path, Pinning};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 /// Redis commands a phase cost the Redis arm.
 struct Tally {
@@ -54,14 +53,7 @@ impl RedisSide {
         let pid: u32 = field("process_id:")
             .parse()
             .map_err(|_| "no process_id in INFO")?;
-        if let Some(taskset) = pin.taskset {
-            let pinned = Command::new(taskset)
-                .args(["-a", "-p", "-c", &DRIVER_CPU.to_string(), &pid.to_string()])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(pinned, "taskset could not pin redis-server");
-        }
+        pin.move_to_driver_cpu(pid, "redis-server");
         Ok(Self {
             server,
             pid,
@@ -76,15 +68,9 @@ impl RedisSide {
         self.server.command_calls()
     }
 
-    /// Adds `after − before` (less the bench's own INFO) to the phase's tally.
-    pub fn count(
-        &mut self,
-        phase: &str,
-        before: &BTreeMap<String, u64>,
-        after: &BTreeMap<String, u64>,
-        served: u64,
-        sent: u64,
-    ) {
+    /// Adds the calls since `before` (less the bench's own INFO) to the phase's tally.
+    pub fn count(&mut self, phase: &str, before: &BTreeMap<String, u64>, served: u64, sent: u64) {
+        let after = self.calls();
         let index = match self.tallies.iter().position(|t| t.phase == phase) {
             Some(i) => i,
             None => {
@@ -100,7 +86,7 @@ impl RedisSide {
         let tally = &mut self.tallies[index];
         tally.served += served;
         tally.sent += sent;
-        for (name, &n) in after {
+        for (name, &n) in &after {
             let delta = n.saturating_sub(before.get(name).copied().unwrap_or(0));
             if name != "info" && delta > 0 {
                 *tally.calls.entry(name.clone()).or_default() += delta;
