@@ -119,16 +119,7 @@ fn main() {
         run.reports
     });
     drop(mock);
-    let pinned = pin.taskset.is_some();
-    print_table(
-        &reports,
-        knobs.conc,
-        knobs.sat_conc,
-        machine.tck,
-        &knobs.mem_streams,
-        knobs.one_streams,
-        pinned,
-    );
+    print_table(&reports, &knobs, machine.tck, pin.taskset.is_some());
     if let Some(side) = &redis_side {
         side.print();
     }
