@@ -8,7 +8,8 @@
 #
 # Installs nginx and redis-server (Debian packages) if they are missing, raises the open-file
 # limit so 10,000 streams can be held open through a proxy (2 sockets each), and runs
-# `cargo bench --bench overhead` (benches/overhead.rs; every knob it reads is listed at its top).
+# `cargo bench --bench overhead` (benches/overhead/main.rs; every knob it reads is listed at its
+# top).
 # Loopback traffic only; the whole run is bounded by MAX_SECS (default 900) plus the build.
 set -euo pipefail
 
