@@ -7,6 +7,7 @@ mod support;
 
 mod cors;
 mod cuts;
+mod endings;
 mod errors;
 mod framing;
 mod guardrails;
