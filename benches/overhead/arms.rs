@@ -10,7 +10,14 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tollgate binary built with this bench (the mock provider and the tokens always use it).
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// The gateway under test: this build, or the one `TOLLGATE_BIN` names (e.g. the previous
+/// commit's, to compare two builds against the same mock and nginx).
+fn gateway_bin() -> String {
+    std::env::var("TOLLGATE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/load/nginx.conf.template");
 const SECRET: &str = "overhead-bench-secret";
 const USERS: usize = 100;
@@ -28,13 +35,14 @@ impl Pid for Running {
 
 /// Spawns a tollgate process and returns it with the address it logged as `listen`.
 fn spawn_tollgate(
+    program: &str,
     pin: Pinning,
     cpu: u32,
     args: &[&str],
     env: &[(&str, String)],
     ready: &str,
 ) -> (Running, SocketAddr) {
-    let mut command = pin.command(cpu, BIN);
+    let mut command = pin.command(cpu, program);
     command
         .args(args)
         .env_clear()
@@ -51,6 +59,7 @@ fn spawn_tollgate(
 /// The mock provider, paced by default (`PACED_TOKENS` at `PACED_TPS`); the direct arm.
 pub fn start_mock(pin: Pinning) -> (Running, SocketAddr) {
     spawn_tollgate(
+        BIN,
         pin,
         DRIVER_CPU,
         &[
@@ -98,7 +107,14 @@ fn start_gateway(pin: Pinning, mock: SocketAddr, redis_url: Option<&str>) -> (Ru
             ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "1000".into()),
         ]);
     }
-    spawn_tollgate(pin, PROXY_CPU, &[], &env, "tollgate is serving")
+    spawn_tollgate(
+        &gateway_bin(),
+        pin,
+        PROXY_CPU,
+        &[],
+        &env,
+        "tollgate is serving",
+    )
 }
 
 fn free_port() -> u16 {

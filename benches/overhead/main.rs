@@ -37,7 +37,8 @@
 //! `cargo bench --bench overhead`.
 //! Knobs: ONE_STREAMS (300), CONC (1000), ROUNDS (2), WINDOW_SECS (10), SAT_CONC (50),
 //! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PIN (auto), NGINX (path), ARMS
-//! ("direct,nginx,tollgate,tollgate-redis"). Prints figures; asserts nothing (targets are
+//! ("direct,nginx,tollgate,tollgate-redis"), TOLLGATE_BIN (the gateway binary under test; default
+//! the one built with this bench — set it to another build to compare builds against nginx). Prints figures; asserts nothing (targets are
 //! reported, not tested). The Redis arm is skipped, with a line saying so, when `redis-server` or
 //! `redis-cli` is not on `PATH` (Debian package `redis-server`).
 //!

@@ -15,6 +15,20 @@ struct Expected {
     requests: u64,
 }
 
+fn expect(
+    outcome: &'static str,
+    status: u16,
+    error_code: Option<&'static str>,
+    requests: u64,
+) -> Expected {
+    Expected {
+        outcome,
+        status,
+        error_code,
+        requests,
+    }
+}
+
 /// Waits for the request's one log line and its settlement, and checks both.
 async fn assert_ended_once(app: &TestApp, expected: &Expected) -> Value {
     let logs = app.wait_for_logs(1).await;
@@ -69,16 +83,7 @@ async fn a_completed_stream_is_settled_and_logged_once_with_its_arrival_time() {
     let events = app.stream("alice", &stream_body("mock-gpt", 100)).await;
     let after = now_ms();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let line = assert_ended_once(
-        &app,
-        &Expected {
-            outcome: "completed",
-            status: 200,
-            error_code: None,
-            requests: 1,
-        },
-    )
-    .await;
+    let line = assert_ended_once(&app, &expect("completed", 200, None, 1)).await;
     let arrived = epoch_ms(line["timestamp"].as_str().unwrap());
     assert!(
         (before..=after).contains(&arrived),
@@ -91,16 +96,7 @@ async fn a_stream_cut_at_the_output_cap_ends_once() {
     let app = spawn_app(fast_mock(), |_| {}).await;
     app.stream("alice", &stream_body("mock-gpt:ignore_max_tokens=true", 5))
         .await;
-    let line = assert_ended_once(
-        &app,
-        &Expected {
-            outcome: "cut_token_cap",
-            status: 200,
-            error_code: None,
-            requests: 1,
-        },
-    )
-    .await;
+    let line = assert_ended_once(&app, &expect("cut_token_cap", 200, None, 1)).await;
     assert_eq!(line["output_tokens"], 5);
 }
 
@@ -111,12 +107,7 @@ async fn a_stream_the_upstream_breaks_ends_once_with_the_in_stream_code() {
         .await;
     let line = assert_ended_once(
         &app,
-        &Expected {
-            outcome: "upstream_error",
-            status: 200,
-            error_code: Some("upstream_failed"),
-            requests: 1,
-        },
+        &expect("upstream_error", 200, Some("upstream_failed"), 1),
     )
     .await;
     assert_eq!(line["output_tokens"], 3);
@@ -133,12 +124,7 @@ async fn a_stream_past_the_deadline_ends_once_with_deadline_exceeded() {
         .await;
     assert_ended_once(
         &app,
-        &Expected {
-            outcome: "cut_deadline",
-            status: 200,
-            error_code: Some("deadline_exceeded"),
-            requests: 1,
-        },
+        &expect("cut_deadline", 200, Some("deadline_exceeded"), 1),
     )
     .await;
 }
@@ -154,12 +140,7 @@ async fn an_upstream_refusal_before_the_stream_ends_once_unbilled() {
     assert_eq!(response.status(), 502);
     let line = assert_ended_once(
         &app,
-        &Expected {
-            outcome: "upstream_error",
-            status: 502,
-            error_code: Some("upstream_failed"),
-            requests: 1,
-        },
+        &expect("upstream_error", 502, Some("upstream_failed"), 1),
     )
     .await;
     assert_eq!(line["output_tokens"], 0);
@@ -174,16 +155,7 @@ async fn a_whole_reply_ends_once() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_ended_once(
-        &app,
-        &Expected {
-            outcome: "completed",
-            status: 200,
-            error_code: None,
-            requests: 1,
-        },
-    )
-    .await;
+    assert_ended_once(&app, &expect("completed", 200, None, 1)).await;
 }
 
 #[actix_web::test]
@@ -195,16 +167,7 @@ async fn a_refusal_before_admission_is_logged_once_and_never_counted() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    assert_ended_once(
-        &app,
-        &Expected {
-            outcome: "rejected",
-            status: 400,
-            error_code: Some("unknown_model"),
-            requests: 0,
-        },
-    )
-    .await;
+    assert_ended_once(&app, &expect("rejected", 400, Some("unknown_model"), 0)).await;
     assert!(app.recorder.requests().is_empty(), "upstream untouched");
 }
 
@@ -219,14 +182,5 @@ async fn a_client_that_leaves_mid_stream_ends_once() {
     let mut sse = SseReader::new(response);
     sse.next_data().await.unwrap();
     drop(sse);
-    assert_ended_once(
-        &app,
-        &Expected {
-            outcome: "client_gone",
-            status: 499,
-            error_code: None,
-            requests: 1,
-        },
-    )
-    .await;
+    assert_ended_once(&app, &expect("client_gone", 499, None, 1)).await;
 }
