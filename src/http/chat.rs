@@ -8,17 +8,18 @@
 use super::errors::{add_rate_limit_headers, error_response};
 use super::request_id::request_id;
 use super::server::AppState;
+use crate::accounting::RateLimitHeaders;
 use crate::auth::{authorize_feature, authorize_model, Identity};
 use crate::config::PlanConfig;
 use crate::error::{ApiError, ErrorCode};
-use crate::exchange::{upstream_refused, Exchange};
+use crate::exchange::{upstream_refused, Admitted, Exchange};
 use crate::policy::guardrails::OutputPlan;
 use crate::policy::ChatRequest;
 use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::output_filter::OutputFilter;
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Answer, UpstreamClient};
+use crate::relay::{Answer, UpstreamClient, UpstreamResponse};
 use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{AdmitRequest, UserLimits};
@@ -42,16 +43,7 @@ pub(super) async fn chat_completions(
 ) -> HttpResponse {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
-    let feature = header_text(&req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
-    let log = RequestLog::new(
-        state.log_sink.clone(),
-        request_id(&req),
-        feature,
-        header_text(&req, "x-session-id"),
-        started.into_std(),
-    )
-    .with_metrics(state.metrics.clone());
-    let mut exchange = Exchange::new(log);
+    let mut exchange = Exchange::new(request_log(&req, &state, started));
 
     let (identity, plan) = match authenticate(&req, &state, &mut exchange) {
         Ok(who) => who,
@@ -81,7 +73,53 @@ pub(super) async fn chat_completions(
         Ok(output) => output,
         Err(e) => return refuse(exchange, &e),
     };
+    let exchange = match admit(&state, &identity, &request, &checked, exchange).await {
+        Ok(admitted) => admitted,
+        Err((exchange, e)) => return refuse(exchange, &e),
+    };
+    let (exchange, response) = match send(exchange, &request, &state, &upstream, deadline).await {
+        Ok(sent) => sent,
+        Err(answered) => return answered,
+    };
+    let reply = Reply {
+        granted: exchange.ticket().max_tokens(),
+        rate_limits: exchange.ticket().rate_limits(),
+        max_output_tokens: u64::from(exchange.ticket().max_tokens()) * request.choices().max(1),
+        filter: output
+            .as_ref()
+            .map(|plan| OutputFilter::from_template(plan.template.clone())),
+        checked,
+        started,
+        deadline,
+    };
+    if request.stream {
+        relay_streamed(exchange, response, reply, &request, &state).await
+    } else {
+        relay_whole(exchange, response, reply, &state).await
+    }
+}
 
+/// The request's log record, from what its headers say.
+fn request_log(req: &HttpRequest, state: &AppState, started: Instant) -> RequestLog {
+    let feature = header_text(req, "x-tollgate-feature").unwrap_or_else(|| DEFAULT_FEATURE.into());
+    RequestLog::new(
+        state.log_sink.clone(),
+        request_id(req),
+        feature,
+        header_text(req, "x-session-id"),
+        started.into_std(),
+    )
+    .with_metrics(state.metrics.clone())
+}
+
+/// Asks the user's actor to admit (reserve for) the request.
+async fn admit(
+    state: &AppState,
+    identity: &Identity,
+    request: &ChatRequest,
+    checked: &Checked,
+    mut exchange: Exchange,
+) -> Result<Admitted, (Exchange, ApiError)> {
     let admitted = state
         .users
         .admit(
@@ -97,18 +135,26 @@ pub(super) async fn chat_completions(
             },
         )
         .await;
-    let exchange = match admitted {
-        Ok(ticket) => exchange.admitted(ticket),
-        Err(e) => return refuse(exchange, &e),
-    };
-    let granted = exchange.ticket().max_tokens();
-    let rate_limits = exchange.ticket().rate_limits();
+    match admitted {
+        Ok(ticket) => Ok(exchange.admitted(ticket)),
+        Err(e) => Err((exchange, e)),
+    }
+}
 
-    let body = match request.upstream_body(granted) {
+/// Sends the request upstream under the granted cap. A request that cannot be sent, or that the
+/// upstream refuses or does not answer, ends here (unbilled) with the error answered.
+async fn send(
+    exchange: Admitted,
+    request: &ChatRequest,
+    state: &AppState,
+    upstream: &UpstreamClient,
+    deadline: Instant,
+) -> Result<(Admitted, UpstreamResponse), HttpResponse> {
+    let body = match request.upstream_body(exchange.ticket().max_tokens()) {
         Ok(body) => body,
         Err(e) => {
             exchange.refuse(&e).await;
-            return error_response(&e);
+            return Err(error_response(&e));
         }
     };
     let wait = deadline.saturating_duration_since(Instant::now());
@@ -117,66 +163,90 @@ pub(super) async fn chat_completions(
     state
         .upstream_health
         .record(sent.as_ref().map_or_else(|e| e.final_answer, |_| true));
-    let response = match sent {
-        Ok(response) => response,
+    match sent {
+        Ok(response) => Ok((exchange, response)),
         Err(e) => {
-            // Refused or unreachable before any output: nothing is billed.
-            let error = e.rate_limits(rate_limits);
+            let error = e.rate_limits(exchange.ticket().rate_limits());
             exchange.finish(upstream_refused(error.clone())).await;
-            return error_response(&error);
+            Err(error_response(&error))
         }
-    };
-
-    let limits = &state.config;
-    let max_output_tokens = u64::from(granted) * request.choices().max(1);
-    let filter = output
-        .as_ref()
-        .map(|plan| OutputFilter::from_template(plan.template.clone()));
-    if request.stream {
-        let (task, opened, body) = stream::prepare(StreamJob {
-            upstream: response,
-            counter: checked.counter,
-            max_output_tokens,
-            client_wants_usage: request.client_wants_usage,
-            estimated_input_tokens: checked.estimated_input_tokens,
-            started,
-            deadline,
-            idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
-            max_event_bytes: limits.upstream.max_event_bytes,
-            meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
-            meter_batch_max_tokens: limits.relay.meter_batch_max_tokens.into(),
-            buffer_events: limits.relay.client_buffer_events,
-            filter,
-        });
-        exchange.relay_stream(task, &state.metrics);
-        return match opened.await {
-            Ok(Ok(())) => {
-                let mut response = HttpResponse::Ok();
-                response
-                    .content_type("text/event-stream")
-                    .insert_header(("cache-control", "no-cache"))
-                    .insert_header(("x-accel-buffering", "no"))
-                    .insert_header(("x-tollgate-max-tokens", granted.to_string()));
-                add_rate_limit_headers(&mut response, &rate_limits);
-                response.streaming(body)
-            }
-            Ok(Err(error)) => error_response(&error.rate_limits(rate_limits)),
-            Err(_) => error_response(&ApiError::new(
-                ErrorCode::Internal,
-                "the relay stopped unexpectedly",
-            )),
-        };
     }
+}
 
+/// What relaying a reply needs beyond the upstream response.
+struct Reply {
+    checked: Checked,
+    granted: u32,
+    rate_limits: RateLimitHeaders,
+    /// The granted `max_tokens` × `n`.
+    max_output_tokens: u64,
+    filter: Option<OutputFilter>,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// Streams the reply: the relay task owns the exchange from here and finishes it when the
+/// stream ends; the client gets the stream once its first frame is ready (or the error that
+/// came first).
+async fn relay_streamed(
+    exchange: Admitted,
+    upstream: UpstreamResponse,
+    reply: Reply,
+    request: &ChatRequest,
+    state: &AppState,
+) -> HttpResponse {
+    let limits = &state.config;
+    let (task, opened, body) = stream::prepare(StreamJob {
+        upstream,
+        counter: reply.checked.counter,
+        max_output_tokens: reply.max_output_tokens,
+        client_wants_usage: request.client_wants_usage,
+        estimated_input_tokens: reply.checked.estimated_input_tokens,
+        started: reply.started,
+        deadline: reply.deadline,
+        idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
+        max_event_bytes: limits.upstream.max_event_bytes,
+        meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
+        meter_batch_max_tokens: limits.relay.meter_batch_max_tokens.into(),
+        buffer_events: limits.relay.client_buffer_events,
+        filter: reply.filter,
+    });
+    exchange.relay_stream(task, &state.metrics);
+    match opened.await {
+        Ok(Ok(())) => {
+            let mut response = HttpResponse::Ok();
+            response
+                .content_type("text/event-stream")
+                .insert_header(("cache-control", "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .insert_header(("x-tollgate-max-tokens", reply.granted.to_string()));
+            add_rate_limit_headers(&mut response, &reply.rate_limits);
+            response.streaming(body)
+        }
+        Ok(Err(error)) => error_response(&error.rate_limits(reply.rate_limits)),
+        Err(_) => error_response(&ApiError::new(
+            ErrorCode::Internal,
+            "the relay stopped unexpectedly",
+        )),
+    }
+}
+
+/// Reads the whole reply, finishes the request, and answers with the reply (or its error).
+async fn relay_whole(
+    exchange: Admitted,
+    upstream: UpstreamResponse,
+    reply: Reply,
+    state: &AppState,
+) -> HttpResponse {
     let (relayed, body) = complete(CompleteJob {
-        upstream: response,
-        counter: checked.counter,
-        max_output_tokens,
-        estimated_input_tokens: checked.estimated_input_tokens,
-        started,
-        deadline,
-        max_body_bytes: limits.upstream.max_event_bytes,
-        filter,
+        upstream,
+        counter: reply.checked.counter,
+        max_output_tokens: reply.max_output_tokens,
+        estimated_input_tokens: reply.checked.estimated_input_tokens,
+        started: reply.started,
+        deadline: reply.deadline,
+        max_body_bytes: state.config.upstream.max_event_bytes,
+        filter: reply.filter,
     })
     .await;
     let answer = relayed.answer.clone();
@@ -186,11 +256,11 @@ pub(super) async fn chat_completions(
             let mut response = HttpResponse::Ok();
             response
                 .content_type("application/json")
-                .insert_header(("x-tollgate-max-tokens", granted.to_string()));
-            add_rate_limit_headers(&mut response, &rate_limits);
+                .insert_header(("x-tollgate-max-tokens", reply.granted.to_string()));
+            add_rate_limit_headers(&mut response, &reply.rate_limits);
             response.body(body)
         }
-        (Answer::Error(error), _) => error_response(&error.rate_limits(rate_limits)),
+        (Answer::Error(error), _) => error_response(&error.rate_limits(reply.rate_limits)),
         _ => error_response(&ApiError::new(ErrorCode::Internal, "the reply was lost")),
     }
 }
