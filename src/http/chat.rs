@@ -195,7 +195,7 @@ async fn relay_streamed(
     request: &ChatRequest,
     state: &AppState,
 ) -> HttpResponse {
-    let limits = &state.config;
+    let config = &state.config;
     let (task, opened, body) = stream::prepare(StreamJob {
         upstream,
         counter: reply.checked.counter,
@@ -204,11 +204,11 @@ async fn relay_streamed(
         estimated_input_tokens: reply.checked.estimated_input_tokens,
         started: reply.started,
         deadline: reply.deadline,
-        idle_timeout: Duration::from_secs(limits.upstream.idle_timeout_secs),
-        max_event_bytes: limits.upstream.max_event_bytes,
-        meter_batch_tokens: limits.relay.meter_batch_tokens.into(),
-        meter_batch_max_tokens: limits.relay.meter_batch_max_tokens.into(),
-        buffer_events: limits.relay.client_buffer_events,
+        idle_timeout: Duration::from_secs(config.upstream.idle_timeout_secs),
+        max_event_bytes: config.upstream.max_event_bytes,
+        meter_batch_tokens: config.relay.meter_batch_tokens.into(),
+        meter_batch_max_tokens: config.relay.meter_batch_max_tokens.into(),
+        buffer_events: config.relay.client_buffer_events,
         filter: reply.filter,
     });
     exchange.relay_stream(task, &state.metrics);
