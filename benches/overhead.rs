@@ -154,13 +154,11 @@ fn exact_percentile(values: &[f64], p: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-#[path = "../tests/common/process.rs"]
-mod process;
+use tollgate_testkit::process;
 
 use process::Running;
 
-#[path = "../tests/common/redis.rs"]
-mod redis;
+use tollgate_testkit::redis;
 
 use redis::RedisServer;
 

@@ -1,5 +1,5 @@
 //! Tests of the Redis ledger against a real `redis-server` (one per test, from the shared
-//! harness in `tests/common/redis.rs`): the Lua calendar and cost helpers agree with the Rust
+//! harness `tollgate_testkit::redis`): the Lua calendar and cost helpers agree with the Rust
 //! ones, the scripts decide exactly as the in-memory [`Book`] does for the same sequence of
 //! admissions, meters and settlements, settlement counts once (repeated, replayed, or after its
 //! lease ended), limits hold across replicas sharing one Redis, every key written expires, and
@@ -7,9 +7,6 @@
 //!
 //! These tests only observe the ledger from outside (its public calls, plus `redis-cli` and raw
 //! `EVAL` of the prelude); they never write a user's keys behind the scripts' back.
-
-#[path = "../../../tests/common/redis.rs"]
-pub(crate) mod server;
 
 /// The relay's largest meter batch, as the default config has it.
 const MAX_BATCH: u64 = 256;
@@ -26,10 +23,10 @@ use crate::users::limits::UserLimits;
 use crate::users::org::OrgLedger;
 use crate::users::outage::Known;
 use deadpool_redis::redis::{self, cmd};
-use server::RedisServer;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate_testkit::redis::RedisServer;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
