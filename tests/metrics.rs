@@ -213,41 +213,8 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
         .sum();
     assert!((user_cost - m1_cost).abs() < 1e-9);
 
-    promtool_check(&text);
+    tollgate_testkit::promtool::check_metrics(&text);
     many_users_stay_within_the_series_bound(&app).await;
-}
-
-/// `promtool check metrics` must accept the exposition. Required in CI (`.ci/run` installs
-/// Debian's `prometheus`); elsewhere the check runs when promtool is installed.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not available ({e}): skipping the exposition lint outside CI");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn many_users_stay_within_the_series_bound(app: &TestApp) {

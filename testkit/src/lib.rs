@@ -5,6 +5,7 @@
 //! - [`app`]: the gateway in process ([`app::TestApp`], [`app::spawn_app`]) in front of the mock
 //!   provider or a scripted upstream, with an SSE reader and shared assertions.
 //! - [`process`]: the compiled `tollgate` binary as a child process, killed on drop.
+//! - [`promtool`]: Prometheus' checker on the exposition and the shipped config, required in CI.
 //! - [`redis`]: a real `redis-server` per test, which a test can stop, kill, restart or pause.
 //!
 //! Only [`redis`] and [`process`] know nothing of tollgate, so only they serve the `tollgate`
@@ -13,4 +14,5 @@
 
 pub mod app;
 pub mod process;
+pub mod promtool;
 pub mod redis;
