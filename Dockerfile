@@ -12,15 +12,19 @@ FROM rust:1-bookworm AS builder
 WORKDIR /build
 
 # Dependency layer: build every dependency against a stub src/, so that a change under src/
-# does not recompile the dependency graph. Rebuilt only when Cargo.toml, Cargo.lock or benches/
-# change. benches/ is copied for real because Cargo.toml declares [[bench]] targets and cargo
-# refuses a manifest whose declared targets have no file (it does not compile them here).
+# does not recompile the dependency graph. Rebuilt only when Cargo.toml, Cargo.lock, benches/ or
+# testkit/Cargo.toml change. benches/ is copied for real because Cargo.toml declares [[bench]]
+# targets and cargo refuses a manifest whose declared targets have no file (it does not compile
+# them here). The workspace member testkit/ (test support, a dev-dependency) needs only its
+# manifest and a stub lib to load; `-p tollgate` builds the gateway alone, never the testkit.
 COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
-RUN mkdir -p src \
+COPY testkit/Cargo.toml ./testkit/Cargo.toml
+RUN mkdir -p src testkit/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
-    && cargo build --release --locked \
+    && echo '' > testkit/src/lib.rs \
+    && cargo build --release --locked -p tollgate \
     && rm -rf src \
               target/release/tollgate target/release/tollgate.d \
               target/release/.fingerprint/tollgate-* \
@@ -29,7 +33,7 @@ RUN mkdir -p src \
 # The real sources. The touch makes sure cargo never mistakes them for the stubs.
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p tollgate \
     && ./target/release/tollgate --version
 
 # ---- runtime ---------------------------------------------------------------------------------

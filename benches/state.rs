@@ -3,17 +3,17 @@
 //! Redis commands it costs.
 //!
 //! Two user registries in one process, one per store, against a real `redis-server` started
-//! here (tests/common/redis.rs). Requests alternate between the arms (memory, Redis, memory, …)
-//! so both see the same machine noise; each arm's users are distinct. Sequential requests
-//! measure the added latency; a concurrent phase (`CONC` users at once) shows it under load.
+//! here (`tollgate_testkit::redis`). Requests alternate between the arms (memory, Redis,
+//! memory, …) so both see the same machine noise; each arm's users are distinct. Sequential
+//! requests measure the added latency; a concurrent phase (`CONC` users at once) shows it under
+//! load.
 //! Redis commands per request come from `INFO commandstats` deltas.
 //!
 //! Run: `cargo bench --bench state` (REQUESTS=N, CONC=N change the sizes).
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-#[path = "../tests/common/redis.rs"]
-mod redis;
+use tollgate_testkit::redis;
 
 use std::sync::Arc;
 use std::time::Instant;

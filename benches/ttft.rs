@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "bench-secret";
 
-#[path = "../tests/common/process.rs"]
-mod process;
-
-use process::Running;
+use tollgate_testkit::process::{self, Running};
 
 /// Spawns the binary and returns it with the address it logged as `listen`.
 fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, String) {

@@ -76,10 +76,7 @@ fn token_prints_a_jwt_and_refuses_lifetimes_the_gateway_would_refuse() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[path = "common/process.rs"]
-mod process;
-
-use process::Running;
+use tollgate_testkit::process::{self, Running};
 
 #[test]
 fn the_embedded_default_serves_a_stream_from_its_built_in_mock() {

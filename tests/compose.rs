@@ -511,25 +511,7 @@ fn prometheus_scrapes_tollgate_on_its_metrics_port() {
 
 #[test]
 fn promtool_accepts_the_prometheus_config() {
-    let output = std::process::Command::new("promtool")
-        .args(["check", "config", "config/prometheus.yml"])
-        .current_dir(repo())
-        .output();
-    let output = match output {
-        Ok(output) => output,
-        // CI installs promtool (Debian package `prometheus`, see .ci/run); elsewhere skip.
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not available ({e}): skipping `promtool check config` outside CI");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI: {e}"),
-    };
-    assert!(
-        output.status.success(),
-        "promtool check config config/prometheus.yml:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    tollgate_testkit::promtool::check_config(repo(), "config/prometheus.yml");
 }
 
 #[test]

@@ -2,17 +2,14 @@
 //! log, bounded per-user series, and a clean `promtool check metrics`. Its own test binary: the
 //! Prometheus recorder is process-wide, so no other test may move its counters meanwhile.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
-
-#[path = "api/support/mod.rs"]
-mod support;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use support::sse::SseReader;
-use support::*;
 use tollgate::config::PlanConfig;
 use tollgate::mock::MockOptions;
+use tollgate_testkit::app::sse::SseReader;
+use tollgate_testkit::app::*;
 
 /// One sample: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -108,19 +105,19 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
     };
     // 1 completed, 1 cut at the token cap, then the third passes the 3/min window.
     let events = SseReader::new(
-        stream("m1", "mix", support::chat_body("mock-gpt", true))
+        stream("m1", "mix", chat_body("mock-gpt", true))
             .await
             .unwrap(),
     )
     .collect()
     .await;
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let mut capped = support::chat_body("mock-gpt:ignore_max_tokens=true", true);
+    let mut capped = chat_body("mock-gpt:ignore_max_tokens=true", true);
     capped["max_tokens"] = json!(5);
     SseReader::new(stream("m1", "mix", capped).await.unwrap())
         .collect()
         .await;
-    let mut third = support::chat_body("mock-gpt", false);
+    let mut third = chat_body("mock-gpt", false);
     third["max_tokens"] = json!(3);
     assert_eq!(
         stream("m1", "mix", third.clone()).await.unwrap().status(),
@@ -133,7 +130,7 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
     );
     // 1 cut by the budget.
     let events = SseReader::new(
-        stream("m2", "tight", support::chat_body("mock-gpt", true))
+        stream("m2", "tight", chat_body("mock-gpt", true))
             .await
             .unwrap(),
     )
@@ -144,7 +141,7 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
     let anonymous = app
         .client
         .post(format!("{}/v1/chat/completions", app.base))
-        .send_json(&support::chat_body("mock-gpt", true))
+        .send_json(&chat_body("mock-gpt", true))
         .await
         .unwrap();
     assert_eq!(error_code(anonymous).await.0, 401);
@@ -216,48 +213,15 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
         .sum();
     assert!((user_cost - m1_cost).abs() < 1e-9);
 
-    promtool_check(&text);
+    tollgate_testkit::promtool::check_metrics(&text);
     many_users_stay_within_the_series_bound(&app).await;
-}
-
-/// `promtool check metrics` must accept the exposition. Required in CI (`.ci/run` installs
-/// Debian's `prometheus`); elsewhere the check runs when promtool is installed.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not available ({e}): skipping the exposition lint outside CI");
-            return;
-        }
-        Err(e) => panic!("promtool is required in CI: {e}"),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 async fn many_users_stay_within_the_series_bound(app: &TestApp) {
     for batch in 0..100 {
         let requests = (0..50).map(|i| {
             let user = format!("crowd-{batch}-{i}");
-            let mut body = support::chat_body("mock-gpt", false);
+            let mut body = chat_body("mock-gpt", false);
             body["max_tokens"] = json!(1);
             app.post_chat(&user).send_json(&body)
         });

@@ -5,18 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/process.rs"]
-mod process;
-#[path = "common/redis.rs"]
-mod redis;
-
-use process::Running;
-use redis::RedisServer;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use tollgate_testkit::process::{self, Running};
+use tollgate_testkit::redis::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "redis-test-secret";

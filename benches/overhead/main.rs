@@ -3,7 +3,7 @@
 //! Starts the release `tollgate mock-provider`, nginx (`load/nginx.conf.template`, plain reverse
 //! proxy with `proxy_buffering off` and a keep-alive upstream), `tollgate` (in-memory state,
 //! per-user limits lifted, one token per simulated user) and, for the Redis arm, a
-//! `redis-server` (tests/common/redis.rs, `appendfsync everysec`) with a second `tollgate` that
+//! `redis-server` (`tollgate_testkit::redis`, `appendfsync everysec`) with a second `tollgate` that
 //! differs from the first only by `TOLLGATE_REDIS_URL` and a 1 s Redis call timeout (so a loaded
 //! box does not send it down the outage path). Then it drives the arms interleaved through the
 //! same mock:
@@ -49,11 +49,8 @@
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-// Shared with the integration tests; the only includes by path (from here, for every module).
-#[path = "../../tests/common/process.rs"]
-mod process;
-#[path = "../../tests/common/redis.rs"]
-mod redis;
+// Shared with the integration tests: the process and redis-server harnesses (testkit).
+use tollgate_testkit::{process, redis};
 
 mod arms;
 mod client;

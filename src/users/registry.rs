@@ -238,7 +238,7 @@ mod tests {
         }
     }
 
-    use crate::users::redis::tests::server;
+    use tollgate_testkit::redis::RedisServer;
 
     /// A Redis-mode registry (one actor thread, system clock) and its ledger.
     fn redis_registry(config: &Config) -> (UserRegistry, Arc<RedisLedger>) {
@@ -260,7 +260,7 @@ mod tests {
     /// took the message) leaves no request open, whichever happened.
     #[actix_rt::test]
     async fn admissions_abandoned_at_any_moment_leave_nothing_open_in_redis() {
-        let redis = server::RedisServer::start();
+        let redis = RedisServer::start();
         let mut config = Config::default();
         config.redis.url = crate::config::Secret::new(redis.url());
         config.redis.op_timeout_ms = 2000;
@@ -308,7 +308,7 @@ mod tests {
     /// until Redis holds its settlements (a fresh actor would grant the outage allowance again).
     #[actix_rt::test]
     async fn no_eviction_while_redis_is_away() {
-        let mut redis = server::RedisServer::start();
+        let mut redis = RedisServer::start();
         let mut config = Config::default();
         config.redis.url = crate::config::Secret::new(redis.url());
         config.redis.op_timeout_ms = 2000;

@@ -1,6 +1,6 @@
 //! Browser access: CORS preflights, headers on answers (errors included), and the demo page.
 
-use crate::support::*;
+use tollgate_testkit::app::*;
 
 const ALLOWED: &str = "https://chat.example.com";
 

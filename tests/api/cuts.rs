@@ -2,13 +2,13 @@
 //! Every cut must reach the client as a clear ending, drop the upstream request, and bill what
 //! was relayed.
 
-use crate::support::sse::{
-    assert_error_ending, content_chunks, content_of, error_event, SseReader,
-};
-use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate::mock::{generated_text, MockOptions, StreamEnd};
+use tollgate_testkit::app::sse::{
+    assert_error_ending, content_chunks, content_of, error_event, SseReader,
+};
+use tollgate_testkit::app::*;
 
 async fn assert_upstream_dropped(app: &TestApp) -> u32 {
     match app.recorder.wait_for_end(0, Duration::from_secs(1)).await {
@@ -65,7 +65,7 @@ async fn a_chunk_that_crosses_the_cap_is_trimmed_to_it() {
         )
         .into_bytes()
     };
-    let addr = crate::support::scripted::scripted_upstream(vec![
+    let addr = tollgate_testkit::app::scripted::scripted_upstream(vec![
         chunk(" the quick brown fox jumps over", Value::Null),
         chunk("", json!("stop")),
         b"data: [DONE]\n\n".to_vec(),
@@ -182,9 +182,9 @@ async fn reaching_the_cap_exactly_then_losing_the_upstream_still_ends_at_the_cap
         "choices":[{"index":0,"delta":{"content":" the quick brown fox"},"finish_reason":null}]});
     // Exactly 4 tokens against a cap of 4, then the upstream ends without finishing.
     let addr =
-        crate::support::scripted::scripted_upstream(
-            vec![format!("data: {chunk}\n\n").into_bytes()],
-        )
+        tollgate_testkit::app::scripted::scripted_upstream(vec![
+            format!("data: {chunk}\n\n").into_bytes()
+        ])
         .await;
     let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
     let mut body = chat_body("gpt-4o", true);
@@ -217,7 +217,7 @@ async fn a_stalling_upstream_at_the_cap_is_closed_without_waiting_for_the_idle_t
 async fn an_sse_error_event_of_any_shape_is_an_upstream_failure() {
     let chunk = json!({"id":"c3","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
         "choices":[{"index":0,"delta":{"content":" hi"},"finish_reason":null}]});
-    let addr = crate::support::scripted::scripted_upstream(vec![format!(
+    let addr = tollgate_testkit::app::scripted::scripted_upstream(vec![format!(
         "data: {chunk}\n\nevent: error\ndata: {{\"type\":\"overloaded\",\"message\":\"boom\"}}\n\n"
     )
     .into_bytes()])

@@ -1,10 +1,10 @@
 //! Every way a request ends is finished in one place: one settlement and one log line whose
 //! status, outcome and error code say how it ended, and a `timestamp` of its arrival.
 
-use crate::support::sse::SseReader;
-use crate::support::{chat_body, fast_mock, spawn_app, TestApp};
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
+use tollgate_testkit::app::sse::SseReader;
+use tollgate_testkit::app::{assert_upstream_untouched, chat_body, fast_mock, spawn_app, TestApp};
 
 /// What one ending must leave behind.
 struct Expected {
@@ -168,7 +168,7 @@ async fn a_refusal_before_admission_is_logged_once_and_never_counted() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert_ended_once(&app, &expect("rejected", 400, Some("unknown_model"), 0)).await;
-    assert!(app.recorder.requests().is_empty(), "upstream untouched");
+    assert_upstream_untouched(&app).await;
 }
 
 #[actix_web::test]

@@ -1,19 +1,9 @@
 //! Requests refused before or at the upstream: exact status, OpenAI error code, headers, what
 //! the upstream received (nothing, when the gateway refused) and what was logged.
 
-use crate::support::*;
 use serde_json::{json, Value};
-use std::time::Duration;
 use tollgate::mock::MockOptions;
-
-async fn assert_upstream_untouched(app: &TestApp) {
-    assert!(
-        !app.recorder
-            .wait_for_requests(1, Duration::from_millis(50))
-            .await,
-        "the upstream received a refused request"
-    );
-}
+use tollgate_testkit::app::*;
 
 #[actix_web::test]
 async fn authentication_failures_never_reach_the_upstream() {

@@ -1,9 +1,9 @@
 //! SSE framing from the provider: whatever the splits, line endings and comments, the client
 //! gets the same events, each payload byte-for-byte as the provider wrote it.
 
-use crate::support::scripted::scripted_upstream;
-use crate::support::*;
 use serde_json::json;
+use tollgate_testkit::app::scripted::scripted_upstream;
+use tollgate_testkit::app::*;
 
 fn chunk(content: &str) -> String {
     json!({"id":"c9","object":"chat.completion.chunk","created":7,"model":"gpt-4o",
@@ -71,7 +71,7 @@ async fn a_stream_that_ends_mid_reply_without_done_is_a_failure() {
     let events = app.stream("carol", &chat_body("gpt-4o", true)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(
-        crate::support::sse::error_event(&events[1])["code"],
+        tollgate_testkit::app::sse::error_event(&events[1])["code"],
         "upstream_failed"
     );
     assert_eq!(events[2], "[DONE]");
@@ -101,7 +101,7 @@ async fn an_oversized_upstream_event_is_cut_not_buffered() {
     let events = app.stream("carol", &chat_body("gpt-4o", true)).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(
-        crate::support::sse::error_event(&events[1])["code"],
+        tollgate_testkit::app::sse::error_event(&events[1])["code"],
         "upstream_failed"
     );
     assert_eq!(events[2], "[DONE]");

@@ -2,12 +2,12 @@
 //! upstream; output checks cut or redact a stream without letting a forbidden string through,
 //! however the provider splits it.
 
-use crate::support::scripted::scripted_upstream;
-use crate::support::sse::{content_of, error_event};
-use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate::config::{Config, GuardAction};
+use tollgate_testkit::app::scripted::scripted_upstream;
+use tollgate_testkit::app::sse::{content_of, error_event};
+use tollgate_testkit::app::*;
 
 fn ask(content: &str, stream: bool) -> Value {
     json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": content}]})

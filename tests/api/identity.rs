@@ -1,10 +1,10 @@
 //! Identity, authorization and input policy: every refusal happens before the upstream, with
 //! its status and code; what passes reaches the upstream as the policy shaped it.
 
-use crate::support::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tollgate_testkit::app::*;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
 
@@ -55,15 +55,6 @@ async fn status_with(app: &TestApp, token: &str) -> (u16, String) {
         return (200, String::new());
     }
     error_code(response).await
-}
-
-async fn assert_upstream_untouched(app: &TestApp) {
-    assert!(
-        !app.recorder
-            .wait_for_requests(1, Duration::from_millis(50))
-            .await,
-        "the upstream received a refused request"
-    );
 }
 
 #[actix_web::test]

@@ -1,11 +1,11 @@
 //! Per-user windows and spend caps, held by the user's actor. Time comes from the test clock:
 //! no test sleeps to cross a window.
 
-use crate::support::sse::{assert_error_ending, SseReader};
-use crate::support::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate::mock::MockOptions;
+use tollgate_testkit::app::sse::{assert_error_ending, SseReader};
+use tollgate_testkit::app::*;
 
 async fn send(app: &TestApp, user: &str) -> awc::ClientResponse {
     app.post_chat(user)

@@ -1,9 +1,8 @@
-//! Integration tests: the real gateway over TCP in front of a real mock provider.
-//! One test binary (shorter link times); each module covers one area.
+//! Integration tests: the real gateway over TCP in front of a real mock provider, through the
+//! harness `tollgate_testkit::app`. One test binary (shorter link times); each module covers
+//! one area.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
 
 mod cors;
 mod cuts;

@@ -1,8 +1,8 @@
 //! Non-streamed requests get the same limits as streams.
 
-use crate::support::*;
 use serde_json::{json, Value};
 use tollgate::mock::{generated_text, MockOptions};
+use tollgate_testkit::app::*;
 
 #[actix_web::test]
 async fn a_plain_completion_is_relayed_and_billed_from_the_providers_usage() {

@@ -1,9 +1,9 @@
 //! Streams that complete: relayed as generated, unchanged, with the right upstream request.
 
-use crate::support::sse::{content_chunks, content_of, SseReader};
-use crate::support::*;
 use serde_json::{json, Value};
 use tollgate::mock::{generated_text, MockOptions};
+use tollgate_testkit::app::sse::{content_chunks, content_of, SseReader};
+use tollgate_testkit::app::*;
 
 #[actix_web::test]
 async fn first_chunk_reaches_the_client_while_the_mock_is_still_generating() {

@@ -13,7 +13,7 @@ mod journal;
 mod keys;
 mod link;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 pub use journal::PendingSettle;
 pub use link::Unavailable;

@@ -1,17 +1,13 @@
 //! A real `redis-server` for tests. Each [`RedisServer`] is its own process on a free loopback
 //! port, with its own temporary directory and persistence on (append-only file, fsync on every
 //! write, no RDB snapshots), so a test can stop, kill, restart or pause it and watch what a real
-//! Redis outage does. Test binaries and benches include this file by path, as they do
-//! `process.rs`: `#[path = "common/redis.rs"] mod redis;` (or `"../common/redis.rs"` from a
-//! subdirectory). It needs `redis-server` and `redis-cli` on `PATH` (Debian package
+//! Redis outage does. It needs `redis-server` and `redis-cli` on `PATH` (Debian package
 //! `redis-server`, which `.ci/run` installs).
 //!
 //! Every wait here is bounded and panics with the tail of the server's own log
 //! (`redis.log` in the temporary directory); dropping a `RedisServer` kills and reaps the process,
-//! so no test leaves a server behind however it ends. This module knows nothing of tollgate.
-
-// Each including binary uses a different part of the API; the rest must not warn there.
-#![allow(dead_code)]
+//! so no test leaves a server behind however it ends. This module knows nothing of tollgate, so
+//! the `tollgate` crate's unit tests use it too. Its self-tests are `tests/redis_harness.rs`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -364,7 +360,7 @@ fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Sends SIG`name` to `pid` with kill(1), as tests/cli.rs does (no libc in this crate).
+/// Sends SIG`name` to `pid` with kill(1), as tollgate's tests/cli.rs does (no libc here).
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])

@@ -1,17 +1,12 @@
-//! Self-tests of the `redis-server` harness in `tests/common/redis.rs`: that data survives a
+//! Self-tests of the `redis-server` harness in `src/redis.rs`: that data survives a
 //! graceful stop and a SIGKILL, that a restart gets its port back while old connections linger
 //! in TIME_WAIT, that a paused server really hangs, and that nothing is left running on drop.
 //! They talk to Redis through `redis-cli` or a raw socket, never through tollgate.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "common/redis.rs"]
-mod redis;
-
-use redis::RedisServer;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use tollgate_testkit::redis::RedisServer;
 
 /// Opens a connection to the server and sends one PING without waiting for the answer.
 fn send_ping(server: &RedisServer) -> TcpStream {

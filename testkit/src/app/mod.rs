@@ -1,5 +1,7 @@
-//! Test harness: a real gateway on port 0 in front of a real mock provider on port 0 (or a
-//! scripted raw-TCP upstream), an awc client, an SSE reader, and the gateway's request log.
+//! The in-process gateway harness: a real gateway on port 0 in front of a real mock provider on
+//! port 0 (or a scripted raw-TCP upstream), an awc client, an SSE reader, and the gateway's
+//! request log. Used by the integration suite `tests/api/` and by `tests/metrics.rs`; the tests
+//! run it on actix's runtime (`#[actix_web::test]`).
 
 pub mod scripted;
 pub mod sse;
@@ -179,4 +181,15 @@ pub async fn error_code(mut response: awc::ClientResponse) -> (u16, String) {
         "OpenAI error shape: {body}"
     );
     (status, body["error"]["code"].as_str().unwrap().to_string())
+}
+
+/// Asserts that the upstream received nothing (the mock records no request within 50 ms): for
+/// requests the gateway must refuse before forwarding them.
+pub async fn assert_upstream_untouched(app: &TestApp) {
+    assert!(
+        !app.recorder
+            .wait_for_requests(1, Duration::from_millis(50))
+            .await,
+        "the upstream received a refused request"
+    );
 }
