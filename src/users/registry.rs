@@ -285,13 +285,20 @@ mod tests {
             .unwrap()
             .settle(Usage::default(), Outcome::Completed)
             .await;
+        let mut abandoned = 0;
         for id in 0..40 {
             let mut admitting = Box::pin(registry.admit("una", request(id)));
-            assert!(futures::poll!(admitting.as_mut()).is_pending());
+            // On a loaded machine the test thread can be preempted between sending the message
+            // and polling for the answer, long enough for the whole admission to finish: then
+            // the ticket is dropped unsettled (the same path as a client leaving after admission).
+            if futures::poll!(admitting.as_mut()).is_pending() {
+                abandoned += 1;
+            }
             // Leave at a different moment each time: before, during or after the Redis call.
             std::thread::sleep(Duration::from_micros(25 * id as u64));
             drop(admitting);
         }
+        assert!(abandoned > 0, "no admission was abandoned while in flight");
         let until = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let report = registry.usage("una", limits).await.unwrap();
