@@ -4,7 +4,7 @@
 //! Who decides for the user (its [`Authority`]) is chosen once, when the actor is built, and is
 //! part of the actor's type:
 //! - [`Local`] (embedded mode): the book is the authority, one message at a time is what makes
-//!   admission atomic, and the [`UserStore`] keeps the state across evictions.
+//!   admission atomic, and the user store keeps the state across evictions.
 //! - [`Shared`] (Redis mode): the Redis scripts are the authority (atomic across replicas); the
 //!   book then only holds what this replica decided on its own while Redis was away, under the
 //!   outage policy's local limits.
@@ -13,9 +13,11 @@
 //! part, then hands over to the authority), metering in the book, and eviction. [`UserAddr`] is
 //! the one handle on either kind of actor.
 
+mod handle;
 mod local;
 mod shared;
 
+pub(super) use handle::{Mode, UserAddr};
 pub(super) use local::Local;
 pub(super) use shared::Shared;
 
@@ -24,21 +26,12 @@ use super::book::{AdmitRequest, Book, Grant, UsageReport, UserState};
 use super::limits::UserLimits;
 use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Settle};
 use super::org::OrgLedger;
-use super::redis::RedisLedger;
-use super::store::UserStore;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
-use actix::dev::ToEnvelope;
 use actix::fut::ready;
-use actix::{
-    Actor, ActorContext, Addr, AsyncContext, Context, Handler, MailboxError, Message,
-    ResponseActFuture,
-};
-use actix_rt::ArbiterHandle;
-use futures::future::Either;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,15 +47,7 @@ pub(super) struct Env {
     pub idle_evict: Duration,
 }
 
-/// The process' mode, chosen once at start: what the actors' authority is built from.
-#[derive(Debug, Clone)]
-pub(super) enum Mode {
-    /// Embedded mode: each actor's book decides; the store keeps evicted users' state.
-    Local(Arc<dyn UserStore>),
-    /// Redis mode: the shared ledger decides.
-    Shared(Arc<RedisLedger>),
-}
-
+/// One user's actor, deciding through its authority `A` ([`Local`] or [`Shared`]).
 pub(super) struct UserActor<A> {
     user_id: String,
     book: Book,
@@ -244,73 +229,5 @@ impl<A: Authority> Handler<ReadUsage> for UserActor<A> {
         }
         self.last_active = Instant::now();
         A::read_usage(self, limits)
-    }
-}
-
-/// A user's actor, whichever its authority.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum UserAddr {
-    Local(Addr<UserActor<Local>>),
-    Shared(Addr<UserActor<Shared>>),
-}
-
-impl UserAddr {
-    /// Starts `user_id`'s actor on `arbiter`, with the authority `mode` says.
-    pub(super) fn start(arbiter: &ArbiterHandle, user_id: String, env: Env, mode: &Mode) -> Self {
-        match mode {
-            Mode::Local(store) => {
-                let local = Local::new(store.clone());
-                Self::Local(UserActor::start_in_arbiter(arbiter, move |_| {
-                    UserActor::new(user_id, env, local)
-                }))
-            }
-            Mode::Shared(ledger) => {
-                let ledger = ledger.clone();
-                Self::Shared(UserActor::start_in_arbiter(arbiter, move |_| {
-                    let shared = Shared::new(ledger, &user_id);
-                    UserActor::new(user_id, env, shared)
-                }))
-            }
-        }
-    }
-
-    /// Whether the actor still runs.
-    pub(super) fn connected(&self) -> bool {
-        match self {
-            Self::Local(addr) => addr.connected(),
-            Self::Shared(addr) => addr.connected(),
-        }
-    }
-
-    /// Sends `msg` (queued now) and waits for the answer.
-    pub(super) fn send<M>(&self, msg: M) -> impl Future<Output = Result<M::Result, MailboxError>>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        UserActor<Local>: Handler<M>,
-        UserActor<Shared>: Handler<M>,
-        Context<UserActor<Local>>: ToEnvelope<UserActor<Local>, M>,
-        Context<UserActor<Shared>>: ToEnvelope<UserActor<Shared>, M>,
-    {
-        match self {
-            Self::Local(addr) => Either::Left(addr.send(msg)),
-            Self::Shared(addr) => Either::Right(addr.send(msg)),
-        }
-    }
-
-    /// Sends `msg` without waiting (past the mailbox bound if need be).
-    pub(super) fn do_send<M>(&self, msg: M)
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        UserActor<Local>: Handler<M>,
-        UserActor<Shared>: Handler<M>,
-        Context<UserActor<Local>>: ToEnvelope<UserActor<Local>, M>,
-        Context<UserActor<Shared>>: ToEnvelope<UserActor<Shared>, M>,
-    {
-        match self {
-            Self::Local(addr) => addr.do_send(msg),
-            Self::Shared(addr) => addr.do_send(msg),
-        }
     }
 }
