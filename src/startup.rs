@@ -107,8 +107,8 @@ pub fn start(
         actix_rt::spawn(server);
     }
     let memory = Arc::new(MemoryStore::default());
-    let remote = start_redis(&config, &metrics)?;
-    let snapshots = match remote {
+    let redis = start_redis(&config, &metrics)?;
+    let snapshots = match redis {
         // Redis holds the state: no snapshot file.
         Some(_) => None,
         None => open_snapshots(&config, &options, memory.clone())?,
@@ -123,7 +123,7 @@ pub fn start(
             options.clock,
             metrics.clone(),
             store,
-            remote,
+            redis,
         ),
         metrics,
         guardrails: Guardrails::new(&config.guardrails)

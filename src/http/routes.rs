@@ -72,7 +72,7 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when Redis answers (if configured) and the upstream circuit is not open.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let redis = match state.users.remote() {
+    let redis = match state.users.redis_ledger() {
         None => "not_configured",
         Some(ledger) if ledger.ready() => "ok",
         Some(_) => "unavailable",

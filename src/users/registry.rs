@@ -3,7 +3,7 @@
 //! An actor that evicted itself answers `None`; the registry then starts a fresh one, which
 //! loads the saved state.
 
-use super::actor::{Shared, UserActor};
+use super::actor::{Env, Mode, UserAddr};
 use super::alerts;
 use super::book::{AdmitRequest, UsageReport};
 use super::limits::{usd_to_micro, UserLimits};
@@ -17,7 +17,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry::Metrics;
-use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -32,18 +31,20 @@ const ATTEMPTS: usize = 3;
 pub struct UserRegistry {
     arbiters: Vec<Arbiter>,
     alert_arbiter: Arbiter,
-    shared: Shared,
+    env: Env,
+    mode: Mode,
 }
 
 impl UserRegistry {
-    /// Starts `threads` arbiter threads for the actors, and one for alert delivery.
+    /// Starts `threads` arbiter threads for the actors, and one for alert delivery. With a
+    /// `redis` ledger (Redis mode), Redis holds users' figures and `store` goes unused.
     pub fn new(
         threads: usize,
         config: &Config,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
         store: Arc<dyn UserStore>,
-        remote: Option<Arc<RedisLedger>>,
+        redis: Option<Arc<RedisLedger>>,
     ) -> Self {
         let alert_arbiter = Arbiter::new();
         let alerts = alerts::start(
@@ -54,36 +55,36 @@ impl UserRegistry {
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
             alert_arbiter,
-            shared: Shared {
+            env: Env {
                 clock,
                 org: Arc::new(OrgLedger::new(usd_to_micro(config.cost.max_org_daily_usd))),
-                store,
-                remote,
                 alerts,
                 metrics,
                 directory: Arc::new(Mutex::new(HashMap::new())),
                 mailbox_capacity: config.users.mailbox_capacity,
                 idle_evict: Duration::from_secs(config.users.idle_evict_secs),
             },
+            mode: match redis {
+                Some(ledger) => Mode::Shared(ledger),
+                None => Mode::Local(store),
+            },
         }
     }
 
-    fn actor(&self, user_id: &str) -> Addr<UserActor> {
-        let mut directory = self
-            .shared
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    fn actor(&self, user_id: &str) -> UserAddr {
+        let mut directory = self.env.directory.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(addr) = directory.get(user_id).filter(|a| a.connected()) {
             return addr.clone();
         }
         let mut hasher = DefaultHasher::new();
         user_id.hash(&mut hasher);
         let arbiter = &self.arbiters[(hasher.finish() as usize) % self.arbiters.len()];
-        let shared = self.shared.clone();
-        let id = user_id.to_string();
-        let addr =
-            UserActor::start_in_arbiter(&arbiter.handle(), move |_| UserActor::new(id, shared));
+        let addr = UserAddr::start(
+            &arbiter.handle(),
+            user_id.to_string(),
+            self.env.clone(),
+            &self.mode,
+        );
         directory.insert(user_id.to_string(), addr.clone());
         addr
     }
@@ -126,14 +127,17 @@ impl UserRegistry {
         Err(unavailable())
     }
 
-    /// Redis mode: the shared ledger.
-    pub fn remote(&self) -> Option<&Arc<RedisLedger>> {
-        self.shared.remote.as_ref()
+    /// Redis mode: the shared ledger (`None` in embedded mode).
+    pub fn redis_ledger(&self) -> Option<&Arc<RedisLedger>> {
+        match &self.mode {
+            Mode::Shared(ledger) => Some(ledger),
+            Mode::Local(_) => None,
+        }
     }
 
     /// Actors currently alive.
     pub fn live_actors(&self) -> usize {
-        self.shared
+        self.env
             .directory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,7 +156,7 @@ impl Drop for UserRegistry {
 /// Settles (with no usage) the request an abandoned admission may have admitted. Settling a
 /// request that was never admitted, or is settled already, changes nothing.
 struct CancelOnDrop<'a> {
-    addr: Option<Addr<UserActor>>,
+    addr: Option<UserAddr>,
     request_id: &'a str,
 }
 

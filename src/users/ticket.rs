@@ -1,15 +1,14 @@
 //! [`Ticket`]: one admitted request's handle on its user's actor.
 
-use super::actor::UserActor;
+use super::actor::UserAddr;
 use super::messages::{Meter, MeterAnswer, Settle};
 use crate::accounting::{Outcome, RateLimitHeaders, Usage};
-use actix::Addr;
 
 /// Meters and settles one admitted request. Dropping it unsettled (a handler future dropped
 /// because the client left) settles it as `client_gone` with the estimate and what was metered.
 #[derive(Debug)]
 pub struct Ticket {
-    addr: Addr<UserActor>,
+    addr: UserAddr,
     request_id: String,
     estimated_input_tokens: u64,
     metered_output_tokens: u64,
@@ -20,7 +19,7 @@ pub struct Ticket {
 
 impl Ticket {
     pub(super) fn new(
-        addr: Addr<UserActor>,
+        addr: UserAddr,
         request_id: String,
         estimated_input_tokens: u64,
         max_tokens: u32,

@@ -1,79 +1,123 @@
 //! The per-user actor: owns one user's [`Book`], handles one message at a time, sends alerts off
-//! the request path, and evicts itself when idle, leaving its state in the store.
+//! the request path, and evicts itself when idle.
 //!
-//! Embedded mode: the book is the authority, and one message at a time is what makes admission
-//! atomic. Redis mode (see [`RemoteUser`]): the Redis scripts are the authority (atomic across
-//! replicas); the book then only holds what this replica decided on its own while Redis was
-//! away, under the outage policy's local limits. That half lives in [`remote`].
+//! Who decides for the user (its [`Authority`]) is chosen once, when the actor is built, and is
+//! part of the actor's type:
+//! - [`Local`] (embedded mode): the book is the authority, one message at a time is what makes
+//!   admission atomic, and the user store keeps the state across evictions.
+//! - [`Shared`] (Redis mode): the Redis scripts are the authority (atomic across replicas); the
+//!   book then only holds what this replica decided on its own while Redis was away, under the
+//!   outage policy's local limits.
+//!
+//! This module holds what both share: the messages' dispatch (each handler does the common
+//! part, then hands over to the authority), metering in the book, and eviction. [`UserAddr`] is
+//! the one handle on either kind of actor.
 
-mod remote;
+mod handle;
+mod local;
+mod shared;
 
-use remote::RemoteUser;
+pub(super) use handle::{Mode, UserAddr};
+pub(super) use local::Local;
+pub(super) use shared::Shared;
 
-use super::alerts::{AlertSender, UserAlert};
-use super::book::{Book, Grant, UsageReport, UserState};
+use super::alerts::AlertSender;
+use super::book::{AdmitRequest, Book, Grant, UsageReport, UserState};
 use super::limits::UserLimits;
 use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Settle};
 use super::org::OrgLedger;
-use super::redis::RedisLedger;
-use super::store::UserStore;
-use crate::accounting::Usage;
-use crate::calendar::day_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;
-use actix::fut::{ready, ActorFutureExt, WrapFuture};
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, ResponseActFuture};
+use actix::fut::ready;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What every actor shares.
+/// What every actor shares, whatever its authority.
 #[derive(Debug, Clone)]
-pub(super) struct Shared {
+pub(super) struct Env {
     pub clock: Arc<dyn Clock>,
     pub org: Arc<OrgLedger>,
-    pub store: Arc<dyn UserStore>,
-    pub remote: Option<Arc<RedisLedger>>,
     pub alerts: AlertSender,
     pub metrics: Metrics,
-    pub directory: Arc<Mutex<HashMap<String, actix::Addr<UserActor>>>>,
+    pub directory: Arc<Mutex<HashMap<String, UserAddr>>>,
     pub mailbox_capacity: usize,
     pub idle_evict: Duration,
 }
 
-pub(super) struct UserActor {
+/// One user's actor, deciding through its authority `A` ([`Local`] or [`Shared`]).
+pub(super) struct UserActor<A> {
     user_id: String,
     book: Book,
     limits: Option<UserLimits>,
-    remote: Option<RemoteUser>,
-    shared: Shared,
+    authority: A,
+    env: Env,
     last_active: Instant,
     evicting: bool,
 }
 
-type Reply<T> = ResponseActFuture<UserActor, T>;
+/// An answer the actor gives now or once a call (to Redis) returns.
+pub(super) type Reply<A, T> = ResponseActFuture<UserActor<A>, T>;
 
-fn now_reply<T: 'static>(value: T) -> Reply<T> {
+fn now_reply<A: Authority, T: 'static>(value: T) -> Reply<A, T> {
     Box::pin(ready(value))
 }
 
-impl UserActor {
-    pub(super) fn new(user_id: String, shared: Shared) -> Self {
-        let remote = shared
-            .remote
-            .clone()
-            .map(|ledger| RemoteUser::new(ledger, &user_id));
-        let state = match remote {
-            Some(_) => Default::default(),
-            None => shared.store.load(&user_id).unwrap_or_default(),
-        };
+/// Who decides for the user: what each message does past the common part, and what holds the
+/// user's state across evictions.
+pub(super) trait Authority: Sized + Unpin + 'static {
+    /// The state a fresh actor's book starts from.
+    fn saved_state(&self, user_id: &str) -> UserState;
+
+    /// Keeps the state of an actor that is evicting itself.
+    fn save(&self, user_id: &str, book: &Book);
+
+    /// Whether something besides the book's open requests keeps the actor from evicting itself.
+    fn holds_actor(&self, book: &Book) -> bool;
+
+    /// The limits the book enforces for requests it holds, under the user's `limits`.
+    fn book_limits(&self, limits: &UserLimits) -> UserLimits;
+
+    /// Sends the alerts due after the actor changed something.
+    fn send_alerts(actor: &mut UserActor<Self>);
+
+    /// Admits (or refuses) a request; always `Some` (`None` is for an evicting actor).
+    fn admit(
+        actor: &mut UserActor<Self>,
+        request: AdmitRequest,
+    ) -> Reply<Self, Option<Result<Grant, ApiError>>>;
+
+    /// Meters a request's relayed output under the user's `limits`.
+    fn meter(
+        actor: &mut UserActor<Self>,
+        msg: Meter,
+        limits: UserLimits,
+    ) -> Reply<Self, MeterAnswer>;
+
+    /// Settles a request.
+    fn settle(actor: &mut UserActor<Self>, msg: Settle) -> Reply<Self, ()>;
+
+    /// The user's counters and windows; always `Some` (`None` is for an evicting actor).
+    fn read_usage(
+        actor: &mut UserActor<Self>,
+        limits: UserLimits,
+    ) -> Reply<Self, Option<Result<UsageReport, ApiError>>>;
+
+    /// The handle on an actor of this kind.
+    fn user_addr(addr: Addr<UserActor<Self>>) -> UserAddr;
+}
+
+impl<A: Authority> UserActor<A> {
+    fn new(user_id: String, env: Env, authority: A) -> Self {
+        let state = authority.saved_state(&user_id);
         Self {
             user_id,
             book: Book::new(state),
             limits: None,
-            remote,
-            shared,
+            authority,
+            env,
             last_active: Instant::now(),
             evicting: false,
         }
@@ -81,48 +125,21 @@ impl UserActor {
 
     fn touched(&mut self) {
         self.last_active = Instant::now();
-        if self.remote.is_some() {
-            return; // alerts come from Redis' figures (remote_alerts)
-        }
-        if let Some(limits) = self.limits {
-            for alert in self.book.due_alerts(&limits) {
-                self.shared.alerts.send(UserAlert {
-                    user_id: self.user_id.clone(),
-                    alert,
-                });
-            }
-        }
+        A::send_alerts(self);
     }
 
     fn evict_if_idle(&mut self, ctx: &mut Context<Self>) {
-        // Redis mode: what this replica did alone during an outage (its book, and the outage
-        // allowance it has used) must outlive the outage, or a fresh actor would grant the
-        // allowance again. Evict only once Redis answers and holds every settlement.
-        let outage_decisions = self.book.state() != &UserState::default();
-        let remote_busy = self.remote.as_ref().is_some_and(|r| {
-            !r.open.is_empty()
-                || !r.admitting.is_empty()
-                || (outage_decisions && (!r.ledger.ready() || r.ledger.pending_settlements() > 0))
-        });
         if self.evicting
             || self.book.has_open_requests()
-            || remote_busy
-            || self.last_active.elapsed() < self.shared.idle_evict
+            || self.authority.holds_actor(&self.book)
+            || self.last_active.elapsed() < self.env.idle_evict
         {
             return;
         }
         self.evicting = true;
-        if self.remote.is_none() {
-            self.shared
-                .store
-                .save(&self.user_id, self.book.state().clone());
-        }
-        let me = ctx.address();
-        let mut directory = self
-            .shared
-            .directory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        self.authority.save(&self.user_id, &self.book);
+        let me = A::user_addr(ctx.address());
+        let mut directory = self.env.directory.lock().unwrap_or_else(|p| p.into_inner());
         if directory.get(&self.user_id) == Some(&me) {
             directory.remove(&self.user_id);
         }
@@ -130,17 +147,8 @@ impl UserActor {
         ctx.stop();
     }
 
-    /// Redis mode: the outage policy's limits for requests this book holds.
-    fn local_limits(&self, limits: &UserLimits) -> UserLimits {
-        match &self.remote {
-            Some(remote) => remote
-                .ledger
-                .policy
-                .local_limits(limits, remote.known.as_ref()),
-            None => *limits,
-        }
-    }
-
+    /// Meters a request the book holds (every request in embedded mode; in Redis mode, those
+    /// this replica decided alone).
     fn meter_in_book(
         &mut self,
         request_id: &str,
@@ -148,15 +156,15 @@ impl UserActor {
         limits: &UserLimits,
         max_batch: u64,
     ) -> MeterAnswer {
-        let local = self.local_limits(limits);
-        let now = self.shared.clock.now_ms();
+        let local = self.authority.book_limits(limits);
+        let now = self.env.clock.now_ms();
         let within = self
             .book
-            .meter(request_id, tokens, &local, now, &self.shared.org);
+            .meter(request_id, tokens, &local, now, &self.env.org);
         // Granted whatever the verdict, as the Redis script does.
         let allowance = self
             .book
-            .grant_allowance(request_id, &local, &self.shared.org, max_batch);
+            .grant_allowance(request_id, &local, &self.env.org, max_batch);
         self.touched();
         if within {
             MeterAnswer::Continue { allowance }
@@ -166,19 +174,19 @@ impl UserActor {
     }
 }
 
-impl Actor for UserActor {
+impl<A: Authority> Actor for UserActor<A> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.env.mailbox_capacity);
         let every =
-            (self.shared.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+            (self.env.idle_evict / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
         ctx.run_interval(every, |actor, ctx| actor.evict_if_idle(ctx));
     }
 }
 
-impl Handler<Admit> for UserActor {
-    type Result = Reply<Option<Result<Grant, ApiError>>>;
+impl<A: Authority> Handler<Admit> for UserActor<A> {
+    type Result = Reply<A, Option<Result<Grant, ApiError>>>;
 
     fn handle(&mut self, Admit(request): Admit, _: &mut Self::Context) -> Self::Result {
         if self.evicting {
@@ -187,139 +195,39 @@ impl Handler<Admit> for UserActor {
         // Busy now: no eviction while a Redis call is in flight.
         self.last_active = Instant::now();
         self.limits = Some(request.limits);
-        let now = self.shared.clock.now_ms();
-        let Some(remote) = &self.remote else {
-            let result = self.book.admit(request, now, &self.shared.org);
-            self.touched();
-            return now_reply(Some(result));
-        };
-        // The organisation cap is counted per replica (see README: Redis mode).
-        let input_cost = request.price.cost_micro_usd(Usage {
-            input_tokens: request.estimated_input_tokens,
-            output_tokens: 0,
-        });
-        if self.shared.org.would_pass(day_key(now), input_cost) {
-            let error = super::book::Refusal::OrgDaily.error(&request.limits, now);
-            return now_reply(Some(Err(error)));
-        }
-        let (ledger, prefix) = remote.handles();
-        if let Some(refusal) = self.cached_refusal(&request.limits) {
-            return now_reply(Some(Err(refusal)));
-        }
-        self.admitting(&request.request_id);
-        Box::pin(
-            async move {
-                let reply = ledger.admit(&prefix, &request).await;
-                (reply, request)
-            }
-            .into_actor(self)
-            .map(|(reply, request), actor, ctx| {
-                let request_id = request.request_id.clone();
-                let answer = actor.admitted(reply, request);
-                // The caller left while Redis answered: settle what was just admitted.
-                if let Some(cancel) = actor.admitted_cancelled(&request_id) {
-                    ctx.spawn(actor.settle_remote(cancel));
-                }
-                Some(answer)
-            }),
-        )
+        A::admit(self, request)
     }
 }
 
-impl Handler<Meter> for UserActor {
-    type Result = Reply<MeterAnswer>;
+impl<A: Authority> Handler<Meter> for UserActor<A> {
+    type Result = Reply<A, MeterAnswer>;
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         let Some(limits) = self.limits else {
             return now_reply(MeterAnswer::Continue { allowance: 0 });
         };
-        let remote_held = self
-            .remote
-            .as_ref()
-            .filter(|r| r.open.contains_key(&msg.request_id));
-        let Some(remote) = remote_held else {
-            // Embedded mode, or a request this replica's book holds.
-            let verdict =
-                self.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
-            return now_reply(verdict);
-        };
-        let (ledger, prefix) = remote.handles();
-        // The organisation cap is counted here, per replica: no allowance (promise) then.
-        let max_batch = if self.shared.org.cap().is_some() {
-            0
-        } else {
-            msg.max_batch
-        };
-        Box::pin(
-            async move {
-                let reply = ledger
-                    .meter(
-                        &prefix,
-                        &msg.request_id,
-                        msg.output_tokens,
-                        &limits,
-                        max_batch,
-                    )
-                    .await;
-                (reply, msg)
-            }
-            .into_actor(self)
-            .map(move |(reply, msg), actor, _| actor.metered(reply, &msg, &limits)),
-        )
+        A::meter(self, msg, limits)
     }
 }
 
-impl Handler<Settle> for UserActor {
-    type Result = Reply<()>;
+impl<A: Authority> Handler<Settle> for UserActor<A> {
+    type Result = Reply<A, ()>;
 
     fn handle(&mut self, msg: Settle, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        if self.remote.is_some() {
-            return self.settle_remote(msg);
-        }
-        let now = self.shared.clock.now_ms();
-        self.book.settle(
-            &msg.request_id,
-            msg.usage,
-            msg.outcome,
-            now,
-            &self.shared.org,
-        );
-        // Keep the store current, so a snapshot (embedded mode) holds settled usage.
-        self.shared
-            .store
-            .save(&self.user_id, self.book.state().clone());
-        self.touched();
-        now_reply(())
+        A::settle(self, msg)
     }
 }
 
-impl Handler<ReadUsage> for UserActor {
-    type Result = Reply<Option<Result<UsageReport, ApiError>>>;
+impl<A: Authority> Handler<ReadUsage> for UserActor<A> {
+    type Result = Reply<A, Option<Result<UsageReport, ApiError>>>;
 
     fn handle(&mut self, ReadUsage(limits): ReadUsage, _: &mut Self::Context) -> Self::Result {
         if self.evicting {
             return now_reply(None);
         }
         self.last_active = Instant::now();
-        let Some(remote) = &self.remote else {
-            let report = self.book.report(&limits, self.shared.clock.now_ms());
-            return now_reply(Some(Ok(report)));
-        };
-        let (ledger, prefix) = remote.handles();
-        Box::pin(
-            async move {
-                Some(match ledger.usage(&prefix).await {
-                    Ok((counts, now_ms)) => Ok(counts.report(&limits, now_ms)),
-                    Err(_) => Err(ApiError::new(
-                        crate::error::ErrorCode::StateUnavailable,
-                        "usage cannot be read right now (shared state unavailable)",
-                    )
-                    .retry_after(super::outage::FAIL_CLOSED_RETRY_SECS)),
-                })
-            }
-            .into_actor(self),
-        )
+        A::read_usage(self, limits)
     }
 }

@@ -1,0 +1,97 @@
+//! Embedded mode: the user's book is the authority. Its answers are immediate, it sends the
+//! alerts it says are due, and the [`UserStore`] keeps its state across evictions (and is kept
+//! current on every settlement, so a snapshot holds settled usage).
+
+use super::{now_reply, Authority, Reply, UserActor, UserAddr};
+use crate::error::ApiError;
+use crate::users::alerts::UserAlert;
+use crate::users::book::{AdmitRequest, Book, Grant, UsageReport, UserState};
+use crate::users::limits::UserLimits;
+use crate::users::messages::{Meter, MeterAnswer, Settle};
+use crate::users::store::UserStore;
+use actix::Addr;
+use std::sync::Arc;
+
+/// Embedded mode's authority: the book, backed by the store.
+pub(in crate::users) struct Local {
+    store: Arc<dyn UserStore>,
+}
+
+impl Local {
+    pub(super) fn new(store: Arc<dyn UserStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Authority for Local {
+    fn saved_state(&self, user_id: &str) -> UserState {
+        self.store.load(user_id).unwrap_or_default()
+    }
+
+    fn save(&self, user_id: &str, book: &Book) {
+        self.store.save(user_id, book.state().clone());
+    }
+
+    fn holds_actor(&self, _: &Book) -> bool {
+        false
+    }
+
+    fn book_limits(&self, limits: &UserLimits) -> UserLimits {
+        *limits
+    }
+
+    fn send_alerts(actor: &mut UserActor<Self>) {
+        let Some(limits) = actor.limits else {
+            return;
+        };
+        for alert in actor.book.due_alerts(&limits) {
+            actor.env.alerts.send(UserAlert {
+                user_id: actor.user_id.clone(),
+                alert,
+            });
+        }
+    }
+
+    fn admit(
+        actor: &mut UserActor<Self>,
+        request: AdmitRequest,
+    ) -> Reply<Self, Option<Result<Grant, ApiError>>> {
+        let now = actor.env.clock.now_ms();
+        let result = actor.book.admit(request, now, &actor.env.org);
+        actor.touched();
+        now_reply(Some(result))
+    }
+
+    fn meter(
+        actor: &mut UserActor<Self>,
+        msg: Meter,
+        limits: UserLimits,
+    ) -> Reply<Self, MeterAnswer> {
+        let answer =
+            actor.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
+        now_reply(answer)
+    }
+
+    fn settle(actor: &mut UserActor<Self>, msg: Settle) -> Reply<Self, ()> {
+        let now = actor.env.clock.now_ms();
+        actor
+            .book
+            .settle(&msg.request_id, msg.usage, msg.outcome, now, &actor.env.org);
+        // Keep the store current, so a snapshot holds settled usage.
+        actor.authority.save(&actor.user_id, &actor.book);
+        actor.touched();
+        now_reply(())
+    }
+
+    fn read_usage(
+        actor: &mut UserActor<Self>,
+        limits: UserLimits,
+    ) -> Reply<Self, Option<Result<UsageReport, ApiError>>> {
+        let report = actor.book.report(&limits, actor.env.clock.now_ms());
+        now_reply(Some(Ok(report)))
+    }
+
+    fn user_addr(addr: Addr<UserActor<Self>>) -> UserAddr {
+        UserAddr::Local(addr)
+    }
+}
