@@ -1,5 +1,8 @@
 //! UTC calendar keys for the day and month windows, and when each window resets.
 
+/// Milliseconds in a minute.
+pub const MINUTE_MS: u64 = 60_000;
+
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
 

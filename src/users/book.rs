@@ -11,14 +11,14 @@
 
 use super::limits::UserLimits;
 use super::org::OrgLedger;
+use super::refusal::Refusal;
+use super::usage::{Counts, UsageReport};
 use crate::accounting::{Outcome, RateLimitHeaders, Usage};
-use crate::calendar::{day_key, month_key, next_day_ms, next_month_ms, rfc3339};
-use crate::error::{ApiError, ErrorCode};
+use crate::calendar::{day_key, month_key, MINUTE_MS};
+use crate::error::ApiError;
 use crate::pricing::Price;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-
-const MINUTE_MS: u64 = 60_000;
 
 /// What survives an actor: kept in the store when the actor is evicted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -117,43 +117,6 @@ pub struct Alert {
     pub spend_micro_usd: u64,
     pub cap_micro_usd: u64,
     pub percent: u8,
-}
-
-/// One window in `/v1/usage`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WindowReport {
-    pub used: u64,
-    pub limit: u64,
-    pub remaining: u64,
-    pub resets_at: String,
-}
-
-/// One spend cap in `/v1/usage`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SpendReport {
-    pub used_usd: f64,
-    pub limit_usd: f64,
-    pub remaining_usd: f64,
-    pub resets_at: String,
-}
-
-/// The user's counters and windows, as `/v1/usage` reports them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct UsageReport {
-    pub requests: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cut_requests: u64,
-    pub open_requests: u64,
-    pub open_streams: u64,
-    pub open_input_tokens: u64,
-    pub open_output_tokens: u64,
-    pub requests_per_minute: WindowReport,
-    pub requests_per_day: WindowReport,
-    pub tokens_per_day: WindowReport,
-    pub concurrent_streams: WindowReport,
-    pub daily_usd: SpendReport,
-    pub monthly_usd: SpendReport,
 }
 
 /// The ledger.
@@ -509,184 +472,12 @@ impl Book {
     }
 }
 
-/// Why admission said no. The same rules refuse with the same errors whether the book or
-/// the Redis script applied them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Concurrency,
-    Minute {
-        frees_at_ms: u64,
-    },
-    DayRequests,
-    DailySpend,
-    MonthlySpend,
-    /// Only spend promised to running streams stands in the way: it ends within a batch.
-    SpendInFlight,
-    OrgDaily,
-    DayTokens,
-}
-
-impl Refusal {
-    /// The client's error: code, message and when to retry.
-    pub fn error(self, limits: &UserLimits, now_ms: u64) -> ApiError {
-        let until_midnight = secs_until(now_ms, next_day_ms(now_ms));
-        match self {
-            Refusal::Concurrency => ApiError::new(
-                ErrorCode::ConcurrentStreams,
-                format!(
-                    "too many requests in flight (limit {})",
-                    limits.max_concurrent_streams
-                ),
-            )
-            .retry_after(1),
-            Refusal::Minute { frees_at_ms } => ApiError::new(
-                ErrorCode::RequestsPerMinute,
-                format!(
-                    "request limit reached ({} per minute)",
-                    limits.requests_per_minute
-                ),
-            )
-            .retry_after(secs_until(now_ms, frees_at_ms)),
-            Refusal::DayRequests => ApiError::new(
-                ErrorCode::RequestsPerDay,
-                format!(
-                    "daily request limit reached ({} per day)",
-                    limits.requests_per_day
-                ),
-            )
-            .retry_after(until_midnight)
-            .no_retry(),
-            Refusal::DailySpend => ApiError::new(ErrorCode::DailyBudget, "daily spend cap reached")
-                .retry_after(until_midnight)
-                .no_retry(),
-            Refusal::MonthlySpend => {
-                ApiError::new(ErrorCode::MonthlyBudget, "monthly spend cap reached")
-                    .retry_after(secs_until(now_ms, next_month_ms(now_ms)))
-                    .no_retry()
-            }
-            Refusal::SpendInFlight => ApiError::new(
-                ErrorCode::DailyBudget,
-                "the spend cap is nearly reached by requests in flight: retry when they end",
-            )
-            .retry_after(1),
-            Refusal::OrgDaily => ApiError::new(
-                ErrorCode::OrgDailyBudget,
-                "the organisation's daily spend cap is reached",
-            )
-            .retry_after(until_midnight)
-            .no_retry(),
-            Refusal::DayTokens => ApiError::new(
-                ErrorCode::TokensPerDay,
-                format!(
-                    "daily token limit reached ({} per day)",
-                    limits.tokens_per_day
-                ),
-            )
-            .retry_after(until_midnight)
-            .no_retry(),
-        }
-    }
-}
-
-/// A user's figures as the book or Redis holds them, for `/v1/usage` and the headers.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counts {
-    pub requests: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cut_requests: u64,
-    pub open_requests: u64,
-    pub open_streams: u64,
-    pub open_input_tokens: u64,
-    pub open_output_tokens: u64,
-    pub minute_used: u64,
-    pub minute_oldest_ms: Option<u64>,
-    pub requests_today: u64,
-    /// Tokens today: settled plus reserved by open requests.
-    pub tokens_running: u64,
-    /// Spend today and this month: settled plus metered by open requests.
-    pub spend_today_running: u64,
-    pub spend_month_running: u64,
-}
-
-impl Counts {
-    /// The `x-ratelimit-*` figures.
-    pub fn rate_limits(&self, limits: &UserLimits) -> RateLimitHeaders {
-        RateLimitHeaders {
-            limit_requests: limits.requests_per_minute,
-            remaining_requests: limits.requests_per_minute.saturating_sub(self.minute_used),
-            limit_tokens: limits.tokens_per_day,
-            remaining_tokens: limits.tokens_per_day.saturating_sub(self.tokens_running),
-        }
-    }
-
-    /// The report for `/v1/usage`.
-    pub fn report(&self, limits: &UserLimits, now_ms: u64) -> UsageReport {
-        let window = |used: u64, limit: u64, resets_ms: u64| WindowReport {
-            used,
-            limit,
-            remaining: limit.saturating_sub(used),
-            resets_at: rfc3339(resets_ms),
-        };
-        let spend = |used: u64, limit: u64, resets_ms: u64| SpendReport {
-            used_usd: micro_to_usd(used),
-            limit_usd: micro_to_usd(limit),
-            remaining_usd: micro_to_usd(limit.saturating_sub(used)),
-            resets_at: rfc3339(resets_ms),
-        };
-        let minute_resets = self.minute_oldest_ms.map_or(now_ms, |t| t + MINUTE_MS);
-        UsageReport {
-            requests: self.requests,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cut_requests: self.cut_requests,
-            open_requests: self.open_requests,
-            open_streams: self.open_streams,
-            open_input_tokens: self.open_input_tokens,
-            open_output_tokens: self.open_output_tokens,
-            requests_per_minute: window(
-                self.minute_used,
-                limits.requests_per_minute,
-                minute_resets,
-            ),
-            requests_per_day: window(
-                self.requests_today,
-                limits.requests_per_day,
-                next_day_ms(now_ms),
-            ),
-            tokens_per_day: window(
-                self.tokens_running,
-                limits.tokens_per_day,
-                next_day_ms(now_ms),
-            ),
-            concurrent_streams: window(self.open_requests, limits.max_concurrent_streams, now_ms),
-            daily_usd: spend(
-                self.spend_today_running,
-                limits.daily_cap_micro_usd,
-                next_day_ms(now_ms),
-            ),
-            monthly_usd: spend(
-                self.spend_month_running,
-                limits.monthly_cap_micro_usd,
-                next_month_ms(now_ms),
-            ),
-        }
-    }
-}
-
-/// Whole seconds from `now_ms` until `at_ms`, at least 1.
-fn secs_until(now_ms: u64, at_ms: u64) -> u64 {
-    at_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
-}
-
-fn micro_to_usd(micro: u64) -> f64 {
-    micro as f64 / 1_000_000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::next_day_ms;
     use crate::config::{Config, ModelPrice};
+    use crate::error::ErrorCode;
     use crate::pricing::PriceTable;
 
     const T0: u64 = 1_795_608_000_000; // 2026-11-25T12:00:00Z

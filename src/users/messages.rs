@@ -1,8 +1,9 @@
 //! Messages a user's actor answers. `None` answers mean "this actor is being evicted: ask a
 //! fresh one" (the registry retries).
 
-use super::book::{AdmitRequest, Grant, UsageReport};
+use super::book::{AdmitRequest, Grant};
 use super::limits::UserLimits;
+use super::usage::UsageReport;
 use crate::accounting::{Outcome, Usage};
 use crate::error::ApiError;
 use actix::Message;

@@ -16,15 +16,17 @@ mod messages;
 mod org;
 pub mod outage;
 pub mod redis;
+pub mod refusal;
 mod registry;
 mod store;
 mod ticket;
+pub mod usage;
 
 pub use book::AdmitRequest;
-pub use book::UsageReport;
 pub use limits::UserLimits;
 pub use messages::MeterAnswer;
 pub use redis::RedisLedger;
 pub use registry::UserRegistry;
 pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};
 pub use ticket::Ticket;
+pub use usage::UsageReport;

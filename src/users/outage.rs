@@ -90,7 +90,7 @@ pub fn outage_refusal(error: ApiError) -> ApiError {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::users::book::Refusal;
+    use crate::users::refusal::Refusal;
 
     fn policy(replicas: u64) -> OutagePolicy {
         let mut config = RedisConfig {

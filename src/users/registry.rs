@@ -5,13 +5,14 @@
 
 use super::actor::{Env, Mode, UserAddr};
 use super::alerts;
-use super::book::{AdmitRequest, UsageReport};
+use super::book::AdmitRequest;
 use super::limits::{usd_to_micro, UserLimits};
 use super::messages::{Admit, ReadUsage, Settle};
 use super::org::OrgLedger;
 use super::redis::RedisLedger;
 use super::store::UserStore;
 use super::ticket::Ticket;
+use super::usage::UsageReport;
 use crate::accounting::{Outcome, Usage};
 use crate::clock::Clock;
 use crate::config::Config;

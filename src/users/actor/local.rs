@@ -5,10 +5,11 @@
 use super::{now_reply, Authority, Reply, UserActor, UserAddr};
 use crate::error::ApiError;
 use crate::users::alerts::UserAlert;
-use crate::users::book::{AdmitRequest, Book, Grant, UsageReport, UserState};
+use crate::users::book::{AdmitRequest, Book, Grant, UserState};
 use crate::users::limits::UserLimits;
 use crate::users::messages::{Meter, MeterAnswer, Settle};
 use crate::users::store::UserStore;
+use crate::users::usage::UsageReport;
 use actix::Addr;
 use std::sync::Arc;
 

@@ -22,10 +22,11 @@ pub(super) use local::Local;
 pub(super) use shared::Shared;
 
 use super::alerts::AlertSender;
-use super::book::{AdmitRequest, Book, Grant, UsageReport, UserState};
+use super::book::{AdmitRequest, Book, Grant, UserState};
 use super::limits::UserLimits;
 use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Settle};
 use super::org::OrgLedger;
+use super::usage::UsageReport;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::telemetry::Metrics;

@@ -10,13 +10,13 @@ use super::{now_reply, Authority, Reply, UserActor, UserAddr};
 use crate::accounting::{Outcome, Usage};
 use crate::calendar::{day_key, month_key, next_day_ms};
 use crate::error::{ApiError, ErrorCode};
-use crate::users::book::{
-    AdmitRequest, Book, Counts, Grant, OpenRequest, Refusal, UsageReport, UserState,
-};
+use crate::users::book::{AdmitRequest, Book, Grant, OpenRequest, UserState};
 use crate::users::limits::UserLimits;
 use crate::users::messages::{Meter, MeterAnswer, Settle};
 use crate::users::outage::{Known, FAIL_CLOSED_RETRY_SECS};
 use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
+use crate::users::refusal::Refusal;
+use crate::users::usage::{Counts, UsageReport};
 use actix::fut::{ActorFutureExt, WrapFuture};
 use actix::{Addr, AsyncContext};
 use std::collections::{HashMap, HashSet};

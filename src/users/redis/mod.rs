@@ -18,9 +18,11 @@ mod tests;
 pub use journal::PendingSettle;
 pub use link::Unavailable;
 
-use super::book::{AdmitRequest, Counts, Refusal};
+use super::book::AdmitRequest;
 use super::limits::UserLimits;
 use super::outage::{Known, OutagePolicy};
+use super::refusal::Refusal;
+use super::usage::Counts;
 use crate::calendar::DAY_MS;
 use crate::config::Config;
 use crate::telemetry::Metrics;

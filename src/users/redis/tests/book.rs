@@ -7,11 +7,13 @@ use super::{config_for, ledger, mock_price, price_of, roomy_limits, settlement, 
 use crate::accounting::{Outcome, Usage};
 use crate::error::{ApiError, ErrorCode};
 use crate::pricing::Price;
-use crate::users::book::{AdmitRequest, Book, Counts, Refusal};
+use crate::users::book::{AdmitRequest, Book};
 use crate::users::limits::UserLimits;
 use crate::users::org::OrgLedger;
 use crate::users::outage::Known;
 use crate::users::redis::{Metered, RedisLedger};
+use crate::users::refusal::Refusal;
+use crate::users::usage::Counts;
 use std::collections::HashMap;
 use tollgate_testkit::redis::RedisServer;
 

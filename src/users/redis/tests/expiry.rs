@@ -6,8 +6,8 @@ use super::{
     admit_ok, config_for, ledger, mock_price, request, roomy_limits, settlement, usage, MAX_BATCH,
 };
 use crate::calendar::{day_key, DAY_MS};
-use crate::users::book::Refusal;
 use crate::users::limits::UserLimits;
+use crate::users::refusal::Refusal;
 use std::time::Duration;
 use tollgate_testkit::redis::RedisServer;
 

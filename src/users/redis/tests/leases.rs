@@ -7,9 +7,10 @@ use super::{
     MAX_BATCH,
 };
 use crate::calendar::DAY_MS;
-use crate::users::book::{Counts, Refusal};
 use crate::users::limits::UserLimits;
 use crate::users::redis::Metered;
+use crate::users::refusal::Refusal;
+use crate::users::usage::Counts;
 use std::time::Duration;
 use tollgate_testkit::redis::RedisServer;
 

@@ -30,8 +30,9 @@ use crate::calendar::{day_key, month_key};
 use crate::config::{Config, ModelPrice, Secret};
 use crate::pricing::{Price, PriceTable};
 use crate::telemetry::{LabelSets, Metrics};
-use crate::users::book::{AdmitRequest, Counts};
+use crate::users::book::AdmitRequest;
 use crate::users::limits::UserLimits;
+use crate::users::usage::Counts;
 use std::collections::BTreeMap;
 use tollgate_testkit::redis::RedisServer;
 

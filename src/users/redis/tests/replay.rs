@@ -6,8 +6,8 @@ use super::{
     admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage,
     MAX_BATCH,
 };
-use crate::users::book::Counts;
 use crate::users::redis::Unavailable;
+use crate::users::usage::Counts;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_testkit::redis::RedisServer;

@@ -3,8 +3,9 @@
 //! what the limit allows between them.
 
 use super::{config_for, ledger, request, roomy_limits, usage};
-use crate::users::book::{AdmitRequest, Refusal};
+use crate::users::book::AdmitRequest;
 use crate::users::limits::UserLimits;
+use crate::users::refusal::Refusal;
 use std::sync::Arc;
 use tollgate_testkit::redis::RedisServer;
 

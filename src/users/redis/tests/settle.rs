@@ -6,9 +6,9 @@ use super::{
     admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage,
     MAX_BATCH,
 };
-use crate::users::book::Counts;
 use crate::users::outage::Known;
 use crate::users::redis::Metered;
+use crate::users::usage::Counts;
 use tollgate_testkit::redis::RedisServer;
 
 #[actix_rt::test]
