@@ -1,4 +1,5 @@
-//! The command line: `tollgate [serve]`, `tollgate mock-provider`, `tollgate token`.
+//! The command line: `tollgate [serve]`, `tollgate mock-provider`, `tollgate token`,
+//! `tollgate key new`.
 
 use crate::config::{load, Config, ConfigSource};
 use crate::mock::{self, Fault, MockOptions};
@@ -31,6 +32,22 @@ enum Command {
     MockProvider(MockArgs),
     /// Print an HS256 token signed with the configured secret.
     Token(TokenArgs),
+    /// Service keys for trusted front ends (chat UIs' backends).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Print a fresh random key and the `[auth.service_keys.NAME]` lines that trust it.
+    New(KeyNewArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeyNewArgs {
+    /// The front end's name: its users become `NAME:<user>`.
+    #[arg(long)]
+    name: String,
 }
 
 #[derive(Debug, Args, Default)]
@@ -88,6 +105,7 @@ pub fn main() -> ExitCode {
         ),
         Some(Command::MockProvider(args)) => mock_provider(args),
         Some(Command::Token(args)) => token(args, cli.serve.config, env),
+        Some(Command::Key(KeyCommand::New(args))) => new_key(&args.name),
     }
 }
 
@@ -207,5 +225,26 @@ fn token(
             eprintln!("tollgate token: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `tollgate key new --name NAME`: the key on the first line (give it to the front end as its
+/// API key; it is stored nowhere), then the config table that trusts it.
+fn new_key(name: &str) -> ExitCode {
+    if !crate::config::is_service_key_name(name) {
+        eprintln!("tollgate key new: --name may hold only letters, digits, '_' and '-'");
+        return ExitCode::from(2);
+    }
+    let (key, hash) = crate::auth::new_key();
+    let text = format!(
+        "{key}\n\n\
+         # The key above is shown once: give it to the front end as its API key.\n\
+         [auth.service_keys.{name}]\n\
+         key_sha256 = \"{hash}\"\n\
+         user_header = \"\"      # the header naming the end user, e.g. \"x-openwebui-user-id\"\n"
+    );
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(1),
     }
 }

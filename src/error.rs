@@ -14,6 +14,8 @@ pub enum ErrorCode {
     MessageTooLong,
     ContextTooLong,
     PromptInjection,
+    MissingUser,
+    InvalidUser,
     MissingToken,
     InvalidToken,
     TokenExpired,
@@ -24,6 +26,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     NotFound,
+    ModelNotFound,
     MethodNotAllowed,
     RequestsPerMinute,
     RequestsPerDay,
@@ -63,6 +66,8 @@ impl ErrorCode {
         ErrorCode::MessageTooLong,
         ErrorCode::ContextTooLong,
         ErrorCode::PromptInjection,
+        ErrorCode::MissingUser,
+        ErrorCode::InvalidUser,
         ErrorCode::MissingToken,
         ErrorCode::InvalidToken,
         ErrorCode::TokenExpired,
@@ -73,6 +78,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
+        ErrorCode::ModelNotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestsPerMinute,
         ErrorCode::RequestsPerDay,
@@ -96,10 +102,10 @@ impl ErrorCode {
         use ErrorCode::*;
         Delivery::Status(match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection => 400,
+            | PromptInjection | MissingUser | InvalidUser => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => 403,
-            NotFound => 404,
+            NotFound | ModelNotFound => 404,
             MethodNotAllowed => 405,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
@@ -141,8 +147,10 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | PayloadTooLarge | UnsupportedMediaType | NotFound
-            | MethodNotAllowed => "invalid_request_error",
+            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge
+            | UnsupportedMediaType | NotFound | ModelNotFound | MethodNotAllowed => {
+                "invalid_request_error"
+            }
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
@@ -167,6 +175,8 @@ impl ErrorCode {
             MessageTooLong => "message_too_long",
             ContextTooLong => "context_too_long",
             PromptInjection => "prompt_injection",
+            MissingUser => "missing_user",
+            InvalidUser => "invalid_user",
             MissingToken => "missing_token",
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
@@ -177,6 +187,7 @@ impl ErrorCode {
             PayloadTooLarge => "payload_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             NotFound => "not_found",
+            ModelNotFound => "model_not_found",
             MethodNotAllowed => "method_not_allowed",
             RequestsPerMinute => "requests_per_minute",
             RequestsPerDay => "requests_per_day",
@@ -299,7 +310,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 32);
+        assert_eq!(n, 35);
     }
 
     #[test]

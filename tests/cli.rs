@@ -76,6 +76,63 @@ fn token_prints_a_jwt_and_refuses_lifetimes_the_gateway_would_refuse() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn key_new_prints_a_key_and_the_config_that_trusts_it() {
+    let out = tollgate(&["key", "new", "--name", "openwebui"], &[])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().next().unwrap();
+    assert!(key.starts_with("tgk_") && key.len() > 40, "{text}");
+    // The printed table is valid config and names the key's hash.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.toml");
+    let table = text.replace("user_header = \"\"", "user_header = \"x-user\"");
+    std::fs::write(&path, table.lines().skip(1).collect::<Vec<_>>().join("\n")).unwrap();
+    let config = tollgate::config::load(&tollgate::config::ConfigSource {
+        file: Some(path),
+        env: Default::default(),
+    })
+    .unwrap();
+    let expected: String = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    };
+    assert_eq!(config.auth.service_keys["openwebui"].key_sha256, expected);
+    // Two runs, two keys.
+    let again = tollgate(&["key", "new", "--name", "openwebui"], &[])
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8(again.stdout).unwrap().lines().next(),
+        Some(key)
+    );
+    let bad = tollgate(&["key", "new", "--name", "a:b"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn a_service_key_that_names_no_user_header_stops_start_up() {
+    let out = tollgate(
+        &[],
+        &[(
+            "TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__KEY_SHA256",
+            "ab0f1e2d3c4b5a69788796a5b4c3d2e1f0ab0f1e2d3c4b5a69788796a5b4c3d2",
+        )],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.service_keys.webui.user_header"),
+        "{stderr}"
+    );
+}
+
 use tollgate_testkit::process::{self, Running};
 
 #[test]

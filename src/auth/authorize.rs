@@ -40,9 +40,26 @@ pub fn authorize_feature<'p>(
     }
 }
 
+/// Whether the plan's model allow-list admits `model` (an empty list allows every priced model).
+fn plan_allows(plan: &PlanConfig, model: &str) -> bool {
+    plan.models.is_empty() || plan.models.iter().any(|m| m == model)
+}
+
+/// The priced models the plan may use, in name order (`/v1/models`).
+pub fn models_in_plan<'m>(
+    plan: &PlanConfig,
+    priced: impl IntoIterator<Item = &'m String>,
+) -> Vec<&'m str> {
+    priced
+        .into_iter()
+        .filter(|model| plan_allows(plan, model))
+        .map(String::as_str)
+        .collect()
+}
+
 /// Checks the plan's model allow-list (an empty list allows every priced model).
 pub fn authorize_model(plan_name: &str, plan: &PlanConfig, model: &str) -> Result<(), ApiError> {
-    if plan.models.is_empty() || plan.models.iter().any(|m| m == model) {
+    if plan_allows(plan, model) {
         return Ok(());
     }
     Err(ApiError::new(
@@ -68,6 +85,7 @@ mod tests {
         Identity {
             user_id: "u".into(),
             plan: plan.into(),
+            session_id: None,
         }
     }
 

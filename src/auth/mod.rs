@@ -1,5 +1,7 @@
-//! Client identity: verifies the bearer JWT and yields the caller's [`Identity`]; mints tokens
-//! for `tollgate token`. Only this module touches `jsonwebtoken`.
+//! Client identity: a bearer that is a trusted front end's service key names its end user in
+//! headers ([`service_keys`]); any other bearer must be a JWT. Either way the caller's
+//! [`Identity`] comes out; mints tokens for `tollgate token`. Only this module touches
+//! `jsonwebtoken`.
 //!
 //! Rules: exactly the configured algorithms (HS256 with the secret; RS256 / ES256 with the
 //! configured PEM public key); `exp` required and checked with the configured leeway; `nbf` checked when present; `iss`/`aud` checked when configured; `sub` and `plan`
@@ -7,8 +9,11 @@
 //! are refused before they are trusted.
 
 mod authorize;
+pub mod service_keys;
 
-pub use authorize::{authorize_feature, authorize_model};
+pub use authorize::{authorize_feature, authorize_model, models_in_plan};
+pub use service_keys::new_key;
+use service_keys::{Named, ServiceKeys};
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -17,11 +22,39 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Who is calling, as proven by the token.
+/// Who is calling, as proven by the token (or by a front end's key and its headers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
     pub plan: String,
+    /// The front end's session (its `session_header`), when it names one.
+    pub session_id: Option<String>,
+}
+
+/// Who is calling, for a route a front end may call before any user (`/v1/models`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Caller {
+    User(Identity),
+    /// A trusted front end naming no user: its key's plan applies. `refusal` is the answer of
+    /// a route that needs a user.
+    FrontEnd {
+        plan: String,
+        refusal: ApiError,
+    },
+}
+
+/// The request headers, by lower-case name (actix-web's map in `http`; a map in tests).
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// Headers as a plain list of (name, value), e.g. in tests.
+impl<const N: usize> Headers for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +75,7 @@ struct Claims {
 pub struct Authenticator {
     /// One (algorithm, key, validation) per accepted algorithm.
     accepted: Vec<(Algorithm, DecodingKey, Validation)>,
+    service_keys: ServiceKeys,
     max_lifetime_secs: u64,
     leeway_secs: u64,
     max_token_bytes: usize,
@@ -78,14 +112,44 @@ impl Authenticator {
         }
         Ok(Self {
             accepted,
+            service_keys: ServiceKeys::new(&config.service_keys, config.leeway_secs),
             max_lifetime_secs: config.max_token_lifetime_secs,
             leeway_secs: config.leeway_secs,
             max_token_bytes: config.max_token_bytes,
         })
     }
 
-    /// Checks the value of an `Authorization` header (None when absent).
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Identity, ApiError> {
+    /// Who is calling: a front end's end user (its service key, then its user headers) or a
+    /// JWT's subject. A front end that names no user is refused (`missing_user`, or
+    /// `invalid_token` for a user JWT header).
+    pub fn authenticate(&self, headers: &dyn Headers) -> Result<Identity, ApiError> {
+        match self.authenticate_caller(headers)? {
+            Caller::User(identity) => Ok(identity),
+            Caller::FrontEnd { refusal, .. } => Err(refusal),
+        }
+    }
+
+    /// Like [`Authenticator::authenticate`], but a front end that names no user is answered
+    /// as itself.
+    pub fn authenticate_caller(&self, headers: &dyn Headers) -> Result<Caller, ApiError> {
+        let token = self.bearer(headers.get("authorization"))?;
+        match self.service_keys.identify(token, headers) {
+            Some(Ok(Named::User(user))) => Ok(Caller::User(Identity {
+                user_id: user.user_id,
+                plan: user.plan,
+                session_id: user.session_id,
+            })),
+            Some(Ok(Named::NoUser { plan, error })) => Ok(Caller::FrontEnd {
+                plan,
+                refusal: error,
+            }),
+            Some(Err(e)) => Err(e),
+            None => self.verify_jwt(token).map(Caller::User),
+        }
+    }
+
+    /// The bearer value of an `Authorization` header (None when absent).
+    fn bearer<'h>(&self, authorization: Option<&'h [u8]>) -> Result<&'h str, ApiError> {
         let header = authorization.ok_or_else(|| {
             ApiError::new(
                 ErrorCode::MissingToken,
@@ -97,7 +161,7 @@ impl Authenticator {
         }
         let header =
             std::str::from_utf8(header).map_err(|_| invalid("malformed Authorization header"))?;
-        let token = header
+        header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .map(str::trim)
@@ -107,7 +171,11 @@ impl Authenticator {
                     ErrorCode::MissingToken,
                     "expected Authorization: Bearer <token>",
                 )
-            })?;
+            })
+    }
+
+    /// Verifies a client JWT.
+    fn verify_jwt(&self, token: &str) -> Result<Identity, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the bearer token is not valid"))?;
         let (_, key, validation) = self
@@ -132,6 +200,7 @@ impl Authenticator {
         Ok(Identity {
             user_id: claims.sub,
             plan: claims.plan,
+            session_id: None,
         })
     }
 
@@ -247,11 +316,16 @@ mod tests {
         .unwrap()
     }
 
+    /// The request headers holding only `Authorization: <value>`.
+    fn authorization(value: &str) -> [(&'static str, &str); 1] {
+        [("authorization", value)]
+    }
+
     fn check(token: &str) -> Result<Identity, ErrorCode> {
         let header = format!("Bearer {token}");
         Authenticator::new(&config())
             .unwrap()
-            .authenticate(Some(header.as_bytes()))
+            .authenticate(&authorization(&header))
             .map_err(|e| e.code)
     }
 
@@ -268,13 +342,13 @@ mod tests {
         );
         let header = format!("Bearer {token}");
         let a = Authenticator::new(&config).unwrap();
-        assert!(a.authenticate(Some(header.as_bytes())).is_ok());
+        assert!(a.authenticate(&authorization(&header)).is_ok());
         let wrong = sign(
             serde_json::json!({"sub":"a","plan":"pro","exp": now + 60, "aud": ["other"]}),
             "test-secret",
         );
         let header = format!("Bearer {wrong}");
-        assert!(a.authenticate(Some(header.as_bytes())).is_err());
+        assert!(a.authenticate(&authorization(&header)).is_err());
     }
 
     #[test]
@@ -284,7 +358,8 @@ mod tests {
             check(&token),
             Ok(Identity {
                 user_id: "alice".into(),
-                plan: "pro".into()
+                plan: "pro".into(),
+                session_id: None,
             })
         );
     }
@@ -294,11 +369,13 @@ mod tests {
         let now = unix_now();
         let a = Authenticator::new(&config()).unwrap();
         assert_eq!(
-            a.authenticate(None).unwrap_err().code,
+            a.authenticate(&[]).unwrap_err().code,
             ErrorCode::MissingToken
         );
         assert_eq!(
-            a.authenticate(Some(b"Basic abc")).unwrap_err().code,
+            a.authenticate(&authorization("Basic abc"))
+                .unwrap_err()
+                .code,
             ErrorCode::MissingToken
         );
         let expired = sign(

@@ -143,6 +143,61 @@ pub struct AuthConfig {
     pub audience: String,
     /// Largest bearer token accepted, checked before any parsing.
     pub max_token_bytes: usize,
+    /// Trusted front ends (a chat UI's backend) by name, each calling with its own key and
+    /// naming its end users in headers: `[auth.service_keys.<name>]`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_keys: BTreeMap<String, ServiceKeyConfig>,
+}
+
+/// `[auth.service_keys.<name>]`: one trusted front end. Its users are `<name>:<user>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceKeyConfig {
+    /// SHA-256 (hex) of the caller's key; the key itself is never in the config
+    /// (`tollgate key new --name NAME` makes one).
+    pub key_sha256: String,
+    /// Header naming the end user (trusted because the key is), e.g. `x-openwebui-user-id`.
+    pub user_header: String,
+    /// Or a header holding a signed per-user JWT (HS256), e.g. `x-openwebui-user-jwt`; its `sub`
+    /// is the user, its `role` claim the role. Takes precedence over `user_header`.
+    pub user_jwt_header: String,
+    /// The user JWT's HS256 secret (Open WebUI's `FORWARD_USER_INFO_HEADER_JWT_SECRET`).
+    pub user_jwt_secret: Secret,
+    /// Required `iss` of the user JWT; empty = not checked.
+    pub user_jwt_issuer: String,
+    /// Header with the user's role, e.g. `x-openwebui-user-role`.
+    pub role_header: String,
+    /// Role → plan; a role that maps to none gets `plan`.
+    pub role_plans: BTreeMap<String, String>,
+    /// The plan of users whose role maps to none (and of the key's own `/v1/models` list).
+    pub plan: String,
+    /// Header logged as the request's `session_id`, e.g. `x-openwebui-chat-id`.
+    pub session_header: String,
+}
+
+/// Whether `name` may name a service key: letters, digits, `_` and `-` (it prefixes its users'
+/// ids, `<name>:<user>`).
+pub fn is_service_key_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+}
+
+impl Default for ServiceKeyConfig {
+    fn default() -> Self {
+        Self {
+            key_sha256: String::new(),
+            user_header: String::new(),
+            user_jwt_header: String::new(),
+            user_jwt_secret: Secret::default(),
+            user_jwt_issuer: String::new(),
+            role_header: String::new(),
+            role_plans: BTreeMap::new(),
+            plan: "basic".into(),
+            session_header: String::new(),
+        }
+    }
 }
 
 impl Default for AuthConfig {
@@ -156,6 +211,7 @@ impl Default for AuthConfig {
             issuer: String::new(),
             audience: String::new(),
             max_token_bytes: 8 * 1024,
+            service_keys: BTreeMap::new(),
         }
     }
 }

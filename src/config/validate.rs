@@ -158,6 +158,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         )?;
     }
     validate_guardrails(&c.guardrails)?;
+    validate_service_keys(c)?;
     positive(
         "relay.meter_batch_tokens",
         c.relay.meter_batch_tokens.into(),
@@ -179,6 +180,71 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "mock.tokens_per_second",
             "must be a number >= 0 (0 = no pacing)",
         ));
+    }
+    Ok(())
+}
+
+/// `auth.service_keys.<name>`: a usable key hash, a way to name the user, known plans.
+fn validate_service_keys(c: &Config) -> Result<(), ConfigError> {
+    let mut hashes = std::collections::BTreeSet::new();
+    for (name, key) in &c.auth.service_keys {
+        let at = |field: &str| format!("auth.service_keys.{name}.{field}");
+        if !super::is_service_key_name(name) {
+            return Err(ConfigError::invalid(
+                format!("auth.service_keys.{name}"),
+                "a key's name may hold only letters, digits, '_' and '-' (it prefixes its users' ids)",
+            ));
+        }
+        let hash = key.key_sha256.to_ascii_lowercase();
+        if hash.len() != 64 || !hash.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            return Err(ConfigError::invalid(
+                at("key_sha256"),
+                "expected the 64 hex digits of the key's SHA-256 (`tollgate key new --name NAME`)",
+            ));
+        }
+        if !hashes.insert(hash) {
+            return Err(ConfigError::invalid(
+                at("key_sha256"),
+                "another service key has the same key",
+            ));
+        }
+        if key.user_header.is_empty() && key.user_jwt_header.is_empty() {
+            return Err(ConfigError::invalid(
+                at("user_header"),
+                "set user_header or user_jwt_header: the header that names the end user",
+            ));
+        }
+        for (field, header) in [
+            ("user_header", &key.user_header),
+            ("user_jwt_header", &key.user_jwt_header),
+            ("role_header", &key.role_header),
+            ("session_header", &key.session_header),
+        ] {
+            let token = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+            if !header.chars().all(token) {
+                return Err(ConfigError::invalid(at(field), "not a valid header name"));
+            }
+        }
+        if !key.user_jwt_header.is_empty() && key.user_jwt_secret.is_empty() {
+            return Err(ConfigError::invalid(
+                at("user_jwt_secret"),
+                "user_jwt_header needs the JWT's HS256 secret",
+            ));
+        }
+        if !c.plans.contains_key(&key.plan) {
+            return Err(ConfigError::invalid(
+                at("plan"),
+                format!("no plan {:?} in [plans]", key.plan),
+            ));
+        }
+        for (role, plan) in &key.role_plans {
+            if !c.plans.contains_key(plan) {
+                return Err(ConfigError::invalid(
+                    at(&format!("role_plans.{role}")),
+                    format!("no plan {plan:?} in [plans]"),
+                ));
+            }
+        }
     }
     Ok(())
 }

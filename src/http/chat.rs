@@ -6,6 +6,7 @@
 //! summary and a dropped handler all end there, settled and logged once.
 
 use super::errors::{add_rate_limit_headers, error_response};
+use super::request_headers::RequestHeaders;
 use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::RateLimitHeaders;
@@ -23,7 +24,7 @@ use crate::relay::{Answer, UpstreamClient, UpstreamResponse};
 use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{AdmitRequest, UserLimits};
-use actix_web::http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH};
+use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -210,6 +211,7 @@ async fn relay_streamed(
         meter_batch_max_tokens: config.relay.meter_batch_max_tokens.into(),
         buffer_events: config.relay.client_buffer_events,
         filter: reply.filter,
+        price: reply.checked.price,
     });
     exchange.relay_stream(task, &state.metrics);
     match opened.await {
@@ -247,6 +249,7 @@ async fn relay_whole(
         deadline: reply.deadline,
         max_body_bytes: state.config.upstream.max_event_bytes,
         filter: reply.filter,
+        price: reply.checked.price,
     })
     .await;
     let answer = relayed.answer.clone();
@@ -272,12 +275,12 @@ fn authenticate<'s>(
     state: &'s AppState,
     exchange: &mut Exchange,
 ) -> Result<(Identity, &'s PlanConfig), ApiError> {
-    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let identity = state.auth.authenticate(authorization)?;
+    let identity = state.auth.authenticate(&RequestHeaders(req.headers()))?;
     exchange.log().caller(Caller {
         user_id: identity.user_id.clone(),
         plan: identity.plan.clone(),
         plan_known: state.config.plans.contains_key(&identity.plan),
+        session_id: identity.session_id.clone(),
     });
     let plan = authorize_feature(&state.config.plans, &identity, exchange.log().feature())?;
     Ok((identity, plan))

@@ -5,6 +5,8 @@ mod chat;
 mod cors;
 mod demo;
 mod errors;
+mod models;
+mod request_headers;
 mod request_id;
 mod routes;
 mod server;

@@ -3,11 +3,12 @@
 use super::chat::chat_completions;
 use super::demo;
 use super::errors::error_response;
+use super::models;
+use super::request_headers::RequestHeaders;
 use super::server::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry::Metrics;
 use crate::users::UserLimits;
-use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -18,6 +19,16 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     cfg.service(
         web::resource("/v1/chat/completions")
             .route(web::post().to(chat_completions))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(models::list))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models/{id:.+}")
+            .route(web::get().to(models::one))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -35,8 +46,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 }
 
 async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let authorization = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let identity = match state.auth.authenticate(authorization) {
+    let identity = match state.auth.authenticate(&RequestHeaders(req.headers())) {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
     };

@@ -103,8 +103,9 @@ impl ChatRequest {
         })
     }
 
-    /// Applies the input limits: refuses a message over `max_message_chars` (characters, not
-    /// bytes), trims the history to the last `max_history_turns` non-system messages (system
+    /// Applies the input limits: refuses a user message over `max_message_chars` (characters,
+    /// not bytes: a limit on what users write; the model's earlier answers, tool results and
+    /// system prompts are bounded by the context limit and trimming instead), trims the history to the last `max_history_turns` non-system messages (system
     /// messages are always kept; a tool result whose call was trimmed goes too), then refuses
     /// a prompt estimated over `max_context_tokens`. Returns (estimated input tokens, messages
     /// trimmed).
@@ -114,6 +115,9 @@ impl ChatRequest {
         counter: &TokenCounter,
     ) -> Result<(u64, usize), ApiError> {
         for (i, message) in self.messages().iter().enumerate() {
+            if message.get("role").and_then(Value::as_str) != Some("user") {
+                continue;
+            }
             let chars = message.get("content").map_or(0, content_chars);
             if chars > limits.max_message_chars {
                 return Err(ApiError::new(
@@ -491,6 +495,30 @@ mod tests {
         assert_eq!(
             parts.enforce(&limits(), &counter).unwrap_err().code,
             ErrorCode::MessageTooLong
+        );
+    }
+
+    #[test]
+    fn the_message_limit_is_on_what_users_write_not_on_the_models_answers() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        // A 1,000-token answer is about 6,000 characters: the chat must go on after it.
+        let mut long_answer = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"system","content":"s".repeat(5000)},
+            {"role":"user","content":"Explain it all."},
+            {"role":"assistant","content":"word ".repeat(1200)},
+            {"role":"user","content":"And then?"}]}))
+        .unwrap();
+        assert!(long_answer.enforce(&limits(), &counter).is_ok());
+        let mut long_question = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"assistant","content":"Hi"},
+            {"role":"user","content":"q".repeat(4001)}]}))
+        .unwrap();
+        let refused = long_question.enforce(&limits(), &counter).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::MessageTooLong);
+        assert!(
+            refused.message.contains("messages[1]"),
+            "{}",
+            refused.message
         );
     }
 

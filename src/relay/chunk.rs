@@ -183,21 +183,38 @@ impl StreamIdentity {
     }
 
     /// A usage chunk with the gateway's numbers (for clients that asked for usage).
-    pub fn usage_chunk(&self, usage: Usage) -> String {
+    pub fn usage_chunk(&self, usage: Usage, cost_usd: f64) -> String {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": {
-                "prompt_tokens": usage.input_tokens,
-                "completion_tokens": usage.output_tokens,
-                "total_tokens": usage.total(),
-            },
+            "usage": usage_object(usage, cost_usd),
         })
         .to_string()
     }
+}
+
+/// OpenAI's `usage` object for `usage`, with `cost`: what the gateway bills, in USD.
+pub fn usage_object(usage: Usage, cost_usd: f64) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total(),
+        "cost": cost_usd,
+    })
+}
+
+/// The chunk `data` with `"cost": cost_usd` added to its `usage` object (the provider's own
+/// fields kept); `None` when it is not a JSON object with a `usage` object.
+pub fn with_cost(data: &str, cost_usd: f64) -> Option<String> {
+    let mut value = serde_json::from_str::<Value>(data).ok()?;
+    value
+        .get_mut("usage")?
+        .as_object_mut()?
+        .insert("cost".into(), json!(cost_usd));
+    Some(value.to_string())
 }
 
 /// Rewrites a chunk so it holds at most `budget` output tokens: text past the budget is cut,

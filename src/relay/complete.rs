@@ -1,12 +1,14 @@
 //! Non-streamed replies: read the provider's whole `chat.completion` (bounded in size and by the
 //! deadline), enforce the output cap on it, and decide what is billed.
 
+use super::chunk::usage_object;
 use super::output_filter::OutputFilter;
 use super::upstream::UpstreamResponse;
 use super::{Answer, Relayed};
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::{ApiError, ErrorCode};
 use crate::guardrails::RuleHit;
+use crate::pricing::{micro_usd_to_usd, Price};
 use crate::tokenize::TokenCounter;
 use bytes::Bytes;
 use serde_json::Value;
@@ -22,6 +24,8 @@ pub struct CompleteJob {
     pub deadline: Instant,
     pub max_body_bytes: usize,
     pub filter: Option<OutputFilter>,
+    /// The model's price (the reply's `usage.cost`).
+    pub price: Price,
 }
 
 /// The summary, and the body for the client when it is answered with one (`Answer::Body`;
@@ -89,14 +93,12 @@ pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
     let mut relayed = counted(outcome, output_tokens);
     relayed.blocked_by = blocked_by;
     relayed.ttft = Some(Instant::now() - job.started);
-    match (capped || relayed.blocked_by.is_some(), reported) {
-        (false, Some(usage)) => {
-            relayed.usage = usage;
-            relayed.usage_source = UsageSource::Upstream;
-        }
-        (true, _) => set_usage(&mut reply, relayed.usage),
-        (false, None) => {}
+    if let (false, Some(usage)) = (capped || relayed.blocked_by.is_some(), reported) {
+        relayed.usage = usage;
+        relayed.usage_source = UsageSource::Upstream;
     }
+    // The reply's usage is what is billed, with its cost.
+    set_usage(&mut reply, relayed.usage, job.price);
     match serde_json::to_vec(&reply) {
         Ok(bytes) => (relayed, Some(Bytes::from(bytes))),
         Err(_) => {
@@ -186,15 +188,15 @@ fn filter_reply(reply: &mut Value, filter: &mut OutputFilter) -> Option<RuleHit>
     blocked
 }
 
-fn set_usage(reply: &mut Value, usage: Usage) {
-    if let Value::Object(o) = reply {
-        o.insert(
-            "usage".into(),
-            serde_json::json!({
-                "prompt_tokens": usage.input_tokens,
-                "completion_tokens": usage.output_tokens,
-                "total_tokens": usage.total(),
-            }),
-        );
+/// Sets the reply's `usage` to what is billed, with its `cost`; the provider's other usage
+/// fields (token details) are kept when its counts are the ones billed.
+fn set_usage(reply: &mut Value, usage: Usage, price: Price) {
+    let Value::Object(o) = reply else { return };
+    let billed = usage_object(usage, micro_usd_to_usd(price.cost_micro_usd(usage)));
+    match (o.get_mut("usage").and_then(Value::as_object_mut), billed) {
+        (Some(existing), Value::Object(billed)) => existing.extend(billed),
+        (_, billed) => {
+            o.insert("usage".into(), billed);
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! (closing its connection), the client gets its closing frames, and the task returns a
 //! [`Relayed`] summary for its caller to settle and log.
 
-use super::chunk::{truncate_chunk, Payload, StreamIdentity};
+use super::chunk::{truncate_chunk, with_cost, Payload, StreamIdentity};
 use super::output_filter::{Filtered, OutputFilter};
 use super::sse::{encode_data, SseEvent, SseParser, DONE};
 use super::upstream::UpstreamResponse;
@@ -13,6 +13,7 @@ use super::{failed_before_reply, Answer, Relayed};
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::ApiError;
 use crate::guardrails::RuleHit;
+use crate::pricing::{micro_usd_to_usd, Price};
 use crate::tokenize::TokenCounter;
 use crate::users::{MeterAnswer, Ticket};
 use bytes::Bytes;
@@ -54,6 +55,8 @@ pub struct StreamJob {
     pub buffer_events: usize,
     /// The output guardrails, when any are on.
     pub filter: Option<OutputFilter>,
+    /// The model's price (the usage chunk's `cost`).
+    pub price: Price,
 }
 
 /// Whether the stream opened: `Ok` once its first frame is ready for the client, or the HTTP
@@ -131,6 +134,7 @@ struct Relay<'t> {
     upstream_usage: Option<Usage>,
     finish_seen: bool,
     filter: Option<OutputFilter>,
+    price: Price,
     /// The rule that blocked the output, if one did.
     blocked_by: Option<RuleHit>,
     /// The upstream body reached its end (polling it again would be a bug).
@@ -170,6 +174,7 @@ impl StreamTask {
             upstream_usage: None,
             finish_seen: false,
             filter: job.filter,
+            price: job.price,
             blocked_by: None,
             upstream_ended: false,
             first_token_at: None,
@@ -233,6 +238,11 @@ fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
 }
 
 impl Relay<'_> {
+    /// What `usage` costs, in USD.
+    fn cost_usd(&self, usage: Usage) -> f64 {
+        micro_usd_to_usd(self.price.cost_micro_usd(usage))
+    }
+
     async fn pump(&mut self, upstream: &mut UpstreamResponse, max_event_bytes: usize) -> Outcome {
         let end = self.read_upstream(upstream, max_event_bytes).await;
         if end == Outcome::UpstreamError && self.at_cap() {
@@ -345,8 +355,9 @@ impl Relay<'_> {
             }
         };
         self.identity.learn(&view);
-        if let Some(usage) = view.usage() {
-            self.upstream_usage = Some(usage);
+        let reported = view.usage();
+        if reported.is_some() {
+            self.upstream_usage = reported;
         }
         if view.is_usage_only() && !self.client_wants_usage {
             return None;
@@ -359,6 +370,11 @@ impl Relay<'_> {
             (Cow::Owned(rewritten), kept, true)
         } else {
             (Cow::Borrowed(event.data.as_str()), tokens, false)
+        };
+        // The provider's usage report goes out with what it costs (the figure billed).
+        let payload = match reported {
+            Some(usage) => with_cost(&payload, self.cost_usd(usage)).map_or(payload, Cow::Owned),
+            None => payload,
         };
         if !capped || tokens > 0 {
             // Without output guardrails the provider's payload goes out as it came.
@@ -449,10 +465,11 @@ impl Relay<'_> {
             Outcome::CutTokenCap => {
                 frames.push(self.identity.length_finish_chunk());
                 if self.client_wants_usage {
-                    frames.push(self.identity.usage_chunk(Usage {
+                    let usage = Usage {
                         input_tokens: self.estimated_input_tokens,
                         output_tokens: self.output_tokens,
-                    }));
+                    };
+                    frames.push(self.identity.usage_chunk(usage, self.cost_usd(usage)));
                 }
             }
             _ => frames.extend(end.stream_error().map(|code| code.stream_event())),

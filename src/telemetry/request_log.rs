@@ -143,6 +143,8 @@ pub struct Caller {
     pub plan: String,
     /// The plan was found in the config (else its metric label is `other`).
     pub plan_known: bool,
+    /// The front end's session, when it names one (else the client's `x-session-id`).
+    pub session_id: Option<String>,
 }
 
 /// What is asked for, once the body is read.
@@ -244,7 +246,10 @@ impl RequestLog {
     }
 
     /// The caller is known.
-    pub fn caller(&mut self, caller: Caller) {
+    pub fn caller(&mut self, mut caller: Caller) {
+        if let Some(session) = caller.session_id.take() {
+            self.session_id = Some(session);
+        }
         self.caller = caller;
     }
 

@@ -9,6 +9,7 @@ mod cuts;
 mod endings;
 mod errors;
 mod framing;
+mod front_ends;
 mod guardrails;
 mod identity;
 mod limits;
