@@ -79,6 +79,10 @@ impl ServiceKeys {
         let keys = config
             .iter()
             .filter_map(|(name, key)| {
+                if key.key_sha256.is_empty() {
+                    tracing::warn!(service_key = %name, "service key is off: its key_sha256 is empty");
+                    return None;
+                }
                 let mut hash = [0u8; 32];
                 hex::decode_to_slice(key.key_sha256.to_ascii_lowercase(), &mut hash).ok()?;
                 let user = if key.user_jwt_header.is_empty() {

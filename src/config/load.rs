@@ -217,6 +217,55 @@ mod tests {
     }
 
     #[test]
+    fn service_keys_are_validated_and_an_empty_hash_turns_one_off() {
+        let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let key = |field: &str| format!("TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__{field}");
+        let ok = load_with(
+            None,
+            &[(&key("KEY_SHA256"), hash), (&key("USER_HEADER"), "x-user")],
+        )
+        .unwrap();
+        assert_eq!(ok.auth.service_keys["webui"].plan, "basic");
+        // Unset in a compose file: off, not an error.
+        assert!(load_with(
+            None,
+            &[(&key("KEY_SHA256"), ""), (&key("USER_HEADER"), "x-user")]
+        )
+        .is_ok());
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (
+                &[("KEY_SHA256", "abc"), ("USER_HEADER", "x-user")],
+                "key_sha256",
+            ),
+            (&[("KEY_SHA256", hash)], "user_header"),
+            (
+                &[("KEY_SHA256", hash), ("USER_JWT_HEADER", "x-jwt")],
+                "user_jwt_secret",
+            ),
+            (
+                &[("KEY_SHA256", hash), ("USER_HEADER", "x user")],
+                "user_header",
+            ),
+            (
+                &[
+                    ("KEY_SHA256", hash),
+                    ("USER_HEADER", "x-user"),
+                    ("PLAN", "gold"),
+                ],
+                "plan",
+            ),
+        ];
+        for (fields, bad) in cases {
+            let vars: Vec<(String, &str)> = fields.iter().map(|(f, v)| (key(f), *v)).collect();
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            assert_eq!(
+                invalid_key(load_with(None, &vars)),
+                format!("auth.service_keys.webui.{bad}")
+            );
+        }
+    }
+
+    #[test]
     fn defaults_match_the_reference_checklist() {
         let c = load_with(None, &[]).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8080");

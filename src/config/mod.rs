@@ -154,7 +154,7 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ServiceKeyConfig {
     /// SHA-256 (hex) of the caller's key; the key itself is never in the config
-    /// (`tollgate key new --name NAME` makes one).
+    /// (`tollgate key new --name NAME` makes one). Empty = this front end is off (logged).
     pub key_sha256: String,
     /// Header naming the end user (trusted because the key is), e.g. `x-openwebui-user-id`.
     pub user_header: String,

@@ -196,6 +196,9 @@ fn validate_service_keys(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         let hash = key.key_sha256.to_ascii_lowercase();
+        if hash.is_empty() {
+            continue; // off (e.g. a compose file's unset variable); start-up logs it
+        }
         if hash.len() != 64 || !hash.chars().all(|ch| ch.is_ascii_hexdigit()) {
             return Err(ConfigError::invalid(
                 at("key_sha256"),
