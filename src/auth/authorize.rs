@@ -86,6 +86,7 @@ mod tests {
             user_id: "u".into(),
             plan: plan.into(),
             session_id: None,
+            max_message_chars: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Identity {
     pub plan: String,
     /// The front end's session (its `session_header`), when it names one.
     pub session_id: Option<String>,
+    /// The front end's own per-message limit, when it has one.
+    pub max_message_chars: Option<usize>,
 }
 
 /// Who is calling, for a route a front end may call before any user (`/v1/models`).
@@ -138,6 +140,7 @@ impl Authenticator {
                 user_id: user.user_id,
                 plan: user.plan,
                 session_id: user.session_id,
+                max_message_chars: user.max_message_chars,
             })),
             Some(Ok(Named::NoUser { plan, error })) => Ok(Caller::FrontEnd {
                 plan,
@@ -201,6 +204,7 @@ impl Authenticator {
             user_id: claims.sub,
             plan: claims.plan,
             session_id: None,
+            max_message_chars: None,
         })
     }
 
@@ -360,6 +364,7 @@ mod tests {
                 user_id: "alice".into(),
                 plan: "pro".into(),
                 session_id: None,
+                max_message_chars: None,
             })
         );
     }

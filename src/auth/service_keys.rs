@@ -34,6 +34,7 @@ struct ServiceKey {
     role_plans: BTreeMap<String, String>,
     plan: String,
     session_header: String,
+    max_message_chars: Option<usize>,
 }
 
 /// Where a front end names its user.
@@ -53,6 +54,7 @@ pub(super) struct FrontEndUser {
     pub user_id: String,
     pub plan: String,
     pub session_id: Option<String>,
+    pub max_message_chars: Option<usize>,
 }
 
 /// What a matching key's request says about its user.
@@ -102,6 +104,7 @@ impl ServiceKeys {
                     role_plans: key.role_plans.clone(),
                     plan: key.plan.clone(),
                     session_header: key.session_header.to_ascii_lowercase(),
+                    max_message_chars: key.max_message_chars,
                 })
             })
             .collect();
@@ -177,6 +180,7 @@ impl ServiceKey {
             session_id: self
                 .header_text(headers, &self.session_header)
                 .map(|s| s.chars().take(MAX_SESSION_CHARS).collect()),
+            max_message_chars: self.max_message_chars,
         }))
     }
 

@@ -173,6 +173,12 @@ pub struct ServiceKeyConfig {
     pub plan: String,
     /// Header logged as the request's `session_id`, e.g. `x-openwebui-chat-id`.
     pub session_header: String,
+    /// This front end's `limits.max_message_chars` (unset = the global one). A chat UI's
+    /// background tasks (titles, tags, follow-ups) quote the conversation in one user message:
+    /// lift the per-message limit for such a front end; `limits.max_context_tokens` still
+    /// bounds the whole prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_chars: Option<usize>,
 }
 
 /// Whether `name` may name a service key: letters, digits, `_` and `-` (it prefixes its users'
@@ -196,6 +202,7 @@ impl Default for ServiceKeyConfig {
             role_plans: BTreeMap::new(),
             plan: "basic".into(),
             session_header: String::new(),
+            max_message_chars: None,
         }
     }
 }

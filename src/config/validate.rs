@@ -228,6 +228,12 @@ fn validate_service_keys(c: &Config) -> Result<(), ConfigError> {
                 return Err(ConfigError::invalid(at(field), "not a valid header name"));
             }
         }
+        if key.max_message_chars == Some(0) {
+            return Err(ConfigError::invalid(
+                at("max_message_chars"),
+                "must be positive (leave it unset for limits.max_message_chars)",
+            ));
+        }
         if !key.user_jwt_header.is_empty() && key.user_jwt_secret.is_empty() {
             return Err(ConfigError::invalid(
                 at("user_jwt_secret"),

@@ -11,7 +11,7 @@ use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::RateLimitHeaders;
 use crate::auth::{authorize_feature, authorize_model, Identity};
-use crate::config::PlanConfig;
+use crate::config::{LimitsConfig, PlanConfig};
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{upstream_refused, Admitted, Exchange};
 use crate::policy::guardrails::OutputPlan;
@@ -28,6 +28,7 @@ use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures::StreamExt;
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -327,7 +328,14 @@ fn check(
     })?;
     authorize_model(&identity.plan, plan, &request.model)?;
     let counter = TokenCounter::for_model(&request.model);
-    let (estimated_input_tokens, _trimmed) = request.enforce(&config.limits, &counter)?;
+    let limits = match identity.max_message_chars {
+        Some(max_message_chars) => Cow::Owned(LimitsConfig {
+            max_message_chars,
+            ..config.limits.clone()
+        }),
+        None => Cow::Borrowed(&config.limits),
+    };
+    let (estimated_input_tokens, _trimmed) = request.enforce(&limits, &counter)?;
     let plan_cap = plan
         .max_output_tokens
         .unwrap_or(config.limits.max_output_tokens);

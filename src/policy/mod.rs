@@ -105,10 +105,12 @@ impl ChatRequest {
 
     /// Applies the input limits: refuses a user message over `max_message_chars` (characters,
     /// not bytes: a limit on what users write; the model's earlier answers, tool results and
-    /// system prompts are bounded by the context limit and trimming instead), trims the history to the last `max_history_turns` non-system messages (system
-    /// messages are always kept; a tool result whose call was trimmed goes too), then refuses
-    /// a prompt estimated over `max_context_tokens`. Returns (estimated input tokens, messages
-    /// trimmed).
+    /// system prompts are bounded by the context limit and trimming instead), trims the history
+    /// to the last `max_history_turns` non-system messages (system messages are always kept; a
+    /// tool result whose call was trimmed goes too), then drops the oldest turns while the
+    /// prompt is estimated over `max_context_tokens` (so a long chat goes on, forgetting its
+    /// beginning), and refuses it only when the latest turn alone does not fit. Returns
+    /// (estimated input tokens, messages trimmed).
     pub fn enforce(
         &mut self,
         limits: &LimitsConfig,
@@ -130,11 +132,8 @@ impl ChatRequest {
             }
         }
         let trimmed = self.trim_history(limits.max_history_turns);
-        let conversation = self.messages().iter().any(|m| {
-            m.get("role")
-                .and_then(Value::as_str)
-                .is_some_and(|r| !SYSTEM_ROLES.contains(&r))
-        });
+        let (estimate, dropped) = self.trim_to_budget(limits.max_context_tokens, counter);
+        let conversation = self.messages().iter().any(|m| !is_system(m));
         if !conversation {
             return Err(ApiError::new(
                 ErrorCode::ContextTooLong,
@@ -142,7 +141,6 @@ impl ChatRequest {
                  whose calls were trimmed); send fewer tool results",
             ));
         }
-        let estimate = self.estimate_input_tokens(counter);
         if estimate > limits.max_context_tokens {
             return Err(ApiError::new(
                 ErrorCode::ContextTooLong,
@@ -152,17 +150,47 @@ impl ChatRequest {
                 ),
             ));
         }
-        Ok((estimate, trimmed))
+        Ok((estimate, trimmed + dropped))
+    }
+
+    /// Drops the oldest non-system messages (with the tool results that answered them) while
+    /// the estimate is over `max_tokens`, keeping at least the latest one. Returns (the
+    /// estimate, messages dropped). Each message is counted once.
+    fn trim_to_budget(&mut self, max_tokens: u64, counter: &TokenCounter) -> (u64, usize) {
+        let fixed = self.schema_tokens(counter) + 3;
+        let Some(Value::Array(messages)) = self.body.get_mut("messages") else {
+            return (fixed, 0);
+        };
+        let mut costs: Vec<u64> = messages
+            .iter()
+            .map(|m| message_tokens(m, counter))
+            .collect();
+        let mut total = fixed + costs.iter().sum::<u64>();
+        let mut dropped = 0;
+        while total > max_tokens {
+            let mut turns = (0..messages.len()).filter(|&i| !is_system(&messages[i]));
+            let (Some(oldest), Some(_)) = (turns.next(), turns.next()) else {
+                break; // the latest turn alone is over: refused by the caller
+            };
+            loop {
+                total -= costs.remove(oldest);
+                messages.remove(oldest);
+                dropped += 1;
+                // A tool result right after a dropped message answers a call that is gone.
+                let orphan = messages
+                    .get(oldest)
+                    .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
+                if !orphan {
+                    break;
+                }
+            }
+        }
+        (total, dropped)
     }
 
     fn trim_history(&mut self, max_turns: usize) -> usize {
         let Some(Value::Array(messages)) = self.body.get_mut("messages") else {
             return 0;
-        };
-        let is_system = |m: &Value| {
-            m.get("role")
-                .and_then(Value::as_str)
-                .is_some_and(|r| SYSTEM_ROLES.contains(&r))
         };
         let turns = messages.iter().filter(|m| !is_system(m)).count();
         if turns <= max_turns {
@@ -191,31 +219,23 @@ impl ChatRequest {
     }
 
     /// Estimated prompt tokens: message text plus OpenAI's per-message framing (3 tokens per
-    /// message, 3 to prime the reply).
+    /// message, 3 to prime the reply), and the tool schemas.
     pub fn estimate_input_tokens(&self, counter: &TokenCounter) -> u64 {
-        let messages = self.messages();
-        let text: u64 = messages
+        let text: u64 = self
+            .messages()
             .iter()
-            .map(|m| {
-                let content = m.get("content").map_or(0, |c| content_tokens(c, counter));
-                let name = m
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .map_or(0, |n| counter.count(n) + 1);
-                // Tool calls the assistant made are prompt text too.
-                let calls = m
-                    .get("tool_calls")
-                    .map_or(0, |c| counter.count(&c.to_string()));
-                content + name + calls
-            })
+            .map(|m| message_tokens(m, counter))
             .sum();
-        // Tool schemas and response formats are sent to the model as well.
-        let schemas: u64 = ["tools", "functions", "response_format"]
+        text + self.schema_tokens(counter) + 3
+    }
+
+    /// Tool schemas and response formats are sent to the model as well.
+    fn schema_tokens(&self, counter: &TokenCounter) -> u64 {
+        ["tools", "functions", "response_format"]
             .iter()
             .filter_map(|k| self.body.get(*k))
             .map(|v| counter.count(&v.to_string()))
-            .sum();
-        text + schemas + 3 * messages.len() as u64 + 3
+            .sum()
     }
 
     fn messages(&self) -> &[Value] {
@@ -369,6 +389,30 @@ fn content_text(content: &Value) -> String {
             .join("\n"),
         _ => String::new(),
     }
+}
+
+/// A system or developer message (always kept by trimming).
+fn is_system(message: &Value) -> bool {
+    message
+        .get("role")
+        .and_then(Value::as_str)
+        .is_some_and(|r| SYSTEM_ROLES.contains(&r))
+}
+
+/// One message's estimated prompt tokens: its text, name and tool calls, plus 3 of framing.
+fn message_tokens(message: &Value, counter: &TokenCounter) -> u64 {
+    let content = message
+        .get("content")
+        .map_or(0, |c| content_tokens(c, counter));
+    let name = message
+        .get("name")
+        .and_then(Value::as_str)
+        .map_or(0, |n| counter.count(n) + 1);
+    // Tool calls the assistant made are prompt text too.
+    let calls = message
+        .get("tool_calls")
+        .map_or(0, |c| counter.count(&c.to_string()));
+    content + name + calls + 3
 }
 
 fn content_chars(content: &Value) -> usize {
@@ -576,6 +620,36 @@ mod tests {
             too_long.enforce(&limits, &counter).unwrap_err().code,
             ErrorCode::ContextTooLong
         );
+    }
+
+    #[test]
+    fn a_long_chat_forgets_its_oldest_turns_to_fit_the_context() {
+        let counter = TokenCounter::for_model("gpt-4o");
+        let limits = LimitsConfig {
+            max_context_tokens: 450,
+            ..limits()
+        };
+        // Three long answers (~200 tokens each), each after a tool call and its result.
+        let mut messages = vec![json!({"role":"system","content":"rules"})];
+        for turn in 0..3 {
+            messages.push(json!({"role":"user","content":format!("question {turn}")}));
+            messages.push(json!({"role":"assistant","content":null,"tool_calls":[
+                {"id":format!("c{turn}"),"type":"function","function":{"name":"f","arguments":"{}"}}]}));
+            messages.push(json!({"role":"tool","tool_call_id":format!("c{turn}"),"content":"ok"}));
+            messages.push(json!({"role":"assistant","content":"word ".repeat(200)}));
+        }
+        messages.push(json!({"role":"user","content":"and now?"}));
+        let mut chat = parse(json!({"model":"gpt-4o","messages":messages})).unwrap();
+        let (estimate, trimmed) = chat.enforce(&limits, &counter).unwrap();
+        assert!(estimate <= 450, "{estimate}");
+        assert_eq!(estimate, chat.estimate_input_tokens(&counter));
+        let kept = chat.messages();
+        assert_eq!(kept.len() + trimmed, 14);
+        assert_eq!(kept[0]["role"], "system");
+        assert_eq!(kept.last().unwrap()["content"], "and now?");
+        // Whatever was cut, no tool result is left without its call.
+        assert_ne!(kept[1]["role"], "tool");
+        assert!(trimmed >= 4, "at least the first turn went ({trimmed})");
     }
 
     #[test]

@@ -403,3 +403,26 @@ async fn the_client_is_told_the_cost_it_was_billed() {
         assert_eq!(usage["completion_tokens"], line["output_tokens"]);
     }
 }
+
+#[actix_web::test]
+async fn a_front_end_may_lift_the_message_limit_for_its_background_tasks() {
+    let (key, mut config) = front_end(USER_HEADER);
+    config.max_message_chars = Some(32_000);
+    let app = app_with(vec![("openwebui", config)], |_| {}).await;
+    // Open WebUI's tags task: the last 6 messages quoted in one user message.
+    let quoted = format!(
+        "### Task:\nGenerate 1-3 broad tags.\n<chat_history>\n{}\n</chat_history>",
+        "ASSISTANT: word ".repeat(400)
+    );
+    assert!(quoted.chars().count() > 6_000);
+    let body =
+        json!({"model":"mock-gpt","stream":false,"messages":[{"role":"user","content":quoted}]});
+    let response = post_as(&app, &key, &[(USER_HEADER, "ann")])
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A JWT user is held to the global limit.
+    let response = app.post_chat("jo").send_json(&body).await.unwrap();
+    assert_eq!(error_code(response).await, (400, "message_too_long".into()));
+}
