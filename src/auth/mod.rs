@@ -98,8 +98,6 @@ impl Authenticator {
     pub fn new(config: &AuthConfig) -> Result<Self, KeyError> {
         let mut accepted = Vec::new();
         let mut configured_keys = Vec::new();
-        // RS256 / ES256 may come from the JWKS alone; the PEM key is then optional.
-        let pem = !config.public_key_path.is_empty() || config.jwks_url.is_empty();
         for name in &config.algorithms {
             let (algorithm, key) = match name.as_str() {
                 "HS256" => (
@@ -108,22 +106,8 @@ impl Authenticator {
                         config.jwt_secret.expose().as_bytes(),
                     )),
                 ),
-                "RS256" => (
-                    Algorithm::RS256,
-                    pem.then(|| read_pem(&config.public_key_path))
-                        .transpose()?
-                        .map(|pem| DecodingKey::from_rsa_pem(&pem))
-                        .transpose()
-                        .map_err(|e| KeyError(format!("not an RSA public key: {e}")))?,
-                ),
-                "ES256" => (
-                    Algorithm::ES256,
-                    pem.then(|| read_pem(&config.public_key_path))
-                        .transpose()?
-                        .map(|pem| DecodingKey::from_ec_pem(&pem))
-                        .transpose()
-                        .map_err(|e| KeyError(format!("not an EC public key: {e}")))?,
-                ),
+                "RS256" => (Algorithm::RS256, pem_key(config, Algorithm::RS256)?),
+                "ES256" => (Algorithm::ES256, pem_key(config, Algorithm::ES256)?),
                 other => return Err(KeyError(format!("unsupported algorithm {other}"))),
             };
             accepted.push((algorithm, validation(config, algorithm)));
@@ -353,6 +337,21 @@ fn validation(config: &AuthConfig, algorithm: Algorithm) -> Validation {
         validation.set_audience(&[config.audience.as_str()]);
     }
     validation
+}
+
+/// The PEM public key of `algorithm` (RS256 or ES256). Optional with a JWKS, which can hold
+/// all the keys; required without one.
+fn pem_key(config: &AuthConfig, algorithm: Algorithm) -> Result<Option<DecodingKey>, KeyError> {
+    if config.public_key_path.is_empty() && !config.jwks_url.is_empty() {
+        return Ok(None);
+    }
+    let pem = read_pem(&config.public_key_path)?;
+    let key = if algorithm == Algorithm::RS256 {
+        DecodingKey::from_rsa_pem(&pem).map_err(|e| KeyError(format!("not an RSA public key: {e}")))
+    } else {
+        DecodingKey::from_ec_pem(&pem).map_err(|e| KeyError(format!("not an EC public key: {e}")))
+    };
+    key.map(Some)
 }
 
 fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
@@ -604,6 +603,25 @@ mod tests {
         let a = with_jwks(&["RS256"]);
         assert_eq!(verify(&a, &ec), Err(ErrorCode::InvalidToken));
         assert_eq!(verify(&a, &rsa), ann);
+    }
+
+    #[test]
+    fn a_pem_key_still_verifies_tokens_without_a_kid_beside_a_jwks() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
+        let a = Authenticator::new(&AuthConfig {
+            algorithms: vec!["RS256".into()],
+            public_key_path: format!("{dir}/rsa_public.pem"),
+            jwks_url: "https://idp.example/jwks".into(),
+            ..config()
+        })
+        .unwrap();
+        assert_eq!(a.jwks_status(), JwksStatus::Unavailable);
+        let claims = serde_json::json!({"sub": "ann", "plan": "pro", "exp": unix_now() + 60});
+        let no_kid = sign_with_fixture(Algorithm::RS256, None, &claims);
+        assert!(verify(&a, &no_kid).is_ok());
+        // A kid is looked up in the JWKS only (no keys loaded yet here).
+        let with_kid = sign_with_fixture(Algorithm::RS256, Some("rsa-1"), &claims);
+        assert_eq!(verify(&a, &with_kid), Err(ErrorCode::InvalidToken));
     }
 
     #[test]
