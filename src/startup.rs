@@ -135,6 +135,12 @@ pub fn start(
         upstream_health: Default::default(),
         config,
     });
+    // The identity provider's keys: fetched off the request path, on this actix system (the
+    // fetch loop builds its own awc client). Start-up does not wait for the provider: until the
+    // keys are loaded, `/readyz` says not ready and tokens that need them are refused.
+    if let Some(refresher) = state.auth.jwks_refresher() {
+        actix_rt::spawn(refresher.run());
+    }
     let server = serve(
         listener,
         state,

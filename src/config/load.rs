@@ -339,6 +339,45 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_provider_keys_are_checked() {
+        let auth = |lines: &str| load_with(Some(&format!("[auth]\n{lines}\n")), &[]);
+        let jwks = "algorithms = [\"RS256\"]\njwks_url = \"https://idp.example.com/jwks\"";
+        assert!(auth(jwks).is_ok(), "a JWKS needs no PEM key");
+        assert_eq!(
+            invalid_key(auth(
+                "algorithms = [\"RS256\"]\njwks_url = \"ftp://idp/jwks\""
+            )),
+            "auth.jwks_url"
+        );
+        assert_eq!(
+            invalid_key(auth("jwks_url = \"https://idp.example.com/jwks\"")),
+            "auth.jwks_url",
+            "HS256 alone cannot use a JWKS"
+        );
+        assert_eq!(
+            invalid_key(auth(&format!("{jwks}\njwks_refresh_secs = 0"))),
+            "auth.jwks_refresh_secs"
+        );
+        assert_eq!(
+            invalid_key(auth("algorithms = [\"RS256\"]")),
+            "auth.public_key_path",
+            "without a JWKS, RS256 still needs the PEM key"
+        );
+        assert_eq!(invalid_key(auth("user_claim = \"\"")), "auth.user_claim");
+        assert_eq!(invalid_key(auth("plan_claim = \"sub\"")), "auth.plan_claim");
+        assert_eq!(
+            invalid_key(auth("default_plan = \"platinum\"")),
+            "auth.default_plan"
+        );
+        let c = auth("user_claim = \"email\"\nplan_claim = \"tier\"\ndefault_plan = \"basic\"")
+            .unwrap();
+        assert_eq!(
+            (c.auth.user_claim, c.auth.plan_claim, c.auth.default_plan),
+            ("email".into(), "tier".into(), "basic".into())
+        );
+    }
+
+    #[test]
     fn the_redis_lease_must_outlive_the_deadline_only_in_redis_mode() {
         let long_deadline = ("TOLLGATE__LIMITS__DEADLINE_SECS", "60");
         assert!(load_with(None, &[long_deadline]).is_ok());

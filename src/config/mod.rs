@@ -131,7 +131,8 @@ pub struct AuthConfig {
     pub algorithms: Vec<String>,
     /// HS256 secret (`TOLLGATE_JWT_SECRET`).
     pub jwt_secret: Secret,
-    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key; needed for those.
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key; needed for those unless
+    /// `jwks_url` publishes the keys.
     pub public_key_path: String,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway_secs: u64,
@@ -143,6 +144,19 @@ pub struct AuthConfig {
     pub audience: String,
     /// Largest bearer token accepted, checked before any parsing.
     pub max_token_bytes: usize,
+    /// An identity provider's JWKS (`https://idp.example.com/.well-known/jwks.json`): RS256 /
+    /// ES256 tokens carrying a `kid` are verified with the published key of that id. Empty = off.
+    pub jwks_url: String,
+    /// Seconds between two fetches of `jwks_url` (an unknown `kid` also triggers one, at most
+    /// every 30 s).
+    pub jwks_refresh_secs: u64,
+    /// The claim naming the user (a string), e.g. `email` or `preferred_username`.
+    pub user_claim: String,
+    /// The claim naming the user's plan (a string), e.g. `tier`.
+    pub plan_claim: String,
+    /// The plan of a token without `plan_claim`; empty = such tokens are refused
+    /// (`invalid_token`). Must be a plan in `[plans]`.
+    pub default_plan: String,
     /// Trusted front ends (a chat UI's backend) by name, each calling with its own key and
     /// naming its end users in headers: `[auth.service_keys.<name>]`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -218,6 +232,11 @@ impl Default for AuthConfig {
             issuer: String::new(),
             audience: String::new(),
             max_token_bytes: 8 * 1024,
+            jwks_url: String::new(),
+            jwks_refresh_secs: 300,
+            user_claim: "sub".into(),
+            plan_claim: "plan".into(),
+            default_plan: String::new(),
             service_keys: BTreeMap::new(),
         }
     }

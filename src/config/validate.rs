@@ -53,6 +53,9 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
     for alg in &c.auth.algorithms {
         match alg.as_str() {
             "HS256" => {}
+            // With a JWKS the keys come from the identity provider; a PEM key is optional.
+            "RS256" | "ES256"
+                if !c.auth.jwks_url.is_empty() && c.auth.public_key_path.is_empty() => {}
             "RS256" | "ES256" => {
                 let pem = std::fs::read_to_string(&c.auth.public_key_path).map_err(|e| {
                     ConfigError::invalid(
@@ -89,6 +92,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         c.auth.max_token_lifetime_secs,
     )?;
     positive("auth.max_token_bytes", c.auth.max_token_bytes as u64)?;
+    validate_identity_provider(c)?;
     positive(
         "limits.max_message_chars",
         c.limits.max_message_chars as u64,
@@ -179,6 +183,54 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "mock.tokens_per_second",
             "must be a number >= 0 (0 = no pacing)",
+        ));
+    }
+    Ok(())
+}
+
+/// `auth.jwks_url` and the claim mapping of client JWTs.
+fn validate_identity_provider(c: &Config) -> Result<(), ConfigError> {
+    let a = &c.auth;
+    if !a.jwks_url.is_empty() {
+        match url::Url::parse(&a.jwks_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "auth.jwks_url",
+                    "expected an http:// or https:// URL, or \"\" (off)",
+                ))
+            }
+        }
+        if !a
+            .algorithms
+            .iter()
+            .any(|alg| alg == "RS256" || alg == "ES256")
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwks_url",
+                "a JWKS holds RS256 / ES256 keys: add one of them to auth.algorithms",
+            ));
+        }
+    }
+    positive("auth.jwks_refresh_secs", a.jwks_refresh_secs)?;
+    for (key, claim) in [
+        ("auth.user_claim", &a.user_claim),
+        ("auth.plan_claim", &a.plan_claim),
+    ] {
+        if claim.is_empty() {
+            return Err(ConfigError::invalid(key, "must name a claim"));
+        }
+    }
+    if a.user_claim == a.plan_claim {
+        return Err(ConfigError::invalid(
+            "auth.plan_claim",
+            "must differ from auth.user_claim",
+        ));
+    }
+    if !a.default_plan.is_empty() && !c.plans.contains_key(&a.default_plan) {
+        return Err(ConfigError::invalid(
+            "auth.default_plan",
+            format!("no plan {:?} in [plans]", a.default_plan),
         ));
     }
     Ok(())

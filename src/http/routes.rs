@@ -6,6 +6,7 @@ use super::errors::error_response;
 use super::models;
 use super::request_headers::RequestHeaders;
 use super::server::AppState;
+use crate::auth::JwksStatus;
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry::Metrics;
 use crate::users::UserLimits;
@@ -80,7 +81,8 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers (if configured) and the upstream circuit is not open.
+/// Ready when Redis answers (if configured), the upstream circuit is not open and the JWKS
+/// keys are loaded (if configured).
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let redis = match state.users.redis_ledger() {
         None => "not_configured",
@@ -92,11 +94,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     } else {
         "ok"
     };
-    let ready = redis != "unavailable" && upstream == "ok";
+    let jwks = state.auth.jwks_status();
+    let ready = redis != "unavailable" && upstream == "ok" && jwks != JwksStatus::Unavailable;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "redis": redis,
         "upstream": upstream,
+        "jwks": jwks.as_str(),
     });
     if ready {
         HttpResponse::Ok().json(body)

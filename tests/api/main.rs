@@ -12,6 +12,7 @@ mod framing;
 mod front_ends;
 mod guardrails;
 mod identity;
+mod jwks;
 mod limits;
 mod non_stream;
 mod streaming;

@@ -3,6 +3,7 @@
 //! request log. Used by the integration suite `tests/api/` and by `tests/metrics.rs`; the tests
 //! run it on actix's runtime (`#[actix_web::test]`).
 
+pub mod idp;
 pub mod scripted;
 pub mod sse;
 
