@@ -576,6 +576,7 @@ mod tests {
             user_id: "ann".into(),
             plan: "pro".into(),
             session_id: None,
+            max_message_chars: None,
         });
         let rsa = sign_with_fixture(Algorithm::RS256, Some("rsa-1"), &claims);
         assert_eq!(verify(&a, &rsa), ann);
@@ -649,6 +650,7 @@ mod tests {
                 user_id: user.into(),
                 plan: plan.into(),
                 session_id: None,
+                max_message_chars: None,
             })
         };
         let strict = mapped("");
