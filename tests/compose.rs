@@ -24,6 +24,7 @@ const IMAGE_PORTS: &[(&str, u16)] = &[
     ("redis", 6379),
     ("prom/prometheus", 9090),
     ("grafana/grafana", 3000),
+    ("ghcr.io/open-webui/open-webui", 8080),
 ];
 
 /// Top-level keys of the Compose specification (plus `x-*` extensions).
@@ -472,6 +473,56 @@ fn services_reach_each_other_by_name_on_their_listen_ports() {
     .unwrap();
     let url = datasources["datasources"][0]["url"].as_str().unwrap();
     assert_reaches(&compose, "the Grafana datasource url", url, "prometheus");
+
+    // The chat UI (profile `ui`) calls tollgate's OpenAI-compatible API.
+    let ui = environment(service(&compose, "open-webui"));
+    let base = ui["OPENAI_API_BASE_URL"].as_deref().unwrap();
+    assert_reaches(&compose, "OPENAI_API_BASE_URL", base, "tollgate");
+    assert!(base.ends_with("/v1"), "{base}");
+}
+
+#[test]
+fn the_ui_profile_wires_open_webui_as_a_trusted_front_end_with_per_user_forwarding() {
+    let compose = compose();
+    let ui = service(&compose, "open-webui");
+    assert_eq!(ui["profiles"], serde_json::json!(["ui"]));
+    let ui_env = environment(ui);
+    assert_eq!(
+        ui_env["ENABLE_FORWARD_USER_INFO_HEADERS"].as_deref(),
+        Some("true")
+    );
+    let tollgate = environment(service(&compose, "tollgate"));
+    let key = |field: &str| {
+        tollgate[&format!("TOLLGATE__AUTH__SERVICE_KEYS__OPENWEBUI__{field}")]
+            .clone()
+            .unwrap_or_default()
+    };
+    // The header Open WebUI names its users in (checked against Open WebUI 0.12.4).
+    assert_eq!(key("USER_HEADER"), "x-openwebui-user-id");
+    assert_eq!(key("ROLE_HEADER"), "x-openwebui-user-role");
+    assert_eq!(key("SESSION_HEADER"), "x-openwebui-chat-id");
+    // The key Open WebUI sends and the hash tollgate checks come from the same .env pair.
+    assert_eq!(
+        interpolated(ui_env["OPENAI_API_KEY"].as_deref().unwrap()),
+        ["TOLLGATE_OPENWEBUI_KEY"]
+    );
+    assert_eq!(interpolated(&key("KEY_SHA256")), ["TOLLGATE_OPENWEBUI_KEY_SHA256"]);
+    // What tollgate makes of these settings (with a real hash) is a valid config.
+    let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut env: BTreeMap<String, String> = tollgate
+        .iter()
+        .filter(|(name, _)| name.starts_with("TOLLGATE__"))
+        .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
+        .collect();
+    env.insert(
+        "TOLLGATE__AUTH__SERVICE_KEYS__OPENWEBUI__KEY_SHA256".into(),
+        hash.into(),
+    );
+    let config = tollgate::config::load(&tollgate::config::ConfigSource { file: None, env })
+        .unwrap_or_else(|e| panic!("the compose file's tollgate settings: {e}"));
+    let front_end = &config.auth.service_keys["openwebui"];
+    assert_eq!(front_end.role_plans["admin"], "enterprise");
+    assert_eq!(front_end.max_message_chars, Some(32_000));
 }
 
 #[test]
