@@ -506,7 +506,10 @@ fn the_ui_profile_wires_open_webui_as_a_trusted_front_end_with_per_user_forwardi
         interpolated(ui_env["OPENAI_API_KEY"].as_deref().unwrap()),
         ["TOLLGATE_OPENWEBUI_KEY"]
     );
-    assert_eq!(interpolated(&key("KEY_SHA256")), ["TOLLGATE_OPENWEBUI_KEY_SHA256"]);
+    assert_eq!(
+        interpolated(&key("KEY_SHA256")),
+        ["TOLLGATE_OPENWEBUI_KEY_SHA256"]
+    );
     // What tollgate makes of these settings (with a real hash) is a valid config.
     let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let mut env: BTreeMap<String, String> = tollgate
