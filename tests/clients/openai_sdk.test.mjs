@@ -1,0 +1,138 @@
+// The official OpenAI Node SDK against a real gateway (embedded mock): what a client app sees.
+// Run from the repo root: TOLLGATE_BIN=target/debug/tollgate node --test tests/clients/
+// Needs `npm ci` in tests/clients (the `openai` package from the npm registry).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import OpenAI from "openai";
+
+const BIN = process.env.TOLLGATE_BIN || "target/debug/tollgate";
+const SECRET = "client-test-secret";
+
+/** A fresh service key for the front end `webui` and its hash, from `tollgate key new`. */
+const [KEY, KEY_SHA256] = (() => {
+  const out = execFileSync(BIN, ["key", "new", "--name", "webui"]).toString();
+  return [out.split("\n")[0], out.match(/key_sha256 = "([0-9a-f]{64})"/)[1]];
+})();
+
+const ENV = {
+  PATH: process.env.PATH,
+  RUST_LOG: "info",
+  TOLLGATE_JWT_SECRET: SECRET,
+  TOLLGATE_LISTEN: "127.0.0.1:0",
+  TOLLGATE__USERS__SNAPSHOT_PATH: "",
+  TOLLGATE__MOCK__TOKENS: "12",
+  TOLLGATE__MOCK__TOKENS_PER_SECOND: "0",
+  TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS: "0",
+  TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__KEY_SHA256: KEY_SHA256,
+  TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__USER_HEADER: "x-openwebui-user-id",
+  TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__PLAN: "basic",
+};
+
+let gateway;
+let base;
+const logLines = [];
+
+function token(user, plan) {
+  return execFileSync(BIN, ["token", "--sub", user, "--plan", plan, "--ttl", "600"], {
+    env: { PATH: process.env.PATH, TOLLGATE_JWT_SECRET: SECRET },
+  }).toString().trim();
+}
+
+/** An SDK client as a JWT user, or as the front end naming `user` (no retries: exact counts). */
+function client({ jwtUser, frontEndUser } = {}) {
+  return new OpenAI({
+    baseURL: `${base}/v1`,
+    apiKey: jwtUser ? token(jwtUser, "pro") : KEY,
+    defaultHeaders: frontEndUser ? { "x-openwebui-user-id": frontEndUser } : {},
+    maxRetries: 0,
+  });
+}
+
+before(async () => {
+  gateway = spawn(BIN, [], { env: ENV, stdio: ["ignore", "pipe", "pipe"] });
+  createInterface({ input: gateway.stdout }).on("line", (line) => logLines.push(JSON.parse(line)));
+  base = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the gateway did not start")), 30_000);
+    createInterface({ input: gateway.stderr }).on("line", (line) => {
+      try {
+        const entry = JSON.parse(line);
+        if (entry.message === "tollgate is serving") {
+          clearTimeout(timer);
+          resolve(`http://${entry.listen}`);
+        }
+      } catch { /* not JSON */ }
+    });
+    gateway.on("exit", (code) => reject(new Error(`the gateway exited with ${code}`)));
+  });
+});
+
+after(() => gateway?.kill("SIGTERM"));
+
+/** Waits (bounded) until the request log holds a line for `user`, and returns it. */
+async function logLineOf(user) {
+  for (let i = 0; i < 100; i++) {
+    const line = logLines.find((l) => l.user_id === user);
+    if (line) return line;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no log line for ${user}`);
+}
+
+test("a stream reaches the SDK whole, with the cost it was billed in its usage", async () => {
+  const stream = await client({ jwtUser: "sdk-ann" }).chat.completions.create({
+    model: "mock-gpt",
+    stream: true,
+    stream_options: { include_usage: true },
+    messages: [{ role: "user", content: "Say something." }],
+  });
+  let text = "";
+  let usage;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? "";
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.ok(text.length > 0);
+  const line = await logLineOf("sdk-ann");
+  assert.equal(line.outcome, "completed");
+  assert.equal(usage.completion_tokens, line.output_tokens);
+  assert.equal(usage.cost, line.cost_usd);
+  assert.ok(usage.cost > 0);
+});
+
+test("a stream the upstream breaks raises in the SDK (never a silent success)", async () => {
+  const stream = await client({ jwtUser: "sdk-bo" }).chat.completions.create({
+    model: "mock-gpt:fault=error@3",
+    stream: true,
+    messages: [{ role: "user", content: "Say something." }],
+  });
+  await assert.rejects(
+    (async () => { for await (const _ of stream) { /* read to the end */ } })(),
+    (e) => e instanceof OpenAI.APIError && /upstream provider failed/.test(e.message),
+  );
+  assert.equal((await logLineOf("sdk-bo")).error_code, "upstream_failed");
+});
+
+test("a trusted front end's users are their own users; its model list is its key's plan", async () => {
+  const reply = await client({ frontEndUser: "u-1" }).chat.completions.create({
+    model: "mock-gpt",
+    messages: [{ role: "user", content: "Say something." }],
+  });
+  assert.ok(reply.usage.cost > 0);
+  const line = await logLineOf("webui:u-1");
+  assert.equal(line.plan, "basic");
+  assert.equal(reply.usage.cost, line.cost_usd);
+  // The front end itself (no user header) lists models, as a chat UI does at start-up.
+  const models = [];
+  for await (const model of client().models.list()) models.push(model.id);
+  assert.ok(models.includes("mock-gpt"), models.join(","));
+  // A chat without a user header is refused before any upstream call.
+  await assert.rejects(
+    client().chat.completions.create({
+      model: "mock-gpt",
+      messages: [{ role: "user", content: "Say something." }],
+    }),
+    (e) => e.status === 400 && e.code === "missing_user",
+  );
+});
