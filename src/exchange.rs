@@ -5,9 +5,11 @@
 //! through one of three doors, each consuming the exchange so it cannot end twice:
 //! [`Exchange::refuse`] / [`Admitted::refuse`] (refused before the upstream was asked),
 //! [`Admitted::finish`] (the relay's [`Relayed`] summary, streamed or whole), and `Drop` (the
-//! handler was dropped because the client left). Each settles the ticket, then writes the log
-//! line and records the metrics, in that order, exactly once. Lower layers (the relay, the
-//! actor) only return values; nothing calls back up into this module or `http`.
+//! handler was dropped because the client left while it waited). Each settles the ticket, then
+//! writes the log line and records the metrics, in that order, exactly once. An admitted
+//! request ends in a task of its own, so a client leaving meanwhile cannot cut the ending
+//! short. Lower layers (the relay, the actor) only return values; nothing calls back up into
+//! this module or `http`.
 
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::{ApiError, ErrorCode};
@@ -44,7 +46,9 @@ impl Exchange {
     }
 
     /// The request was admitted under `ticket`.
-    pub fn admitted(self, ticket: Ticket) -> Admitted {
+    pub fn admitted(mut self, ticket: Ticket) -> Admitted {
+        // Dropped from here on, the ticket bills its input estimate: so does the log line.
+        self.log.admitted();
         Admitted {
             ticket,
             log: self.log,
@@ -58,16 +62,27 @@ impl Admitted {
     }
 
     /// Ends an admitted request refused before the upstream was asked: its reservation is
-    /// released, nothing is billed.
+    /// released, nothing is billed. Returns once it has ended (see [`Admitted::finish`]).
     pub async fn refuse(self, error: &ApiError) {
-        self.ticket
-            .settle(Usage::default(), Outcome::Rejected)
-            .await;
-        self.log.write(&Ended::refused(error.code));
+        let code = error.code;
+        let ending = actix_rt::spawn(async move {
+            self.ticket
+                .settle(Usage::default(), Outcome::Rejected)
+                .await;
+            self.log.write(&Ended::refused(code));
+        });
+        let _ = ending.await;
     }
 
-    /// Ends the request as the relay summarised it: settles what it used, then logs it.
+    /// Ends the request as the relay summarised it: settles what it used, then logs it. The
+    /// ending runs as its own task, awaited here: the caller answers the client after the
+    /// settlement (so `/v1/usage` right after a reply shows it), and a client that leaves
+    /// meanwhile (dropping the caller) cannot cut the ending short.
     pub async fn finish(self, relayed: Relayed) {
+        let _ = actix_rt::spawn(self.end(relayed)).await;
+    }
+
+    async fn end(self, relayed: Relayed) {
         self.ticket.settle(relayed.usage, relayed.outcome).await;
         self.log.write(&ended(relayed));
     }
@@ -79,7 +94,7 @@ impl Admitted {
         let open = OpenStream::new(metrics);
         actix_rt::spawn(async move {
             let relayed = task.run(&mut self.ticket).await;
-            self.finish(relayed).await;
+            self.end(relayed).await;
             drop(open);
         });
     }

@@ -37,9 +37,11 @@ impl Price {
         let nano = usage
             .input_tokens
             .saturating_mul(self.input_nano_usd_per_token)
-            + usage
-                .output_tokens
-                .saturating_mul(self.output_nano_usd_per_token);
+            .saturating_add(
+                usage
+                    .output_tokens
+                    .saturating_mul(self.output_nano_usd_per_token),
+            );
         nano.div_ceil(1000)
     }
 }

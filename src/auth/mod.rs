@@ -255,10 +255,20 @@ impl Authenticator {
         })
     }
 
-    /// The user claim: a non-empty string.
+    /// The user claim: a non-empty string, at most 256 bytes, no control characters, and not
+    /// in a trusted front end's namespace (`<name>:…` is that front end's users only).
     fn user_of(&self, claims: &Map<String, Value>) -> Result<String, ApiError> {
         match claims.get(&self.claims.user) {
-            Some(Value::String(user)) if !user.is_empty() => Ok(user.clone()),
+            Some(Value::String(user)) if !user.is_empty() => {
+                let user = service_keys::user_value(user.as_bytes())
+                    .map_err(|_| invalid("the bearer token's user is not a usable id"))?;
+                if self.service_keys.owns(&user) {
+                    return Err(invalid(
+                        "the bearer token names a user of a trusted front end",
+                    ));
+                }
+                Ok(user)
+            }
             _ => Err(ApiError::new(
                 ErrorCode::InvalidToken,
                 format!(

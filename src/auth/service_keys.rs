@@ -23,6 +23,8 @@ const MAX_SESSION_CHARS: usize = 128;
 /// The service keys of a gateway, ready to match.
 pub(super) struct ServiceKeys {
     keys: Vec<ServiceKey>,
+    /// Every configured front end's name (also those that are off): their users' namespaces.
+    names: Vec<String>,
 }
 
 /// One trusted front end.
@@ -108,7 +110,17 @@ impl ServiceKeys {
                 })
             })
             .collect();
-        Self { keys }
+        Self {
+            keys,
+            names: config.keys().cloned().collect(),
+        }
+    }
+
+    /// Whether `user_id` lies in a front end's namespace (`<name>:…`): no JWT may name it.
+    pub(super) fn owns(&self, user_id: &str) -> bool {
+        user_id
+            .split_once(':')
+            .is_some_and(|(prefix, _)| self.names.iter().any(|name| name == prefix))
     }
 
     /// The front end whose key `bearer` is, if any. Every key is compared, each in constant
@@ -169,7 +181,11 @@ impl ServiceKey {
                 (user_value(claims.sub.as_bytes())?, claims.role)
             }
         };
-        let role = jwt_role.or_else(|| self.header_text(headers, &self.role_header));
+        // With a signed user JWT the role is the token's (a plain header is not signed).
+        let role = match &self.user {
+            UserSource::Jwt { .. } => jwt_role,
+            UserSource::Header(_) => self.header_text(headers, &self.role_header),
+        };
         let plan = role
             .and_then(|role| self.role_plans.get(&role))
             .unwrap_or(&self.plan)
@@ -203,7 +219,7 @@ impl ServiceKey {
 
 /// An end-user id from a header or a JWT: text, at most [`MAX_USER_BYTES`], no control
 /// characters.
-fn user_value(raw: &[u8]) -> Result<String, ApiError> {
+pub(super) fn user_value(raw: &[u8]) -> Result<String, ApiError> {
     let invalid = |why: &str| ApiError::new(ErrorCode::InvalidUser, why);
     let text = std::str::from_utf8(raw.trim_ascii())
         .map_err(|_| invalid("the end-user id is not UTF-8 text"))?;

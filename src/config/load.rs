@@ -232,7 +232,7 @@ mod tests {
             &[(&key("KEY_SHA256"), ""), (&key("USER_HEADER"), "x-user")]
         )
         .is_ok());
-        let cases: [(&[(&str, &str)], &str); 5] = [
+        let cases: [(&[(&str, &str)], &str); 6] = [
             (
                 &[("KEY_SHA256", "abc"), ("USER_HEADER", "x-user")],
                 "key_sha256",
@@ -244,6 +244,10 @@ mod tests {
             ),
             (
                 &[("KEY_SHA256", hash), ("USER_HEADER", "x user")],
+                "user_header",
+            ),
+            (
+                &[("KEY_SHA256", hash), ("USER_HEADER", "Authorization")],
                 "user_header",
             ),
             (
@@ -341,8 +345,15 @@ mod tests {
     #[test]
     fn the_identity_provider_keys_are_checked() {
         let auth = |lines: &str| load_with(Some(&format!("[auth]\n{lines}\n")), &[]);
-        let jwks = "algorithms = [\"RS256\"]\njwks_url = \"https://idp.example.com/jwks\"";
+        let jwks = "algorithms = [\"RS256\"]\naudience = \"tollgate\"\njwks_url = \"https://idp.example.com/jwks\"";
         assert!(auth(jwks).is_ok(), "a JWKS needs no PEM key");
+        assert_eq!(
+            invalid_key(auth(
+                "algorithms = [\"RS256\"]\njwks_url = \"https://idp.example.com/jwks\""
+            )),
+            "auth.audience",
+            "a JWKS without an audience would take any client's tokens"
+        );
         assert_eq!(
             invalid_key(auth(
                 "algorithms = [\"RS256\"]\njwks_url = \"ftp://idp/jwks\""

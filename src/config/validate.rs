@@ -211,6 +211,15 @@ fn validate_identity_provider(c: &Config) -> Result<(), ConfigError> {
                 "a JWKS holds RS256 / ES256 keys: add one of them to auth.algorithms",
             ));
         }
+        // An IdP signs every client's (and, for Entra, every tenant's) tokens with the same
+        // keys: only the audience says a token was minted for this gateway.
+        if a.audience.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.audience",
+                "a JWKS needs the audience your identity provider puts in tokens for this gateway \
+                 (its keys sign every client's tokens)",
+            ));
+        }
     }
     positive("auth.jwks_refresh_secs", a.jwks_refresh_secs)?;
     for (key, claim) in [
@@ -278,6 +287,15 @@ fn validate_service_keys(c: &Config) -> Result<(), ConfigError> {
             let token = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
             if !header.chars().all(token) {
                 return Err(ConfigError::invalid(at(field), "not a valid header name"));
+            }
+            // The key itself (or a browser's cookies) must never become a user or session id.
+            if ["authorization", "cookie", "proxy-authorization"]
+                .contains(&header.to_ascii_lowercase().as_str())
+            {
+                return Err(ConfigError::invalid(
+                    at(field),
+                    "must not name a credential header",
+                ));
             }
         }
         if key.max_message_chars == Some(0) {

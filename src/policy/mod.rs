@@ -107,9 +107,10 @@ impl ChatRequest {
     /// not bytes: a limit on what users write; the model's earlier answers, tool results and
     /// system prompts are bounded by the context limit and trimming instead), trims the history
     /// to the last `max_history_turns` non-system messages (system messages are always kept; a
-    /// tool result whose call was trimmed goes too), then drops the oldest turns while the
+    /// tool result whose call was trimmed goes too), then drops the oldest whole turns while the
     /// prompt is estimated over `max_context_tokens` (so a long chat goes on, forgetting its
-    /// beginning), and refuses it only when the latest turn alone does not fit. Returns
+    /// beginning), and refuses it only when the latest turn (from the last user message on)
+    /// and the system messages alone do not fit. Returns
     /// (estimated input tokens, messages trimmed).
     pub fn enforce(
         &mut self,
@@ -153,9 +154,10 @@ impl ChatRequest {
         Ok((estimate, trimmed + dropped))
     }
 
-    /// Drops the oldest non-system messages (with the tool results that answered them) while
-    /// the estimate is over `max_tokens`, keeping at least the latest one. Returns (the
-    /// estimate, messages dropped). Each message is counted once.
+    /// Drops the oldest turns (a user message and everything after it up to the next user
+    /// message: answers, tool calls, their results) while the estimate is over `max_tokens`.
+    /// The latest turn — from the last user message on — is never cut; system messages stay.
+    /// Returns (the estimate, messages dropped). Each message is counted once.
     fn trim_to_budget(&mut self, max_tokens: u64, counter: &TokenCounter) -> (u64, usize) {
         let fixed = self.schema_tokens(counter) + 3;
         let Some(Value::Array(messages)) = self.body.get_mut("messages") else {
@@ -166,26 +168,27 @@ impl ChatRequest {
             .map(|m| message_tokens(m, counter))
             .collect();
         let mut total = fixed + costs.iter().sum::<u64>();
-        let mut dropped = 0;
+        let before = messages.len();
         while total > max_tokens {
-            let mut turns = (0..messages.len()).filter(|&i| !is_system(&messages[i]));
-            let (Some(oldest), Some(_)) = (turns.next(), turns.next()) else {
-                break; // the latest turn alone is over: refused by the caller
+            let is_user = |m: &Value| m.get("role").and_then(Value::as_str) == Some("user");
+            let Some(latest) = messages.iter().rposition(is_user) else {
+                break;
             };
-            loop {
-                total -= costs.remove(oldest);
-                messages.remove(oldest);
-                dropped += 1;
-                // A tool result right after a dropped message answers a call that is gone.
-                let orphan = messages
-                    .get(oldest)
-                    .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
-                if !orphan {
-                    break;
+            let Some(oldest) = (0..latest).find(|&i| !is_system(&messages[i])) else {
+                break; // only the latest turn is left: refused by the caller if still over
+            };
+            // The oldest turn ends where the next user message starts.
+            let end = (oldest + 1..=latest)
+                .find(|&i| is_user(&messages[i]))
+                .unwrap_or(latest);
+            for i in (oldest..end).rev() {
+                if !is_system(&messages[i]) {
+                    total = total.saturating_sub(costs.remove(i));
+                    messages.remove(i);
                 }
             }
         }
-        (total, dropped)
+        (total, before - messages.len())
     }
 
     fn trim_history(&mut self, max_turns: usize) -> usize {
@@ -650,6 +653,44 @@ mod tests {
         // Whatever was cut, no tool result is left without its call.
         assert_ne!(kept[1]["role"], "tool");
         assert!(trimmed >= 4, "at least the first turn went ({trimmed})");
+        assert_eq!(
+            kept[1]["role"], "user",
+            "whole turns go: the next one starts with its question"
+        );
+
+        // An agent loop: the latest turn (question, tool call, big result) is never cut.
+        let mut agent = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"system","content":"rules"},
+            {"role":"user","content":"word ".repeat(300)},
+            {"role":"assistant","content":"word ".repeat(300)},
+            {"role":"user","content":"the question"},
+            {"role":"assistant","content":null,"tool_calls":[
+                {"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c","content":"word ".repeat(300)}]}))
+        .unwrap();
+        let (estimate, trimmed) = agent.enforce(&limits, &counter).unwrap();
+        assert!(estimate <= 450, "{estimate}");
+        assert_eq!(trimmed, 2);
+        let roles: Vec<&str> = agent
+            .messages()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool"]);
+        assert_eq!(agent.messages()[1]["content"], "the question");
+        // When the latest turn alone is over the limit, the request is refused, not gutted.
+        let mut too_big = parse(json!({"model":"gpt-4o","messages":[
+            {"role":"user","content":"hi"},
+            {"role":"assistant","content":"hello"},
+            {"role":"user","content":"the question"},
+            {"role":"assistant","content":null,"tool_calls":[
+                {"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},
+            {"role":"tool","tool_call_id":"c","content":"word ".repeat(600)}]}))
+        .unwrap();
+        assert_eq!(
+            too_big.enforce(&limits, &counter).unwrap_err().code,
+            ErrorCode::ContextTooLong
+        );
     }
 
     #[test]

@@ -85,17 +85,19 @@ struct FunctionView<'a> {
 #[derive(Debug, Deserialize)]
 struct UsageView {
     #[serde(default)]
-    prompt_tokens: u64,
+    prompt_tokens: Option<u64>,
     #[serde(default)]
-    completion_tokens: u64,
+    completion_tokens: Option<u64>,
 }
 
 impl ChunkView<'_> {
-    /// The provider's usage report, when this chunk carries one.
+    /// The provider's usage report, when this chunk carries a whole one (both counts: a partial
+    /// report is not billed from, the live count is).
     pub fn usage(&self) -> Option<Usage> {
-        self.usage.as_ref().map(|u| Usage {
-            input_tokens: u.prompt_tokens,
-            output_tokens: u.completion_tokens,
+        let usage = self.usage.as_ref()?;
+        Some(Usage {
+            input_tokens: usage.prompt_tokens?,
+            output_tokens: usage.completion_tokens?,
         })
     }
 

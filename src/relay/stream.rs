@@ -227,7 +227,7 @@ impl StreamTask {
 /// differently: worth a warning, since live limits act on the live count.
 fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
     let gap = reported.abs_diff(counted);
-    if gap > 2 && gap * 50 > reported {
+    if gap > 2 && gap.saturating_mul(50) > reported {
         tracing::warn!(
             reported,
             counted,
@@ -452,8 +452,10 @@ impl Relay<'_> {
         }
         // An error before anything was sent becomes a plain HTTP error (a guardrail block
         // has sent its safe prefix: it always ends inside the stream).
+        // A budget stop, too: metering may run before the first frame (an output filter holding
+        // text back), and the client must hear `budget_exceeded`, not a provider failure.
         let ends_in_error = end == Outcome::ClientGone || end.stream_error().is_some();
-        if ends_in_error && end != Outcome::CutGuardrail {
+        if ends_in_error && !matches!(end, Outcome::CutGuardrail | Outcome::CutBudget) {
             if let Some(opened) = self.opened.take() {
                 let _ = opened.send(Err(failed_before_reply(end)));
                 return end;

@@ -204,6 +204,9 @@ pub struct RequestLog {
     input_tokens_estimated: u64,
     /// Input rules that matched a request let through under `flag`.
     input_flagged: Vec<String>,
+    /// Whether the user's actor admitted the request (dropped from then on, its input estimate
+    /// is billed; before, nothing).
+    admitted: bool,
 }
 
 impl RequestLog {
@@ -228,6 +231,7 @@ impl RequestLog {
             price: None,
             input_tokens_estimated: 0,
             input_flagged: Vec::new(),
+            admitted: false,
         }
     }
 
@@ -262,6 +266,11 @@ impl RequestLog {
     pub fn estimated(&mut self, price: Price, input_tokens: u64) {
         self.price = Some(price);
         self.input_tokens_estimated = input_tokens;
+    }
+
+    /// The user's actor admitted the request.
+    pub fn admitted(&mut self) {
+        self.admitted = true;
     }
 
     /// The input filter flagged these rules (and let the request through).
@@ -373,8 +382,13 @@ impl Drop for RequestLog {
             outcome: Outcome::ClientGone,
             status: CLIENT_CLOSED_REQUEST,
             error: None,
+            // What the dropped ticket (if any) bills: the estimate once admitted, else nothing.
             usage: Usage {
-                input_tokens: self.input_tokens_estimated,
+                input_tokens: if self.admitted {
+                    self.input_tokens_estimated
+                } else {
+                    0
+                },
                 output_tokens: 0,
             },
             usage_source: UsageSource::Counted,
@@ -402,10 +416,24 @@ mod tests {
     }
 
     #[test]
+    fn a_request_dropped_before_admission_is_logged_unbilled() {
+        let (sink, lines) = LogSink::memory();
+        let mut log = RequestLog::new(sink, "r2".into(), "chat".into(), None, Instant::now());
+        log.estimated(crate::pricing::Price::default(), 7);
+        drop(log);
+        let v: serde_json::Value = serde_json::from_str(&lines.lines()[0]).unwrap();
+        assert_eq!(
+            (v["outcome"].clone(), v["input_tokens"].clone()),
+            ("client_gone".into(), 0.into())
+        );
+    }
+
+    #[test]
     fn dropped_log_is_written_once_as_client_gone() {
         let (sink, lines) = LogSink::memory();
         let mut log = RequestLog::new(sink, "r1".into(), "chat".into(), None, Instant::now());
         log.estimated(crate::pricing::Price::default(), 7);
+        log.admitted();
         drop(log);
         let lines = lines.lines();
         assert_eq!(lines.len(), 1);

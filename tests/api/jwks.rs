@@ -57,7 +57,7 @@ fn hs256(claims: &Value) -> String {
 }
 
 fn claims() -> Value {
-    json!({"sub": "zoe", "plan": "pro", "exp": now() + 300, "iat": now()})
+    json!({"sub": "zoe", "plan": "pro", "exp": now() + 300, "iat": now(), "aud": "tollgate"})
 }
 
 /// A gateway that takes keys from `idp` (and HS256 with the test secret).
@@ -66,6 +66,7 @@ async fn spawn_with_idp(idp: &FakeIdp, tweak: impl FnOnce(&mut Config)) -> TestA
     spawn_app(fast_mock(), |c| {
         c.auth.algorithms = vec!["HS256".into(), "RS256".into(), "ES256".into()];
         c.auth.jwks_url = url;
+        c.auth.audience = "tollgate".into();
         tweak(c);
     })
     .await
@@ -306,6 +307,7 @@ async fn claims_name_the_user_and_the_plan() {
             "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
             "email": "zoe@example.com",
             "exp": now() + 300,
+            "aud": "tollgate",
         });
         if let Some(tier) = tier {
             claims["tier"] = json!(tier);
