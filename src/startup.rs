@@ -9,7 +9,7 @@ use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
 use crate::policy::guardrails::Guardrails;
 use crate::pricing::PriceTable;
-use crate::telemetry::{LabelSets, LogSink, Metrics, PromptHasher};
+use crate::telemetry::{redact_url, LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
 use crate::users::{MemoryStore, RedisLedger, SnapshotError, Snapshots, UserRegistry, UserStore};
 use actix_web::dev::{Server, ServerHandle};
@@ -232,17 +232,4 @@ fn start_embedded_mock(config: &Config) -> std::io::Result<(SocketAddr, ServerHa
     let handle = mock.server.handle();
     actix_rt::spawn(mock.server);
     Ok((mock.addr, handle))
-}
-
-/// The URL without credentials or query, for logs.
-fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.set_query(None);
-            u.to_string()
-        }
-        Err(_) => "(unparsable)".into(),
-    }
 }

@@ -17,6 +17,7 @@
 //! The fetch is an awc GET (5 s timeout, at most 1 MiB, at most 3 redirects) from a task on the
 //! actix system: awc's client is not `Send`, so the task builds its own.
 
+use crate::telemetry::redact_url;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
@@ -225,19 +226,19 @@ impl JwksRefresher {
                 let kids: Vec<String> = set.kids().into_iter().map(str::to_string).collect();
                 if self.jwks.install(set) {
                     tracing::info!(
-                        url = %shown(&self.jwks.url),
+                        url = %redact_url(&self.jwks.url),
                         keys = kids.len(),
                         kids = ?kids,
                         "JWKS signing keys loaded"
                     );
                 } else {
-                    tracing::debug!(url = %shown(&self.jwks.url), "JWKS unchanged");
+                    tracing::debug!(url = %redact_url(&self.jwks.url), "JWKS unchanged");
                 }
                 true
             }
             Err(e) => {
                 tracing::warn!(
-                    url = %shown(&self.jwks.url),
+                    url = %redact_url(&self.jwks.url),
                     error = %e,
                     keys_loaded = self.jwks.current().is_some(),
                     "cannot refresh the JWKS; the keys loaded before (if any) stay in use"
@@ -343,19 +344,6 @@ fn signing_algorithm(jwk: &Jwk) -> Option<Algorithm> {
             Some(Algorithm::ES256)
         }
         _ => None,
-    }
-}
-
-/// The URL without credentials or query, for logs.
-fn shown(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.set_query(None);
-            u.to_string()
-        }
-        Err(_) => "(unparsable)".into(),
     }
 }
 

@@ -42,21 +42,6 @@ fn es256(claims: &Value) -> String {
     encode(&Header::new(Algorithm::ES256), claims, &key).unwrap()
 }
 
-async fn status_with(app: &TestApp, token: &str) -> (u16, String) {
-    let mut response = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.base))
-        .bearer_auth(token)
-        .send_json(&chat_body("mock-gpt", false))
-        .await
-        .unwrap();
-    if response.status() == 200 {
-        let _ = response.body().await;
-        return (200, String::new());
-    }
-    error_code(response).await
-}
-
 #[actix_web::test]
 async fn forged_malformed_and_stale_tokens_are_refused() {
     let app = spawn_app(fast_mock(), |c| c.auth.issuer = "tollgate-tests".into()).await;
@@ -140,17 +125,17 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
     ];
     for (name, token, code) in cases {
         assert_eq!(
-            status_with(&app, &token).await,
+            chat_status(&app, &token).await,
             (401, code.to_string()),
             "{name}"
         );
     }
     assert_eq!(
-        status_with(&app, &hs256(&with(json!({"plan": "platinum"})))).await,
+        chat_status(&app, &hs256(&with(json!({"plan": "platinum"})))).await,
         (403, "unknown_plan".to_string())
     );
     assert_eq!(
-        status_with(&app, &valid).await.0,
+        chat_status(&app, &valid).await.0,
         200,
         "the untampered token works"
     );
@@ -176,9 +161,9 @@ async fn rs256_and_es256_accept_their_own_keys_only() {
         c.auth.public_key_path = format!("{FIXTURES}/rsa_public.pem");
     })
     .await;
-    assert_eq!(status_with(&app, &rs256(&claims())).await.0, 200);
+    assert_eq!(chat_status(&app, &rs256(&claims())).await.0, 200);
     assert_eq!(
-        status_with(&app, &hs256(&claims())).await.1,
+        chat_status(&app, &hs256(&claims())).await.1,
         "invalid_token"
     );
     // Key confusion: an HS256 token whose HMAC key is the RSA public key.
@@ -188,9 +173,9 @@ async fn rs256_and_es256_accept_their_own_keys_only() {
         &EncodingKey::from_secret(&fixture("rsa_public.pem")),
     )
     .unwrap();
-    assert_eq!(status_with(&app, &confused).await.1, "invalid_token");
+    assert_eq!(chat_status(&app, &confused).await.1, "invalid_token");
     assert_eq!(
-        status_with(&app, &es256(&claims())).await.1,
+        chat_status(&app, &es256(&claims())).await.1,
         "invalid_token"
     );
 
@@ -199,9 +184,9 @@ async fn rs256_and_es256_accept_their_own_keys_only() {
         c.auth.public_key_path = format!("{FIXTURES}/ec_public.pem");
     })
     .await;
-    assert_eq!(status_with(&app, &es256(&claims())).await.0, 200);
+    assert_eq!(chat_status(&app, &es256(&claims())).await.0, 200);
     assert_eq!(
-        status_with(&app, &rs256(&claims())).await.1,
+        chat_status(&app, &rs256(&claims())).await.1,
         "invalid_token"
     );
 }

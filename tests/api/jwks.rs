@@ -72,22 +72,6 @@ async fn spawn_with_idp(idp: &FakeIdp, tweak: impl FnOnce(&mut Config)) -> TestA
     .await
 }
 
-/// Sends a chat request with `token`: 200 and "" (the body read), or the error's status and code.
-async fn chat_with(app: &TestApp, token: &str) -> (u16, String) {
-    let mut response = app
-        .client
-        .post(format!("{}/v1/chat/completions", app.base))
-        .bearer_auth(token)
-        .send_json(&chat_body("mock-gpt", false))
-        .await
-        .unwrap();
-    if response.status() == 200 {
-        let _ = response.body().await;
-        return (200, String::new());
-    }
-    error_code(response).await
-}
-
 async fn readyz(app: &TestApp) -> (u16, Value) {
     let mut response = app
         .client
@@ -142,20 +126,20 @@ async fn tokens_signed_by_a_published_key_are_accepted_by_kid() {
         (&json!("ready"), &json!("not_configured"), &json!("ok"))
     );
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
         (200, String::new())
     );
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
         (200, String::new())
     );
     // Key confusion: an RS256 token naming the EC key, a token signed by another key.
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::RS256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, "ec-1", &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::ES256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, "rsa-1", &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(idp.fetches(), 1, "one fetch at start-up, none per request");
@@ -164,15 +148,15 @@ async fn tokens_signed_by_a_published_key_are_accepted_by_kid() {
     let app = spawn_with_idp(&idp, |c| c.auth.algorithms = vec!["RS256".into()]).await;
     wait_for_jwks(&app, "ok", WAIT).await;
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_with(&app, &hs256(&claims())).await,
+        chat_status(&app, &hs256(&claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
         (200, String::new())
     );
 }
@@ -184,17 +168,17 @@ async fn rotated_keys_are_used_after_an_unknown_kid_asks_for_them() {
     wait_for_jwks(&app, "ok", WAIT).await;
     let token_a = signed(Algorithm::RS256, "key-a", &claims());
     let token_b = signed(Algorithm::ES256, "key-b", &claims());
-    assert_eq!(chat_with(&app, &token_a).await.0, 200);
+    assert_eq!(chat_status(&app, &token_a).await.0, 200);
 
     // The provider rotates to key B (and drops A).
     idp.publish(jwks(&[(Algorithm::ES256, "key-b")]));
     // The first B token finds no key: refused at once, and a fetch is asked for.
     assert_eq!(
-        chat_with(&app, &token_b).await,
+        chat_status(&app, &token_b).await,
         (401, "invalid_token".into())
     );
     let deadline = std::time::Instant::now() + WAIT;
-    while chat_with(&app, &token_b).await.0 != 200 {
+    while chat_status(&app, &token_b).await.0 != 200 {
         assert!(std::time::Instant::now() < deadline, "key B never accepted");
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
@@ -205,7 +189,7 @@ async fn rotated_keys_are_used_after_an_unknown_kid_asks_for_them() {
     );
     // The new set replaced the old one whole.
     assert_eq!(
-        chat_with(&app, &token_a).await,
+        chat_status(&app, &token_a).await,
         (401, "invalid_token".into())
     );
 }
@@ -219,7 +203,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     for i in 0..20 {
         let kid = format!("forged-{i}-{}", uuid_like(i));
         assert_eq!(
-            chat_with(&app, &signed(Algorithm::RS256, &kid, &claims())).await,
+            chat_status(&app, &signed(Algorithm::RS256, &kid, &claims())).await,
             (401, "invalid_token".into()),
             "{kid}"
         );
@@ -233,7 +217,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     for i in 20..40 {
         let kid = format!("forged-{i}-{}", uuid_like(i));
         assert_eq!(
-            chat_with(&app, &signed(Algorithm::RS256, &kid, &claims()))
+            chat_status(&app, &signed(Algorithm::RS256, &kid, &claims()))
                 .await
                 .0,
             401
@@ -246,7 +230,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     );
     // The loaded key still works meanwhile.
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::RS256, "key-a", &claims()))
+        chat_status(&app, &signed(Algorithm::RS256, "key-a", &claims()))
             .await
             .0,
         200
@@ -270,16 +254,19 @@ async fn a_provider_down_at_start_up_does_not_stop_the_gateway() {
         (&json!("not_ready"), &json!("unavailable"), &json!("ok"))
     );
     let token = signed(Algorithm::RS256, "key-a", &claims());
-    assert_eq!(chat_with(&app, &token).await, (401, "invalid_token".into()));
+    assert_eq!(
+        chat_status(&app, &token).await,
+        (401, "invalid_token".into())
+    );
     assert_upstream_untouched(&app).await;
     // HS256 does not need the provider.
-    assert_eq!(chat_with(&app, &hs256(&claims())).await.0, 200);
+    assert_eq!(chat_status(&app, &hs256(&claims())).await.0, 200);
 
     // The provider comes up: the retries (1 s, 2 s, 4 s, … at most 30 s apart) find it.
     idp.publish(jwks(&[(Algorithm::RS256, "key-a")]));
     let (status, body) = wait_for_jwks(&app, "ok", Duration::from_secs(20)).await;
     assert_eq!((status, &body["status"]), (200, &json!("ready")));
-    assert_eq!(chat_with(&app, &token).await, (200, String::new()));
+    assert_eq!(chat_status(&app, &token).await, (200, String::new()));
 }
 
 #[actix_web::test]
@@ -315,7 +302,7 @@ async fn claims_name_the_user_and_the_plan() {
         claims
     };
     assert_eq!(
-        chat_with(
+        chat_status(
             &app,
             &signed(Algorithm::RS256, "key-a", &person(Some("pro")))
         )
@@ -349,7 +336,7 @@ async fn claims_name_the_user_and_the_plan() {
     numeric_email["email"] = json!(42);
     for claims in [no_email, numeric_email] {
         assert_eq!(
-            chat_with(&app, &signed(Algorithm::RS256, "key-a", &claims)).await,
+            chat_status(&app, &signed(Algorithm::RS256, "key-a", &claims)).await,
             (401, "invalid_token".into()),
             "{claims}"
         );
@@ -359,16 +346,16 @@ async fn claims_name_the_user_and_the_plan() {
     let app = spawn_with_idp(&idp, mapped("")).await;
     wait_for_jwks(&app, "ok", WAIT).await;
     assert_eq!(
-        chat_with(&app, &signed(Algorithm::RS256, "key-a", &person(None))).await,
+        chat_status(&app, &signed(Algorithm::RS256, "key-a", &person(None))).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_with(&app, &hs256(&person(None))).await,
+        chat_status(&app, &hs256(&person(None))).await,
         (401, "invalid_token".into())
     );
     assert_upstream_untouched(&app).await;
     assert_eq!(
-        chat_with(
+        chat_status(
             &app,
             &signed(Algorithm::RS256, "key-a", &person(Some("pro")))
         )

@@ -3,17 +3,12 @@
 // Needs Debian's chromium (/usr/bin/chromium) and `npm ci` in tests/browser; no browser download.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
+import { startGateway, token as mint } from "../node_support/gateway.mjs";
 
-const BIN = process.env.TOLLGATE_BIN || "target/debug/tollgate";
 const SECRET = "browser-test-secret";
 const ENV = {
-  PATH: process.env.PATH,
-  RUST_LOG: "info",
   TOLLGATE_JWT_SECRET: SECRET,
-  TOLLGATE_LISTEN: "127.0.0.1:0",
   TOLLGATE__USERS__SNAPSHOT_PATH: "",
   // The embedded mock: 30 tokens at 15 per second, so a reply takes 2 s to generate.
   TOLLGATE__MOCK__TOKENS: "30",
@@ -30,26 +25,11 @@ let base;
 let browser;
 
 function token(user, plan) {
-  return execFileSync(BIN, ["token", "--sub", user, "--plan", plan, "--ttl", "600"], {
-    env: { PATH: process.env.PATH, TOLLGATE_JWT_SECRET: SECRET },
-  }).toString().trim();
+  return mint(SECRET, user, plan);
 }
 
 before(async () => {
-  gateway = spawn(BIN, [], { env: ENV, stdio: ["ignore", "ignore", "pipe"] });
-  base = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the gateway did not start")), 30_000);
-    createInterface({ input: gateway.stderr }).on("line", (line) => {
-      try {
-        const entry = JSON.parse(line);
-        if (entry.message === "tollgate is serving") {
-          clearTimeout(timer);
-          resolve(`http://${entry.listen}`);
-        }
-      } catch { /* not JSON */ }
-    });
-    gateway.on("exit", (code) => reject(new Error(`the gateway exited with ${code}`)));
-  });
+  ({ gateway, base } = await startGateway(ENV));
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -3,11 +3,9 @@
 // Needs `npm ci` in tests/clients (the `openai` package from the npm registry).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { createInterface } from "node:readline";
+import { execFileSync } from "node:child_process";
 import OpenAI from "openai";
-
-const BIN = process.env.TOLLGATE_BIN || "target/debug/tollgate";
+import { BIN, startGateway, token as mint } from "../node_support/gateway.mjs";
 const SECRET = "client-test-secret";
 
 /** A fresh service key for the front end `webui` and its hash, from `tollgate key new`. */
@@ -17,10 +15,7 @@ const [KEY, KEY_SHA256] = (() => {
 })();
 
 const ENV = {
-  PATH: process.env.PATH,
-  RUST_LOG: "info",
   TOLLGATE_JWT_SECRET: SECRET,
-  TOLLGATE_LISTEN: "127.0.0.1:0",
   TOLLGATE__USERS__SNAPSHOT_PATH: "",
   TOLLGATE__MOCK__TOKENS: "12",
   TOLLGATE__MOCK__TOKENS_PER_SECOND: "0",
@@ -35,9 +30,7 @@ let base;
 const logLines = [];
 
 function token(user, plan) {
-  return execFileSync(BIN, ["token", "--sub", user, "--plan", plan, "--ttl", "600"], {
-    env: { PATH: process.env.PATH, TOLLGATE_JWT_SECRET: SECRET },
-  }).toString().trim();
+  return mint(SECRET, user, plan);
 }
 
 /** An SDK client as a JWT user, or as the front end naming `user` (no retries: exact counts). */
@@ -51,21 +44,7 @@ function client({ jwtUser, frontEndUser } = {}) {
 }
 
 before(async () => {
-  gateway = spawn(BIN, [], { env: ENV, stdio: ["ignore", "pipe", "pipe"] });
-  createInterface({ input: gateway.stdout }).on("line", (line) => logLines.push(JSON.parse(line)));
-  base = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the gateway did not start")), 30_000);
-    createInterface({ input: gateway.stderr }).on("line", (line) => {
-      try {
-        const entry = JSON.parse(line);
-        if (entry.message === "tollgate is serving") {
-          clearTimeout(timer);
-          resolve(`http://${entry.listen}`);
-        }
-      } catch { /* not JSON */ }
-    });
-    gateway.on("exit", (code) => reject(new Error(`the gateway exited with ${code}`)));
-  });
+  ({ gateway, base } = await startGateway(ENV, (line) => logLines.push(line)));
 });
 
 after(() => gateway?.kill("SIGTERM"));

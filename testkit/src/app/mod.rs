@@ -162,6 +162,23 @@ pub fn chat_body(model: &str, stream: bool) -> Value {
     })
 }
 
+/// Sends a non-streamed chat request with bearer `token`: (200, "") with the body read, or the
+/// error's (status, code).
+pub async fn chat_status(app: &TestApp, token: &str) -> (u16, String) {
+    let mut response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(token)
+        .send_json(&chat_body("mock-gpt", false))
+        .await
+        .unwrap();
+    if response.status() == 200 {
+        let _ = response.body().await;
+        return (200, String::new());
+    }
+    error_code(response).await
+}
+
 /// Reads a JSON error response and returns (status, code).
 pub async fn error_code(mut response: awc::ClientResponse) -> (u16, String) {
     let status = response.status().as_u16();
