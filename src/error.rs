@@ -24,6 +24,7 @@ pub enum ErrorCode {
     UnknownPlan,
     ModelNotInPlan,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     NotFound,
     ModelNotFound,
@@ -76,6 +77,7 @@ impl ErrorCode {
         ErrorCode::UnknownPlan,
         ErrorCode::ModelNotInPlan,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
         ErrorCode::ModelNotFound,
@@ -107,6 +109,7 @@ impl ErrorCode {
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => 403,
             NotFound | ModelNotFound => 404,
             MethodNotAllowed => 405,
+            RequestTimeout => 408,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
@@ -147,7 +150,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge
+            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge | RequestTimeout
             | UnsupportedMediaType | NotFound | ModelNotFound | MethodNotAllowed => {
                 "invalid_request_error"
             }
@@ -185,6 +188,7 @@ impl ErrorCode {
             UnknownPlan => "unknown_plan",
             ModelNotInPlan => "model_not_in_plan",
             PayloadTooLarge => "payload_too_large",
+            RequestTimeout => "request_timeout",
             UnsupportedMediaType => "unsupported_media_type",
             NotFound => "not_found",
             ModelNotFound => "model_not_found",
@@ -310,7 +314,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 35);
+        assert_eq!(n, 36);
     }
 
     #[test]

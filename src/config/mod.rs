@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub demo_ui: bool,
     /// A separate `IP:PORT` for `/metrics` (then not served on `listen`); empty = same listener.
     pub metrics_listen: String,
+    /// A request body that makes no progress for this long is answered `408 request_timeout`
+    /// and its connection closed (the whole body must also arrive within `limits.deadline_secs`).
+    pub client_body_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             cors_allowed_origins: Vec::new(),
             demo_ui: true,
             metrics_listen: String::new(),
+            client_body_timeout_secs: 10,
         }
     }
 }

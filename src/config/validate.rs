@@ -32,6 +32,10 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     positive(
+        "server.client_body_timeout_secs",
+        c.server.client_body_timeout_secs,
+    )?;
+    positive(
         "upstream.connect_timeout_secs",
         c.upstream.connect_timeout_secs,
     )?;

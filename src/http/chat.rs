@@ -51,7 +51,7 @@ pub(super) async fn chat_completions(
         Ok(who) => who,
         Err(e) => return refuse(exchange, &e),
     };
-    let mut request = match read(&req, payload, &state).await {
+    let mut request = match read(&req, payload, &state, deadline).await {
         Ok(request) => request,
         Err(e) => return refuse(exchange, &e),
     };
@@ -287,11 +287,12 @@ fn authenticate<'s>(
     Ok((identity, plan))
 }
 
-/// Reads and parses the body (bounded; compressed bodies refused).
+/// Reads and parses the body (bounded in size and time; compressed bodies refused).
 async fn read(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    deadline: Instant,
 ) -> Result<ChatRequest, ApiError> {
     if req.headers().contains_key(CONTENT_ENCODING) {
         return Err(ApiError::new(
@@ -299,7 +300,9 @@ async fn read(
             "compressed request bodies are not accepted",
         ));
     }
-    let body = read_body(req, payload, state.config.limits.max_body_bytes).await?;
+    let stall = Duration::from_secs(state.config.server.client_body_timeout_secs);
+    let limit = state.config.limits.max_body_bytes;
+    let body = read_body(req, payload, limit, stall, deadline).await?;
     ChatRequest::parse(&body)
 }
 
@@ -371,11 +374,14 @@ fn screen(
     Ok(output)
 }
 
-/// Reads the body, refusing (without reading on) once it exceeds `limit` bytes.
+/// Reads the body, refusing (without reading on) once it exceeds `limit` bytes, and giving up
+/// with `408 request_timeout` when no bytes come for `stall` or the request's `deadline` passes.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    stall: Duration,
+    deadline: Instant,
 ) -> Result<BytesMut, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -392,7 +398,15 @@ async fn read_body(
         return Err(too_large());
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let wait_until = (Instant::now() + stall).min(deadline);
+        let Ok(next) = tokio::time::timeout_at(wait_until, payload.next()).await else {
+            return Err(ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body stopped arriving",
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| {
             ApiError::new(ErrorCode::InvalidJson, "the request body could not be read")
         })?;

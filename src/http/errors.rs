@@ -40,6 +40,10 @@ pub(super) fn error_response(error: &ApiError) -> HttpResponse {
     if error.final_answer {
         response.insert_header(("x-should-retry", "false"));
     }
+    if error.code == ErrorCode::RequestTimeout {
+        // The rest of a stalled body may never come: do not wait for it on this connection.
+        response.force_close();
+    }
     if error.code == ErrorCode::InvalidToken || error.code == ErrorCode::TokenExpired {
         response.insert_header(("www-authenticate", "Bearer error=\"invalid_token\""));
     } else if error.code == ErrorCode::MissingToken {

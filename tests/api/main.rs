@@ -15,4 +15,5 @@ mod identity;
 mod jwks;
 mod limits;
 mod non_stream;
+mod slow_clients;
 mod streaming;
