@@ -132,6 +132,9 @@ struct Relay<'t> {
     output_tokens: u64,
     unreported_tokens: u64,
     upstream_usage: Option<Usage>,
+    /// The provider's usage-only chunk, held until the ending is known: it goes out (with the
+    /// billed cost) only before a normal `[DONE]`.
+    held_usage: Option<String>,
     finish_seen: bool,
     filter: Option<OutputFilter>,
     price: Price,
@@ -172,6 +175,7 @@ impl StreamTask {
             output_tokens: 0,
             unreported_tokens: 0,
             upstream_usage: None,
+            held_usage: None,
             finish_seen: false,
             filter: job.filter,
             price: job.price,
@@ -359,7 +363,10 @@ impl Relay<'_> {
         if reported.is_some() {
             self.upstream_usage = reported;
         }
-        if view.is_usage_only() && !self.client_wants_usage {
+        if view.is_usage_only() {
+            if self.client_wants_usage {
+                self.held_usage = Some(event.data.clone());
+            }
             return None;
         }
         self.finish_seen |= view.has_finish_reason();
@@ -371,7 +378,7 @@ impl Relay<'_> {
         } else {
             (Cow::Borrowed(event.data.as_str()), tokens, false)
         };
-        // The provider's usage report goes out with what it costs (the figure billed).
+        // A usage report inside a content chunk goes out with what it costs (the figure billed).
         let payload = match reported {
             Some(usage) => with_cost(&payload, self.cost_usd(usage)).map_or(payload, Cow::Owned),
             None => payload,
@@ -464,6 +471,17 @@ impl Relay<'_> {
         self.commit();
         match end {
             Outcome::ClientGone => return end,
+            Outcome::Completed => {
+                if let Some(data) = self.held_usage.take() {
+                    // What is billed: the provider's report when whole, else the live count.
+                    let billed = self.upstream_usage.unwrap_or(Usage {
+                        input_tokens: self.estimated_input_tokens,
+                        output_tokens: self.output_tokens,
+                    });
+                    let cost = self.cost_usd(billed);
+                    frames.push(with_cost(&data, cost).unwrap_or(data));
+                }
+            }
             Outcome::CutTokenCap => {
                 frames.push(self.identity.length_finish_chunk());
                 if self.client_wants_usage {

@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate_testkit::app::sse::SseReader;
-use tollgate_testkit::app::{assert_upstream_untouched, chat_body, fast_mock, spawn_app, TestApp};
+use tollgate_testkit::app::{
+    assert_upstream_untouched, chat_body, fast_mock, spawn_app, spawn_gateway, test_config, TestApp,
+};
 
 /// What one ending must leave behind.
 struct Expected {
@@ -183,4 +185,38 @@ async fn a_client_that_leaves_mid_stream_ends_once() {
     sse.next_data().await.unwrap();
     drop(sse);
     assert_ended_once(&app, &expect("client_gone", 499, None, 1)).await;
+}
+
+#[actix_web::test]
+async fn a_usage_report_is_shown_only_when_it_is_what_gets_billed() {
+    use tollgate_testkit::app::scripted::scripted_upstream;
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+               "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+        .to_string()
+    };
+    let usage = json!({"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+        "choices":[],"usage":{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}})
+    .to_string();
+    // The provider reports its usage, then breaks instead of sending [DONE].
+    let wire = format!(
+        "data: {}\n\ndata: {}\n\ndata: {usage}\n\ndata: {{\"error\":{{\"message\":\"boom\"}}}}\n\n",
+        chunk(json!({"content":"one two three"}), None),
+        chunk(json!({}), Some("stop")),
+    );
+    let addr = scripted_upstream(vec![wire.into_bytes()]).await;
+    let app = spawn_gateway(test_config(&format!("http://{addr}")), Default::default()).await;
+    let mut body = chat_body("gpt-4o", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let events = app.stream("una", &body).await;
+    // The ending is an upstream failure, billed from the live count: the provider's report
+    // (with figures that are not the ones billed) never reaches the client.
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\":{")),
+        "{events:?}"
+    );
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let line = &app.wait_for_logs(1).await[0];
+    assert_eq!(line["outcome"], "upstream_error");
+    assert_eq!(line["usage_source"], "counted");
 }
