@@ -6,8 +6,8 @@
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tollgate::config::{Config, Secret, ServiceKeyConfig};
+use tollgate_testkit::app::jwt::unix_now;
 use tollgate_testkit::app::sse::SseReader;
 use tollgate_testkit::app::*;
 
@@ -43,10 +43,7 @@ fn jwt_front_end() -> (String, ServiceKeyConfig) {
 
 /// Open WebUI's user JWT: `sub`, `role`, `iss`, `iat`, `exp` = iat + 300.
 fn user_jwt(sub: &str, role: &str, iss: &str, secret: &str, expires_in: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now() as i64;
     let claims = json!({
         "sub": sub, "email": format!("{sub}@example.com"), "name": "A User", "role": role,
         "iss": iss, "iat": now, "exp": now + expires_in,

@@ -3,49 +3,27 @@
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use tollgate_testkit::app::jwt::{fixture, hs256, signed, unix_now, JWT_FIXTURES};
 use tollgate_testkit::app::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims() -> Value {
-    json!({"sub": "zoe", "plan": "pro", "exp": now() + 300, "iat": now()})
-}
-
-fn hs256(claims: &Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+    json!({"sub": "zoe", "plan": "pro", "exp": unix_now() + 300, "iat": unix_now()})
 }
 
 fn rs256(claims: &Value) -> String {
-    let key = EncodingKey::from_rsa_pem(&fixture("rsa_private.pem")).unwrap();
-    encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
+    signed(Algorithm::RS256, None, claims)
 }
 
 fn es256(claims: &Value) -> String {
-    let key = EncodingKey::from_ec_pem(&fixture("ec_private.pem")).unwrap();
-    encode(&Header::new(Algorithm::ES256), claims, &key).unwrap()
+    signed(Algorithm::ES256, None, claims)
 }
 
 #[actix_web::test]
 async fn forged_malformed_and_stale_tokens_are_refused() {
     let app = spawn_app(fast_mock(), |c| c.auth.issuer = "tollgate-tests".into()).await;
-    let good = json!({"sub": "zoe", "plan": "pro", "exp": now() + 300, "iss": "tollgate-tests"});
+    let good =
+        json!({"sub": "zoe", "plan": "pro", "exp": unix_now() + 300, "iss": "tollgate-tests"});
     let with = |patch: Value| {
         let mut c = good.clone();
         for (k, v) in patch.as_object().unwrap() {
@@ -74,12 +52,12 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
         ("tampered payload", tampered, "invalid_token"),
         (
             "expired",
-            hs256(&with(json!({"exp": now() - 30}))),
+            hs256(&with(json!({"exp": unix_now() - 30}))),
             "token_expired",
         ),
         (
             "nbf in the future",
-            hs256(&with(json!({"nbf": now() + 120}))),
+            hs256(&with(json!({"nbf": unix_now() + 120}))),
             "invalid_token",
         ),
         (
@@ -94,7 +72,7 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
         ),
         (
             "exp as a string",
-            hs256(&with(json!({"exp": (now() + 300).to_string()}))),
+            hs256(&with(json!({"exp": (unix_now() + 300).to_string()}))),
             "invalid_token",
         ),
         (
@@ -109,7 +87,7 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
         ),
         (
             "lives too long",
-            hs256(&with(json!({"exp": now() + 7200}))),
+            hs256(&with(json!({"exp": unix_now() + 7200}))),
             "invalid_token",
         ),
         (
@@ -158,7 +136,7 @@ fn base64_url(bytes: &[u8]) -> String {
 async fn rs256_and_es256_accept_their_own_keys_only() {
     let app = spawn_app(fast_mock(), |c| {
         c.auth.algorithms = vec!["RS256".into()];
-        c.auth.public_key_path = format!("{FIXTURES}/rsa_public.pem");
+        c.auth.public_key_path = format!("{JWT_FIXTURES}/rsa_public.pem");
     })
     .await;
     assert_eq!(chat_status(&app, &rs256(&claims())).await.0, 200);
@@ -181,7 +159,7 @@ async fn rs256_and_es256_accept_their_own_keys_only() {
 
     let app = spawn_app(fast_mock(), |c| {
         c.auth.algorithms = vec!["ES256".into()];
-        c.auth.public_key_path = format!("{FIXTURES}/ec_public.pem");
+        c.auth.public_key_path = format!("{JWT_FIXTURES}/ec_public.pem");
     })
     .await;
     assert_eq!(chat_status(&app, &es256(&claims())).await.0, 200);

@@ -3,35 +3,17 @@
 //! document the test changes and whose fetches it counts.
 
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tollgate::config::Config;
 use tollgate_testkit::app::idp::FakeIdp;
+use tollgate_testkit::app::jwt::{fixture_key, hs256, signed, unix_now};
 use tollgate_testkit::app::*;
-
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// The fixture private key of `algorithm` (RS256: the RSA key, ES256: the EC P-256 key).
-fn private_key(algorithm: Algorithm) -> EncodingKey {
-    let pem = |file: &str| std::fs::read(format!("{FIXTURES}/{file}")).unwrap();
-    match algorithm {
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem("rsa_private.pem")).unwrap(),
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem("ec_private.pem")).unwrap(),
-        other => panic!("no fixture for {other:?}"),
-    }
-}
 
 /// The public half of a fixture key as a JWK (`n`/`e` or `x`/`y`), published under `kid`.
 fn public_jwk(algorithm: Algorithm, kid: &str) -> Value {
-    let mut jwk = Jwk::from_encoding_key(&private_key(algorithm), algorithm).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&fixture_key(algorithm), algorithm).unwrap();
     jwk.common.key_id = Some(kid.into());
     serde_json::to_value(jwk).unwrap()
 }
@@ -41,23 +23,8 @@ fn jwks(keys: &[(Algorithm, &str)]) -> Value {
 }
 
 /// A token signed with the fixture key of `algorithm`, naming `kid`.
-fn signed(algorithm: Algorithm, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(algorithm);
-    header.kid = Some(kid.into());
-    encode(&header, claims, &private_key(algorithm)).unwrap()
-}
-
-fn hs256(claims: &Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn claims() -> Value {
-    json!({"sub": "zoe", "plan": "pro", "exp": now() + 300, "iat": now(), "aud": "tollgate"})
+    json!({"sub": "zoe", "plan": "pro", "exp": unix_now() + 300, "iat": unix_now(), "aud": "tollgate"})
 }
 
 /// A gateway that takes keys from `idp` (and HS256 with the test secret).
@@ -126,20 +93,20 @@ async fn tokens_signed_by_a_published_key_are_accepted_by_kid() {
         (&json!("ready"), &json!("not_configured"), &json!("ok"))
     );
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, Some("rsa-1"), &claims())).await,
         (200, String::new())
     );
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, Some("ec-1"), &claims())).await,
         (200, String::new())
     );
     // Key confusion: an RS256 token naming the EC key, a token signed by another key.
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::RS256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, Some("ec-1"), &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::ES256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, Some("rsa-1"), &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(idp.fetches(), 1, "one fetch at start-up, none per request");
@@ -148,7 +115,7 @@ async fn tokens_signed_by_a_published_key_are_accepted_by_kid() {
     let app = spawn_with_idp(&idp, |c| c.auth.algorithms = vec!["RS256".into()]).await;
     wait_for_jwks(&app, "ok", WAIT).await;
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::ES256, "ec-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::ES256, Some("ec-1"), &claims())).await,
         (401, "invalid_token".into())
     );
     assert_eq!(
@@ -156,7 +123,7 @@ async fn tokens_signed_by_a_published_key_are_accepted_by_kid() {
         (401, "invalid_token".into())
     );
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::RS256, "rsa-1", &claims())).await,
+        chat_status(&app, &signed(Algorithm::RS256, Some("rsa-1"), &claims())).await,
         (200, String::new())
     );
 }
@@ -166,8 +133,8 @@ async fn rotated_keys_are_used_after_an_unknown_kid_asks_for_them() {
     let idp = FakeIdp::start(Some(jwks(&[(Algorithm::RS256, "key-a")]))).await;
     let app = spawn_with_idp(&idp, |_| {}).await;
     wait_for_jwks(&app, "ok", WAIT).await;
-    let token_a = signed(Algorithm::RS256, "key-a", &claims());
-    let token_b = signed(Algorithm::ES256, "key-b", &claims());
+    let token_a = signed(Algorithm::RS256, Some("key-a"), &claims());
+    let token_b = signed(Algorithm::ES256, Some("key-b"), &claims());
     assert_eq!(chat_status(&app, &token_a).await.0, 200);
 
     // The provider rotates to key B (and drops A).
@@ -203,7 +170,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     for i in 0..20 {
         let kid = format!("forged-{i}-{}", uuid_like(i));
         assert_eq!(
-            chat_status(&app, &signed(Algorithm::RS256, &kid, &claims())).await,
+            chat_status(&app, &signed(Algorithm::RS256, Some(&kid), &claims())).await,
             (401, "invalid_token".into()),
             "{kid}"
         );
@@ -217,7 +184,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     for i in 20..40 {
         let kid = format!("forged-{i}-{}", uuid_like(i));
         assert_eq!(
-            chat_status(&app, &signed(Algorithm::RS256, &kid, &claims()))
+            chat_status(&app, &signed(Algorithm::RS256, Some(&kid), &claims()))
                 .await
                 .0,
             401
@@ -230,7 +197,7 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
     );
     // The loaded key still works meanwhile.
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::RS256, "key-a", &claims()))
+        chat_status(&app, &signed(Algorithm::RS256, Some("key-a"), &claims()))
             .await
             .0,
         200
@@ -239,7 +206,10 @@ async fn forged_kids_cannot_make_tollgate_hammer_the_provider() {
 
 /// A different-looking id per request.
 fn uuid_like(i: u64) -> String {
-    format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ now())
+    format!(
+        "{:016x}",
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ unix_now()
+    )
 }
 
 #[actix_web::test]
@@ -253,7 +223,7 @@ async fn a_provider_down_at_start_up_does_not_stop_the_gateway() {
         (&body["status"], &body["jwks"], &body["upstream"]),
         (&json!("not_ready"), &json!("unavailable"), &json!("ok"))
     );
-    let token = signed(Algorithm::RS256, "key-a", &claims());
+    let token = signed(Algorithm::RS256, Some("key-a"), &claims());
     assert_eq!(
         chat_status(&app, &token).await,
         (401, "invalid_token".into())
@@ -293,7 +263,7 @@ async fn claims_name_the_user_and_the_plan() {
         let mut claims = json!({
             "sub": "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
             "email": "zoe@example.com",
-            "exp": now() + 300,
+            "exp": unix_now() + 300,
             "aud": "tollgate",
         });
         if let Some(tier) = tier {
@@ -304,7 +274,7 @@ async fn claims_name_the_user_and_the_plan() {
     assert_eq!(
         chat_status(
             &app,
-            &signed(Algorithm::RS256, "key-a", &person(Some("pro")))
+            &signed(Algorithm::RS256, Some("key-a"), &person(Some("pro")))
         )
         .await,
         (200, String::new())
@@ -336,7 +306,7 @@ async fn claims_name_the_user_and_the_plan() {
     numeric_email["email"] = json!(42);
     for claims in [no_email, numeric_email] {
         assert_eq!(
-            chat_status(&app, &signed(Algorithm::RS256, "key-a", &claims)).await,
+            chat_status(&app, &signed(Algorithm::RS256, Some("key-a"), &claims)).await,
             (401, "invalid_token".into()),
             "{claims}"
         );
@@ -346,7 +316,11 @@ async fn claims_name_the_user_and_the_plan() {
     let app = spawn_with_idp(&idp, mapped("")).await;
     wait_for_jwks(&app, "ok", WAIT).await;
     assert_eq!(
-        chat_status(&app, &signed(Algorithm::RS256, "key-a", &person(None))).await,
+        chat_status(
+            &app,
+            &signed(Algorithm::RS256, Some("key-a"), &person(None))
+        )
+        .await,
         (401, "invalid_token".into())
     );
     assert_eq!(
@@ -357,7 +331,7 @@ async fn claims_name_the_user_and_the_plan() {
     assert_eq!(
         chat_status(
             &app,
-            &signed(Algorithm::RS256, "key-a", &person(Some("pro")))
+            &signed(Algorithm::RS256, Some("key-a"), &person(Some("pro")))
         )
         .await,
         (200, String::new())

@@ -4,6 +4,7 @@
 //! run it on actix's runtime (`#[actix_web::test]`).
 
 pub mod idp;
+pub mod jwt;
 pub mod scripted;
 pub mod sse;
 
