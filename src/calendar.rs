@@ -31,21 +31,29 @@ pub fn next_month_ms(now_ms: u64) -> u64 {
 
 /// `ms` as an RFC 3339 UTC timestamp with second precision.
 pub fn rfc3339(ms: u64) -> String {
-    let (year, month, day) = civil_from_days(day_key(ms) as i64);
-    let secs = (ms % DAY_MS) / 1000;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{}Z", DateTime(ms))
 }
 
-/// `ms` as an RFC 3339 UTC timestamp with millisecond precision.
+/// `ms` as an RFC 3339 UTC timestamp with millisecond precision (the request log's `timestamp`).
 pub fn rfc3339_millis(ms: u64) -> String {
-    let seconds = rfc3339(ms);
-    let whole = seconds.strip_suffix('Z').unwrap_or(&seconds);
-    format!("{whole}.{:03}Z", ms % 1000)
+    format!("{}.{:03}Z", DateTime(ms), ms % 1000)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a millisecond timestamp, written in place.
+struct DateTime(u64);
+
+impl std::fmt::Display for DateTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (year, month, day) = civil_from_days(day_key(self.0) as i64);
+        let secs = (self.0 % DAY_MS) / 1000;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
 }
 
 /// Howard Hinnant's `civil_from_days`: (year, month 1-12, day 1-31).
