@@ -8,6 +8,8 @@
 //! - Admission checks every window and reserves in one step; settlement replaces the
 //!   reservation with what was used, once (a second settle of the same id changes nothing).
 //! - Metering adds output to the running spend; the answer is stop once a cap is passed.
+//! - Re-pricing (fallback to another model before the first token) moves an open request to a
+//!   new price if the spend checks admission made still pass at it; the reservation stays.
 
 use super::limits::UserLimits;
 use super::org::OrgLedger;
@@ -108,6 +110,18 @@ pub struct AdmitRequest {
 pub struct Grant {
     pub max_tokens: u32,
     pub rate_limits: RateLimitHeaders,
+}
+
+/// Why a re-price was refused. Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoReprice {
+    /// No such open request (never admitted, or settled already).
+    Unknown,
+    /// Output was metered already: what streamed is the first model's, at its price.
+    Metered,
+    /// At the new price the spend would pass this cap (`DailySpend`, `MonthlySpend`,
+    /// `SpendInFlight` or `OrgDaily`).
+    Cap(Refusal),
 }
 
 /// A cap crossed: a webhook and log line are owed, once per user per window period.
@@ -387,6 +401,66 @@ impl Book {
         allowance
     }
 
+    /// Moves the open, unmetered request `request_id` to `price` (its fallback model's), if the
+    /// spend checks admission made pass at it: the request's cost at the new price replacing
+    /// its cost at the old one, the running spend must stay within the daily and monthly caps,
+    /// also with the spend promised to the other open requests, and the organisation's spend
+    /// within its cap. On a pass the organisation ledger follows the difference; the token
+    /// reservation is unchanged (the grant stands). On a refusal nothing changes.
+    pub fn reprice(
+        &mut self,
+        request_id: &str,
+        price: Price,
+        limits: &UserLimits,
+        now_ms: u64,
+        org: &OrgLedger,
+    ) -> Result<(), NoReprice> {
+        self.roll(now_ms);
+        let Some(open) = self.open.get(request_id) else {
+            return Err(NoReprice::Unknown);
+        };
+        if open.metered_output_tokens > 0 {
+            return Err(NoReprice::Metered);
+        }
+        let old_cost = open.cost();
+        let new_cost = OpenRequest {
+            price,
+            ..open.clone()
+        }
+        .cost();
+        let (day, month) = (open.day, open.month);
+        // The request counts in the windows it was admitted in; there its cost is replaced.
+        let replaced = |running: u64, counted: bool| {
+            if counted {
+                running - old_cost + new_cost
+            } else {
+                running
+            }
+        };
+        let today = replaced(self.spend_today_running(), day == self.state.day);
+        let month_spend = replaced(self.spend_month_running(), month == self.state.month);
+        if today > limits.daily_cap_micro_usd {
+            return Err(NoReprice::Cap(Refusal::DailySpend));
+        }
+        if month_spend > limits.monthly_cap_micro_usd {
+            return Err(NoReprice::Cap(Refusal::MonthlySpend));
+        }
+        let (promised_today, promised_month) = self.promised(Some(request_id));
+        if today + promised_today > limits.daily_cap_micro_usd
+            || month_spend + promised_month > limits.monthly_cap_micro_usd
+        {
+            return Err(NoReprice::Cap(Refusal::SpendInFlight));
+        }
+        if org.would_pass_replacing(day, old_cost, new_cost) {
+            return Err(NoReprice::Cap(Refusal::OrgDaily));
+        }
+        if let Some(open) = self.open.get_mut(request_id) {
+            open.price = price;
+        }
+        org.add(day, new_cost as i64 - old_cost as i64);
+        Ok(())
+    }
+
     /// Replaces the reservation with what was used. Settling an unknown (or already settled)
     /// request changes nothing.
     pub fn settle(
@@ -482,12 +556,17 @@ mod tests {
 
     const T0: u64 = 1_795_608_000_000; // 2026-11-25T12:00:00Z
 
+    /// $2.50 / M input (10 tokens: 25 micro-USD), $10 / M output (10 micro-USD a token).
     fn price() -> Price {
+        price_of(2.5, 10.0)
+    }
+
+    fn price_of(input_per_million_usd: f64, output_per_million_usd: f64) -> Price {
         let table = PriceTable::new(&std::collections::BTreeMap::from([(
             "m".to_string(),
             ModelPrice {
-                input_per_million_usd: 2.5,
-                output_per_million_usd: 10.0,
+                input_per_million_usd,
+                output_per_million_usd,
             },
         )]));
         table.price("m").unwrap()
@@ -726,5 +805,168 @@ mod tests {
         assert_eq!(refused.retry_after_secs, Some(1));
         book.settle("a", Usage::default(), Outcome::ClientGone, T0, &org);
         assert!(book.admit(request("c", limits), T0, &org).is_ok());
+    }
+
+    /// The fallback model of the re-price tests: three times the price (10 tokens: 75).
+    fn dearer() -> Price {
+        price_of(7.5, 30.0)
+    }
+
+    #[test]
+    fn a_reprice_moves_the_request_to_the_new_price_and_its_settlement_bills_there() {
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("r1", limits()), T0, &org).unwrap();
+        assert_eq!(org.spent(day_key(T0)), 25);
+
+        assert_eq!(book.reprice("r1", dearer(), &limits(), T0, &org), Ok(()));
+        let open = book.open_request("r1").unwrap();
+        assert_eq!(open.price, dearer());
+        assert_eq!(open.reserved_tokens, 110, "the reservation is unchanged");
+        assert_eq!(book.tokens_running(), 110);
+        assert_eq!(book.spend_today_running(), 75, "75 replaces 25");
+        assert_eq!(book.spend_month_running(), 75);
+        assert_eq!(org.spent(day_key(T0)), 75, "the org ledger follows");
+
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 7,
+        };
+        book.settle("r1", usage, Outcome::Completed, T0, &org);
+        assert_eq!(book.state.spend_today_micro_usd, 75 + 210);
+        assert_eq!(book.state.spend_month_micro_usd, 75 + 210);
+        assert_eq!(org.spent(day_key(T0)), 285);
+
+        // A cheaper fallback gives the difference back.
+        book.admit(request("r2", limits()), T0, &org).unwrap();
+        book.reprice("r2", dearer(), &limits(), T0, &org).unwrap();
+        assert_eq!(book.reprice("r2", price(), &limits(), T0, &org), Ok(()));
+        assert_eq!(book.spend_today_running(), 285 + 25);
+        assert_eq!(org.spent(day_key(T0)), 285 + 25);
+    }
+
+    #[test]
+    fn a_reprice_past_the_daily_cap_is_refused_and_changes_nothing() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 100,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        book.admit(request("b", limits), T0, &org).unwrap();
+        let before = book.open_request("b").cloned();
+        // 25 + 100 > 100.
+        assert_eq!(
+            book.reprice("b", price_of(10.0, 10.0), &limits, T0, &org),
+            Err(NoReprice::Cap(Refusal::DailySpend))
+        );
+        assert_eq!(book.open_request("b").cloned(), before);
+        assert_eq!(book.spend_today_running(), 50);
+        assert_eq!(org.spent(day_key(T0)), 50);
+        // 25 + 75 = 100: exactly the cap passes.
+        assert_eq!(book.reprice("b", dearer(), &limits, T0, &org), Ok(()));
+        assert_eq!(book.spend_today_running(), 100);
+    }
+
+    #[test]
+    fn a_reprice_past_the_monthly_cap_is_refused() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 10_000,
+            monthly_cap_micro_usd: 90,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        // Two days ago, this month: 25 settled.
+        let earlier = T0 - 2 * 86_400_000;
+        book.admit(request("old", limits), earlier, &org).unwrap();
+        let input_only = Usage {
+            input_tokens: 10,
+            output_tokens: 0,
+        };
+        book.settle("old", input_only, Outcome::Completed, earlier, &org);
+        book.admit(request("r", limits), T0, &org).unwrap();
+        let before = book.open_request("r").cloned();
+        // Today 75 ≤ 10,000; this month 25 + 75 > 90.
+        assert_eq!(
+            book.reprice("r", dearer(), &limits, T0, &org),
+            Err(NoReprice::Cap(Refusal::MonthlySpend))
+        );
+        assert_eq!(book.open_request("r").cloned(), before);
+        assert_eq!(book.spend_month_running(), 50);
+    }
+
+    #[test]
+    fn a_reprice_leaves_the_spend_promised_to_another_stream_alone() {
+        // As in the allowance test: a metered 16 tokens and was promised 84 more (840).
+        let limits = UserLimits {
+            daily_cap_micro_usd: 4_025,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(request("a", limits), T0, &org).unwrap();
+        assert!(book.meter("a", 16, &limits, T0, &org));
+        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
+        book.admit(request("c", limits), T0, &org).unwrap();
+        let before = book.open_request("c").cloned();
+        // 10 tokens at $350 / M: 3,500. 185 + 3,500 ≤ 4,025 < + 840.
+        let pricey = price_of(350.0, 10.0);
+        assert_eq!(
+            book.reprice("c", pricey, &limits, T0, &org),
+            Err(NoReprice::Cap(Refusal::SpendInFlight))
+        );
+        assert_eq!(book.open_request("c").cloned(), before);
+        // 185 + 3,000 + 840 = 4,025: within.
+        assert_eq!(
+            book.reprice("c", price_of(300.0, 10.0), &limits, T0, &org),
+            Ok(())
+        );
+        // a streamed already: what it relayed is the first model's, at its price.
+        assert_eq!(
+            book.reprice("a", dearer(), &limits, T0, &org),
+            Err(NoReprice::Metered)
+        );
+    }
+
+    #[test]
+    fn a_reprice_past_the_org_cap_is_refused() {
+        let org = OrgLedger::new(100);
+        let mut alice = Book::default();
+        let mut bob = Book::default();
+        alice.admit(request("a", limits()), T0, &org).unwrap();
+        bob.admit(request("b", limits()), T0, &org).unwrap();
+        let before = alice.open_request("a").cloned();
+        // 50 − 25 + 100 > 100.
+        assert_eq!(
+            alice.reprice("a", price_of(10.0, 10.0), &limits(), T0, &org),
+            Err(NoReprice::Cap(Refusal::OrgDaily))
+        );
+        assert_eq!(alice.open_request("a").cloned(), before);
+        assert_eq!(org.spent(day_key(T0)), 50);
+        // 50 − 25 + 75 = 100: at the cap, which refuses the next admission.
+        assert_eq!(alice.reprice("a", dearer(), &limits(), T0, &org), Ok(()));
+        assert_eq!(org.spent(day_key(T0)), 100);
+        let refused = bob.admit(request("b2", limits()), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::OrgDailyBudget);
+    }
+
+    #[test]
+    fn an_unknown_or_settled_request_is_not_repriced() {
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        assert_eq!(
+            book.reprice("nope", dearer(), &limits(), T0, &org),
+            Err(NoReprice::Unknown)
+        );
+        book.admit(request("r", limits()), T0, &org).unwrap();
+        book.settle("r", Usage::default(), Outcome::ClientGone, T0, &org);
+        assert_eq!(
+            book.reprice("r", dearer(), &limits(), T0, &org),
+            Err(NoReprice::Unknown)
+        );
+        assert_eq!(book.spend_today_running(), 0);
+        assert_eq!(org.spent(day_key(T0)), 0);
     }
 }

@@ -6,6 +6,7 @@ use super::limits::UserLimits;
 use super::usage::UsageReport;
 use crate::accounting::{Outcome, Usage};
 use crate::error::ApiError;
+use crate::pricing::Price;
 use actix::Message;
 
 /// Check the windows and reserve for a new request.
@@ -32,6 +33,17 @@ pub enum MeterAnswer {
     Continue { allowance: u64 },
     /// Stop relaying: a spend cap was passed.
     Stop,
+}
+
+/// Move an open request that metered nothing yet to another model's price (fallback before the
+/// first token), if the spend checks admission made pass at it under `limits` (the request's,
+/// as admitted). The answer: `true` if re-priced; `false` if refused (nothing changed).
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct Reprice {
+    pub request_id: String,
+    pub price: Price,
+    pub limits: UserLimits,
 }
 
 /// Replace the reservation with what was used. Idempotent per request id.

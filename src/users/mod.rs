@@ -3,9 +3,12 @@
 //! The request path talks to a user's actor in three steps: **admit** (check every window and
 //! reserve, atomically, before the upstream call), **meter** (report relayed output tokens in
 //! batches; the answer is continue or stop) and **settle** (replace the reservation with what
-//! was used, exactly once). [`Ticket`] carries a request through these steps and settles on
-//! drop if the request path never did. The rules live in [`book`]; in Redis mode the same rules
-//! run as Lua scripts in [`redis`], and [`outage`] says what a replica may do while Redis is away.
+//! was used, exactly once). Between admission and the first metered token a request may be
+//! **re-priced** (fallback to another model): the spend checks admission made are made again at
+//! the new price, and on a pass the request is billed at it. [`Ticket`] carries a request
+//! through these steps and settles on drop if the request path never did. The rules live in
+//! [`book`]; in Redis mode the same rules run as Lua scripts in [`redis`], and [`outage`] says
+//! what a replica may do while Redis is away.
 
 mod actor;
 mod alerts;

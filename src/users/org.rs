@@ -51,6 +51,13 @@ impl OrgLedger {
         self.cap().is_some_and(|cap| self.spent(day) + cost > cap)
     }
 
+    /// Whether replacing `old_cost` of `day`'s spend with `new_cost` would leave it past the cap
+    /// (a re-priced request: its cost at the old price is in the spend already).
+    pub fn would_pass_replacing(&self, day: u64, old_cost: u64, new_cost: u64) -> bool {
+        self.cap()
+            .is_some_and(|cap| self.spent(day) + new_cost > cap + old_cost)
+    }
+
     /// Whether today's spend passes the cap.
     pub fn over(&self, day: u64) -> bool {
         self.cap().is_some_and(|cap| self.spent(day) > cap)

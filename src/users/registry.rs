@@ -109,6 +109,7 @@ impl UserRegistry {
                 return Ok(Ticket::new(
                     addr,
                     request.request_id,
+                    request.limits,
                     request.estimated_input_tokens,
                     grant.max_tokens,
                     grant.rate_limits,
@@ -356,5 +357,202 @@ mod tests {
         assert!(ledger.ready());
         let report = registry.usage("vic", limits).await.unwrap();
         assert_eq!((report.requests, report.output_tokens), (1, 50));
+    }
+
+    /// The price of `model` in the default table, or a made-up one at `usd_per_million` for both
+    /// input and output.
+    fn price_of(config: &Config, model: &str) -> crate::pricing::Price {
+        PriceTable::new(&config.pricing).price(model).unwrap()
+    }
+
+    fn price_at(usd_per_million: f64) -> crate::pricing::Price {
+        let pricing = std::collections::BTreeMap::from([(
+            "m".to_string(),
+            crate::config::ModelPrice {
+                input_per_million_usd: usd_per_million,
+                output_per_million_usd: usd_per_million,
+            },
+        )]);
+        PriceTable::new(&pricing).price("m").unwrap()
+    }
+
+    fn usd(price: crate::pricing::Price, input_tokens: u64, output_tokens: u64) -> u64 {
+        price.cost_micro_usd(Usage {
+            input_tokens,
+            output_tokens,
+        })
+    }
+
+    fn fallback_request(
+        id: &str,
+        price: crate::pricing::Price,
+        limits: UserLimits,
+    ) -> AdmitRequest {
+        AdmitRequest {
+            request_id: id.into(),
+            estimated_input_tokens: 1000,
+            max_tokens: 50,
+            choices: 1,
+            stream: true,
+            price,
+            limits,
+        }
+    }
+
+    /// Embedded mode: a ticket moves its request to the fallback model's price, unless that
+    /// price would pass the daily cap or output was metered already; the settlement bills it.
+    #[actix_rt::test]
+    async fn a_ticket_reprices_its_request_and_the_settlement_bills_at_the_new_price() {
+        let config = Config::default();
+        let registry = UserRegistry::new(
+            1,
+            &config,
+            Arc::new(ManualClock::new(1_795_608_000_000)),
+            Metrics::install(10, crate::telemetry::LabelSets::new(Vec::new(), Vec::new())),
+            Arc::new(super::super::store::MemoryStore::default()),
+            None,
+        );
+        let limits = UserLimits::for_plan(&config, "pro");
+        let (mini, gpt) = (
+            price_of(&config, "mock-gpt-mini"),
+            price_of(&config, "mock-gpt"),
+        );
+        let ticket = registry
+            .admit("wes", fallback_request("r1", mini, limits))
+            .await
+            .unwrap();
+        // 1000 input tokens at $1000 / M: $1, past the daily cap ($0.50).
+        assert!(!ticket.reprice(price_at(1000.0)).await);
+        assert!(ticket.reprice(gpt).await);
+        let usage = Usage {
+            input_tokens: 1000,
+            output_tokens: 20,
+        };
+        ticket.settle(usage, Outcome::Completed).await;
+        let report = registry.usage("wes", limits).await.unwrap();
+        assert_eq!(
+            report.daily_usd.used_usd,
+            crate::pricing::micro_usd_to_usd(usd(gpt, 1000, 20))
+        );
+
+        let mut streaming = registry
+            .admit("wes", fallback_request("r2", mini, limits))
+            .await
+            .unwrap();
+        streaming.meter(5, 256).await;
+        assert!(
+            !streaming.reprice(gpt).await,
+            "output streamed already: its price stands"
+        );
+        streaming
+            .settle(Usage::default(), Outcome::ClientGone)
+            .await;
+    }
+
+    /// Redis mode: the re-price goes through Redis, and the actor's copy of the request follows:
+    /// after its lease ended (Redis charged its input at the new price), its late settlement
+    /// adds the output at the new price too.
+    #[actix_rt::test]
+    async fn redis_mode_reprices_through_redis_and_the_late_settlement_bills_the_new_price() {
+        let redis = RedisServer::start();
+        let mut config = Config::default();
+        config.redis.url = crate::config::Secret::new(redis.url());
+        config.redis.op_timeout_ms = 2000;
+        config.redis.lease_secs = 1;
+        let (registry, _ledger) = redis_registry(&config);
+        let limits = UserLimits::for_plan(&config, "pro");
+        let (mini, gpt) = (
+            price_of(&config, "mock-gpt-mini"),
+            price_of(&config, "mock-gpt"),
+        );
+        let first = registry
+            .admit("xia", fallback_request("r1", mini, limits))
+            .await
+            .unwrap();
+        assert!(!first.reprice(price_at(1000.0)).await, "past the daily cap");
+        assert!(first.reprice(gpt).await);
+        // r1's replica goes silent past its lease: the next admission frees it, charging its
+        // input at the price Redis holds.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let second = registry
+            .admit("xia", fallback_request("r2", mini, limits))
+            .await
+            .unwrap();
+        second.settle(Usage::default(), Outcome::ClientGone).await;
+        let report = registry.usage("xia", limits).await.unwrap();
+        assert_eq!(
+            report.daily_usd.used_usd,
+            crate::pricing::micro_usd_to_usd(usd(gpt, 1000, 0))
+        );
+        // The settlement carries the actor's copy of the price.
+        let usage = Usage {
+            input_tokens: 1000,
+            output_tokens: 20,
+        };
+        first.settle(usage, Outcome::Completed).await;
+        let report = registry.usage("xia", limits).await.unwrap();
+        assert_eq!(
+            report.daily_usd.used_usd,
+            crate::pricing::micro_usd_to_usd(usd(gpt, 1000, 0) + usd(gpt, 0, 20))
+        );
+    }
+
+    /// Redis mode, Redis away: a request Redis admitted keeps its price (the caps cannot be
+    /// checked); one the book admitted alone is re-priced by the book, and its journaled
+    /// settlement reaches Redis at the new price.
+    #[actix_rt::test]
+    async fn during_an_outage_only_requests_admitted_alone_are_repriced() {
+        let mut redis = RedisServer::start();
+        let mut config = Config::default();
+        config.redis.url = crate::config::Secret::new(redis.url());
+        config.redis.op_timeout_ms = 2000;
+        config.redis.probe_interval_ms = 100;
+        config.redis.breaker_failures = 1;
+        let (registry, ledger) = redis_registry(&config);
+        actix_rt::spawn(ledger.clone().probe_forever());
+        let limits = UserLimits::for_plan(&config, "pro");
+        let (mini, gpt) = (
+            price_of(&config, "mock-gpt-mini"),
+            price_of(&config, "mock-gpt"),
+        );
+        let shared = registry
+            .admit("yan", fallback_request("r1", mini, limits))
+            .await
+            .unwrap();
+        redis.stop();
+        assert!(!shared.reprice(gpt).await, "Redis cannot check the caps");
+        let alone = registry
+            .admit("yan", fallback_request("r2", mini, limits))
+            .await
+            .unwrap();
+        assert!(!ledger.ready(), "admitted under the outage policy");
+        assert!(
+            alone.reprice(gpt).await,
+            "the book decides for what it admitted"
+        );
+        let input_only = Usage {
+            input_tokens: 1000,
+            output_tokens: 0,
+        };
+        shared.settle(input_only, Outcome::Completed).await;
+        let with_output = Usage {
+            input_tokens: 1000,
+            output_tokens: 10,
+        };
+        alone.settle(with_output, Outcome::Completed).await;
+        assert_eq!(ledger.pending_settlements(), 2);
+
+        redis.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !(ledger.ready() && ledger.pending_settlements() == 0) {
+            assert!(std::time::Instant::now() < deadline, "no replay");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let report = registry.usage("yan", limits).await.unwrap();
+        assert_eq!(report.requests, 2);
+        assert_eq!(
+            report.daily_usd.used_usd,
+            crate::pricing::micro_usd_to_usd(usd(mini, 1000, 0) + usd(gpt, 1000, 10))
+        );
     }
 }

@@ -1,15 +1,20 @@
 //! [`Ticket`]: one admitted request's handle on its user's actor.
 
 use super::actor::UserAddr;
-use super::messages::{Meter, MeterAnswer, Settle};
+use super::limits::UserLimits;
+use super::messages::{Meter, MeterAnswer, Reprice, Settle};
 use crate::accounting::{Outcome, RateLimitHeaders, Usage};
+use crate::pricing::Price;
 
-/// Meters and settles one admitted request. Dropping it unsettled (a handler future dropped
-/// because the client left) settles it as `client_gone` with the estimate and what was metered.
+/// Meters, re-prices and settles one admitted request. Dropping it unsettled (a handler future
+/// dropped because the client left) settles it as `client_gone` with the estimate and what was
+/// metered.
 #[derive(Debug)]
 pub struct Ticket {
     addr: UserAddr,
     request_id: String,
+    /// The limits the request was admitted under (a re-price is checked against them).
+    limits: UserLimits,
     estimated_input_tokens: u64,
     metered_output_tokens: u64,
     max_tokens: u32,
@@ -21,6 +26,7 @@ impl Ticket {
     pub(super) fn new(
         addr: UserAddr,
         request_id: String,
+        limits: UserLimits,
         estimated_input_tokens: u64,
         max_tokens: u32,
         rate_limits: RateLimitHeaders,
@@ -28,6 +34,7 @@ impl Ticket {
         Self {
             addr,
             request_id,
+            limits,
             estimated_input_tokens,
             metered_output_tokens: 0,
             max_tokens,
@@ -69,6 +76,26 @@ impl Ticket {
                 // The actor cannot hold the limits: fail closed rather than stream unmetered.
                 tracing::error!(request_id = %self.request_id, "user actor unreachable while metering");
                 MeterAnswer::Stop
+            }
+        }
+    }
+
+    /// Moves the request to `price` (a fallback model's) before any output was metered, if the
+    /// user's spend caps (and the organisation's) still allow it at that price: `true` if it
+    /// was re-priced, and its settlement then bills at `price`. `false` if it was refused (a
+    /// cap, output metered already, the request unknown), or the actor or Redis could not
+    /// answer; the request then keeps its price. The grant (`max_tokens`) is unchanged.
+    pub async fn reprice(&self, price: Price) -> bool {
+        let message = Reprice {
+            request_id: self.request_id.clone(),
+            price,
+            limits: self.limits,
+        };
+        match self.addr.send(message).await {
+            Ok(repriced) => repriced,
+            Err(_) => {
+                tracing::error!(request_id = %self.request_id, "user actor unreachable while re-pricing");
+                false
             }
         }
     }

@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::users::alerts::UserAlert;
 use crate::users::book::{AdmitRequest, Book, Grant, UserState};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Meter, MeterAnswer, Settle};
+use crate::users::messages::{Meter, MeterAnswer, Reprice, Settle};
 use crate::users::store::UserStore;
 use crate::users::usage::UsageReport;
 use actix::Addr;
@@ -71,6 +71,10 @@ impl Authority for Local {
         let answer =
             actor.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
         now_reply(answer)
+    }
+
+    fn reprice(actor: &mut UserActor<Self>, msg: Reprice) -> Reply<Self, bool> {
+        now_reply(actor.reprice_in_book(&msg))
     }
 
     fn settle(actor: &mut UserActor<Self>, msg: Settle) -> Reply<Self, ()> {

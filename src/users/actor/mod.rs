@@ -10,8 +10,8 @@
 //!   outage policy's local limits.
 //!
 //! This module holds what both share: the messages' dispatch (each handler does the common
-//! part, then hands over to the authority), metering in the book, and eviction. [`UserAddr`] is
-//! the one handle on either kind of actor.
+//! part, then hands over to the authority), metering and re-pricing in the book, and eviction.
+//! [`UserAddr`] is the one handle on either kind of actor.
 
 mod handle;
 mod local;
@@ -24,7 +24,7 @@ pub(super) use shared::Shared;
 use super::alerts::AlertSender;
 use super::book::{AdmitRequest, Book, Grant, UserState};
 use super::limits::UserLimits;
-use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Settle};
+use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Reprice, Settle};
 use super::org::OrgLedger;
 use super::usage::UsageReport;
 use crate::clock::Clock;
@@ -96,6 +96,9 @@ pub(super) trait Authority: Sized + Unpin + 'static {
         msg: Meter,
         limits: UserLimits,
     ) -> Reply<Self, MeterAnswer>;
+
+    /// Re-prices an open request (`true`: re-priced; `false`: refused, nothing changed).
+    fn reprice(actor: &mut UserActor<Self>, msg: Reprice) -> Reply<Self, bool>;
 
     /// Settles a request.
     fn settle(actor: &mut UserActor<Self>, msg: Settle) -> Reply<Self, ()>;
@@ -173,6 +176,29 @@ impl<A: Authority> UserActor<A> {
             MeterAnswer::Stop
         }
     }
+
+    /// Re-prices a request the book holds (every request in embedded mode; in Redis mode, those
+    /// this replica admitted alone), under the authority's limits for the book.
+    fn reprice_in_book(&mut self, msg: &Reprice) -> bool {
+        let local = self.authority.book_limits(&msg.limits);
+        let now = self.env.clock.now_ms();
+        let result = self
+            .book
+            .reprice(&msg.request_id, msg.price, &local, now, &self.env.org);
+        self.touched();
+        match result {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::debug!(
+                    user_id = %self.user_id,
+                    request_id = %msg.request_id,
+                    ?why,
+                    "re-price refused"
+                );
+                false
+            }
+        }
+    }
 }
 
 impl<A: Authority> Actor for UserActor<A> {
@@ -209,6 +235,15 @@ impl<A: Authority> Handler<Meter> for UserActor<A> {
             return now_reply(MeterAnswer::Continue { allowance: 0 });
         };
         A::meter(self, msg, limits)
+    }
+}
+
+impl<A: Authority> Handler<Reprice> for UserActor<A> {
+    type Result = Reply<A, bool>;
+
+    fn handle(&mut self, msg: Reprice, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        A::reprice(self, msg)
     }
 }
 

@@ -12,9 +12,9 @@ use crate::calendar::{day_key, month_key, next_day_ms};
 use crate::error::{ApiError, ErrorCode};
 use crate::users::book::{AdmitRequest, Book, Grant, OpenRequest, UserState};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Meter, MeterAnswer, Settle};
+use crate::users::messages::{Meter, MeterAnswer, Reprice, Settle};
 use crate::users::outage::{Known, FAIL_CLOSED_RETRY_SECS};
-use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Unavailable};
+use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Repriced, Unavailable};
 use crate::users::refusal::Refusal;
 use crate::users::usage::{Counts, UsageReport};
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -198,6 +198,42 @@ impl Authority for Shared {
         )
     }
 
+    /// Re-prices a request this replica admitted: through Redis for those Redis admitted (and
+    /// the copy kept here follows, so an adoption or a journaled settlement bills at the new
+    /// price), in the book for those admitted alone. A request the book took over from Redis
+    /// mid-stream has metered output, which no re-price moves. Fails closed: if Redis cannot
+    /// answer, the request keeps its price.
+    fn reprice(actor: &mut UserActor<Self>, msg: Reprice) -> Reply<Self, bool> {
+        let shared = &actor.authority;
+        let Some(open) = shared.open.get(&msg.request_id) else {
+            let alone = shared.alone.contains(&msg.request_id);
+            return now_reply(alone && actor.reprice_in_book(&msg));
+        };
+        // The organisation cap is counted here, per replica (as at admission).
+        let repriced = OpenRequest {
+            price: msg.price,
+            ..open.clone()
+        };
+        if actor
+            .env
+            .org
+            .would_pass_replacing(open.day, open.cost(), repriced.cost())
+        {
+            return now_reply(false);
+        }
+        let (ledger, prefix) = shared.handles();
+        Box::pin(
+            async move {
+                let reply = ledger
+                    .reprice(&prefix, &msg.request_id, msg.price, &msg.limits)
+                    .await;
+                (reply, msg)
+            }
+            .into_actor(actor)
+            .map(|(reply, msg), actor, _| actor.repriced(reply, &msg)),
+        )
+    }
+
     /// Settles a request this replica admitted (through Redis or on its own).
     fn settle(actor: &mut UserActor<Self>, msg: Settle) -> Reply<Self, ()> {
         let shared = &mut actor.authority;
@@ -326,6 +362,50 @@ impl UserActor<Shared> {
             max_tokens: granted,
             rate_limits,
         })
+    }
+
+    /// The reprice script's answer (or its failure) for a request Redis admitted.
+    fn repriced(&mut self, reply: Result<Repriced, Unavailable>, msg: &Reprice) -> bool {
+        let repriced = match reply {
+            Ok(repriced) => repriced,
+            // Fail closed. A call that timed out may still have been applied: Redis then bills
+            // the request at the new price (its settlement reads the open entry), a difference
+            // of the input estimate's cost between two models at most.
+            Err(error) => {
+                tracing::debug!(
+                    user_id = %self.user_id,
+                    request_id = %msg.request_id,
+                    error = %error,
+                    "re-price refused: Redis cannot check the caps"
+                );
+                return false;
+            }
+        };
+        if let Err(why) = repriced.decision {
+            tracing::debug!(
+                user_id = %self.user_id,
+                request_id = %msg.request_id,
+                ?why,
+                "re-price refused"
+            );
+            return false;
+        }
+        let known = self.authority.known.get_or_insert_with(Known::default);
+        known.spend_today = repriced.known.spend_today;
+        known.spend_month = repriced.known.spend_month;
+        let known = *known;
+        // Settled meanwhile (its caller left): Redis billed it at the price it held when the
+        // settlement arrived; nothing here holds the request any more.
+        if let Some(open) = self.authority.open.get_mut(&msg.request_id) {
+            let before = open.cost();
+            open.price = msg.price;
+            self.env
+                .org
+                .add(open.day, open.cost() as i64 - before as i64);
+        }
+        self.claim_alerts(known, self.env.clock.now_ms());
+        self.touched();
+        true
     }
 
     /// The meter script's answer (or its failure) for a request Redis admitted.

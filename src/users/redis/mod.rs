@@ -1,5 +1,5 @@
 //! The Redis store (Redis mode): every replica's actor for a user works against the same keys
-//! through atomic Lua scripts (admit with reservation, meter, settle, usage), never
+//! through atomic Lua scripts (admit with reservation, meter, re-price, settle, usage), never
 //! read-then-write from Rust. Windows use Redis `TIME`; every key gets its expiry in the script
 //! that writes it; a user's keys share one Cluster slot. Concurrent requests hold leases, so a
 //! dead replica's slots free themselves (and what they metered is charged).
@@ -18,13 +18,14 @@ mod tests;
 pub use journal::PendingSettle;
 pub use link::Unavailable;
 
-use super::book::AdmitRequest;
+use super::book::{AdmitRequest, NoReprice};
 use super::limits::UserLimits;
 use super::outage::{Known, OutagePolicy};
 use super::refusal::Refusal;
 use super::usage::Counts;
 use crate::calendar::DAY_MS;
 use crate::config::Config;
+use crate::pricing::Price;
 use crate::telemetry::Metrics;
 use deadpool_redis::redis::{cmd, Script};
 use journal::Journal;
@@ -37,6 +38,7 @@ const PRELUDE: &str = include_str!("prelude.lua");
 struct Scripts {
     admit: Script,
     meter: Script,
+    reprice: Script,
     settle: Script,
     usage: Script,
 }
@@ -47,6 +49,7 @@ impl Scripts {
         Self {
             admit: with_prelude(include_str!("admit.lua")),
             meter: with_prelude(include_str!("meter.lua")),
+            reprice: with_prelude(include_str!("reprice.lua")),
             settle: with_prelude(include_str!("settle.lua")),
             usage: with_prelude(include_str!("usage.lua")),
         }
@@ -73,6 +76,16 @@ pub enum Metered {
     Over(Known),
     /// Redis holds no such open request (already settled, or its lease ended).
     Unknown,
+}
+
+/// What the reprice script decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repriced {
+    /// Re-priced, or why not (nothing changed then).
+    pub decision: Result<(), NoReprice>,
+    /// The user's running spend after the call (tokens are not reported: 0). All 0 for an
+    /// unknown request.
+    pub known: Known,
 }
 
 pub struct RedisLedger {
@@ -228,6 +241,55 @@ impl RedisLedger {
             0 => Metered::Within(known, allowance),
             1 => Metered::Over(known),
             _ => Metered::Unknown,
+        })
+    }
+
+    /// Moves the open request `request_id` to `price` if the caps under `limits` allow it (the
+    /// reprice script's rule, as `Book::reprice`).
+    pub async fn reprice(
+        &self,
+        prefix: &str,
+        request_id: &str,
+        price: Price,
+        limits: &UserLimits,
+    ) -> Result<Repriced, Unavailable> {
+        let (in_nano, out_nano) = price.nano_usd_per_token();
+        let args = [
+            in_nano,
+            out_nano,
+            limits.daily_cap_micro_usd,
+            limits.monthly_cap_micro_usd,
+        ];
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "reprice",
+                false,
+                &self.scripts.reprice,
+                prefix,
+                &args,
+                &[request_id],
+            )
+            .await?;
+        let [code, spend_today, spend_month, _now] = reply[..] else {
+            return Err(malformed("reprice"));
+        };
+        let decision = match code {
+            0 => Ok(()),
+            1 => Err(NoReprice::Unknown),
+            2 => Err(NoReprice::Metered),
+            3 => Err(NoReprice::Cap(Refusal::DailySpend)),
+            4 => Err(NoReprice::Cap(Refusal::MonthlySpend)),
+            5 => Err(NoReprice::Cap(Refusal::SpendInFlight)),
+            _ => return Err(malformed("reprice")),
+        };
+        Ok(Repriced {
+            decision,
+            known: Known {
+                tokens_running: 0,
+                spend_today,
+                spend_month,
+            },
         })
     }
 

@@ -7,6 +7,8 @@
 //! - [`settle`]: settlement counts once, repeated or made by a replica alone;
 //! - [`leases`]: a request whose lease ended is charged what it metered, and its late
 //!   settlement adds the rest once;
+//! - [`reprice`]: a re-priced request is billed at its new price however it ends, a refused
+//!   re-price changes nothing, and the script decides as the book does;
 //! - [`replicas`]: limits hold across replicas sharing one Redis;
 //! - [`expiry`]: every key written expires;
 //! - [`replay`]: settlements made while Redis is away are replayed once it is back.
@@ -22,6 +24,7 @@ mod leases;
 mod lua;
 mod replay;
 mod replicas;
+mod reprice;
 mod settle;
 
 use super::{Admitted, PendingSettle, RedisLedger};
