@@ -6,6 +6,7 @@
 //! [`crate::users::Ticket`] and returns a [`Relayed`] summary; it never settles, logs or calls
 //! back up: the caller ends the request from that value.
 
+pub mod anthropic;
 pub mod chunk;
 pub mod complete;
 pub mod health;
