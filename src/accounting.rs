@@ -171,3 +171,67 @@ pub struct RateLimitHeaders {
     pub limit_tokens: u64,
     pub remaining_tokens: u64,
 }
+
+/// Why one attempt at a provider failed before its first token: the log's `attempts[].failure`,
+/// and whether the next model in the fallback list may be tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptFailure {
+    /// The connection could not be made.
+    Connect,
+    /// No response headers, or no first event, within the first-byte timeout.
+    Timeout,
+    /// The provider answered with this HTTP status (not 2xx).
+    Status(u16),
+    /// The stream opened with an error event before any content.
+    ErrorEvent,
+    /// The stream broke, stalled or ended before any content.
+    Broken,
+    /// The reply was not a usable chat completion or stream.
+    Unusable,
+}
+
+impl AttemptFailure {
+    /// Whether another model may serve the request instead: everything but a provider's
+    /// refusal of the request itself (a 4xx other than 408 and 429 is the client's error).
+    pub fn allows_fallback(self) -> bool {
+        match self {
+            AttemptFailure::Status(status) => {
+                matches!(status, 408 | 429) || !(400..500).contains(&status)
+            }
+            AttemptFailure::Connect
+            | AttemptFailure::Timeout
+            | AttemptFailure::ErrorEvent
+            | AttemptFailure::Broken
+            | AttemptFailure::Unusable => true,
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptFailure::Connect => f.write_str("connect"),
+            AttemptFailure::Timeout => f.write_str("timeout"),
+            AttemptFailure::Status(status) => write!(f, "status_{status}"),
+            AttemptFailure::ErrorEvent => f.write_str("error_event"),
+            AttemptFailure::Broken => f.write_str("broken"),
+            AttemptFailure::Unusable => f.write_str("unusable"),
+        }
+    }
+}
+
+impl Serialize for AttemptFailure {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One model tried for a request, as the log line's `attempts` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub model: String,
+    /// Why it failed before its first token; `None` for the attempt that served (or that ended
+    /// the request some other way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<AttemptFailure>,
+}

@@ -14,7 +14,7 @@
 use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::{ApiError, ErrorCode};
 use crate::relay::stream::StreamTask;
-use crate::relay::{Answer, Relayed};
+use crate::relay::{Answer, Relayed, RouteTaken};
 use crate::telemetry::{Ended, Metrics, RequestLog};
 use crate::users::Ticket;
 
@@ -82,8 +82,10 @@ impl Admitted {
         let _ = actix_rt::spawn(self.end(relayed)).await;
     }
 
-    async fn end(self, relayed: Relayed) {
+    async fn end(mut self, mut relayed: Relayed) {
         self.ticket.settle(relayed.usage, relayed.outcome).await;
+        let route = std::mem::take(&mut relayed.route);
+        self.log.routed(route.model, route.price, route.attempts);
         self.log.write(&ended(relayed));
     }
 
@@ -100,9 +102,9 @@ impl Admitted {
     }
 }
 
-/// The summary of a request the upstream refused (or never answered) before any output:
-/// nothing is billed.
-pub fn upstream_refused(error: ApiError) -> Relayed {
+/// The summary of a request the upstream refused (or never answered) before any output, after
+/// trying `route`: nothing is billed.
+pub fn upstream_refused(error: ApiError, route: RouteTaken) -> Relayed {
     let outcome = if error.code == ErrorCode::UpstreamTimeout {
         Outcome::CutDeadline
     } else {
@@ -115,6 +117,7 @@ pub fn upstream_refused(error: ApiError) -> Relayed {
         ttft: None,
         answer: Answer::Error(error),
         blocked_by: None,
+        route,
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod accounting;
 pub mod auth;
 pub mod calendar;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;

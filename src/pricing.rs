@@ -65,12 +65,16 @@ impl PriceTable {
     /// The price of `model`. Mock models may carry knobs after a colon (`mock-gpt:tokens=5`);
     /// they are priced as their base model.
     pub fn price(&self, model: &str) -> Option<Price> {
-        self.prices.get(model).copied().or_else(|| {
-            let (base, _) = model.split_once(':')?;
-            base.starts_with("mock-")
-                .then(|| self.prices.get(base).copied())
-                .flatten()
-        })
+        self.prices.get(self.priced_as(model)?).copied()
+    }
+
+    /// The price-table name `model` is priced under: itself, or a mock model's base name.
+    pub fn priced_as<'m>(&self, model: &'m str) -> Option<&'m str> {
+        if self.prices.contains_key(model) {
+            return Some(model);
+        }
+        let (base, _) = model.split_once(':')?;
+        (base.starts_with("mock-") && self.prices.contains_key(base)).then_some(base)
     }
 }
 
@@ -90,6 +94,7 @@ mod tests {
                 ModelPrice {
                     input_per_million_usd: 2.50,
                     output_per_million_usd: 10.00,
+                    ..ModelPrice::default()
                 },
             ),
             (
@@ -97,6 +102,7 @@ mod tests {
                 ModelPrice {
                     input_per_million_usd: 2.50,
                     output_per_million_usd: 10.00,
+                    ..ModelPrice::default()
                 },
             ),
         ]))

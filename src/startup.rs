@@ -3,12 +3,13 @@
 //! provider in-process. `main` and the tests both start the gateway through [`start`].
 
 use crate::auth::Authenticator;
+use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, DEVELOPMENT_JWT_SECRET};
+use crate::config::{Config, ProviderConfig, DEFAULT_UPSTREAM, DEVELOPMENT_JWT_SECRET};
 use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
 use crate::policy::guardrails::Guardrails;
-use crate::pricing::PriceTable;
+use crate::relay::health::UpstreamHealth;
 use crate::telemetry::{redact_url, LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
 use crate::users::{MemoryStore, RedisLedger, SnapshotError, Snapshots, UserRegistry, UserStore};
@@ -78,6 +79,23 @@ pub fn start(
     } else {
         (config.upstream.url.clone(), None)
     };
+    // The default provider is reached at the mock's URL when it runs; the others at their own.
+    let providers: Arc<[ProviderConfig]> = config.providers().into();
+    let provider_urls: Vec<String> = providers
+        .iter()
+        .map(|p| match p.name.as_str() {
+            DEFAULT_UPSTREAM => upstream_url.clone(),
+            _ => p.url.clone(),
+        })
+        .collect();
+    for (provider, url) in providers.iter().zip(&provider_urls).skip(1) {
+        tracing::info!(
+            provider = %provider.name,
+            format = provider.format.as_str(),
+            url = %redact_url(url),
+            "provider configured"
+        );
+    }
     let addr = listener.local_addr()?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -128,11 +146,15 @@ pub fn start(
         metrics,
         guardrails: Guardrails::new(&config.guardrails)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        prices: PriceTable::new(&config.pricing),
+        catalog: Catalog::new(&config),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,
-        upstream_url: upstream_url.clone(),
-        upstream_health: Default::default(),
+        upstream_health: providers
+            .iter()
+            .map(|_| UpstreamHealth::default())
+            .collect(),
+        provider_urls,
+        providers,
         config,
     });
     // The identity provider's keys: fetched off the request path, on this actix system (the

@@ -217,6 +217,79 @@ mod tests {
     }
 
     #[test]
+    fn providers_inherit_from_upstream_and_their_keys_come_from_the_environment() {
+        let file = r#"
+            [upstream]
+            first_byte_timeout_secs = 7
+            [upstreams.claude]
+            url = "https://api.anthropic.com"
+            format = "anthropic"
+            idle_timeout_secs = 30
+            [pricing.claude-x]
+            input_per_million_usd = 3.0
+            output_per_million_usd = 15.0
+            upstream = "claude"
+            upstream_model = "claude-x-2026"
+            fallback = ["gpt-4o"]
+        "#;
+        let c = load_with(
+            Some(file),
+            &[("TOLLGATE__UPSTREAMS__CLAUDE__API_KEY", "sk-ant-secret")],
+        )
+        .unwrap();
+        let providers = c.providers();
+        assert_eq!(providers.len(), 2);
+        assert_eq!(providers[0].name, "default");
+        let claude = &providers[1];
+        assert_eq!(claude.format, super::super::UpstreamFormat::Anthropic);
+        assert_eq!(claude.api_key.expose(), "sk-ant-secret");
+        assert_eq!(
+            (claude.idle_timeout_secs, claude.first_byte_timeout_secs),
+            (30, 7),
+            "own idle timeout, inherited first-byte timeout"
+        );
+        assert_eq!(c.pricing["claude-x"].fallback, ["gpt-4o"]);
+        assert_eq!(c.pricing["gpt-4o"].upstream, "default");
+    }
+
+    #[test]
+    fn bad_model_routes_are_refused_naming_the_key() {
+        let route = |extra: &str| {
+            let file = format!(
+                "[upstreams.claude]\nurl = \"https://api.anthropic.com\"\nformat = \"anthropic\"\n\
+                 [pricing.a]\ninput_per_million_usd = 1.0\noutput_per_million_usd = 1.0\n{extra}"
+            );
+            load_with(Some(&file), &[])
+        };
+        assert!(route("upstream = \"claude\"\nfallback = [\"gpt-4o\"]").is_ok());
+        assert_eq!(
+            invalid_key(route("upstream = \"nowhere\"")),
+            "pricing.a.upstream"
+        );
+        assert_eq!(
+            invalid_key(route("fallback = [\"unpriced\"]")),
+            "pricing.a.fallback"
+        );
+        let cycle = route(
+            "fallback = [\"b\"]\n[pricing.b]\ninput_per_million_usd = 1.0\n\
+             output_per_million_usd = 1.0\nfallback = [\"a\"]",
+        );
+        assert!(invalid_key(cycle).ends_with(".fallback"));
+        let own = load_with(
+            Some("[upstreams.default]\nurl = \"https://x.example\""),
+            &[],
+        );
+        assert_eq!(invalid_key(own), "upstreams.default");
+        let no_url = load_with(Some("[upstreams.x]\nformat = \"anthropic\""), &[]);
+        assert_eq!(invalid_key(no_url), "upstreams.x.url");
+        let bad_format = load_with(
+            Some("[upstreams.x]\nurl = \"https://x.example\"\nformat = \"gemini\""),
+            &[],
+        );
+        assert_eq!(invalid_key(bad_format), "upstreams.x.format");
+    }
+
+    #[test]
     fn service_keys_are_validated_and_an_empty_hash_turns_one_off() {
         let hash = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let key = |field: &str| format!("TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__{field}");

@@ -23,6 +23,9 @@ pub const DEVELOPMENT_JWT_SECRET: &str = "tollgate-development-secret-change-me"
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
+    /// More providers by name (`[upstreams.<name>]`); `[upstream]` is the one named `default`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstreams: BTreeMap<String, NamedUpstreamConfig>,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub rate: RateConfig,
@@ -43,6 +46,7 @@ impl Default for Config {
         Self {
             server: ServerConfig::default(),
             upstream: UpstreamConfig::default(),
+            upstreams: BTreeMap::new(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             rate: RateConfig::default(),
@@ -112,6 +116,9 @@ pub struct UpstreamConfig {
     pub max_connections: usize,
     /// Largest single SSE event or non-streamed body accepted from the upstream.
     pub max_event_bytes: usize,
+    /// Seconds from sending a request until the provider's response headers and its first
+    /// event: past it the attempt failed before its first token (the next fallback is tried).
+    pub first_byte_timeout_secs: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -123,7 +130,100 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 10,
             max_connections: 4096,
             max_event_bytes: 1024 * 1024,
+            first_byte_timeout_secs: 10,
         }
+    }
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamFormat {
+    /// OpenAI Chat Completions: `POST {url}/chat/completions`, `Authorization: Bearer`.
+    #[default]
+    OpenAi,
+    /// Anthropic Messages: `POST {url}/v1/messages`, `x-api-key`, `anthropic-version`.
+    Anthropic,
+}
+
+impl UpstreamFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFormat::OpenAi => "openai",
+            UpstreamFormat::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// `[upstreams.<name>]`: one more provider. Timeouts, connection and event limits inherit from
+/// `[upstream]` unless set here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamedUpstreamConfig {
+    /// Base URL (`https://api.anthropic.com`, `https://api.openai.com/v1`); required.
+    pub url: String,
+    /// The provider's key (`TOLLGATE__UPSTREAMS__<NAME>__API_KEY`); never logged.
+    pub api_key: Secret,
+    pub format: UpstreamFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_event_bytes: Option<usize>,
+}
+
+/// The name of the provider `[upstream]` configures.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// One provider with every setting resolved (its own, else `[upstream]`'s).
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    /// Base URL; empty for the default provider when the built-in mock serves it.
+    pub url: String,
+    pub api_key: Secret,
+    pub format: UpstreamFormat,
+    pub connect_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub first_byte_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_event_bytes: usize,
+}
+
+impl Config {
+    /// Every provider, `default` first, then `[upstreams.*]` by name.
+    pub fn providers(&self) -> Vec<ProviderConfig> {
+        let u = &self.upstream;
+        let default = ProviderConfig {
+            name: DEFAULT_UPSTREAM.into(),
+            url: u.url.clone(),
+            api_key: u.api_key.clone(),
+            format: UpstreamFormat::OpenAi,
+            connect_timeout_secs: u.connect_timeout_secs,
+            idle_timeout_secs: u.idle_timeout_secs,
+            first_byte_timeout_secs: u.first_byte_timeout_secs,
+            max_connections: u.max_connections,
+            max_event_bytes: u.max_event_bytes,
+        };
+        let named = self.upstreams.iter().map(|(name, n)| ProviderConfig {
+            name: name.clone(),
+            url: n.url.clone(),
+            api_key: n.api_key.clone(),
+            format: n.format,
+            connect_timeout_secs: n.connect_timeout_secs.unwrap_or(u.connect_timeout_secs),
+            idle_timeout_secs: n.idle_timeout_secs.unwrap_or(u.idle_timeout_secs),
+            first_byte_timeout_secs: n
+                .first_byte_timeout_secs
+                .unwrap_or(u.first_byte_timeout_secs),
+            max_connections: n.max_connections.unwrap_or(u.max_connections),
+            max_event_bytes: n.max_event_bytes.unwrap_or(u.max_event_bytes),
+        });
+        std::iter::once(default).chain(named).collect()
     }
 }
 
@@ -376,12 +476,46 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-/// `[pricing.<model>]`: USD per million tokens.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+/// `[pricing.<model>]`: a model clients may ask for: its price (USD per million tokens) and
+/// where it is served.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPrice {
     pub input_per_million_usd: f64,
     pub output_per_million_usd: f64,
+    /// The provider serving it (`default` = `[upstream]`, else a name in `[upstreams]`).
+    #[serde(
+        default = "default_upstream_name",
+        skip_serializing_if = "is_default_upstream"
+    )]
+    pub upstream: String,
+    /// The provider's own name for it; empty = the same name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub upstream_model: String,
+    /// Models tried in order when this one fails before its first token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+}
+
+fn default_upstream_name() -> String {
+    DEFAULT_UPSTREAM.into()
+}
+
+fn is_default_upstream(name: &str) -> bool {
+    name == DEFAULT_UPSTREAM
+}
+
+impl Default for ModelPrice {
+    /// Free, served by the default provider under its own name, no fallback.
+    fn default() -> Self {
+        Self {
+            input_per_million_usd: 0.0,
+            output_per_million_usd: 0.0,
+            upstream: default_upstream_name(),
+            upstream_model: String::new(),
+            fallback: Vec::new(),
+        }
+    }
 }
 
 /// `[redis]`: shared state across replicas, and what happens while Redis is away.
@@ -607,6 +741,7 @@ fn default_pricing() -> BTreeMap<String, ModelPrice> {
     let price = |input, output| ModelPrice {
         input_per_million_usd: input,
         output_per_million_usd: output,
+        ..ModelPrice::default()
     };
     BTreeMap::from([
         ("gpt-4o".into(), price(2.50, 10.00)),

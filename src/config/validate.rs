@@ -1,6 +1,6 @@
 //! Start-up validation of a loaded [`Config`]: every rule names the key it checks.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, DEFAULT_UPSTREAM};
 use std::net::SocketAddr;
 
 pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
@@ -48,6 +48,11 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         "upstream.max_event_bytes",
         c.upstream.max_event_bytes as u64,
     )?;
+    positive(
+        "upstream.first_byte_timeout_secs",
+        c.upstream.first_byte_timeout_secs,
+    )?;
+    validate_upstreams(c)?;
     if c.auth.algorithms.is_empty() {
         return Err(ConfigError::invalid(
             "auth.algorithms",
@@ -165,6 +170,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             price.output_per_million_usd,
         )?;
     }
+    validate_model_routes(c)?;
     validate_guardrails(&c.guardrails)?;
     validate_service_keys(c)?;
     positive(
@@ -188,6 +194,91 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             "mock.tokens_per_second",
             "must be a number >= 0 (0 = no pacing)",
         ));
+    }
+    Ok(())
+}
+
+/// `[upstreams.<name>]`: a name that can be referenced, a usable URL, positive limits.
+fn validate_upstreams(c: &Config) -> Result<(), ConfigError> {
+    for (name, u) in &c.upstreams {
+        let key = |field: &str| format!("upstreams.{name}.{field}");
+        if name == DEFAULT_UPSTREAM {
+            return Err(ConfigError::invalid(
+                format!("upstreams.{name}"),
+                "`default` is the provider [upstream] configures; give this one another name",
+            ));
+        }
+        if !super::is_service_key_name(name) {
+            return Err(ConfigError::invalid(
+                format!("upstreams.{name}"),
+                "a provider name is letters, digits, `_` and `-`",
+            ));
+        }
+        match url::Url::parse(&u.url) {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    key("url"),
+                    "expected an http:// or https:// base URL",
+                ))
+            }
+        }
+        let limits = [
+            ("connect_timeout_secs", u.connect_timeout_secs),
+            ("idle_timeout_secs", u.idle_timeout_secs),
+            ("first_byte_timeout_secs", u.first_byte_timeout_secs),
+            ("max_connections", u.max_connections.map(|v| v as u64)),
+            ("max_event_bytes", u.max_event_bytes.map(|v| v as u64)),
+        ];
+        for (field, value) in limits {
+            if let Some(value) = value {
+                positive(&key(field), value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pricing.<model>.{upstream,fallback}`: a known provider, priced fallbacks, no cycle.
+fn validate_model_routes(c: &Config) -> Result<(), ConfigError> {
+    for (model, m) in &c.pricing {
+        if m.upstream != DEFAULT_UPSTREAM && !c.upstreams.contains_key(&m.upstream) {
+            return Err(ConfigError::invalid(
+                format!("pricing.{model}.upstream"),
+                format!(
+                    "{:?} is not a provider: name `default` or one in [upstreams]",
+                    m.upstream
+                ),
+            ));
+        }
+        if let Some(unpriced) = m.fallback.iter().find(|f| !c.pricing.contains_key(*f)) {
+            return Err(ConfigError::invalid(
+                format!("pricing.{model}.fallback"),
+                format!("{unpriced:?} has no [pricing] entry"),
+            ));
+        }
+    }
+    // A model must not reach itself by following fallbacks (depth-first over the graph).
+    for start in c.pricing.keys() {
+        let mut stack: Vec<(&str, Vec<&str>)> = vec![(start.as_str(), vec![start.as_str()])];
+        while let Some((model, path)) = stack.pop() {
+            for next in c.pricing.get(model).map_or(&[][..], |m| &m.fallback[..]) {
+                if next == start {
+                    let mut cycle = path.clone();
+                    cycle.push(next);
+                    return Err(ConfigError::invalid(
+                        format!("pricing.{start}.fallback"),
+                        format!("fallbacks form a cycle: {}", cycle.join(" -> ")),
+                    ));
+                }
+                if !path.contains(&next.as_str()) {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push((next.as_str(), longer));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::RateLimitHeaders;
 use crate::auth::{authorize_feature, authorize_model, Identity};
+use crate::catalog::Placement;
 use crate::config::{LimitsConfig, PlanConfig};
 use crate::error::{ApiError, ErrorCode};
 use crate::exchange::{upstream_refused, Admitted, Exchange};
@@ -20,7 +21,7 @@ use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::output_filter::OutputFilter;
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Answer, UpstreamClient, UpstreamResponse};
+use crate::relay::{Answer, Attempts, Started, Upstreams};
 use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{AdmitRequest, UserLimits};
@@ -29,6 +30,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures::StreamExt;
 use std::borrow::Cow;
+use std::rc::Rc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -41,7 +43,7 @@ pub(super) async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    upstream: web::Data<UpstreamClient>,
+    upstreams: web::Data<Upstreams>,
 ) -> HttpResponse {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
@@ -79,7 +81,15 @@ pub(super) async fn chat_completions(
         Ok(admitted) => admitted,
         Err((exchange, e)) => return refuse(exchange, &e),
     };
-    let (exchange, response) = match send(exchange, &request, &state, &upstream, deadline).await {
+    let request = Rc::new(request);
+    let attempts = Attempts::new(
+        checked.chain.clone(),
+        request.clone(),
+        upstreams.into_inner(),
+        exchange.ticket().max_tokens(),
+        deadline,
+    );
+    let (exchange, started_reply, attempts) = match send(exchange, attempts).await {
         Ok(sent) => sent,
         Err(answered) => return answered,
     };
@@ -95,9 +105,9 @@ pub(super) async fn chat_completions(
         deadline,
     };
     if request.stream {
-        relay_streamed(exchange, response, reply, &request, &state).await
+        relay_streamed(exchange, started_reply, attempts, reply, &request, &state).await
     } else {
-        relay_whole(exchange, response, reply, &state).await
+        relay_whole(exchange, started_reply, attempts, reply).await
     }
 }
 
@@ -143,33 +153,20 @@ async fn admit(
     }
 }
 
-/// Sends the request upstream under the granted cap. A request that cannot be sent, or that the
-/// upstream refuses or does not answer, ends here (unbilled) with the error answered.
+/// Sends the request upstream under the granted cap, down its fallback chain while attempts
+/// fail before replying. A request no provider answers ends here (unbilled) with the error
+/// answered.
 async fn send(
     exchange: Admitted,
-    request: &ChatRequest,
-    state: &AppState,
-    upstream: &UpstreamClient,
-    deadline: Instant,
-) -> Result<(Admitted, UpstreamResponse), HttpResponse> {
-    let body = match request.upstream_body(exchange.ticket().max_tokens()) {
-        Ok(body) => body,
-        Err(e) => {
-            exchange.refuse(&e).await;
-            return Err(error_response(&e));
-        }
-    };
-    let wait = deadline.saturating_duration_since(Instant::now());
-    let sent = upstream.send(body, wait).await;
-    // A 4xx refusal (final) still shows a live provider; the rest count against the circuit.
-    state
-        .upstream_health
-        .record(sent.as_ref().map_or_else(|e| e.final_answer, |_| true));
-    match sent {
-        Ok(response) => Ok((exchange, response)),
+    mut attempts: Attempts,
+) -> Result<(Admitted, Started, Attempts), HttpResponse> {
+    match attempts.open(exchange.ticket()).await {
+        Ok(started) => Ok((exchange, started, attempts)),
         Err(e) => {
             let error = e.rate_limits(exchange.ticket().rate_limits());
-            exchange.finish(upstream_refused(error.clone())).await;
+            exchange
+                .finish(upstream_refused(error.clone(), attempts.route()))
+                .await;
             Err(error_response(&error))
         }
     }
@@ -192,27 +189,25 @@ struct Reply {
 /// came first).
 async fn relay_streamed(
     exchange: Admitted,
-    upstream: UpstreamResponse,
+    started_reply: Started,
+    attempts: Attempts,
     reply: Reply,
     request: &ChatRequest,
     state: &AppState,
 ) -> HttpResponse {
     let config = &state.config;
     let (task, opened, body) = stream::prepare(StreamJob {
-        upstream,
-        counter: reply.checked.counter,
+        reply: started_reply,
+        attempts,
         max_output_tokens: reply.max_output_tokens,
         client_wants_usage: request.client_wants_usage,
         estimated_input_tokens: reply.checked.estimated_input_tokens,
         started: reply.started,
         deadline: reply.deadline,
-        idle_timeout: Duration::from_secs(config.upstream.idle_timeout_secs),
-        max_event_bytes: config.upstream.max_event_bytes,
         meter_batch_tokens: config.relay.meter_batch_tokens.into(),
         meter_batch_max_tokens: config.relay.meter_batch_max_tokens.into(),
         buffer_events: config.relay.client_buffer_events,
         filter: reply.filter,
-        price: reply.checked.price,
     });
     exchange.relay_stream(task, &state.metrics);
     match opened.await {
@@ -237,21 +232,22 @@ async fn relay_streamed(
 /// Reads the whole reply, finishes the request, and answers with the reply (or its error).
 async fn relay_whole(
     exchange: Admitted,
-    upstream: UpstreamResponse,
+    started_reply: Started,
+    attempts: Attempts,
     reply: Reply,
-    state: &AppState,
 ) -> HttpResponse {
-    let (relayed, body) = complete(CompleteJob {
-        upstream,
-        counter: reply.checked.counter,
-        max_output_tokens: reply.max_output_tokens,
-        estimated_input_tokens: reply.checked.estimated_input_tokens,
-        started: reply.started,
-        deadline: reply.deadline,
-        max_body_bytes: state.config.upstream.max_event_bytes,
-        filter: reply.filter,
-        price: reply.checked.price,
-    })
+    let (relayed, body) = complete(
+        CompleteJob {
+            reply: started_reply,
+            attempts,
+            max_output_tokens: reply.max_output_tokens,
+            estimated_input_tokens: reply.checked.estimated_input_tokens,
+            started: reply.started,
+            deadline: reply.deadline,
+            filter: reply.filter,
+        },
+        exchange.ticket(),
+    )
     .await;
     let answer = relayed.answer.clone();
     exchange.finish(relayed).await;
@@ -309,7 +305,9 @@ async fn read(
 /// A request that passed its checks.
 struct Checked {
     price: Price,
-    counter: TokenCounter,
+    /// The models that may serve it, in order: the one asked for, then the fallbacks the plan
+    /// allows.
+    chain: Vec<Placement>,
     estimated_input_tokens: u64,
     /// The output cap asked for, clamped to the plan's.
     wanted_max_tokens: u32,
@@ -323,13 +321,21 @@ fn check(
     state: &AppState,
 ) -> Result<Checked, ApiError> {
     let config = &state.config;
-    let price = state.prices.price(&request.model).ok_or_else(|| {
+    let chain = state.catalog.chain(&request.model).ok_or_else(|| {
         ApiError::new(
             ErrorCode::UnknownModel,
             "this model is not in the gateway's price table",
         )
     })?;
     authorize_model(&identity.plan, plan, &request.model)?;
+    let price = chain[0].price;
+    // Fallbacks outside the plan are skipped.
+    let chain: Vec<Placement> = chain
+        .into_iter()
+        .enumerate()
+        .filter(|(i, p)| *i == 0 || authorize_model(&identity.plan, plan, &p.model).is_ok())
+        .map(|(_, p)| p)
+        .collect();
     let counter = TokenCounter::for_model(&request.model);
     let limits = match identity.max_message_chars {
         Some(max_message_chars) => Cow::Owned(LimitsConfig {
@@ -348,7 +354,7 @@ fn check(
         .min(plan_cap);
     Ok(Checked {
         price,
-        counter,
+        chain,
         estimated_input_tokens,
         wanted_max_tokens,
     })

@@ -81,7 +81,7 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when Redis answers (if configured), the upstream circuit is not open and the JWKS
+/// Ready when Redis answers (if configured), some provider's circuit is not open and the JWKS
 /// keys are loaded (if configured).
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let redis = match state.users.redis_ledger() {
@@ -89,17 +89,22 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Some(ledger) if ledger.ready() => "ok",
         Some(_) => "unavailable",
     };
-    let upstream = if state.upstream_health.circuit_open() {
-        "circuit_open"
-    } else {
-        "ok"
-    };
+    let circuit = |open: bool| if open { "circuit_open" } else { "ok" };
+    let providers: serde_json::Map<String, serde_json::Value> = state
+        .providers
+        .iter()
+        .zip(state.upstream_health.iter())
+        .map(|(p, health)| (p.name.clone(), circuit(health.circuit_open()).into()))
+        .collect();
+    // Not ready only when no provider is: a fallback may still serve.
+    let upstream = circuit(state.upstream_health.iter().all(|h| h.circuit_open()));
     let jwks = state.auth.jwks_status();
     let ready = redis != "unavailable" && upstream == "ok" && jwks != JwksStatus::Unavailable;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "redis": redis,
         "upstream": upstream,
+        "upstreams": providers,
         "jwks": jwks.as_str(),
     });
     if ready {

@@ -4,11 +4,11 @@ use super::cors::{grant, is_preflight, preflight_response, CorsPolicy};
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::catalog::Catalog;
+use crate::config::{Config, ProviderConfig};
 use crate::policy::guardrails::Guardrails;
-use crate::pricing::PriceTable;
 use crate::relay::health::UpstreamHealth;
-use crate::relay::UpstreamClient;
+use crate::relay::Upstreams;
 use crate::telemetry::{LogSink, Metrics, PromptHasher};
 use crate::users::UserRegistry;
 use actix_web::dev::{Server, Service, ServiceResponse};
@@ -22,15 +22,19 @@ use std::time::Duration;
 /// Read-mostly state shared by every worker.
 pub struct AppState {
     pub config: Config,
-    pub upstream_url: String,
+    /// Every provider (`default` first), and where each is reached (its URL, or the built-in
+    /// mock's).
+    pub providers: Arc<[ProviderConfig]>,
+    pub provider_urls: Vec<String>,
     pub auth: Authenticator,
     pub users: UserRegistry,
-    pub prices: PriceTable,
+    pub catalog: Catalog,
     pub hasher: PromptHasher,
     pub log_sink: LogSink,
     pub metrics: Metrics,
     pub guardrails: Guardrails,
-    pub upstream_health: UpstreamHealth,
+    /// Each provider's circuit, numbered as `providers`.
+    pub upstream_health: Arc<[UpstreamHealth]>,
 }
 
 /// How the server runs.
@@ -52,10 +56,11 @@ pub fn serve(
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
     let metrics_here = state.config.server.metrics_listen.is_empty();
     let server = HttpServer::new(move || {
-        // awc clients are not Send: one per worker, built here.
-        let upstream = web::Data::new(UpstreamClient::new(
-            &data.upstream_url,
-            &data.config.upstream,
+        // awc clients are not Send: one set per worker, built here.
+        let upstream = web::Data::new(Upstreams::new(
+            data.providers.clone(),
+            &data.provider_urls,
+            data.upstream_health.clone(),
         ));
         let cors = cors.clone();
         App::new()

@@ -281,10 +281,19 @@ impl ChatRequest {
             .unwrap_or_default()
     }
 
-    /// The body sent upstream: the client's body with the granted cap set explicitly and, for
-    /// streams, usage reporting switched on.
-    pub fn upstream_body(&self, max_tokens: u32) -> Result<Bytes, ApiError> {
+    /// The request body as checked (and trimmed), for translating into another provider format.
+    pub fn body(&self) -> &Map<String, Value> {
+        &self.body
+    }
+
+    /// The body sent to an OpenAI-format provider: the client's body under the provider's name
+    /// for the model, with the granted cap set explicitly and, for streams, usage reporting
+    /// switched on.
+    pub fn upstream_body(&self, model: &str, max_tokens: u32) -> Result<Bytes, ApiError> {
         let mut body = self.body.clone();
+        if model != self.model {
+            body.insert("model".into(), Value::from(model));
+        }
         body.remove("max_tokens");
         body.remove("max_completion_tokens");
         body.insert(self.max_tokens_field.name().into(), Value::from(max_tokens));
@@ -496,7 +505,7 @@ mod tests {
         b["temperature"] = json!(0.2);
         let r = parse(b).unwrap();
         assert!(!r.client_wants_usage);
-        let up: Value = serde_json::from_slice(&r.upstream_body(77).unwrap()).unwrap();
+        let up: Value = serde_json::from_slice(&r.upstream_body("m", 77).unwrap()).unwrap();
         assert_eq!(up["max_tokens"], 77);
         assert_eq!(up["stream_options"]["include_usage"], true);
         assert_eq!(up["temperature"], 0.2);
@@ -508,7 +517,7 @@ mod tests {
         b["max_completion_tokens"] = json!(50);
         let r = parse(b).unwrap();
         assert_eq!(r.requested_max_tokens, Some(50));
-        let up: Value = serde_json::from_slice(&r.upstream_body(20).unwrap()).unwrap();
+        let up: Value = serde_json::from_slice(&r.upstream_body("m", 20).unwrap()).unwrap();
         assert_eq!(up["max_completion_tokens"], 20);
         assert!(up.get("max_tokens").is_none());
         assert!(up.get("stream_options").is_none());

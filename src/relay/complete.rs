@@ -1,37 +1,49 @@
-//! Non-streamed replies: read the provider's whole `chat.completion` (bounded in size and by the
-//! deadline), enforce the output cap on it, and decide what is billed.
+//! Non-streamed replies: read the provider's whole reply (bounded in size and by the deadline;
+//! an Anthropic message is translated into a `chat.completion`), enforce the output cap on it,
+//! and decide what is billed. A reply that fails before it is read whole moves the request to
+//! the next model in its fallback chain: the client has seen nothing yet.
 
+use super::anthropic;
+use super::attempts::{Attempts, Started};
 use super::chunk::usage_object;
 use super::output_filter::OutputFilter;
-use super::upstream::UpstreamResponse;
 use super::{Answer, Relayed};
-use crate::accounting::{Outcome, Usage, UsageSource};
+use crate::accounting::{AttemptFailure, Outcome, Usage, UsageSource};
+use crate::config::UpstreamFormat;
 use crate::error::{ApiError, ErrorCode};
 use crate::guardrails::RuleHit;
 use crate::pricing::{micro_usd_to_usd, Price};
 use crate::tokenize::TokenCounter;
+use crate::users::Ticket;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::Instant;
 
 /// Everything one non-streamed reply needs.
 pub struct CompleteJob {
-    pub upstream: UpstreamResponse,
-    pub counter: TokenCounter,
+    /// The reply that started (the first model's, or a fallback's).
+    pub reply: Started,
+    /// The rest of the request's fallback chain.
+    pub attempts: Attempts,
     pub max_output_tokens: u64,
     pub estimated_input_tokens: u64,
     pub started: Instant,
     pub deadline: Instant,
-    pub max_body_bytes: usize,
     pub filter: Option<OutputFilter>,
-    /// The model's price (the reply's `usage.cost`).
-    pub price: Price,
+}
+
+/// Why a reply could not be read.
+enum Unread {
+    /// The deadline passed while reading.
+    Deadline,
+    Failed(AttemptFailure),
 }
 
 /// The summary, and the body for the client when it is answered with one (`Answer::Body`;
 /// else the summary's `Answer::Error` says what to answer).
-pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
-    let counted = |outcome, output_tokens| Relayed {
+pub async fn complete(job: CompleteJob, ticket: &Ticket) -> (Relayed, Option<Bytes>) {
+    let mut attempts = job.attempts;
+    let counted = |outcome, output_tokens, attempts: &Attempts| Relayed {
         outcome,
         usage: Usage {
             input_tokens: job.estimated_input_tokens,
@@ -41,45 +53,45 @@ pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
         ttft: None,
         answer: Answer::Body,
         blocked_by: None,
+        route: attempts.route(),
     };
-    let refused = |outcome, error| {
-        let mut relayed = counted(outcome, 0);
+    let refused = |outcome, error, attempts: &Attempts| {
+        let mut relayed = counted(outcome, 0, attempts);
         relayed.answer = Answer::Error(error);
         (relayed, None)
     };
-    let mut upstream = job.upstream;
-    let body = match tokio::time::timeout_at(
-        job.deadline,
-        upstream.body().limit(job.max_body_bytes),
-    )
-    .await
-    {
-        Err(_) => {
-            let error = ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "the upstream provider did not finish within the gateway's time limit",
-            );
-            return refused(Outcome::CutDeadline, error);
+    let mut reply = job.reply;
+    let (mut completion, price, counter) = loop {
+        let (price, counter) = (reply.price, reply.counter);
+        match read(reply, job.deadline).await {
+            Ok(completion) => break (completion, price, counter),
+            Err(Unread::Deadline) => {
+                let error = ApiError::new(
+                    ErrorCode::UpstreamTimeout,
+                    "the upstream provider did not finish within the gateway's time limit",
+                );
+                return refused(Outcome::CutDeadline, error, &attempts);
+            }
+            Err(Unread::Failed(failure)) => {
+                match attempts.fall_back(failure, failed(), ticket).await {
+                    Ok(next) => reply = next,
+                    Err(error) => {
+                        let outcome = if error.code == ErrorCode::UpstreamTimeout {
+                            Outcome::CutDeadline
+                        } else {
+                            Outcome::UpstreamError
+                        };
+                        return refused(outcome, error, &attempts);
+                    }
+                }
+            }
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "reading the upstream reply failed");
-            return refused(Outcome::UpstreamError, failed());
-        }
-        Ok(Ok(body)) => body,
     };
-    drop(upstream);
-    let mut reply: Value = match serde_json::from_slice(&body) {
-        Ok(Value::Object(o)) if !o.contains_key("error") => Value::Object(o),
-        _ => {
-            tracing::warn!("upstream reply is not a chat completion");
-            return refused(Outcome::UpstreamError, failed());
-        }
-    };
-    let (output_tokens, capped) = cap_reply(&mut reply, &job.counter, job.max_output_tokens);
+    let (output_tokens, capped) = cap_reply(&mut completion, &counter, job.max_output_tokens);
     let blocked_by = job
         .filter
-        .and_then(|mut filter| filter_reply(&mut reply, &mut filter));
-    let reported = reply.get("usage").and_then(|u| {
+        .and_then(|mut filter| filter_reply(&mut completion, &mut filter));
+    let reported = completion.get("usage").and_then(|u| {
         Some(Usage {
             input_tokens: u.get("prompt_tokens")?.as_u64()?,
             output_tokens: u.get("completion_tokens")?.as_u64()?,
@@ -90,7 +102,7 @@ pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
         (None, true) => Outcome::CutTokenCap,
         (None, false) => Outcome::Completed,
     };
-    let mut relayed = counted(outcome, output_tokens);
+    let mut relayed = counted(outcome, output_tokens, &attempts);
     relayed.blocked_by = blocked_by;
     relayed.ttft = Some(Instant::now() - job.started);
     if let (false, Some(usage)) = (capped || relayed.blocked_by.is_some(), reported) {
@@ -98,14 +110,41 @@ pub async fn complete(job: CompleteJob) -> (Relayed, Option<Bytes>) {
         relayed.usage_source = UsageSource::Upstream;
     }
     // The reply's usage is what is billed, with its cost.
-    set_usage(&mut reply, relayed.usage, job.price);
-    match serde_json::to_vec(&reply) {
+    set_usage(&mut completion, relayed.usage, price);
+    match serde_json::to_vec(&completion) {
         Ok(bytes) => (relayed, Some(Bytes::from(bytes))),
         Err(_) => {
             relayed.answer = Answer::Error(failed());
             (relayed, None)
         }
     }
+}
+
+/// Reads one attempt's whole reply as a `chat.completion`.
+async fn read(reply: Started, deadline: Instant) -> Result<Value, Unread> {
+    let mut upstream = reply.response;
+    let body = match tokio::time::timeout_at(deadline, upstream.body().limit(reply.max_event_bytes))
+        .await
+    {
+        Err(_) => return Err(Unread::Deadline),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the upstream reply failed");
+            return Err(Unread::Failed(AttemptFailure::Broken));
+        }
+        Ok(Ok(body)) => body,
+    };
+    drop(upstream);
+    let completion = match reply.format {
+        UpstreamFormat::OpenAi => match serde_json::from_slice(&body) {
+            Ok(Value::Object(o)) if !o.contains_key("error") => Some(Value::Object(o)),
+            _ => None,
+        },
+        UpstreamFormat::Anthropic => anthropic::completion(&body, super::unix_seconds()),
+    };
+    completion.ok_or_else(|| {
+        tracing::warn!("upstream reply is not a chat completion");
+        Unread::Failed(AttemptFailure::Unusable)
+    })
 }
 
 fn failed() -> ApiError {

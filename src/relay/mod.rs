@@ -1,12 +1,14 @@
 //! The relay: sends the request upstream and brings the reply back to the client, streamed
 //! ([`stream`]) or whole ([`complete`]), under the output cap and the deadline.
 //!
-//! Only this module talks to the provider (`upstream`, the one place awc is used) and parses
-//! its output (`sse`, `chunk`). It reports relayed tokens through the request's
-//! [`crate::users::Ticket`] and returns a [`Relayed`] summary; it never settles, logs or calls
+//! Only this module talks to the providers (`upstream`, the one place awc is used; `attempts`,
+//! the fallback chain) and parses their output (`sse`, `chunk`, and `anthropic`, which
+//! translates Anthropic's Messages API to and from OpenAI's shapes). It reports relayed tokens
+//! through the request's [`crate::users::Ticket`] and returns a [`Relayed`] summary; it never settles, logs or calls
 //! back up: the caller ends the request from that value.
 
 pub mod anthropic;
+pub mod attempts;
 pub mod chunk;
 pub mod complete;
 pub mod health;
@@ -19,9 +21,10 @@ use crate::accounting::{Outcome, Usage, UsageSource};
 use crate::error::{ApiError, ErrorCode};
 use crate::guardrails::RuleHit;
 use crate::telemetry::CLIENT_CLOSED_REQUEST;
+pub use attempts::{Attempts, RouteTaken, Started, Upstreams};
 use std::time::Duration;
 
-pub use upstream::{UpstreamClient, UpstreamResponse};
+pub use upstream::{SendFailure, UpstreamClient, UpstreamResponse};
 
 /// What the relay hands back when a reply has ended.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct Relayed {
     pub answer: Answer,
     /// The output guardrail rule that cut the reply, if one did.
     pub blocked_by: Option<RuleHit>,
+    /// The models tried, and the one that served.
+    pub route: RouteTaken,
 }
 
 /// How the client was answered.
@@ -74,4 +79,11 @@ pub fn failed_before_reply(outcome: Outcome) -> ApiError {
             "the upstream provider failed before its reply started",
         ),
     }
+}
+
+/// Now, in unix seconds (the `created` of the chunks and replies the gateway writes).
+pub(crate) fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -1,17 +1,27 @@
-//! The streaming relay loop: one task per stream reads the upstream SSE, relays each complete
-//! event the moment it is complete, counts output tokens, meters them to the user's actor, and
-//! cuts the stream on the output cap, a stop from the actor, the deadline, an idle or broken
-//! upstream, or a client that left. Whatever the ending, the upstream response is dropped first
-//! (closing its connection), the client gets its closing frames, and the task returns a
-//! [`Relayed`] summary for its caller to settle and log.
+//! The streaming relay loop: one task per stream reads the upstream SSE (an Anthropic stream is
+//! translated into OpenAI chunks first), relays each complete event the moment it is complete,
+//! counts output tokens, meters them to the user's actor, and cuts the stream on the output
+//! cap, a stop from the actor, the deadline, an idle or broken upstream, or a client that left.
+//!
+//! Until the first content arrives, the frames before it (the role chunk) are held and nothing is
+//! committed to the client: a provider that fails by then (no first event within its first-byte
+//! timeout, an error event, a broken stream) hands the request to the next model in its
+//! fallback chain ([`Attempts::fall_back`]), and the client never sees the failed attempt. Once
+//! content has gone out there is no fallback: the stream ends as the endings table says.
+//! Whatever the ending, the upstream response is dropped first (closing its connection), the
+//! client gets its closing frames, and the task returns a [`Relayed`] summary for its caller to
+//! settle and log.
 
+use super::anthropic::StreamTranslator;
+use super::attempts::{failed_before_content, Attempts, Started};
 use super::chunk::{truncate_chunk, with_cost, Payload, StreamIdentity};
 use super::output_filter::{Filtered, OutputFilter};
 use super::sse::{encode_data, SseEvent, SseParser, DONE};
 use super::upstream::UpstreamResponse;
 use super::{failed_before_reply, Answer, Relayed};
-use crate::accounting::{Outcome, Usage, UsageSource};
-use crate::error::ApiError;
+use crate::accounting::{AttemptFailure, Outcome, Usage, UsageSource};
+use crate::config::UpstreamFormat;
+use crate::error::{ApiError, ErrorCode};
 use crate::guardrails::RuleHit;
 use crate::pricing::{micro_usd_to_usd, Price};
 use crate::tokenize::TokenCounter;
@@ -39,24 +49,22 @@ const DRAIN_MAX_BYTES: usize = 64 * 1024;
 
 /// Everything one stream needs.
 pub struct StreamJob {
-    pub upstream: UpstreamResponse,
-    pub counter: TokenCounter,
+    /// The reply that started (the first model's, or a fallback's).
+    pub reply: Started,
+    /// The rest of the request's fallback chain.
+    pub attempts: Attempts,
     /// Output tokens this stream may relay (granted `max_tokens` × `n`).
     pub max_output_tokens: u64,
     pub client_wants_usage: bool,
     pub estimated_input_tokens: u64,
     pub started: Instant,
     pub deadline: Instant,
-    pub idle_timeout: Duration,
-    pub max_event_bytes: usize,
     /// Batch bounds of the meter reports (the actor's allowance picks between them).
     pub meter_batch_tokens: u64,
     pub meter_batch_max_tokens: u64,
     pub buffer_events: usize,
     /// The output guardrails, when any are on.
     pub filter: Option<OutputFilter>,
-    /// The model's price (the usage chunk's `cost`).
-    pub price: Price,
 }
 
 /// Whether the stream opened: `Ok` once its first frame is ready for the client, or the HTTP
@@ -122,7 +130,6 @@ struct Relay<'t> {
     client_wants_usage: bool,
     estimated_input_tokens: u64,
     deadline: Pin<Box<Sleep>>,
-    idle_timeout: Duration,
     meter_batch_tokens: u64,
     meter_batch_max_tokens: u64,
     /// Tokens until the next report: the actor's last allowance within the batch bounds.
@@ -143,11 +150,27 @@ struct Relay<'t> {
     /// The upstream body reached its end (polling it again would be a bug).
     upstream_ended: bool,
     first_token_at: Option<Instant>,
+    /// The current attempt's dialect: OpenAI chunks as they come, or Anthropic events to
+    /// translate.
+    translator: Option<StreamTranslator>,
+    /// Output has been counted: from here on there is no fallback, and frames go out at once.
+    content_started: bool,
+    /// Frames before the first content (the role chunk), held until it arrives.
+    held_frames: Vec<Bytes>,
+    /// Until the provider's first event: when it must have arrived.
+    first_event_by: Option<Instant>,
+    idle_timeout: Duration,
+    /// Why the current attempt failed, when it failed in a way a fallback can cure.
+    failure: Option<AttemptFailure>,
+    /// The client's error when the stream ends before its first frame with a failure a
+    /// fallback could not cure.
+    error_before_reply: Option<ApiError>,
 }
 
 impl StreamTask {
-    /// Relays the stream to its end, metering through `ticket`; returns how it ended and what
-    /// it used (the caller settles).
+    /// Relays the stream to its end (moving down the fallback chain while no content has been
+    /// relayed), metering through `ticket`; returns how it ended and what it used (the caller
+    /// settles).
     pub async fn run(self, ticket: &mut Ticket) -> Relayed {
         let StreamTask {
             job,
@@ -161,12 +184,11 @@ impl StreamTask {
             committed: false,
             closed_cleanly,
             ticket,
-            counter: job.counter,
+            counter: job.reply.counter,
             max_output_tokens: job.max_output_tokens,
             client_wants_usage: job.client_wants_usage,
             estimated_input_tokens: job.estimated_input_tokens,
             deadline: Box::pin(tokio::time::sleep_until(job.deadline)),
-            idle_timeout: job.idle_timeout,
             meter_batch_tokens: job.meter_batch_tokens,
             meter_batch_max_tokens: job.meter_batch_max_tokens,
             next_report_after: job.meter_batch_tokens,
@@ -178,20 +200,62 @@ impl StreamTask {
             held_usage: None,
             finish_seen: false,
             filter: job.filter,
-            price: job.price,
+            price: job.reply.price,
             blocked_by: None,
             upstream_ended: false,
             first_token_at: None,
+            translator: None,
+            content_started: false,
+            held_frames: Vec::new(),
+            first_event_by: None,
+            idle_timeout: job.reply.idle_timeout,
+            failure: None,
+            error_before_reply: None,
         };
-        let mut upstream = job.upstream;
-        let end = relay.pump(&mut upstream, job.max_event_bytes).await;
+        let mut attempts = job.attempts;
+        let mut reply = job.reply;
+        let (end, upstream) = loop {
+            relay.begin(&reply);
+            let mut upstream = reply.response;
+            let end = relay.pump(&mut upstream, reply.max_event_bytes).await;
+            let failure = match relay.failure {
+                Some(failure) if end == Outcome::UpstreamError && !relay.content_started => failure,
+                Some(failure) if end == Outcome::UpstreamError => {
+                    attempts.failed_after_content(failure);
+                    break (end, Some(upstream));
+                }
+                _ => break (end, Some(upstream)),
+            };
+            // Failed before any content: the client has seen nothing; try the next model.
+            drop(upstream);
+            let error = failed_before_content(failure);
+            let next = tokio::select! {
+                biased;
+                _ = relay.tx.closed() => None,
+                next = attempts.fall_back(failure, error, relay.ticket) => Some(next),
+            };
+            match next {
+                Some(Ok(next)) => reply = next,
+                Some(Err(error)) => {
+                    let end = if error.code == ErrorCode::UpstreamTimeout {
+                        Outcome::CutDeadline
+                    } else {
+                        Outcome::UpstreamError
+                    };
+                    relay.error_before_reply = Some(error);
+                    break (end, None);
+                }
+                None => break (Outcome::ClientGone, None),
+            }
+        };
         // A cut drops the upstream response, closing its connection, before anything else; a
         // completed one is read to its end after the client has its last frame, for reuse.
-        let finished_upstream = if end == Outcome::Completed && !relay.upstream_ended {
-            Some(upstream)
-        } else {
-            drop(upstream);
-            None
+        let finished_upstream = match upstream {
+            Some(upstream) if end == Outcome::Completed && !relay.upstream_ended => Some(upstream),
+            other => {
+                drop(other);
+                None
+            }
         };
         let end = relay.send_tail(end).await;
         if let Some(upstream) = finished_upstream {
@@ -213,7 +277,12 @@ impl StreamTask {
         let answer = match (end, relay.committed) {
             (Outcome::ClientGone, _) => Answer::Nothing,
             (_, true) => Answer::Stream,
-            (_, false) => Answer::Error(failed_before_reply(end)),
+            (_, false) => Answer::Error(
+                relay
+                    .error_before_reply
+                    .take()
+                    .unwrap_or_else(|| failed_before_reply(end)),
+            ),
         };
         Relayed {
             outcome: end,
@@ -222,6 +291,7 @@ impl StreamTask {
             ttft: relay.first_token_at.map(|t| t - relay.started),
             answer,
             blocked_by: relay.blocked_by.take(),
+            route: attempts.route(),
         }
     }
 }
@@ -242,6 +312,32 @@ fn reconcile(reported: u64, counted: u64, counter: TokenCounter) {
 }
 
 impl Relay<'_> {
+    /// Starts reading a (new) attempt's reply: its dialect, price and timeouts; nothing of a
+    /// failed attempt before it is kept.
+    fn begin(&mut self, reply: &Started) {
+        self.translator = match reply.format {
+            UpstreamFormat::OpenAi => None,
+            UpstreamFormat::Anthropic => Some(StreamTranslator::new(super::unix_seconds())),
+        };
+        self.price = reply.price;
+        self.counter = reply.counter;
+        self.first_event_by = Some(reply.first_event_by);
+        self.idle_timeout = reply.idle_timeout;
+        self.identity = StreamIdentity::default();
+        self.held_frames.clear();
+        self.held_usage = None;
+        self.upstream_usage = None;
+        self.finish_seen = false;
+        self.upstream_ended = false;
+        self.failure = None;
+    }
+
+    /// The current attempt failed in a way a fallback may cure (before any content).
+    fn failed(&mut self, failure: AttemptFailure) -> Outcome {
+        self.failure = Some(failure);
+        Outcome::UpstreamError
+    }
+
     /// What `usage` costs, in USD.
     fn cost_usd(&self, usage: Usage) -> f64 {
         micro_usd_to_usd(self.price.cost_micro_usd(usage))
@@ -261,16 +357,11 @@ impl Relay<'_> {
         self.output_tokens >= self.max_output_tokens
     }
 
-    /// How long the upstream may stay silent now: until the deadline before its first event
-    /// (a slow-starting model is not "idle"), a short grace once the cap is reached, else the
-    /// idle timeout.
+    /// How long the upstream may stay silent now: until its first-byte time before its first
+    /// event, a short grace once the cap is reached, else the idle timeout.
     fn silence_allowed(&self) -> Duration {
-        if !self.committed {
-            let left = self
-                .deadline
-                .deadline()
-                .saturating_duration_since(Instant::now());
-            left + Duration::from_secs(1)
+        if let Some(by) = self.first_event_by {
+            by.saturating_duration_since(Instant::now())
         } else if self.at_cap() {
             AFTER_CAP_GRACE
         } else {
@@ -285,6 +376,7 @@ impl Relay<'_> {
     ) -> Outcome {
         let mut parser = SseParser::new(max_event_bytes);
         let mut events: Vec<SseEvent> = Vec::new();
+        let mut translated: Vec<String> = Vec::new();
         loop {
             let silence = self.silence_allowed();
             let read = tokio::select! {
@@ -294,6 +386,10 @@ impl Relay<'_> {
                 read = tokio::time::timeout(silence, upstream.next()) => read,
             };
             let at_eof = match read {
+                Err(_) if self.first_event_by.is_some() => {
+                    tracing::warn!("upstream sent no first event within its first-byte timeout");
+                    return self.failed(AttemptFailure::Timeout);
+                }
                 Err(_) => {
                     if !self.at_cap() {
                         tracing::warn!(
@@ -301,18 +397,18 @@ impl Relay<'_> {
                             "upstream went silent"
                         );
                     }
-                    return Outcome::UpstreamError;
+                    return self.failed(AttemptFailure::Broken);
                 }
                 Ok(Some(Ok(bytes))) => {
                     if let Err(e) = parser.feed(&bytes, &mut events) {
                         tracing::warn!(error = %e, "upstream stream is not usable SSE");
-                        return Outcome::UpstreamError;
+                        return self.failed(AttemptFailure::Unusable);
                     }
                     false
                 }
                 Ok(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream broke");
-                    return Outcome::UpstreamError;
+                    return self.failed(AttemptFailure::Broken);
                 }
                 Ok(None) => {
                     self.upstream_ended = true;
@@ -320,8 +416,26 @@ impl Relay<'_> {
                     true
                 }
             };
+            if !events.is_empty() {
+                self.first_event_by = None;
+            }
             for event in events.drain(..) {
-                if let Some(end) = self.on_event(&event).await {
+                let end = match self.translator.as_mut() {
+                    None => self.on_event(event.event.as_deref(), &event.data).await,
+                    Some(translator) => {
+                        translator.translate(event.event.as_deref(), &event.data, &mut translated);
+                        let mut end = None;
+                        for data in translated.drain(..) {
+                            end = self.on_event(None, &data).await;
+                            if end.is_some() {
+                                break;
+                            }
+                        }
+                        translated.clear();
+                        end
+                    }
+                };
+                if let Some(end) = end {
                     return end;
                 }
             }
@@ -334,28 +448,29 @@ impl Relay<'_> {
                 if !self.at_cap() {
                     tracing::warn!("upstream stream ended before the reply finished");
                 }
-                return Outcome::UpstreamError;
+                return self.failed(AttemptFailure::Broken);
             }
         }
     }
 
-    /// Handles one upstream event; `Some` ends the stream.
-    async fn on_event(&mut self, event: &SseEvent) -> Option<Outcome> {
-        let payload = if event.event.as_deref() == Some("error") {
+    /// Handles one upstream event (OpenAI's shape: `name` is its `event:` field); `Some` ends
+    /// the stream.
+    async fn on_event(&mut self, name: Option<&str>, data: &str) -> Option<Outcome> {
+        let payload = if name == Some("error") {
             Payload::Error
         } else {
-            Payload::parse(&event.data)
+            Payload::parse(data)
         };
         let view = match payload {
             Payload::Done => return Some(Outcome::Completed),
             Payload::Chunk(view) => view,
             Payload::Error => {
                 tracing::warn!("upstream sent an error event mid-stream");
-                return Some(Outcome::UpstreamError);
+                return Some(self.failed(AttemptFailure::ErrorEvent));
             }
             Payload::Malformed => {
                 tracing::warn!("upstream sent a malformed chunk");
-                return Some(Outcome::UpstreamError);
+                return Some(self.failed(AttemptFailure::Unusable));
             }
         };
         self.identity.learn(&view);
@@ -365,7 +480,7 @@ impl Relay<'_> {
         }
         if view.is_usage_only() {
             if self.client_wants_usage {
-                self.held_usage = Some(event.data.clone());
+                self.held_usage = Some(data.to_string());
             }
             return None;
         }
@@ -373,11 +488,13 @@ impl Relay<'_> {
         let tokens = view.output_tokens(&self.counter);
         let budget = self.max_output_tokens - self.output_tokens;
         let (payload, tokens, capped) = if tokens > budget {
-            let (rewritten, kept) = truncate_chunk(&event.data, &self.counter, budget);
+            let (rewritten, kept) = truncate_chunk(data, &self.counter, budget);
             (Cow::Owned(rewritten), kept, true)
         } else {
-            (Cow::Borrowed(event.data.as_str()), tokens, false)
+            (Cow::Borrowed(data), tokens, false)
         };
+        // From the first content on, the reply belongs to this attempt: no fallback.
+        self.content_started |= tokens > 0;
         // A usage report inside a content chunk goes out with what it costs (the figure billed).
         let payload = match reported {
             Some(usage) => with_cost(&payload, self.cost_usd(usage)).map_or(payload, Cow::Owned),
@@ -421,8 +538,20 @@ impl Relay<'_> {
     }
 
     /// Queues a frame for the client, waiting (bounded by the deadline) while it is slow.
+    /// Before the first content the frame is held instead (see the module doc).
     async fn emit(&mut self, frame: Bytes) -> Result<(), Outcome> {
+        if !self.content_started {
+            self.held_frames.push(frame);
+            return Ok(());
+        }
         self.commit();
+        for held in std::mem::take(&mut self.held_frames) {
+            self.send_frame(held).await?;
+        }
+        self.send_frame(frame).await
+    }
+
+    async fn send_frame(&mut self, frame: Bytes) -> Result<(), Outcome> {
         tokio::select! {
             sent = self.tx.send(frame) => sent.map_err(|_| Outcome::ClientGone),
             _ = &mut self.deadline => Err(Outcome::CutDeadline),
@@ -464,7 +593,11 @@ impl Relay<'_> {
         let ends_in_error = end == Outcome::ClientGone || end.stream_error().is_some();
         if ends_in_error && !matches!(end, Outcome::CutGuardrail | Outcome::CutBudget) {
             if let Some(opened) = self.opened.take() {
-                let _ = opened.send(Err(failed_before_reply(end)));
+                let error = self
+                    .error_before_reply
+                    .clone()
+                    .unwrap_or_else(|| failed_before_reply(end));
+                let _ = opened.send(Err(error));
                 return end;
             }
         }
@@ -495,8 +628,13 @@ impl Relay<'_> {
             _ => frames.extend(end.stream_error().map(|code| code.stream_event())),
         }
         frames.push(DONE.to_string());
-        for frame in frames {
-            let sent = tokio::time::timeout(TAIL_SEND_TIMEOUT, self.tx.send(encode_data(&frame)));
+        // Frames held before the first content (a reply with none) go out first.
+        let held = std::mem::take(&mut self.held_frames);
+        for frame in held
+            .into_iter()
+            .chain(frames.iter().map(|f| encode_data(f)))
+        {
+            let sent = tokio::time::timeout(TAIL_SEND_TIMEOUT, self.tx.send(frame));
             if !matches!(sent.await, Ok(Ok(()))) {
                 return end;
             }

@@ -60,6 +60,9 @@ pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
 pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "tollgate_time_to_first_token_seconds";
 /// Upstream failures, by `kind`.
 pub const UPSTREAM_ERRORS_TOTAL: &str = "tollgate_upstream_errors_total";
+/// Requests moved to a fallback model after a failure before the first token, by `from` and
+/// `to` (models of the price table).
+pub const UPSTREAM_FALLBACKS_TOTAL: &str = "tollgate_upstream_fallbacks_total";
 /// counter {check = prompt_injection | secret | pii | canary, action = block | flag}
 pub const GUARDRAIL_EVENTS_TOTAL: &str = "tollgate_guardrail_events_total";
 /// Redis mode: whether Redis answers (1) or the circuit is open (0).
@@ -491,6 +494,15 @@ impl Metrics {
     pub fn record_upstream_error(&self, kind: UpstreamFailure) {
         self.inner.global.with_recorder(|| {
             counter!(UPSTREAM_ERRORS_TOTAL, "kind" => kind.as_str()).increment(1)
+        });
+    }
+
+    /// Counts a move from model `from` to model `to` (both price-table names).
+    pub fn record_fallback(&self, from: &str, to: &str) {
+        let (from, to) = (self.inner.labels.model(from), self.inner.labels.model(to));
+        self.inner.global.with_recorder(|| {
+            counter!(UPSTREAM_FALLBACKS_TOTAL, "from" => from.to_owned(), "to" => to.to_owned())
+                .increment(1)
         });
     }
 

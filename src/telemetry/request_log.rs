@@ -7,7 +7,7 @@
 //! Each line carries `timestamp`: when the request arrived (RFC 3339, UTC, milliseconds).
 
 use super::metrics::{GuardrailAction, Metrics, RequestRecord};
-use crate::accounting::{Outcome, UpstreamFailure, Usage, UsageSource};
+use crate::accounting::{Attempt, Outcome, UpstreamFailure, Usage, UsageSource};
 use crate::calendar::rfc3339_millis;
 use crate::config::Secret;
 use crate::error::ErrorCode;
@@ -134,6 +134,11 @@ struct Line<'a> {
     input_tokens: u64,
     error_code: Option<&'a str>,
     guardrail: Option<String>,
+    /// The model asked for (`model` is the one that served).
+    requested_model: &'a str,
+    /// The models tried, each with its failure; absent when no provider was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<&'a [Attempt]>,
 }
 
 /// Who is asking, once authenticated.
@@ -207,6 +212,10 @@ pub struct RequestLog {
     /// Whether the user's actor admitted the request (dropped from then on, its input estimate
     /// is billed; before, nothing).
     admitted: bool,
+    /// The fallback model that served, when not the one asked for.
+    served_by_fallback: Option<String>,
+    /// The models tried, once a provider was asked.
+    attempts: Option<Vec<Attempt>>,
 }
 
 impl RequestLog {
@@ -232,6 +241,8 @@ impl RequestLog {
             input_tokens_estimated: 0,
             input_flagged: Vec::new(),
             admitted: false,
+            served_by_fallback: None,
+            attempts: None,
         }
     }
 
@@ -266,6 +277,16 @@ impl RequestLog {
     pub fn estimated(&mut self, price: Price, input_tokens: u64) {
         self.price = Some(price);
         self.input_tokens_estimated = input_tokens;
+    }
+
+    /// Providers were asked: these `attempts`, the last one by `model` (a fallback when more
+    /// than one was tried) at `price`.
+    pub fn routed(&mut self, model: String, price: Price, attempts: Vec<Attempt>) {
+        if attempts.len() > 1 {
+            self.served_by_fallback = Some(model);
+            self.price = Some(price);
+        }
+        self.attempts = Some(attempts);
     }
 
     /// The user's actor admitted the request.
@@ -304,7 +325,7 @@ impl RequestLog {
             user_id: &self.caller.user_id,
             feature: &self.feature,
             plan: &self.caller.plan,
-            model: &self.asked.model,
+            model: self.model(),
             input_tokens_estimated: self.input_tokens_estimated,
             output_tokens: ended.usage.output_tokens,
             total_tokens: ended.usage.total(),
@@ -320,6 +341,8 @@ impl RequestLog {
             input_tokens: ended.usage.input_tokens,
             error_code: ended.error.map(ErrorCode::as_str),
             guardrail,
+            requested_model: &self.asked.model,
+            attempts: self.attempts.as_deref(),
         };
         if let Ok(json) = serde_json::to_string(&line) {
             self.sink.write(json);
@@ -327,6 +350,13 @@ impl RequestLog {
         if let Some(metrics) = &self.metrics {
             self.record_metrics(metrics, ended, cost);
         }
+    }
+
+    /// The model that served (the one asked for unless a fallback did).
+    fn model(&self) -> &str {
+        self.served_by_fallback
+            .as_deref()
+            .unwrap_or(&self.asked.model)
     }
 
     fn record_metrics(&self, metrics: &Metrics, ended: &Ended, cost_micro_usd: u64) {
@@ -340,7 +370,7 @@ impl RequestLog {
         metrics.record_request(&RequestRecord {
             feature: &self.feature,
             plan,
-            model: &self.asked.model,
+            model: self.model(),
             user_id: &self.caller.user_id,
             outcome: ended.outcome.as_str(),
             input_tokens: ended.usage.input_tokens,
@@ -353,6 +383,9 @@ impl RequestLog {
         let started = ended.status == 200 || ended.outcome == Outcome::ClientGone;
         if let Some(reason) = ended.outcome.cut_reason().filter(|_| started) {
             metrics.record_stream_cut(reason);
+        }
+        for pair in self.attempts.as_deref().unwrap_or_default().windows(2) {
+            metrics.record_fallback(&pair[0].model, &pair[1].model);
         }
         if ended.error == Some(ErrorCode::PromptInjection) {
             metrics.record_guardrail(Check::PromptInjection, GuardrailAction::Block);

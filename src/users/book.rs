@@ -567,6 +567,7 @@ mod tests {
             ModelPrice {
                 input_per_million_usd,
                 output_per_million_usd,
+                ..ModelPrice::default()
             },
         )]));
         table.price("m").unwrap()

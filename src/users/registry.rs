@@ -371,6 +371,7 @@ mod tests {
             crate::config::ModelPrice {
                 input_per_million_usd: usd_per_million,
                 output_per_million_usd: usd_per_million,
+                ..crate::config::ModelPrice::default()
             },
         )]);
         PriceTable::new(&pricing).price("m").unwrap()

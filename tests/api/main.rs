@@ -8,6 +8,7 @@ mod cors;
 mod cuts;
 mod endings;
 mod errors;
+mod fallback;
 mod framing;
 mod front_ends;
 mod guardrails;

@@ -97,6 +97,7 @@ fn price_of(in_nano: u64, out_nano: u64) -> Price {
         ModelPrice {
             input_per_million_usd: in_nano as f64 / 1000.0,
             output_per_million_usd: out_nano as f64 / 1000.0,
+            ..ModelPrice::default()
         },
     )]))
     .price("m")
