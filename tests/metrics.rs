@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use tollgate::config::PlanConfig;
+use tollgate::config::{ModelPrice, PlanConfig};
 use tollgate::mock::MockOptions;
 use tollgate_testkit::app::sse::SseReader;
 use tollgate_testkit::app::*;
@@ -91,6 +91,26 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
             c.plans.insert("tight".into(), tight);
             c.relay.meter_batch_tokens = 2;
             c.metrics.max_user_series = 50;
+            // `primary` is overloaded (529) and falls back to `backup`.
+            c.pricing.insert(
+                "primary".into(),
+                ModelPrice {
+                    input_per_million_usd: 1.0,
+                    output_per_million_usd: 1.0,
+                    upstream_model: "mock-gpt:fault=status@529".into(),
+                    fallback: vec!["backup".into()],
+                    ..ModelPrice::default()
+                },
+            );
+            c.pricing.insert(
+                "backup".into(),
+                ModelPrice {
+                    input_per_million_usd: 1.0,
+                    output_per_million_usd: 1.0,
+                    upstream_model: "mock-gpt".into(),
+                    ..ModelPrice::default()
+                },
+            );
         },
     )
     .await;
@@ -214,7 +234,40 @@ async fn a_known_mix_moves_the_counters_by_exactly_its_deltas() {
     assert!((user_cost - m1_cost).abs() < 1e-9);
 
     tollgate_testkit::promtool::check_metrics(&text);
+    a_fallback_is_counted_from_and_to(&app).await;
     many_users_stay_within_the_series_bound(&app).await;
+}
+
+async fn a_fallback_is_counted_from_and_to(app: &TestApp) {
+    let (_, before) = scrape(app).await;
+    let mut body = chat_body("primary", false);
+    body["max_tokens"] = json!(3);
+    let response = app.post_chat("f1").send_json(&body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let logs = app.wait_for_logs(7).await;
+    assert_eq!(logs[6]["model"], "backup", "{}", logs[6]);
+    let (_, after) = scrape(app).await;
+    let delta =
+        |name: &str, want: &[(&str, &str)]| total(&after, name, want) - total(&before, name, want);
+    let fallbacks = "tollgate_upstream_fallbacks_total";
+    assert_eq!(
+        delta(fallbacks, &[("from", "primary"), ("to", "backup")]),
+        1.0
+    );
+    assert_eq!(delta(fallbacks, &[]), 1.0);
+    assert_eq!(
+        delta(
+            "tollgate_requests_total",
+            &[("model", "backup"), ("outcome", "completed")]
+        ),
+        1.0,
+        "the model that served is the label"
+    );
+    assert_eq!(
+        delta("tollgate_upstream_errors_total", &[]),
+        0.0,
+        "it did not end in one"
+    );
 }
 
 async fn many_users_stay_within_the_series_bound(app: &TestApp) {
