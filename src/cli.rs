@@ -2,7 +2,7 @@
 //! `tollgate key new`.
 
 use crate::config::{load, Config, ConfigSource};
-use crate::mock::{self, Fault, MockOptions};
+use crate::mock::{self, Fault, Framing, MockFormats, MockOptions};
 use crate::startup::{start, StartOptions};
 use crate::telemetry::init_logging;
 use clap::{Args, Parser, Subcommand};
@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
-    /// Run the OpenAI-compatible mock provider alone.
+    /// Run the mock provider (OpenAI and Anthropic APIs) alone.
     MockProvider(MockArgs),
     /// Print an HS256 token signed with the configured secret.
     Token(TokenArgs),
@@ -76,6 +76,16 @@ struct MockArgs {
     /// Fault to inject: error@N, close@N, stall@N or status@CODE.
     #[arg(long)]
     fault: Option<String>,
+    /// API families served: openai (/chat/completions, /v1/chat/completions), anthropic
+    /// (/v1/messages) or both; the other family's routes answer 404.
+    #[arg(long, default_value = "both")]
+    format: MockFormats,
+    /// Stream framing: normal, or bytes, crlf and pings joined by `+`.
+    #[arg(long, default_value = "normal")]
+    framing: Framing,
+    /// End every reply with a call of this tool.
+    #[arg(long)]
+    tool: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +181,9 @@ fn mock_provider(args: MockArgs) -> ExitCode {
         first_token_delay_ms: args.first_token_delay_ms,
         ignore_max_tokens: args.ignore_max_tokens,
         fault,
+        formats: args.format,
+        framing: args.framing,
+        tool: args.tool,
     };
     let listener = match TcpListener::bind(&args.listen) {
         Ok(l) => l,

@@ -1,17 +1,30 @@
-//! The mock provider's knobs: server-wide [`MockOptions`], the [`Fault`] it can inject, and how a
-//! single request overrides them.
+//! The mock provider's knobs: server-wide [`MockOptions`], the [`Fault`] it can inject, the
+//! [`Framing`] of its streams, the tool call it can end with, and how a single request overrides
+//! them; also which API families ([`MockFormats`]) an instance serves (server-wide only).
 //!
 //! Precedence per request is headers > model-name suffix > server options. Headers are
 //! `x-mock-tokens`, `x-mock-tokens-per-second`, `x-mock-first-token-delay-ms`,
-//! `x-mock-ignore-max-tokens` and `x-mock-fault`; the model suffix is everything after the first
-//! colon, comma-separated `key=value` pairs with keys `tokens`, `tps`, `delay_ms`,
-//! `ignore_max_tokens` and `fault` (`mock-gpt:tokens=20,fault=stall@5`). Fault syntax is
-//! `error@N`, `close@N`, `stall@N`, `status@CODE` or `none`. This module only parses; it knows
-//! nothing about HTTP or streams.
+//! `x-mock-ignore-max-tokens`, `x-mock-fault`, `x-mock-framing` and `x-mock-tool`; the model
+//! suffix is everything after the first colon, comma-separated `key=value` pairs with keys
+//! `tokens`, `tps`, `delay_ms`, `ignore_max_tokens`, `fault`, `framing` and `tool`
+//! (`mock-gpt:tokens=20,fault=stall@5`, `mock-claude:tool=get_weather,framing=bytes+crlf`).
+//!
+//! - Fault: `error@N`, `close@N`, `stall@N`, `status@CODE` (400..=599) or `none`.
+//! - Framing: `normal` (the default), or one or more of `bytes` (every byte of the SSE body is its
+//!   own body chunk), `crlf` (lines end in `\r\n`) and `pings` (a keep-alive before every content
+//!   event, i.e. each text or tool-argument delta: an Anthropic `ping` event, an OpenAI `: ping`
+//!   comment) joined by `+` (`bytes+crlf+pings`).
+//! - Tool: a tool name (`[A-Za-z0-9_-]{1,64}`) or `none`. The reply's text is followed by a call
+//!   of that tool with fixed arguments ([`super::TOOL_ARGUMENTS`]); the o200k tokens of that
+//!   arguments string count as output tokens in the usage, on both formats. The call is sent only
+//!   when the text was not cut and the call fits in what `max_tokens` leaves.
+//!
+//! This module only parses; it knows nothing about HTTP or streams.
 
 use std::str::FromStr;
 
-/// Server-wide behaviour of the mock provider; every field can be overridden per request.
+/// Server-wide behaviour of the mock provider; every field but `formats` can be overridden per
+/// request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MockOptions {
     /// Tokens to generate per reply (before `max_tokens` is applied).
@@ -24,6 +37,12 @@ pub struct MockOptions {
     pub ignore_max_tokens: bool,
     /// A failure to inject into every reply.
     pub fault: Option<Fault>,
+    /// Which API families are served; the other family's routes answer 404.
+    pub formats: MockFormats,
+    /// How stream bodies are cut into chunks and lines.
+    pub framing: Framing,
+    /// End every reply with a call of this tool.
+    pub tool: Option<String>,
 }
 
 impl Default for MockOptions {
@@ -34,23 +53,105 @@ impl Default for MockOptions {
             first_token_delay_ms: 100,
             ignore_max_tokens: false,
             fault: None,
+            formats: MockFormats::Both,
+            framing: Framing::default(),
+            tool: None,
         }
+    }
+}
+
+/// One API family the mock speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// `POST /chat/completions`, `POST /v1/chat/completions`.
+    OpenAi,
+    /// `POST /v1/messages`.
+    Anthropic,
+}
+
+/// Which API families a mock instance serves: `openai`, `anthropic` or `both` (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MockFormats {
+    OpenAi,
+    Anthropic,
+    #[default]
+    Both,
+}
+
+impl MockFormats {
+    /// Whether requests of `api` are answered (else 404).
+    pub(crate) fn serves(self, api: Api) -> bool {
+        matches!(
+            (self, api),
+            (Self::Both, _) | (Self::OpenAi, Api::OpenAi) | (Self::Anthropic, Api::Anthropic)
+        )
+    }
+}
+
+impl FromStr for MockFormats {
+    type Err = KnobError;
+
+    /// Parses `openai`, `anthropic` or `both` (any case).
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "openai" => Ok(Self::OpenAi),
+            "anthropic" => Ok(Self::Anthropic),
+            "both" => Ok(Self::Both),
+            _ => Err(KnobError::new(
+                "format",
+                format!("expected openai, anthropic or both (got {raw:?})"),
+            )),
+        }
+    }
+}
+
+/// How a stream body is cut and terminated; all off is `normal` framing (one chunk per event,
+/// `\n` line ends, no extra keep-alives).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Framing {
+    /// Every byte of the body is its own chunk, written on its own.
+    pub bytes: bool,
+    /// Lines end in `\r\n`.
+    pub crlf: bool,
+    /// A keep-alive (Anthropic `ping` event, OpenAI `: ping` comment) before every content event.
+    pub pings: bool,
+}
+
+impl FromStr for Framing {
+    type Err = KnobError;
+
+    /// Parses `normal`, or `bytes`, `crlf` and `pings` joined by `+`.
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| KnobError::new("framing", format!("{reason} (got {raw:?})"));
+        let mut framing = Self::default();
+        for part in raw.trim().split('+').map(str::trim) {
+            match part {
+                "normal" => {}
+                "bytes" => framing.bytes = true,
+                "crlf" => framing.crlf = true,
+                "pings" => framing.pings = true,
+                _ => return Err(bad("expected normal, or bytes, crlf and pings joined by +")),
+            }
+        }
+        Ok(framing)
     }
 }
 
 /// A failure the mock injects into a reply.
 ///
 /// The mid-stream faults fire after `min(after_tokens, tokens to generate)` content tokens, so
-/// they always fire; they replace the finish chunk, the usage chunk and `[DONE]`.
+/// they always fire; they replace the rest of the reply (OpenAI: the finish chunk, the usage chunk
+/// and `[DONE]`; Anthropic: `content_block_stop` onwards), tool call included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Send the content tokens, then `data: {"error":{...}}` and end the body without `[DONE]`.
+    /// Send the content tokens, then an error event and end the body: OpenAI
+    /// `data: {"error":{...}}` (no `[DONE]`), Anthropic `event: error` with an `overloaded_error`.
     ErrorEvent { after_tokens: u32 },
     /// Send the content tokens, then fail the body stream so the connection is aborted.
     AbruptClose { after_tokens: u32 },
     /// Send the content tokens, then never send another byte.
     Stall { after_tokens: u32 },
-    /// Answer with this 4xx/5xx status and an OpenAI error body before any stream starts.
+    /// Answer with this 4xx/5xx status and the API family's error body before any stream starts.
     Status(u16),
 }
 
@@ -109,6 +210,8 @@ enum Knob {
     FirstTokenDelayMs,
     IgnoreMaxTokens,
     Fault,
+    Framing,
+    Tool,
 }
 
 /// Each knob with its header name and model-suffix key.
@@ -126,6 +229,8 @@ const KNOBS: &[(Knob, &str, &str)] = &[
         "ignore_max_tokens",
     ),
     (Knob::Fault, "x-mock-fault", "fault"),
+    (Knob::Framing, "x-mock-framing", "framing"),
+    (Knob::Tool, "x-mock-tool", "tool"),
 ];
 
 /// The options for one request: `options`, then the model suffix, then the headers
@@ -176,6 +281,8 @@ fn apply(options: &mut MockOptions, knob: Knob, name: &str, value: &str) -> Resu
         Knob::FirstTokenDelayMs => options.first_token_delay_ms = parse_number(name, value)?,
         Knob::IgnoreMaxTokens => options.ignore_max_tokens = parse_bool(name, value)?,
         Knob::Fault => options.fault = parse_fault(name, value)?,
+        Knob::Framing => options.framing = rename(name, value.parse())?,
+        Knob::Tool => options.tool = parse_tool(name, value)?,
     }
     Ok(())
 }
@@ -214,10 +321,31 @@ fn parse_fault(name: &str, value: &str) -> Result<Option<Fault>, KnobError> {
     if value.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|err: KnobError| KnobError::new(name, err.reason))
+    rename(name, value.parse()).map(Some)
+}
+
+/// A tool name as both APIs accept it (`[A-Za-z0-9_-]{1,64}`), or `none`.
+fn parse_tool(name: &str, value: &str) -> Result<Option<String>, KnobError> {
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let valid = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(Some(value.to_owned()))
+    } else {
+        Err(KnobError::new(
+            name,
+            format!("expected a tool name of 1 to 64 letters, digits, '_' or '-', or none (got {value:?})"),
+        ))
+    }
+}
+
+/// A value parser's error, renamed after the header or suffix key that carried the value.
+fn rename<T>(name: &str, parsed: Result<T, KnobError>) -> Result<T, KnobError> {
+    parsed.map_err(|err| KnobError::new(name, err.reason))
 }
 
 #[cfg(test)]
@@ -346,5 +474,77 @@ mod tests {
         assert!("status@200".parse::<Fault>().is_err());
         assert!("status@600".parse::<Fault>().is_err());
         assert!("error@x".parse::<Fault>().is_err());
+    }
+
+    #[test]
+    fn framing_syntax() {
+        let all = Framing {
+            bytes: true,
+            crlf: true,
+            pings: true,
+        };
+        assert_eq!("normal".parse(), Ok(Framing::default()));
+        assert_eq!("bytes+crlf+pings".parse(), Ok(all));
+        assert!(" pings + bytes "
+            .parse::<Framing>()
+            .is_ok_and(|f| f.bytes && f.pings));
+        assert_eq!(
+            "crlf".parse(),
+            Ok(Framing {
+                crlf: true,
+                ..Framing::default()
+            })
+        );
+        assert!("bytes+".parse::<Framing>().is_err());
+        assert!("lines".parse::<Framing>().is_err());
+        let options = resolve_ok("m:framing=bytes+crlf", &[("x-mock-framing", "pings")]);
+        assert_eq!(
+            options.framing,
+            Framing {
+                pings: true,
+                ..Framing::default()
+            }
+        );
+        assert!(resolve_ok("m:framing=bytes+pings", &[]).framing.bytes);
+        assert_eq!(resolve_err("m:framing=bits", &[]).knob, "framing");
+        assert_eq!(
+            resolve_err("m", &[("x-mock-framing", "crlf+x")]).knob,
+            "x-mock-framing"
+        );
+    }
+
+    #[test]
+    fn tool_knob() {
+        assert_eq!(resolve_ok("m", &[]).tool, None);
+        let suffix = resolve_ok("m:tool=get_weather", &[]);
+        assert_eq!(suffix.tool.as_deref(), Some("get_weather"));
+        let header = resolve_ok("m:tool=a", &[("x-mock-tool", "lookup-2")]);
+        assert_eq!(header.tool.as_deref(), Some("lookup-2"));
+        let server = MockOptions {
+            tool: Some("t".to_owned()),
+            ..MockOptions::default()
+        };
+        let cleared = resolve(&server, "m:tool=none", &[]);
+        assert_eq!(cleared.map(|o| o.tool), Ok(None));
+        assert_eq!(resolve_err("m:tool=a.b", &[]).knob, "tool");
+        let long = "t".repeat(65);
+        assert_eq!(
+            resolve_err("m", &[("x-mock-tool", &long)]).knob,
+            "x-mock-tool"
+        );
+    }
+
+    #[test]
+    fn formats_syntax_and_what_they_serve() {
+        assert_eq!(MockFormats::default(), MockFormats::Both);
+        assert_eq!("openai".parse(), Ok(MockFormats::OpenAi));
+        assert_eq!("Anthropic".parse(), Ok(MockFormats::Anthropic));
+        assert_eq!("both".parse(), Ok(MockFormats::Both));
+        assert!("gemini".parse::<MockFormats>().is_err());
+        assert!(MockFormats::Both.serves(Api::OpenAi) && MockFormats::Both.serves(Api::Anthropic));
+        assert!(MockFormats::OpenAi.serves(Api::OpenAi));
+        assert!(!MockFormats::OpenAi.serves(Api::Anthropic));
+        assert!(MockFormats::Anthropic.serves(Api::Anthropic));
+        assert!(!MockFormats::Anthropic.serves(Api::OpenAi));
     }
 }

@@ -29,7 +29,8 @@ impl StreamEnd {
         }
     }
 
-    /// Content tokens sent before the end (for non-streamed replies: tokens in the body).
+    /// Output tokens sent before the end (for non-streamed replies: tokens in the body): one per
+    /// text token, plus a tool call's argument tokens once all its arguments are out.
     pub fn tokens_sent(&self) -> u32 {
         match self {
             Self::Completed { tokens_sent, .. } | Self::Dropped { tokens_sent, .. } => *tokens_sent,
@@ -187,7 +188,12 @@ impl EndRecorder {
         self.tokens_sent = self.tokens_sent.saturating_add(1);
     }
 
-    /// Content tokens sent so far.
+    /// Counts `tokens` more output tokens sent (a tool call's arguments).
+    pub(crate) fn add_tokens_sent(&mut self, tokens: u32) {
+        self.tokens_sent = self.tokens_sent.saturating_add(tokens);
+    }
+
+    /// Output tokens sent so far.
     pub(crate) fn tokens_sent(&self) -> u32 {
         self.tokens_sent
     }

@@ -4,7 +4,8 @@
 //! both `o200k_base` and `cl100k_base`, and any run of consecutive entries (wrapping around)
 //! tokenizes word by word, so a reply of `n` generated tokens counts as exactly `n` completion
 //! tokens for either encoding. The unit test below proves it for every run of up to 200 words.
-//! This module owns nothing else: no I/O, no knowledge of requests.
+//! It also holds the fixed arguments of the mock's tool call and how a stream cuts them into
+//! fragments. This module owns nothing else: no I/O, no knowledge of requests.
 
 /// The cycle of words the mock generates, in order.
 pub const WORDS: &[&str] = &[
@@ -12,6 +13,13 @@ pub const WORDS: &[&str] = &[
     " runs", " back", " to", " its", " warm", " home", " in", " the", " green", " valley",
     " under", " blue", " sky",
 ];
+
+/// The arguments of every mock tool call, as the JSON text the reply carries.
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris","days":3}"#;
+
+/// How a stream sends [`TOOL_ARGUMENTS`]: fragments cut mid-key and mid-value, as real providers
+/// do; they concatenate to the arguments.
+pub const TOOL_ARGUMENT_FRAGMENTS: &[&str] = &[r#"{"ci"#, r#"ty":"Par"#, r#"is","da"#, r#"ys":3}"#];
 
 /// Text of generated token `i` (0-based): `WORDS[i % WORDS.len()]`.
 pub fn token_text(i: u32) -> &'static str {
@@ -68,6 +76,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn tool_argument_fragments_concatenate_to_an_object() {
+        assert_eq!(TOOL_ARGUMENT_FRAGMENTS.concat(), TOOL_ARGUMENTS);
+        let parsed = serde_json::from_str::<serde_json::Value>(TOOL_ARGUMENTS);
+        assert!(parsed.is_ok_and(|v| v.is_object()));
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub fn fast_mock() -> MockOptions {
         first_token_delay_ms: 0,
         ignore_max_tokens: false,
         fault: None,
+        ..MockOptions::default()
     }
 }
 
