@@ -38,3 +38,27 @@ export function token(secret, user, plan) {
     env: { PATH: process.env.PATH, TOLLGATE_JWT_SECRET: secret },
   }).toString().trim();
 }
+
+/**
+ * Starts `tollgate mock-provider` with `args` on a free loopback port and resolves once it
+ * serves: `{ mock, url }` (`url` is its root, e.g. `http://127.0.0.1:40123`).
+ */
+export function startMock(args) {
+  const mock = spawn(BIN, ["mock-provider", "--listen", "127.0.0.1:0", ...args], {
+    env: { PATH: process.env.PATH, RUST_LOG: "info" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the mock provider did not start")), 30_000);
+    createInterface({ input: mock.stderr }).on("line", (line) => {
+      try {
+        const entry = JSON.parse(line);
+        if (entry.message === "mock provider is serving") {
+          clearTimeout(timer);
+          resolve({ mock, url: `http://${entry.listen}` });
+        }
+      } catch { /* not JSON */ }
+    });
+    mock.on("exit", (code) => reject(new Error(`the mock provider exited with ${code}`)));
+  });
+}
