@@ -5,6 +5,8 @@
 #   VUS=10 DURATION=10s load/run.sh
 #   load/run.sh abuse_burst             # or abuse_inputs, budget_stream, deadline, soak, stream_chat
 #   RPM=5 BURST=20 load/run.sh abuse_burst
+#   PROVIDER=anthropic load/run.sh      # the model (mock-claude) served through an Anthropic-format
+#                                       # provider: the embedded mock's /v1/messages, translated
 #
 # Builds the release binary if needed (cargo decides), starts `tollgate` on 127.0.0.1:18080 with
 # the built-in mock provider and the settings the chosen script needs (its "profile" below),
@@ -178,6 +180,22 @@ gateway_env=(
 if [[ -n "${LOAD_REDIS_URL:-}" ]]; then
     gateway_env+=("TOLLGATE_REDIS_URL=$LOAD_REDIS_URL")
 fi
+# PROVIDER=anthropic: `mock-claude` is served by a provider in Anthropic's Messages format (no URL:
+# the embedded mock's /v1/messages), and the script asks for it.
+case "${PROVIDER:-openai}" in
+    openai) ;;
+    anthropic)
+        gateway_env+=(
+            "TOLLGATE__UPSTREAMS__ANTHROPIC__FORMAT=anthropic"
+            "TOLLGATE__UPSTREAMS__ANTHROPIC__URL="
+            "TOLLGATE__PRICING__MOCK-CLAUDE__INPUT_PER_MILLION_USD=2.5"
+            "TOLLGATE__PRICING__MOCK-CLAUDE__OUTPUT_PER_MILLION_USD=10.0"
+            "TOLLGATE__PRICING__MOCK-CLAUDE__UPSTREAM=anthropic"
+        )
+        SCRIPT_ENV+=("MODEL=mock-claude")
+        ;;
+    *) die "PROVIDER must be openai or anthropic" ;;
+esac
 SCRIPT_ENV=("${SCRIPT_ENV[@]/@JWT_SECRET@/$JWT_SECRET}")
 
 GW_PID=""

@@ -24,6 +24,7 @@
 //   THINK_MS         pause between a VU's requests               (100)
 //   REQUEST_TIMEOUT  per-request timeout                         (60s)
 //   P95_MS           if set, also fail when p95 of http_req_duration exceeds it (ms)
+//   MODEL            the mock model asked for (mock-gpt; mock-claude with PROVIDER=anthropic)
 
 import http from 'k6/http';
 import { check, sleep, fail } from 'k6';
@@ -52,6 +53,7 @@ const FAULT_AFTER = int('FAULT_AFTER', 5);
 const THINK_MS = int('THINK_MS', 100);
 const REQUEST_TIMEOUT = env('REQUEST_TIMEOUT', '60s');
 const P95_MS = env('P95_MS', '');
+const MODEL = env('MODEL', 'mock-gpt');
 
 if (CAPPED_PCT + FAULT_PCT > 100) {
   throw new Error('CAPPED_PCT + FAULT_PCT must be at most 100');
@@ -135,7 +137,7 @@ function requestFor(kind) {
     knobs.push(`fault=error@${FAULT_AFTER}`);
   }
   return {
-    model: `mock-gpt:${knobs.join(',')}`,
+    model: `${MODEL}:${knobs.join(',')}`,
     stream: true,
     max_tokens: maxTokens,
     messages: [

@@ -5,7 +5,9 @@
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ProviderConfig, DEFAULT_UPSTREAM, DEVELOPMENT_JWT_SECRET};
+use crate::config::{
+    Config, ProviderConfig, UpstreamFormat, DEFAULT_UPSTREAM, DEVELOPMENT_JWT_SECRET,
+};
 use crate::http::{serve, serve_metrics, AppState, ServeOptions};
 use crate::mock::{self, MockOptions};
 use crate::policy::guardrails::Guardrails;
@@ -68,34 +70,41 @@ pub fn start(
              Set TOLLGATE_JWT_SECRET before exposing this gateway."
         );
     }
-    let (upstream_url, mock) = if config.upstream.url.is_empty() {
-        let mock = start_embedded_mock(&config)?;
-        let url = format!("http://{}/v1", mock.0);
-        tracing::info!(
-            mock = %mock.0,
-            "no upstream configured (TOLLGATE_UPSTREAM_URL): started the built-in mock provider"
-        );
-        (url, Some(mock))
-    } else {
-        (config.upstream.url.clone(), None)
-    };
-    // The default provider is reached at the mock's URL when it runs; the others at their own.
+    // Providers without a URL are served by the built-in mock (started once, in-process): the
+    // default provider at its OpenAI routes, an Anthropic-format one at its `/v1/messages`.
     let providers: Arc<[ProviderConfig]> = config.providers().into();
+    let mock = if providers.iter().any(|p| p.url.is_empty()) {
+        Some(start_embedded_mock(&config)?)
+    } else {
+        None
+    };
     let provider_urls: Vec<String> = providers
         .iter()
-        .map(|p| match p.name.as_str() {
-            DEFAULT_UPSTREAM => upstream_url.clone(),
+        .map(|p| match (&mock, p.url.is_empty(), p.format) {
+            (Some((addr, _)), true, UpstreamFormat::OpenAi) => format!("http://{addr}/v1"),
+            (Some((addr, _)), true, UpstreamFormat::Anthropic) => format!("http://{addr}"),
             _ => p.url.clone(),
         })
         .collect();
-    for (provider, url) in providers.iter().zip(&provider_urls).skip(1) {
-        tracing::info!(
-            provider = %provider.name,
-            format = provider.format.as_str(),
-            url = %redact_url(url),
-            "provider configured"
-        );
+    for (provider, url) in providers.iter().zip(&provider_urls) {
+        if provider.url.is_empty() {
+            tracing::info!(
+                provider = %provider.name,
+                format = provider.format.as_str(),
+                mock = %url,
+                "no URL for this provider (TOLLGATE_UPSTREAM_URL for the default): the built-in \
+                 mock provider serves it"
+            );
+        } else if provider.name != DEFAULT_UPSTREAM {
+            tracing::info!(
+                provider = %provider.name,
+                format = provider.format.as_str(),
+                url = %redact_url(url),
+                "provider configured"
+            );
+        }
     }
+    let upstream_url = provider_urls[0].clone();
     let addr = listener.local_addr()?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

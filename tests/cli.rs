@@ -483,3 +483,60 @@ fn a_restart_in_embedded_mode_keeps_windows_and_spend() {
     );
     assert_eq!(after["output_tokens"], 5);
 }
+
+#[test]
+fn a_provider_without_a_url_is_served_by_the_built_in_mock_in_its_own_format() {
+    let secret = ("TOLLGATE_JWT_SECRET", "cli-test-secret");
+    let (running, listen) = start_gateway(&[
+        secret,
+        ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+        ("TOLLGATE__USERS__SNAPSHOT_PATH", ""),
+        ("TOLLGATE__UPSTREAMS__CLAUDE__FORMAT", "anthropic"),
+        (
+            "TOLLGATE__PRICING__MOCK-CLAUDE__INPUT_PER_MILLION_USD",
+            "3.0",
+        ),
+        (
+            "TOLLGATE__PRICING__MOCK-CLAUDE__OUTPUT_PER_MILLION_USD",
+            "15.0",
+        ),
+        ("TOLLGATE__PRICING__MOCK-CLAUDE__UPSTREAM", "claude"),
+    ]);
+    let out = tollgate(
+        &["token", "--sub", "erin", "--plan", "pro", "--ttl", "60"],
+        &[secret],
+    )
+    .output()
+    .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let body = r#"{"model":"mock-claude:tokens=4,delay_ms=0","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let response = http(
+        &listen,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Anthropic's message id, translated into OpenAI chunks that end normally.
+    assert!(response.contains("\"id\":\"msg_mock_"), "{response}");
+    assert!(response.contains("\"object\":\"chat.completion.chunk\""));
+    assert!(
+        response.contains("\"finish_reason\":\"stop\""),
+        "{response}"
+    );
+    assert!(response.contains("data: [DONE]"), "{response}");
+    // Settled right after the stream's last frame: wait for it (bounded), never sleep blindly.
+    let mut usage = usage_of(&listen, token.trim());
+    for _ in 0..100 {
+        if usage["open_requests"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        usage = usage_of(&listen, token.trim());
+    }
+    assert_eq!(usage["output_tokens"], 4, "{usage}");
+    drop(running);
+}

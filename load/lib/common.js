@@ -59,6 +59,10 @@ export function headers(token, extra) {
   return Object.assign(h, extra || {});
 }
 
+/** The mock model the scripts ask for: `mock-gpt`, or `mock-claude` (MODEL) when the gateway
+ * serves it through an Anthropic-format provider (`PROVIDER=anthropic load/run.sh`). */
+export const MODEL = __ENV.MODEL || 'mock-gpt';
+
 /** A chat request to the mock, with knobs in the model name. */
 export function chatBody(knobs, opts) {
   const o = opts || {};
@@ -66,7 +70,7 @@ export function chatBody(knobs, opts) {
     .map(([k, v]) => `${k}=${v}`)
     .join(',');
   const body = {
-    model: knobText ? `mock-gpt:${knobText}` : 'mock-gpt',
+    model: knobText ? `${MODEL}:${knobText}` : MODEL,
     stream: o.stream !== false,
     messages: o.messages || [{ role: 'user', content: 'Load test: say something.' }],
   };

@@ -280,8 +280,10 @@ mod tests {
             &[],
         );
         assert_eq!(invalid_key(own), "upstreams.default");
-        let no_url = load_with(Some("[upstreams.x]\nformat = \"anthropic\""), &[]);
-        assert_eq!(invalid_key(no_url), "upstreams.x.url");
+        let bad_url = load_with(Some("[upstreams.x]\nurl = \"ftp://x\""), &[]);
+        assert_eq!(invalid_key(bad_url), "upstreams.x.url");
+        let mock = load_with(Some("[upstreams.x]\nformat = \"anthropic\""), &[]);
+        assert!(mock.is_ok(), "no url: the built-in mock");
         let bad_format = load_with(
             Some("[upstreams.x]\nurl = \"https://x.example\"\nformat = \"gemini\""),
             &[],

@@ -160,7 +160,8 @@ impl UpstreamFormat {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamedUpstreamConfig {
-    /// Base URL (`https://api.anthropic.com`, `https://api.openai.com/v1`); required.
+    /// Base URL (`https://api.anthropic.com`, `https://api.openai.com/v1`); empty = the
+    /// built-in mock, in this provider's format (for trying it without a provider).
     pub url: String,
     /// The provider's key (`TOLLGATE__UPSTREAMS__<NAME>__API_KEY`); never logged.
     pub api_key: Secret,

@@ -215,12 +215,14 @@ fn validate_upstreams(c: &Config) -> Result<(), ConfigError> {
             ));
         }
         match url::Url::parse(&u.url) {
+            // Empty: the built-in mock serves it (for trying a format without a provider).
+            _ if u.url.is_empty() => {}
             Ok(parsed)
                 if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
             _ => {
                 return Err(ConfigError::invalid(
                     key("url"),
-                    "expected an http:// or https:// base URL",
+                    "expected an http:// or https:// base URL (or \"\": the built-in mock)",
                 ))
             }
         }
