@@ -633,3 +633,54 @@ fn refusals_only_time_lifts_are_repeated_without_asking_redis() {
     let upgraded = token_on_plan("hal", "enterprise");
     assert_eq!(chat(&a, &upgraded, small_request()).status, 200);
 }
+
+#[test]
+fn a_fallback_in_redis_mode_is_billed_once_at_the_price_of_the_model_that_served() {
+    let redis = RedisServer::start();
+    let env = env_for(
+        &redis,
+        &[
+            // `primary` is overloaded (529) and falls back to `backup`, priced 1 / 2 USD per
+            // million tokens (primary: 1000 / 1000, which would show at once).
+            (
+                "TOLLGATE__PRICING__PRIMARY__INPUT_PER_MILLION_USD",
+                "1000.0",
+            ),
+            (
+                "TOLLGATE__PRICING__PRIMARY__OUTPUT_PER_MILLION_USD",
+                "1000.0",
+            ),
+            (
+                "TOLLGATE__PRICING__PRIMARY__UPSTREAM_MODEL",
+                "mock-gpt:fault=status@529",
+            ),
+            ("TOLLGATE__PRICING__PRIMARY__FALLBACK", r#"["backup"]"#),
+            ("TOLLGATE__PRICING__BACKUP__INPUT_PER_MILLION_USD", "1.0"),
+            ("TOLLGATE__PRICING__BACKUP__OUTPUT_PER_MILLION_USD", "2.0"),
+            ("TOLLGATE__PRICING__BACKUP__UPSTREAM_MODEL", "mock-gpt"),
+        ],
+    );
+    let (_replica, listen) = gateway(&env);
+    let alice = token("fallback-alice");
+    let answer = chat(
+        &listen,
+        &alice,
+        r#"{"model":"primary","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let reply = answer.json();
+    let (input, output) = (
+        reply["usage"]["prompt_tokens"].as_u64().unwrap(),
+        reply["usage"]["completion_tokens"].as_u64().unwrap(),
+    );
+    let micro = (input * 1_000 + output * 2_000).div_ceil(1000);
+    assert_eq!(reply["usage"]["cost"], micro as f64 / 1e6, "{reply}");
+    let usage = usage(&listen, &alice);
+    assert_eq!(usage["requests"], 1, "{usage}");
+    assert_eq!(usage["open_requests"], 0, "{usage}");
+    assert_eq!(
+        usage["daily_usd"]["used_usd"],
+        micro as f64 / 1e6,
+        "Redis billed the backup's price: {usage}"
+    );
+}
