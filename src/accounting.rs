@@ -188,6 +188,9 @@ pub enum AttemptFailure {
     Broken,
     /// The reply was not a usable chat completion or stream.
     Unusable,
+    /// The request cannot be written in this provider's format (e.g. `n` > 1 for Anthropic):
+    /// the client's to change, so no fallback.
+    Untranslatable,
 }
 
 impl AttemptFailure {
@@ -198,6 +201,7 @@ impl AttemptFailure {
             AttemptFailure::Status(status) => {
                 matches!(status, 408 | 429) || !(400..500).contains(&status)
             }
+            AttemptFailure::Untranslatable => false,
             AttemptFailure::Connect
             | AttemptFailure::Timeout
             | AttemptFailure::ErrorEvent
@@ -216,6 +220,7 @@ impl std::fmt::Display for AttemptFailure {
             AttemptFailure::ErrorEvent => f.write_str("error_event"),
             AttemptFailure::Broken => f.write_str("broken"),
             AttemptFailure::Unusable => f.write_str("unusable"),
+            AttemptFailure::Untranslatable => f.write_str("untranslatable"),
         }
     }
 }

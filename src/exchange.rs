@@ -103,12 +103,14 @@ impl Admitted {
 }
 
 /// The summary of a request the upstream refused (or never answered) before any output, after
-/// trying `route`: nothing is billed.
+/// trying `route` (or that could not be written for its provider: the client's error, logged
+/// as rejected): nothing is billed.
 pub fn upstream_refused(error: ApiError, route: RouteTaken) -> Relayed {
-    let outcome = if error.code == ErrorCode::UpstreamTimeout {
-        Outcome::CutDeadline
-    } else {
-        Outcome::UpstreamError
+    let outcome = match error.code {
+        ErrorCode::UpstreamTimeout => Outcome::CutDeadline,
+        ErrorCode::UpstreamFailed | ErrorCode::UpstreamUnavailable => Outcome::UpstreamError,
+        // The client's own error, found while writing the request for the provider.
+        _ => Outcome::Rejected,
     };
     Relayed {
         outcome,

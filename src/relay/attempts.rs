@@ -186,8 +186,7 @@ impl Attempts {
             .body(placement, client.format())
             .map_err(|error| SendFailure {
                 error,
-                // A request that cannot be written for this provider is the client's to fix.
-                failure: AttemptFailure::Status(400),
+                failure: AttemptFailure::Untranslatable,
             })?;
         let sent_at = Instant::now();
         let first_event_by =

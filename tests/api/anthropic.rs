@@ -314,3 +314,33 @@ async fn an_anthropic_error_event_before_content_falls_back_too() {
     assert_eq!(line["attempts"][0]["failure"], "error_event", "{line}");
     assert_eq!(line["model"], "mock-gpt");
 }
+
+#[actix_web::test]
+async fn a_request_anthropic_cannot_express_is_the_clients_error_and_never_sent() {
+    let app = spawn_app(fast_mock(), |c| {
+        anthropic(c, "");
+        if let Some(claude) = c.pricing.get_mut("claude") {
+            claude.fallback = vec!["mock-gpt".into()];
+        }
+    })
+    .await;
+    let mut body = streamed(None);
+    body["n"] = json!(2);
+    let response = app.post_chat("alice").send_json(&body).await.unwrap();
+    assert_eq!(
+        tollgate_testkit::app::error_code(response).await,
+        (400, "invalid_json".into())
+    );
+    tollgate_testkit::app::assert_upstream_untouched(&app).await;
+    let line = app.wait_for_logs(1).await[0].clone();
+    assert_eq!(line["outcome"], "rejected", "{line}");
+    assert_eq!(
+        line["attempts"],
+        json!([{"model": "claude", "failure": "untranslatable"}]),
+        "no fallback for the client's own error"
+    );
+    assert_eq!(
+        app.settled_usage("alice").await["daily_usd"]["used_usd"],
+        0.0
+    );
+}
