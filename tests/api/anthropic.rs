@@ -344,3 +344,37 @@ async fn a_request_anthropic_cannot_express_is_the_clients_error_and_never_sent(
         0.0
     );
 }
+
+#[actix_web::test]
+async fn the_spend_cap_cuts_an_anthropic_stream_live() {
+    let app = spawn_app(fast_mock(), |c| {
+        anthropic(c, "tokens=400,tps=200");
+        c.cost.max_daily_usd = 0.001; // 1000 micro-USD; claude output: 15 micro-USD a token
+        c.relay.meter_batch_tokens = 4;
+    })
+    .await;
+    let read = read(&app, &streamed(None)).await;
+    assert_eq!(
+        (read.error.clone(), read.done),
+        (json!("budget_exceeded"), true)
+    );
+    let line = app.wait_for_logs(1).await[0].clone();
+    assert_eq!(line["outcome"], "cut_budget", "{line}");
+    let relayed = read.text.split_whitespace().count() as u64;
+    assert_eq!(
+        line["output_tokens"], relayed,
+        "billed what the client got: {line}"
+    );
+    assert!(
+        relayed < 400,
+        "cut long before the provider's end: {relayed}"
+    );
+    let spent = app.settled_usage("alice").await["daily_usd"]["used_usd"]
+        .as_f64()
+        .unwrap();
+    // The documented bound: one metering batch (4 tokens × 15 micro-USD) past the cap.
+    assert!(
+        spent > 0.001 && spent <= 0.001 + 4.0 * 15e-6 + 1e-6,
+        "{spent}"
+    );
+}
