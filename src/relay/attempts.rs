@@ -86,7 +86,10 @@ pub struct Attempts {
     current: usize,
     failures: Vec<AttemptFailure>,
     requested_model: String,
-    request: Rc<ChatRequest>,
+    stream: bool,
+    /// The request, to write it for the next model; dropped once no model can take over (the
+    /// last one is serving, or content started), so an open stream does not hold the prompt.
+    request: Option<Rc<ChatRequest>>,
     upstreams: Arc<Upstreams>,
     max_tokens: u32,
     deadline: Instant,
@@ -103,10 +106,11 @@ impl Attempts {
     ) -> Self {
         Self {
             requested_model: request.model.clone(),
+            stream: request.stream,
             chain,
             current: 0,
             failures: Vec::new(),
-            request,
+            request: Some(request),
             upstreams,
             max_tokens,
             deadline,
@@ -117,7 +121,12 @@ impl Attempts {
     pub async fn open(&mut self, ticket: &Ticket) -> Result<Started, ApiError> {
         loop {
             let failed = match self.send_current().await {
-                Ok(started) => return Ok(started),
+                Ok(started) => {
+                    if self.current + 1 == self.chain.len() {
+                        self.commit();
+                    }
+                    return Ok(started);
+                }
                 Err(failed) => failed,
             };
             self.next(failed.failure, failed.error, ticket).await?;
@@ -134,6 +143,12 @@ impl Attempts {
     ) -> Result<Started, ApiError> {
         self.next(failure, error, ticket).await?;
         self.open(ticket).await
+    }
+
+    /// The current model's content started: no fallback from here, and the request is no longer
+    /// needed.
+    pub fn commit(&mut self) {
+        self.request = None;
     }
 
     /// Records how the current model's reply failed after its content started (no fallback
@@ -193,7 +208,7 @@ impl Attempts {
             (sent_at + Duration::from_secs(settings.first_byte_timeout_secs)).min(self.deadline);
         // A whole reply's headers come once it is written: only a stream has a first byte to
         // wait for.
-        let answer_by = if self.request.stream {
+        let answer_by = if self.stream {
             first_event_by
         } else {
             self.deadline
@@ -219,15 +234,18 @@ impl Attempts {
     }
 
     fn body(&self, placement: &Placement, format: UpstreamFormat) -> Result<Bytes, ApiError> {
+        let Some(request) = &self.request else {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "the request was released before its last attempt",
+            ));
+        };
         let model = &placement.upstream_model;
         match format {
-            UpstreamFormat::OpenAi => self.request.upstream_body(model, self.max_tokens),
-            UpstreamFormat::Anthropic => anthropic::request_body(
-                self.request.body(),
-                model,
-                self.max_tokens,
-                self.request.stream,
-            ),
+            UpstreamFormat::OpenAi => request.upstream_body(model, self.max_tokens),
+            UpstreamFormat::Anthropic => {
+                anthropic::request_body(request.body(), model, self.max_tokens, request.stream)
+            }
         }
     }
 

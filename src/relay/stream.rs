@@ -150,6 +150,8 @@ struct Relay<'t> {
     /// The upstream body reached its end (polling it again would be a bug).
     upstream_ended: bool,
     first_token_at: Option<Instant>,
+    /// The request's chain of models (the fallbacks left).
+    attempts: Attempts,
     /// The current attempt's dialect: OpenAI chunks as they come, or Anthropic events to
     /// translate.
     translator: Option<StreamTranslator>,
@@ -204,6 +206,7 @@ impl StreamTask {
             blocked_by: None,
             upstream_ended: false,
             first_token_at: None,
+            attempts: job.attempts,
             translator: None,
             content_started: false,
             held_frames: Vec::new(),
@@ -212,7 +215,6 @@ impl StreamTask {
             failure: None,
             error_before_reply: None,
         };
-        let mut attempts = job.attempts;
         let mut reply = job.reply;
         let (end, upstream) = loop {
             relay.begin(&reply);
@@ -221,7 +223,7 @@ impl StreamTask {
             let failure = match relay.failure {
                 Some(failure) if end == Outcome::UpstreamError && !relay.content_started => failure,
                 Some(failure) if end == Outcome::UpstreamError => {
-                    attempts.failed_after_content(failure);
+                    relay.attempts.failed_after_content(failure);
                     break (end, Some(upstream));
                 }
                 _ => break (end, Some(upstream)),
@@ -232,7 +234,7 @@ impl StreamTask {
             let next = tokio::select! {
                 biased;
                 _ = relay.tx.closed() => None,
-                next = attempts.fall_back(failure, error, relay.ticket) => Some(next),
+                next = relay.attempts.fall_back(failure, error, relay.ticket) => Some(next),
             };
             match next {
                 Some(Ok(next)) => reply = next,
@@ -291,7 +293,7 @@ impl StreamTask {
             ttft: relay.first_token_at.map(|t| t - relay.started),
             answer,
             blocked_by: relay.blocked_by.take(),
-            route: attempts.route(),
+            route: relay.attempts.route(),
         }
     }
 }
@@ -494,7 +496,10 @@ impl Relay<'_> {
             (Cow::Borrowed(data), tokens, false)
         };
         // From the first content on, the reply belongs to this attempt: no fallback.
-        self.content_started |= tokens > 0;
+        if tokens > 0 && !self.content_started {
+            self.content_started = true;
+            self.attempts.commit();
+        }
         // A usage report inside a content chunk goes out with what it costs (the figure billed).
         let payload = match reported {
             Some(usage) => with_cost(&payload, self.cost_usd(usage)).map_or(payload, Cow::Owned),
