@@ -83,6 +83,12 @@ pub struct ServerConfig {
     /// A request body that makes no progress for this long is answered `408 request_timeout`
     /// and its connection closed (the whole body must also arrive within `limits.deadline_secs`).
     pub client_body_timeout_secs: u64,
+    /// Client connections open at once, over all workers. A connection beyond it is closed as
+    /// soon as it is accepted, without an answer (`tollgate_connections_refused_total`).
+    pub max_connections: usize,
+    /// An idle keep-alive connection (no request in progress) is closed after this long;
+    /// 0 = no keep-alive (one request per connection).
+    pub keep_alive_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,8 @@ impl Default for ServerConfig {
             demo_ui: true,
             metrics_listen: String::new(),
             client_body_timeout_secs: 10,
+            max_connections: 10_000,
+            keep_alive_timeout_secs: 5,
         }
     }
 }

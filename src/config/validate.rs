@@ -35,6 +35,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         "server.client_body_timeout_secs",
         c.server.client_body_timeout_secs,
     )?;
+    positive("server.max_connections", c.server.max_connections as u64)?;
     positive(
         "upstream.connect_timeout_secs",
         c.upstream.connect_timeout_secs,

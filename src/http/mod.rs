@@ -2,6 +2,7 @@
 //! the server itself. Only this module (and start-up) uses actix-web types.
 
 mod chat;
+mod connections;
 mod cors;
 mod demo;
 mod errors;

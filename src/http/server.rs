@@ -1,5 +1,6 @@
 //! Builds and starts the HTTP server on a listener the caller bound (port 0 in tests).
 
+use super::connections::ConnectionGate;
 use super::cors::{grant, is_preflight, preflight_response, CorsPolicy};
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
@@ -13,6 +14,7 @@ use crate::telemetry::{LogSink, Metrics, PromptHasher};
 use crate::users::UserRegistry;
 use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpMessage, HttpServer};
 use futures::future::LocalBoxFuture;
 use std::net::TcpListener;
@@ -55,6 +57,11 @@ pub fn serve(
     let cors = CorsPolicy::new(&state.config.server.cors_allowed_origins);
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
     let metrics_here = state.config.server.metrics_listen.is_empty();
+    let gate = ConnectionGate::new(state.config.server.max_connections, state.metrics.clone());
+    let keep_alive = match state.config.server.keep_alive_timeout_secs {
+        0 => KeepAlive::Disabled,
+        secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+    };
     let server = HttpServer::new(move || {
         // awc clients are not Send: one set per worker, built here.
         let upstream = web::Data::new(Upstreams::new(
@@ -103,7 +110,9 @@ pub fn serve(
             })
             .configure(|cfg| routes::configure(cfg, metrics_here))
     })
+    .on_connect(move |connection, data| gate.on_connect(connection, data))
     .workers(options.workers.max(1))
+    .keep_alive(keep_alive)
     .tcp_nodelay(true)
     .h1_allow_half_closed(false)
     .client_request_timeout(Duration::from_secs(10))

@@ -74,6 +74,10 @@ pub const REDIS_ERRORS_TOTAL: &str = "tollgate_redis_errors_total";
 pub const OUTAGE_DECISIONS_TOTAL: &str = "tollgate_outage_decisions_total";
 /// Redis mode: settlements waiting to be replayed into Redis.
 pub const REDIS_JOURNAL_PENDING: &str = "tollgate_redis_journal_pending";
+/// Client connections open now (`server.max_connections` bounds it).
+pub const OPEN_CONNECTIONS: &str = "tollgate_open_connections";
+/// Client connections closed at once because `server.max_connections` were open.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "tollgate_connections_refused_total";
 
 /// Upper bounds (seconds) of both latency histograms: 5 ms … 30 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -220,8 +224,10 @@ impl Global {
         };
         global.with_recorder(|| {
             describe_all();
-            // Register the unlabelled gauge so `/metrics` shows it (at 0) before any stream.
+            // Register the unlabelled series so `/metrics` shows them (at 0) before any event.
             gauge!(ACTIVE_STREAMS).increment(0.0);
+            gauge!(OPEN_CONNECTIONS).increment(0.0);
+            counter!(CONNECTIONS_REFUSED_TOTAL).increment(0);
         });
         global
     }
@@ -314,6 +320,16 @@ fn describe_all() {
         REDIS_JOURNAL_PENDING,
         Unit::Count,
         "Redis mode: settlements kept locally, waiting to be replayed into Redis."
+    );
+    describe_gauge!(
+        OPEN_CONNECTIONS,
+        Unit::Count,
+        "Client connections open now."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Client connections closed on arrival because server.max_connections were open."
     );
 }
 
@@ -540,6 +556,27 @@ impl Metrics {
         self.inner
             .global
             .with_recorder(|| gauge!(REDIS_JOURNAL_PENDING).set(pending as f64));
+    }
+
+    /// A client connection opened.
+    pub fn connection_opened(&self) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(OPEN_CONNECTIONS).increment(1.0));
+    }
+
+    /// A client connection closed. Pair every [`Metrics::connection_opened`] with one.
+    pub fn connection_closed(&self) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(OPEN_CONNECTIONS).decrement(1.0));
+    }
+
+    /// A client connection closed on arrival (`server.max_connections`).
+    pub fn record_connection_refused(&self) {
+        self.inner
+            .global
+            .with_recorder(|| counter!(CONNECTIONS_REFUSED_TOTAL).increment(1));
     }
 
     /// Exporter maintenance (drains histogram samples into buckets); call every few seconds,

@@ -7,6 +7,7 @@
 mod anthropic;
 mod cors;
 mod cuts;
+mod edge;
 mod endings;
 mod errors;
 mod fallback;

@@ -5,6 +5,7 @@
 
 pub mod idp;
 pub mod jwt;
+pub mod raw;
 pub mod scripted;
 pub mod sse;
 
@@ -30,6 +31,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// A running gateway and the mock behind it.
 pub struct TestApp {
     pub base: String,
+    /// `http://host:port` of `/metrics`: its own listener, or the gateway's.
+    pub metrics_base: String,
     /// The windows' clock: tests move it instead of sleeping.
     pub clock: ManualClock,
     pub recorder: Arc<MockRecorder>,
@@ -89,9 +92,11 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
     )
     .unwrap();
     let addr: SocketAddr = gateway.addr;
+    let metrics_addr = gateway.metrics_addr.unwrap_or(addr);
     actix_rt::spawn(gateway.server);
     TestApp {
         base: format!("http://{addr}"),
+        metrics_base: format!("http://{metrics_addr}"),
         clock,
         recorder,
         logs,
@@ -101,6 +106,29 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
 }
 
 impl TestApp {
+    /// The gateway's `host:port`, for raw connections ([`raw`]).
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// The `host:port` serving `/metrics`.
+    pub fn metrics_addr(&self) -> String {
+        self.metrics_base.trim_start_matches("http://").to_string()
+    }
+
+    /// `GET /metrics` (200 expected), as text.
+    pub async fn scrape_metrics(&self) -> String {
+        let mut response = self
+            .client
+            .get(format!("{}/metrics", self.metrics_base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.body().limit(16 << 20).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     pub fn token(&self, user: &str) -> String {
         tollgate::auth::mint(&self.config.auth, user, "pro", 600).unwrap()
     }
