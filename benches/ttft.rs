@@ -112,6 +112,7 @@ fn main() {
         &[],
         &[
             ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+            ("TOLLGATE__SERVER__METRICS_LISTEN", "127.0.0.1:0"),
             ("TOLLGATE_UPSTREAM_URL", &upstream),
             ("TOLLGATE_JWT_SECRET", SECRET),
             // One user sends every stream: lift the per-user windows and caps.

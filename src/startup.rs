@@ -121,12 +121,31 @@ pub fn start(
     metrics.declare_known_labels();
     start_upkeep(metrics.clone());
     let metrics_server = match config.server.metrics_listen.as_str() {
-        "" => None,
+        "" => {
+            if !addr.ip().is_loopback() && config.metrics.bearer_token.is_empty() {
+                tracing::warn!(
+                    listen = %addr,
+                    "/metrics is served on server.listen without metrics.bearer_token: anyone \
+                     who reaches the gateway can read every user's spend"
+                );
+            }
+            None
+        }
         addr => {
-            let listener = TcpListener::bind(addr)?;
+            let listener = TcpListener::bind(addr).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "server.metrics_listen: cannot listen on {addr}: {e} (another gateway on \
+                         this host? give each its own metrics port, or \"\" to serve /metrics \
+                         on server.listen)"
+                    ),
+                )
+            })?;
             let bound = listener.local_addr()?;
             tracing::info!(listen = %bound, "serving /metrics on its own listener");
-            Some((bound, serve_metrics(listener, metrics.clone())?))
+            let token = config.metrics.bearer_token.clone();
+            Some((bound, serve_metrics(listener, metrics.clone(), token)?))
         }
     };
     let metrics_addr = metrics_server.as_ref().map(|(addr, _)| *addr);

@@ -17,7 +17,9 @@ fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_clear()
         .env("RUST_LOG", "info")
         // No state file in the working tree unless a test asks for one.
-        .env("TOLLGATE__USERS__SNAPSHOT_PATH", "");
+        .env("TOLLGATE__USERS__SNAPSHOT_PATH", "")
+        // `/metrics` on a free loopback port: tests run gateways side by side.
+        .env("TOLLGATE__SERVER__METRICS_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         command.env(k, v);
     }

@@ -538,7 +538,7 @@ fn prometheus_scrapes_tollgate_on_its_metrics_port() {
         }),
         "config/prometheus.yml must be mounted where the image reads it: {mounted:?}"
     );
-    // Metrics are served on the main listener unless server.metrics_listen names another.
+    // Metrics are served where server.metrics_listen says (the main listener when it is "").
     let tollgate_env = environment(service(&compose, "tollgate"));
     let metrics_port = match tollgate_env.get("TOLLGATE__SERVER__METRICS_LISTEN") {
         Some(Some(listen)) if !listen.is_empty() => port_of(listen),

@@ -53,7 +53,7 @@ fn total(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
 async fn scrape(app: &TestApp) -> (String, Vec<Sample>) {
     let mut response = app
         .client
-        .get(format!("{}/metrics", app.base))
+        .get(format!("{}/metrics", app.metrics_base))
         .send()
         .await
         .unwrap();

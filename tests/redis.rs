@@ -25,6 +25,8 @@ fn env_for(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<(String, String)>
         ("TOLLGATE_JWT_SECRET", SECRET),
         ("TOLLGATE_LISTEN", "127.0.0.1:0"),
         ("TOLLGATE__SERVER__WORKERS", "2"),
+        // `/metrics` on the (loopback) main listener: two replicas run side by side.
+        ("TOLLGATE__SERVER__METRICS_LISTEN", ""),
         ("TOLLGATE__USERS__SNAPSHOT_PATH", ""),
         ("TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS", "0"),
         // Generous per-call timeout: a busy CI machine must not trip the outage path where a

@@ -82,6 +82,10 @@ pub fn start_mock(pin: Pinning) -> (Running, SocketAddr) {
 fn start_gateway(pin: Pinning, mock: SocketAddr, redis_url: Option<&str>) -> (Running, SocketAddr) {
     let mut env: Vec<(&str, String)> = vec![
         ("TOLLGATE_LISTEN", "127.0.0.1:0".into()),
+        // `/metrics` on the (loopback) main listener, where the Redis arm reads it.
+        ("TOLLGATE__SERVER__METRICS_LISTEN", String::new()),
+        // The memory phase holds 10,000 streams open (the default connection cap).
+        ("TOLLGATE__SERVER__MAX_CONNECTIONS", "1000000".into()),
         ("TOLLGATE_UPSTREAM_URL", format!("http://{mock}/v1")),
         ("TOLLGATE_JWT_SECRET", SECRET.into()),
         // A throughput benchmark, not a limits test: lift every per-user window and cap.

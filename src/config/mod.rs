@@ -14,6 +14,10 @@ pub use secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Where `/metrics` is served by default: loopback only, on the port Prometheus exporters
+/// conventionally use.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 /// The signing secret used when none is configured. Start-up warns loudly when it is in use.
 pub const DEVELOPMENT_JWT_SECRET: &str = "tollgate-development-secret-change-me";
 
@@ -78,7 +82,9 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Serve the demo chat page at `/chat`.
     pub demo_ui: bool,
-    /// A separate `IP:PORT` for `/metrics` (then not served on `listen`); empty = same listener.
+    /// Where `/metrics` is served: its own `IP:PORT`, loopback by default (the exposition
+    /// names users and their spend); empty = on `listen` too, for anyone who reaches the gateway
+    /// (then set `metrics.bearer_token`).
     pub metrics_listen: String,
     /// A request body that makes no progress for this long is answered `408 request_timeout`
     /// and its connection closed (the whole body must also arrive within `limits.deadline_secs`).
@@ -99,7 +105,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 30,
             cors_allowed_origins: Vec::new(),
             demo_ui: true,
-            metrics_listen: String::new(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             client_body_timeout_secs: 10,
             max_connections: 10_000,
             keep_alive_timeout_secs: 5,
@@ -644,12 +650,16 @@ pub struct MetricsConfig {
     /// Users with their own `tollgate_user_cost_usd_total` series (the biggest spenders); the
     /// rest are summed as `user="_other"`.
     pub max_user_series: usize,
+    /// When set, `/metrics` answers only `Authorization: Bearer <this>` (Prometheus'
+    /// `authorization` setting), on whichever listener serves it. Empty = no token asked.
+    pub bearer_token: Secret,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             max_user_series: 1000,
+            bearer_token: Secret::default(),
         }
     }
 }

@@ -7,11 +7,13 @@ use super::models;
 use super::request_headers::RequestHeaders;
 use super::server::AppState;
 use crate::auth::JwksStatus;
+use crate::config::Secret;
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry::Metrics;
 use crate::users::UserLimits;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     if with_metrics {
@@ -62,19 +64,59 @@ async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    render(&state.metrics)
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    render(&req, &state.metrics, &state.config.metrics.bearer_token)
+}
+
+/// What the separate metrics listener serves: the metrics and the token that guards them.
+pub(super) struct MetricsAccess {
+    pub metrics: Metrics,
+    pub bearer_token: Secret,
 }
 
 /// `/metrics` on the separate metrics listener.
-pub(super) async fn metrics_only(metrics: web::Data<Metrics>) -> HttpResponse {
-    render(&metrics)
+pub(super) async fn metrics_only(
+    req: HttpRequest,
+    access: web::Data<MetricsAccess>,
+) -> HttpResponse {
+    render(&req, &access.metrics, &access.bearer_token)
 }
 
-fn render(metrics: &Metrics) -> HttpResponse {
+/// The exposition, to a caller presenting `token` (when one is configured).
+fn render(req: &HttpRequest, metrics: &Metrics, token: &Secret) -> HttpResponse {
+    if let Err(e) = check_bearer(req, token) {
+        return error_response(&e);
+    }
     HttpResponse::Ok()
         .content_type(Metrics::CONTENT_TYPE)
         .body(metrics.render())
+}
+
+/// `Authorization: Bearer <token>` must match `token` when it is set (compared as SHA-256
+/// digests, in constant time).
+fn check_bearer(req: &HttpRequest, token: &Secret) -> Result<(), ApiError> {
+    if token.is_empty() {
+        return Ok(());
+    }
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .ok_or_else(|| ApiError::new(ErrorCode::MissingToken, "/metrics needs its bearer token"))?;
+    let digest = |bytes: &[u8]| Sha256::digest(bytes);
+    let (a, b) = (digest(presented), digest(token.expose().as_bytes()));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if difference == 0 {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "not the bearer token of /metrics",
+        ))
+    }
 }
 
 async fn healthz() -> HttpResponse {

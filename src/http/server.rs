@@ -6,7 +6,7 @@ use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
-use crate::config::{Config, ProviderConfig};
+use crate::config::{Config, ProviderConfig, Secret};
 use crate::policy::guardrails::Guardrails;
 use crate::relay::health::UpstreamHealth;
 use crate::relay::Upstreams;
@@ -125,9 +125,17 @@ pub fn serve(
     Ok(server.listen(listener)?.run())
 }
 
-/// Serves only `/metrics` on its own listener (`server.metrics_listen`).
-pub fn serve_metrics(listener: TcpListener, metrics: Metrics) -> std::io::Result<Server> {
-    let data = web::Data::new(metrics);
+/// Serves only `/metrics` on its own listener (`server.metrics_listen`), to callers presenting
+/// `bearer_token` when it is set.
+pub fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    bearer_token: Secret,
+) -> std::io::Result<Server> {
+    let data = web::Data::new(routes::MetricsAccess {
+        metrics,
+        bearer_token,
+    });
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(data.clone())

@@ -10,6 +10,7 @@ mod cuts;
 mod edge;
 mod endings;
 mod errors;
+mod exposure;
 mod fallback;
 mod framing;
 mod front_ends;

@@ -6,12 +6,19 @@ import { createInterface } from "node:readline";
 export const BIN = process.env.TOLLGATE_BIN || "target/debug/tollgate";
 
 /**
- * Starts the gateway with `env` (TOLLGATE_LISTEN=127.0.0.1:0 is added) and resolves once it
+ * Starts the gateway with `env` (TOLLGATE_LISTEN=127.0.0.1:0 and a free metrics port are added) and resolves once it
  * serves: `{ gateway, base }`. Each request log line (stdout) is passed to `onLogLine`, if given.
  */
 export function startGateway(env, onLogLine) {
   const gateway = spawn(BIN, [], {
-    env: { PATH: process.env.PATH, RUST_LOG: "info", TOLLGATE_LISTEN: "127.0.0.1:0", ...env },
+    env: {
+      PATH: process.env.PATH,
+      RUST_LOG: "info",
+      TOLLGATE_LISTEN: "127.0.0.1:0",
+      // `/metrics` on a free loopback port: suites run gateways side by side.
+      TOLLGATE__SERVER__METRICS_LISTEN: "127.0.0.1:0",
+      ...env,
+    },
     stdio: ["ignore", onLogLine ? "pipe" : "ignore", "pipe"],
   });
   if (onLogLine) {
