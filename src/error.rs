@@ -24,6 +24,8 @@ pub enum ErrorCode {
     UnknownPlan,
     ModelNotInPlan,
     PayloadTooLarge,
+    /// A header, or all of them, over the size bounds (`server.max_header_bytes`, …).
+    HeadersTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
     NotFound,
@@ -77,6 +79,7 @@ impl ErrorCode {
         ErrorCode::UnknownPlan,
         ErrorCode::ModelNotInPlan,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::HeadersTooLarge,
         ErrorCode::RequestTimeout,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::NotFound,
@@ -112,6 +115,7 @@ impl ErrorCode {
             RequestTimeout => 408,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
+            HeadersTooLarge => 431,
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
             | MonthlyBudget | OrgDailyBudget => 429,
             Internal => 500,
@@ -150,10 +154,9 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge | RequestTimeout
-            | UnsupportedMediaType | NotFound | ModelNotFound | MethodNotAllowed => {
-                "invalid_request_error"
-            }
+            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge | HeadersTooLarge
+            | RequestTimeout | UnsupportedMediaType | NotFound | ModelNotFound
+            | MethodNotAllowed => "invalid_request_error",
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
@@ -188,6 +191,7 @@ impl ErrorCode {
             UnknownPlan => "unknown_plan",
             ModelNotInPlan => "model_not_in_plan",
             PayloadTooLarge => "payload_too_large",
+            HeadersTooLarge => "headers_too_large",
             RequestTimeout => "request_timeout",
             UnsupportedMediaType => "unsupported_media_type",
             NotFound => "not_found",
@@ -314,7 +318,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 36);
+        assert_eq!(n, 37);
     }
 
     #[test]

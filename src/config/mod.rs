@@ -95,6 +95,10 @@ pub struct ServerConfig {
     /// An idle keep-alive connection (no request in progress) is closed after this long;
     /// 0 = no keep-alive (one request per connection).
     pub keep_alive_timeout_secs: u64,
+    /// Largest single request header (name and value bytes); larger → `431 headers_too_large`.
+    pub max_header_bytes: usize,
+    /// Largest sum of every request header (names and values); larger → `431`.
+    pub max_headers_total_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +113,8 @@ impl Default for ServerConfig {
             client_body_timeout_secs: 10,
             max_connections: 10_000,
             keep_alive_timeout_secs: 5,
+            max_header_bytes: 8 * 1024,
+            max_headers_total_bytes: 32 * 1024,
         }
     }
 }

@@ -36,6 +36,20 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         c.server.client_body_timeout_secs,
     )?;
     positive("server.max_connections", c.server.max_connections as u64)?;
+    positive("server.max_header_bytes", c.server.max_header_bytes as u64)?;
+    if c.server.max_headers_total_bytes < c.server.max_header_bytes {
+        return Err(ConfigError::invalid(
+            "server.max_headers_total_bytes",
+            "must be at least server.max_header_bytes",
+        ));
+    }
+    // actix-web refuses a request head over 128 KiB itself, with a bare 431.
+    if c.server.max_headers_total_bytes > 96 * 1024 {
+        return Err(ConfigError::invalid(
+            "server.max_headers_total_bytes",
+            "must be at most 98304 (96 KiB)",
+        ));
+    }
     positive(
         "upstream.connect_timeout_secs",
         c.upstream.connect_timeout_secs,

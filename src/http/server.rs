@@ -2,6 +2,8 @@
 
 use super::connections::ConnectionGate;
 use super::cors::{grant, is_preflight, preflight_response, CorsPolicy};
+use super::errors::error_response;
+use super::request_headers::check_header_sizes;
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
 use crate::auth::Authenticator;
@@ -57,6 +59,10 @@ pub fn serve(
     let cors = CorsPolicy::new(&state.config.server.cors_allowed_origins);
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
     let metrics_here = state.config.server.metrics_listen.is_empty();
+    let (max_header, max_headers) = (
+        state.config.server.max_header_bytes,
+        state.config.server.max_headers_total_bytes,
+    );
     let gate = ConnectionGate::new(state.config.server.max_connections, state.metrics.clone());
     let keep_alive = match state.config.server.keep_alive_timeout_secs {
         0 => KeepAlive::Disabled,
@@ -70,9 +76,23 @@ pub fn serve(
             data.upstream_health.clone(),
         ));
         let cors = cors.clone();
+        let metrics = data.metrics.clone();
         App::new()
             .app_data(data.clone())
             .app_data(upstream)
+            // Innermost: the refusal still gets CORS headers and its request id.
+            .wrap_fn(move |req, srv| {
+                let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =
+                    match check_header_sizes(req.headers(), max_header, max_headers) {
+                        Ok(()) => Box::pin(srv.call(req)),
+                        Err(e) => {
+                            metrics.record_rejection(e.code);
+                            let response = req.into_response(error_response(&e));
+                            Box::pin(async move { Ok(response) })
+                        }
+                    };
+                answer
+            })
             .wrap_fn(move |req, srv| {
                 let origin = cors.allowed_origin(req.headers());
                 let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =

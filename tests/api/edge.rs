@@ -137,3 +137,42 @@ async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
     assert!(logs.iter().all(|l| l["status"] == 401));
     assert_upstream_untouched(&app).await;
 }
+
+/// (status, code) of a chat request carrying `headers` of the given sizes (value bytes).
+async fn with_headers(app: &TestApp, sizes: &[usize]) -> (u16, String) {
+    let mut request = app.post_chat("bulky");
+    for (i, size) in sizes.iter().enumerate() {
+        request = request.insert_header((format!("x-filler-{i}"), "a".repeat(*size)));
+    }
+    let response = request
+        .send_json(&chat_body("mock-gpt", false))
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
+    if response.status() == 200 {
+        return (200, String::new());
+    }
+    error_code(response).await
+}
+
+#[actix_web::test]
+async fn oversized_headers_get_431_before_any_route() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let too_large = (431, "headers_too_large".to_string());
+    // One header over 8 KiB (name and value), however far over.
+    assert_eq!(with_headers(&app, &[8 * 1024]).await, too_large);
+    assert_eq!(with_headers(&app, &[64 * 1024]).await, too_large);
+    // 17 KiB in all is fine; over 32 KiB in all is not, though each header is small.
+    assert_eq!(
+        with_headers(&app, &[6 * 1024, 6 * 1024, 5 * 1024]).await.0,
+        200
+    );
+    assert_eq!(with_headers(&app, &[7 * 1024; 5]).await, too_large);
+    // Only the request that fitted reached the upstream.
+    assert!(app.recorder.wait_for_requests(1, WAIT).await);
+    assert!(
+        !app.recorder
+            .wait_for_requests(2, std::time::Duration::from_millis(50))
+            .await
+    );
+}
