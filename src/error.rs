@@ -14,6 +14,8 @@ pub enum ErrorCode {
     MessageTooLong,
     ContextTooLong,
     PromptInjection,
+    /// A known sampling parameter of the wrong type or out of its range.
+    InvalidParameter,
     MissingUser,
     InvalidUser,
     MissingToken,
@@ -23,6 +25,8 @@ pub enum ErrorCode {
     UnknownFeature,
     UnknownPlan,
     ModelNotInPlan,
+    /// The caller's plan denies a parameter the request sets (`plans.<plan>.denied_parameters`).
+    ParameterNotAllowed,
     PayloadTooLarge,
     /// A header, or all of them, over the size bounds (`server.max_header_bytes`, …).
     HeadersTooLarge,
@@ -69,6 +73,7 @@ impl ErrorCode {
         ErrorCode::MessageTooLong,
         ErrorCode::ContextTooLong,
         ErrorCode::PromptInjection,
+        ErrorCode::InvalidParameter,
         ErrorCode::MissingUser,
         ErrorCode::InvalidUser,
         ErrorCode::MissingToken,
@@ -78,6 +83,7 @@ impl ErrorCode {
         ErrorCode::UnknownFeature,
         ErrorCode::UnknownPlan,
         ErrorCode::ModelNotInPlan,
+        ErrorCode::ParameterNotAllowed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::HeadersTooLarge,
         ErrorCode::RequestTimeout,
@@ -107,9 +113,10 @@ impl ErrorCode {
         use ErrorCode::*;
         Delivery::Status(match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | MissingUser | InvalidUser => 400,
+            | PromptInjection | InvalidParameter | MissingUser | InvalidUser => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
-            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => 403,
+            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
+            | ParameterNotAllowed => 403,
             NotFound | ModelNotFound => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
@@ -154,11 +161,12 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | MissingUser | InvalidUser | PayloadTooLarge | HeadersTooLarge
-            | RequestTimeout | UnsupportedMediaType | NotFound | ModelNotFound
-            | MethodNotAllowed => "invalid_request_error",
+            | PromptInjection | InvalidParameter | MissingUser | InvalidUser | PayloadTooLarge
+            | HeadersTooLarge | RequestTimeout | UnsupportedMediaType | NotFound
+            | ModelNotFound | MethodNotAllowed => "invalid_request_error",
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
-            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan => "permission_error",
+            FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
+            | ParameterNotAllowed => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
             | MonthlyBudget | OrgDailyBudget => "rate_limit_error",
             UpstreamFailed | UpstreamUnavailable | StateUnavailable | UpstreamTimeout => {
@@ -181,6 +189,7 @@ impl ErrorCode {
             MessageTooLong => "message_too_long",
             ContextTooLong => "context_too_long",
             PromptInjection => "prompt_injection",
+            InvalidParameter => "invalid_parameter",
             MissingUser => "missing_user",
             InvalidUser => "invalid_user",
             MissingToken => "missing_token",
@@ -190,6 +199,7 @@ impl ErrorCode {
             UnknownFeature => "unknown_feature",
             UnknownPlan => "unknown_plan",
             ModelNotInPlan => "model_not_in_plan",
+            ParameterNotAllowed => "parameter_not_allowed",
             PayloadTooLarge => "payload_too_large",
             HeadersTooLarge => "headers_too_large",
             RequestTimeout => "request_timeout",
@@ -318,7 +328,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 37);
+        assert_eq!(n, 39);
     }
 
     #[test]

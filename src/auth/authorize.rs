@@ -71,6 +71,21 @@ pub fn authorize_model(plan_name: &str, plan: &PlanConfig, model: &str) -> Resul
     ))
 }
 
+/// Checks the plan's denied parameters against the fields the request sets.
+pub fn authorize_parameters(
+    plan_name: &str,
+    plan: &PlanConfig,
+    sets: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    match plan.denied_parameters.iter().find(|name| sets(name)) {
+        None => Ok(()),
+        Some(name) => Err(ApiError::new(
+            ErrorCode::ParameterNotAllowed,
+            format!("plan '{plan_name}' does not allow the parameter `{name}`"),
+        )),
+    }
+}
+
 /// A client-supplied name, bounded and without control characters, for an error message.
 fn printable(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(64).collect()

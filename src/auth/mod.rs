@@ -15,7 +15,7 @@ mod authorize;
 mod jwks;
 pub mod service_keys;
 
-pub use authorize::{authorize_feature, authorize_model, models_in_plan};
+pub use authorize::{authorize_feature, authorize_model, authorize_parameters, models_in_plan};
 use jwks::Jwks;
 pub use jwks::{JwksRefresher, JwksStatus};
 pub use service_keys::new_key;

@@ -418,6 +418,38 @@ mod tests {
     }
 
     #[test]
+    fn the_hardening_keys_are_checked() {
+        let cases = [
+            ("[server]\nmax_connections = 0\n", "server.max_connections"),
+            (
+                "[server]\nmax_header_bytes = 0\n",
+                "server.max_header_bytes",
+            ),
+            (
+                "[server]\nmax_header_bytes = 9000\nmax_headers_total_bytes = 8000\n",
+                "server.max_headers_total_bytes",
+            ),
+            (
+                "[server]\nmax_headers_total_bytes = 200000\n",
+                "server.max_headers_total_bytes",
+            ),
+            (
+                "[plans.basic]\nfeatures = []\ndenied_parameters = [\"messages\"]\n",
+                "plans.basic.denied_parameters",
+            ),
+        ];
+        for (file, key) in cases {
+            assert_eq!(invalid_key(load_with(Some(file), &[])), key, "{file}");
+        }
+        let config = load_with(
+            Some("[plans.basic]\nfeatures = []\ndenied_parameters = [\"n\", \"tools\"]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.plans["basic"].denied_parameters, ["n", "tools"]);
+    }
+
+    #[test]
     fn the_identity_provider_keys_are_checked() {
         let auth = |lines: &str| load_with(Some(&format!("[auth]\n{lines}\n")), &[]);
         let jwks = "algorithms = [\"RS256\"]\naudience = \"tollgate\"\njwks_url = \"https://idp.example.com/jwks\"";

@@ -487,6 +487,10 @@ pub struct PlanConfig {
     /// Largest `max_tokens` granted on this plan (default `limits.max_output_tokens`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// Top-level request fields this plan may not set (e.g. `["n", "logprobs", "logit_bias",
+    /// "tools"]`): a request setting one (not `null`) gets `403 parameter_not_allowed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub denied_parameters: Vec<String>,
     #[serde(skip_serializing_if = "is_default")]
     pub rate: RateOverrides,
     #[serde(skip_serializing_if = "is_default")]

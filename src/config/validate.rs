@@ -147,6 +147,16 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
                 format!("{model:?} has no [pricing] entry"),
             ));
         }
+        if let Some(name) = p
+            .denied_parameters
+            .iter()
+            .find(|name| name.is_empty() || ["model", "messages"].contains(&name.as_str()))
+        {
+            return Err(ConfigError::invalid(
+                format!("plans.{plan}.denied_parameters"),
+                format!("{name:?} cannot be denied (every request needs model and messages)"),
+            ));
+        }
         if p.max_output_tokens == Some(0) {
             return Err(ConfigError::invalid(
                 format!("plans.{plan}.max_output_tokens"),

@@ -10,7 +10,7 @@ use super::request_headers::RequestHeaders;
 use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::RateLimitHeaders;
-use crate::auth::{authorize_feature, authorize_model, Identity};
+use crate::auth::{authorize_feature, authorize_model, authorize_parameters, Identity};
 use crate::catalog::Placement;
 use crate::config::{LimitsConfig, PlanConfig};
 use crate::error::{ApiError, ErrorCode};
@@ -328,6 +328,7 @@ fn check(
         )
     })?;
     authorize_model(&identity.plan, plan, &request.model)?;
+    authorize_parameters(&identity.plan, plan, |name| request.sets(name))?;
     let price = chain[0].price;
     // Fallbacks outside the plan are skipped.
     let chain: Vec<Placement> = chain

@@ -24,6 +24,18 @@ const ROLES: &[&str] = &[
 ];
 /// Most choices (`n`) a request may ask for: each one multiplies the output.
 pub const MAX_CHOICES: u64 = 8;
+/// The sampling parameters checked here and their ranges (OpenAI's); other fields pass through
+/// unchecked, so a provider's new parameters keep working.
+const SAMPLING_RANGES: &[(&str, f64, f64)] = &[
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+];
+/// Range of each `logit_bias` value.
+const LOGIT_BIAS_RANGE: (f64, f64) = (-100.0, 100.0);
+/// Most `top_logprobs` a request may ask for.
+const MAX_TOP_LOGPROBS: u64 = 20;
 /// Roles that are instructions, kept whatever the history trimming drops.
 const SYSTEM_ROLES: &[&str] = &["system", "developer"];
 
@@ -92,6 +104,7 @@ impl ChatRequest {
                 )))
             }
         }
+        check_sampling(&body)?;
         let (requested_max_tokens, max_tokens_field) = requested_cap(&body)?;
         Ok(Self {
             body,
@@ -248,6 +261,11 @@ impl ChatRequest {
             .map_or(&[], Vec::as_slice)
     }
 
+    /// Whether the request sets top-level field `name` (present and not `null`).
+    pub fn sets(&self, name: &str) -> bool {
+        self.body.get(name).is_some_and(|v| !v.is_null())
+    }
+
     /// Choices requested (`n`, default 1).
     pub fn choices(&self) -> u64 {
         self.body.get("n").and_then(Value::as_u64).unwrap_or(1)
@@ -331,6 +349,49 @@ fn optional_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, A
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(_) => Err(invalid_json(&format!("`{key}` must be a boolean"))),
     }
+}
+
+/// The known sampling parameters have their type and range (`400 invalid_parameter`); `null`
+/// counts as absent.
+fn check_sampling(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let in_range = |value: &Value, (lo, hi): (f64, f64)| {
+        value.as_f64().is_some_and(|v| (lo..=hi).contains(&v))
+    };
+    for &(name, lo, hi) in SAMPLING_RANGES {
+        match body.get(name) {
+            None | Some(Value::Null) => {}
+            Some(value) if in_range(value, (lo, hi)) => {}
+            Some(_) => {
+                return Err(invalid_parameter(format!(
+                    "`{name}` must be a number from {lo} to {hi}"
+                )))
+            }
+        }
+    }
+    match body.get("logit_bias") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(biases)) if biases.values().all(|v| in_range(v, LOGIT_BIAS_RANGE)) => {}
+        Some(_) => {
+            return Err(invalid_parameter(format!(
+                "`logit_bias` must map token ids to numbers from {} to {}",
+                LOGIT_BIAS_RANGE.0, LOGIT_BIAS_RANGE.1
+            )))
+        }
+    }
+    match body.get("top_logprobs") {
+        None | Some(Value::Null) => {}
+        Some(n) if n.as_u64().is_some_and(|n| n <= MAX_TOP_LOGPROBS) => {}
+        Some(_) => {
+            return Err(invalid_parameter(format!(
+                "`top_logprobs` must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn invalid_parameter(message: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidParameter, message)
 }
 
 fn requested_cap(body: &Map<String, Value>) -> Result<(Option<u32>, MaxTokensField), ApiError> {
@@ -495,6 +556,61 @@ mod tests {
         let mut b = ok_body();
         b["max_tokens"] = json!(-1);
         assert_eq!(parse(b).unwrap_err(), ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn sampling_parameters_are_checked_for_type_and_range_and_the_rest_passes() {
+        let with = |name: &str, value: Value| {
+            let mut b = ok_body();
+            b[name] = value;
+            parse(b).map(|_| ())
+        };
+        let bad = Err(ErrorCode::InvalidParameter);
+        for (name, lo, hi) in [
+            ("temperature", 0.0, 2.0),
+            ("top_p", 0.0, 1.0),
+            ("presence_penalty", -2.0, 2.0),
+            ("frequency_penalty", -2.0, 2.0),
+        ] {
+            assert_eq!(with(name, json!(lo)), Ok(()), "{name}");
+            assert_eq!(with(name, json!(hi)), Ok(()), "{name}");
+            assert_eq!(with(name, json!(null)), Ok(()), "{name}");
+            assert_eq!(with(name, json!(hi + 0.01)), bad, "{name}");
+            assert_eq!(with(name, json!(lo - 0.01)), bad, "{name}");
+            assert_eq!(with(name, json!("NaN")), bad, "{name}");
+            assert_eq!(with(name, json!("1")), bad, "{name}");
+            assert_eq!(with(name, json!(true)), bad, "{name}");
+        }
+        assert_eq!(with("temperature", json!(99)), bad);
+        assert_eq!(with("temperature", json!(-5)), bad);
+        assert_eq!(with("top_p", json!(7)), bad);
+        assert_eq!(
+            with("logit_bias", json!({"50256": -100, "15": 100})),
+            Ok(())
+        );
+        assert_eq!(with("logit_bias", json!({"50256": -101})), bad);
+        assert_eq!(with("logit_bias", json!({"50256": "1"})), bad);
+        assert_eq!(with("logit_bias", json!([1, 2])), bad);
+        assert_eq!(with("top_logprobs", json!(0)), Ok(()));
+        assert_eq!(with("top_logprobs", json!(20)), Ok(()));
+        assert_eq!(with("top_logprobs", json!(21)), bad);
+        assert_eq!(with("top_logprobs", json!(1.5)), bad);
+        assert_eq!(with("top_logprobs", json!(-1)), bad);
+        // Fields the gateway does not know pass through, whatever they hold.
+        assert_eq!(with("a_new_provider_parameter", json!("NaN")), Ok(()));
+        assert_eq!(with("reasoning_effort", json!("high")), Ok(()));
+    }
+
+    #[test]
+    fn sets_is_true_for_present_non_null_fields() {
+        let mut b = ok_body();
+        b["n"] = json!(1);
+        b["logprobs"] = json!(null);
+        let r = parse(b).unwrap();
+        assert!(r.sets("n"));
+        assert!(r.sets("model"));
+        assert!(!r.sets("logprobs"));
+        assert!(!r.sets("tools"));
     }
 
     #[test]

@@ -231,3 +231,85 @@ async fn an_unpriced_model_cannot_be_cost_capped_and_is_refused() {
     assert_eq!(logs[0]["outcome"], "rejected");
     assert_eq!(logs[0]["status"], 400);
 }
+
+/// (status, code) of a non-streamed chat request with `extra` fields; (200, "") when answered.
+async fn chat_with(app: &TestApp, user: &str, extra: Value) -> (u16, String) {
+    let mut body = chat_body("mock-gpt", false);
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
+    }
+    let mut response = app.post_chat(user).send_json(&body).await.unwrap();
+    if response.status() == 200 {
+        let _ = response.body().await;
+        return (200, String::new());
+    }
+    error_code(response).await
+}
+
+#[actix_web::test]
+async fn sampling_parameters_out_of_range_get_400_before_the_upstream_and_unknown_fields_pass() {
+    let app = spawn_app(fast_mock(), |c| c.rate.requests_per_minute = 100).await;
+    let invalid = (400, "invalid_parameter".to_string());
+    for extra in [
+        json!({"temperature": "NaN"}),
+        json!({"temperature": 99}),
+        json!({"temperature": -5}),
+        json!({"top_p": 7}),
+        json!({"presence_penalty": 2.5}),
+        json!({"frequency_penalty": -3}),
+        json!({"logit_bias": {"50256": 300}}),
+        json!({"top_logprobs": 21}),
+    ] {
+        assert_eq!(
+            chat_with(&app, "sampler", extra.clone()).await,
+            invalid,
+            "{extra}"
+        );
+    }
+    assert_upstream_untouched(&app).await;
+    // In range, and a field the gateway does not know: forwarded as sent.
+    let fine = json!({"temperature": 2, "top_p": 0.5, "logit_bias": {"50256": -100},
+                      "top_logprobs": 20, "logprobs": true, "a_new_parameter": {"x": "NaN"}});
+    assert_eq!(chat_with(&app, "sampler", fine).await.0, 200);
+    assert!(app.recorder.wait_for_requests(1, WAIT).await);
+    let sent = &app.recorder.requests()[0].body;
+    assert_eq!(sent["temperature"], 2);
+    assert_eq!(sent["a_new_parameter"], json!({"x": "NaN"}));
+    let logs = app.wait_for_logs(9).await;
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l["error_code"] == "invalid_parameter" && l["status"] == 400)
+            .count(),
+        8
+    );
+}
+
+#[actix_web::test]
+async fn a_plan_denies_costly_parameters_with_403() {
+    let app = spawn_app(fast_mock(), |c| {
+        c.rate.requests_per_minute = 100;
+        c.plans.get_mut("pro").unwrap().denied_parameters =
+            ["n", "logprobs", "logit_bias", "tools"]
+                .map(String::from)
+                .to_vec();
+    })
+    .await;
+    let denied = (403, "parameter_not_allowed".to_string());
+    for extra in [
+        json!({"n": 2}),
+        json!({"n": 1}),
+        json!({"logprobs": true}),
+        json!({"logit_bias": {"1": 1}}),
+        json!({"tools": []}),
+    ] {
+        assert_eq!(
+            chat_with(&app, "frugal", extra.clone()).await,
+            denied,
+            "{extra}"
+        );
+    }
+    assert_upstream_untouched(&app).await;
+    // `null` is as good as absent; other parameters are untouched by the list.
+    let fine = json!({"n": null, "logprobs": null, "temperature": 0.3});
+    assert_eq!(chat_with(&app, "frugal", fine).await.0, 200);
+}
