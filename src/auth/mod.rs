@@ -206,6 +206,9 @@ impl Authenticator {
     fn verify_jwt(&self, token: &str) -> Result<Identity, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the bearer token is not valid"))?;
+        refuse_critical(&header).map_err(|_| {
+            invalid("the bearer token's header names critical extensions this gateway does not understand")
+        })?;
         let (algorithm, validation) = self
             .accepted
             .iter()
@@ -372,6 +375,19 @@ fn read_pem(path: &str) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path).map_err(|e| KeyError(format!("cannot read {path}: {e}")))
 }
 
+/// RFC 7515 §4.1.11: a JWS whose header lists `crit` extensions the recipient does not
+/// understand must be refused. tollgate understands none, so any `crit` (even an empty list,
+/// which the RFC forbids) refuses the token; jsonwebtoken does not check it.
+fn refuse_critical(header: &Header) -> Result<(), CriticalExtensions> {
+    match header.crit {
+        None => Ok(()),
+        Some(_) => Err(CriticalExtensions),
+    }
+}
+
+/// The token's header names critical extensions (see [`refuse_critical`]).
+struct CriticalExtensions;
+
 fn invalid(message: &str) -> ApiError {
     ApiError::new(ErrorCode::InvalidToken, message)
 }
@@ -529,6 +545,23 @@ mod tests {
             "test-secret",
         );
         assert_eq!(check(&not_yet), Err(ErrorCode::InvalidToken));
+        let mut critical = Header::new(Algorithm::HS256);
+        critical.crit = Some(vec!["http://example.com/must-understand".into()]);
+        let crit = jsonwebtoken::encode(
+            &critical,
+            &serde_json::json!({"sub":"a","plan":"pro","exp": now + 60}),
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap();
+        assert_eq!(check(&crit), Err(ErrorCode::InvalidToken));
+        critical.crit = Some(Vec::new());
+        let empty_crit = jsonwebtoken::encode(
+            &critical,
+            &serde_json::json!({"sub":"a","plan":"pro","exp": now + 60}),
+            &EncodingKey::from_secret(b"test-secret"),
+        )
+        .unwrap();
+        assert_eq!(check(&empty_crit), Err(ErrorCode::InvalidToken));
         let no_plan = sign(
             serde_json::json!({"sub":"a","exp": now + 60}),
             "test-secret",

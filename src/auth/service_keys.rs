@@ -174,8 +174,12 @@ impl ServiceKey {
                 let Some(token) = headers.get(header).filter(|v| !v.trim_ascii().is_empty()) else {
                     return Ok(self.no_user(bad_user_jwt()));
                 };
-                let token = std::str::from_utf8(token).map_err(|_| bad_user_jwt())?;
-                let claims = jsonwebtoken::decode::<UserClaims>(token.trim(), key, validation)
+                let token = std::str::from_utf8(token)
+                    .map_err(|_| bad_user_jwt())?
+                    .trim();
+                let header = jsonwebtoken::decode_header(token).map_err(|_| bad_user_jwt())?;
+                super::refuse_critical(&header).map_err(|_| bad_user_jwt())?;
+                let claims = jsonwebtoken::decode::<UserClaims>(token, key, validation)
                     .map_err(|_| bad_user_jwt())?
                     .claims;
                 (user_value(claims.sub.as_bytes())?, claims.role)

@@ -302,10 +302,25 @@ async fn a_signed_user_jwt_names_the_user_and_role() {
     let expired = user_jwt("u-7", "user", "open-webui", USER_JWT_SECRET, -60);
     let wrong_issuer = user_jwt("u-7", "user", "someone-else", USER_JWT_SECRET, 300);
     let wrong_secret = user_jwt("u-7", "user", "open-webui", "not-the-secret", 300);
+    let critical = {
+        let now = unix_now() as i64;
+        let header = Header {
+            crit: Some(vec!["urn:example:must-understand".into()]),
+            ..Header::default()
+        };
+        let claims = json!({"sub": "u-7", "role": "user", "iss": "open-webui", "exp": now + 300});
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(USER_JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
     for bad in [
         expired.as_str(),
         wrong_issuer.as_str(),
         wrong_secret.as_str(),
+        critical.as_str(),
         "x.y.z",
     ] {
         let response = post_as(&app, &key, &[(JWT_HEADER, bad)])
@@ -320,7 +335,7 @@ async fn a_signed_user_jwt_names_the_user_and_role() {
         .await
         .unwrap();
     assert_eq!(error_code(response).await, (401, "invalid_token".into()));
-    let logs = app.wait_for_logs(6).await;
+    let logs = app.wait_for_logs(7).await;
     let everything = serde_json::to_string(&logs).unwrap();
     assert!(
         !everything.contains(&good),

@@ -133,6 +133,29 @@ fn base64_url(bytes: &[u8]) -> String {
 }
 
 #[actix_web::test]
+async fn a_token_naming_critical_header_extensions_is_refused() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    // RFC 7515 §4.1.11: extensions listed in `crit` must be understood; tollgate knows none.
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["urn:example:must-understand".into()]);
+    header
+        .extras
+        .insert("urn:example:must-understand", json!(true));
+    let token = encode(
+        &header,
+        &claims(),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        chat_status(&app, &token).await,
+        (401, "invalid_token".into())
+    );
+    // The same claims without `crit` pass.
+    assert_eq!(chat_status(&app, &hs256(&claims())).await.0, 200);
+}
+
+#[actix_web::test]
 async fn rs256_and_es256_accept_their_own_keys_only() {
     let app = spawn_app(fast_mock(), |c| {
         c.auth.algorithms = vec!["RS256".into()];
