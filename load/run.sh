@@ -69,6 +69,9 @@ case "$NAME" in
         VUS="${VUS:-10}"; DURATION="${DURATION:-20s}"
         # The script signs its expired and over-long-lived tokens itself: it needs the run's secret.
         SCRIPT_ENV=("JWT_SECRET=@JWT_SECRET@")
+        # Every VU sends bad tokens from 127.0.0.1 and expects exactly 401: the per-address
+        # failure limit (429 auth_rate_limited after 30 a minute) is off for this run.
+        PROFILE_ENV=("TOLLGATE__AUTH__MAX_FAILURES_PER_MINUTE=0")
         ;;
     budget_stream)
         VUS="${VUS:-5}"; DURATION="${DURATION:-0s}"; USES_DURATION=0

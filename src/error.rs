@@ -21,6 +21,8 @@ pub enum ErrorCode {
     MissingToken,
     InvalidToken,
     TokenExpired,
+    /// Too many failed authentications from the caller's address (`auth.max_failures_per_minute`).
+    AuthRateLimited,
     FeatureNotInPlan,
     UnknownFeature,
     UnknownPlan,
@@ -79,6 +81,7 @@ impl ErrorCode {
         ErrorCode::MissingToken,
         ErrorCode::InvalidToken,
         ErrorCode::TokenExpired,
+        ErrorCode::AuthRateLimited,
         ErrorCode::FeatureNotInPlan,
         ErrorCode::UnknownFeature,
         ErrorCode::UnknownPlan,
@@ -124,7 +127,7 @@ impl ErrorCode {
             UnsupportedMediaType => 415,
             HeadersTooLarge => 431,
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
-            | MonthlyBudget | OrgDailyBudget => 429,
+            | MonthlyBudget | OrgDailyBudget | AuthRateLimited => 429,
             Internal => 500,
             UpstreamFailed => 502,
             UpstreamUnavailable | StateUnavailable => 503,
@@ -168,7 +171,7 @@ impl ErrorCode {
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
             | ParameterNotAllowed => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
-            | MonthlyBudget | OrgDailyBudget => "rate_limit_error",
+            | MonthlyBudget | OrgDailyBudget | AuthRateLimited => "rate_limit_error",
             UpstreamFailed | UpstreamUnavailable | StateUnavailable | UpstreamTimeout => {
                 "upstream_error"
             }
@@ -195,6 +198,7 @@ impl ErrorCode {
             MissingToken => "missing_token",
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
+            AuthRateLimited => "auth_rate_limited",
             FeatureNotInPlan => "feature_not_in_plan",
             UnknownFeature => "unknown_feature",
             UnknownPlan => "unknown_plan",
@@ -328,7 +332,7 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), n);
         // A new variant must be added to ALL: the exhaustive match in `as_str` lists them all.
-        assert_eq!(n, 39);
+        assert_eq!(n, 40);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! per-user actors, the HTTP server, and (when no upstream is configured) the built-in mock
 //! provider in-process. `main` and the tests both start the gateway through [`start`].
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, FailureLimiter};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{
@@ -161,6 +161,7 @@ pub fn start(
     };
     let store: Arc<dyn UserStore> = memory;
     let state = Arc::new(AppState {
+        auth_failures: FailureLimiter::new(&config.auth),
         auth: Authenticator::new(&config.auth)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
         users: UserRegistry::new(

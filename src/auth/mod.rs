@@ -12,10 +12,12 @@
 //! before they are trusted.
 
 mod authorize;
+mod failures;
 mod jwks;
 pub mod service_keys;
 
 pub use authorize::{authorize_feature, authorize_model, authorize_parameters, models_in_plan};
+pub use failures::FailureLimiter;
 use jwks::Jwks;
 pub use jwks::{JwksRefresher, JwksStatus};
 pub use service_keys::new_key;

@@ -282,6 +282,13 @@ pub struct AuthConfig {
     /// The plan of a token without `plan_claim`; empty = such tokens are refused
     /// (`invalid_token`). Must be a plan in `[plans]`.
     pub default_plan: String,
+    /// Failed authentications (401s) one client address may cause per minute; past it the
+    /// address gets `429 auth_rate_limited` until its minute ends, whatever it sends. 0 = no
+    /// limit. IPv6 addresses count by their /64 prefix.
+    pub max_failures_per_minute: u32,
+    /// Client addresses the failure limit tracks at once (its memory bound); beyond it new
+    /// addresses are not tracked until older windows end.
+    pub max_tracked_addresses: usize,
     /// Trusted front ends (a chat UI's backend) by name, each calling with its own key and
     /// naming its end users in headers: `[auth.service_keys.<name>]`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -362,6 +369,8 @@ impl Default for AuthConfig {
             user_claim: "sub".into(),
             plan_claim: "plan".into(),
             default_plan: String::new(),
+            max_failures_per_minute: 30,
+            max_tracked_addresses: 10_000,
             service_keys: BTreeMap::new(),
         }
     }

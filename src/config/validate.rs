@@ -116,6 +116,16 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         c.auth.max_token_lifetime_secs,
     )?;
     positive("auth.max_token_bytes", c.auth.max_token_bytes as u64)?;
+    if c.auth.max_token_bytes > c.server.max_header_bytes {
+        return Err(ConfigError::invalid(
+            "auth.max_token_bytes",
+            "must be at most server.max_header_bytes (the Authorization header holds the token)",
+        ));
+    }
+    positive(
+        "auth.max_tracked_addresses",
+        c.auth.max_tracked_addresses as u64,
+    )?;
     validate_identity_provider(c)?;
     positive(
         "limits.max_message_chars",

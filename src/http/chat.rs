@@ -5,8 +5,8 @@
 //! filled from those values. The [`Exchange`] owns the request's end: refusals, the relay's
 //! summary and a dropped handler all end there, settled and logged once.
 
+use super::callers;
 use super::errors::{add_rate_limit_headers, error_response};
-use super::request_headers::RequestHeaders;
 use super::request_id::request_id;
 use super::server::AppState;
 use crate::accounting::RateLimitHeaders;
@@ -272,7 +272,7 @@ fn authenticate<'s>(
     state: &'s AppState,
     exchange: &mut Exchange,
 ) -> Result<(Identity, &'s PlanConfig), ApiError> {
-    let identity = state.auth.authenticate(&RequestHeaders(req.headers()))?;
+    let identity = callers::identify(req, state)?;
     exchange.log().caller(Caller {
         user_id: identity.user_id.clone(),
         plan: identity.plan.clone(),

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the request id on every response, error → response mapping, and
 //! the server itself. Only this module (and start-up) uses actix-web types.
 
+mod callers;
 mod chat;
 mod connections;
 mod cors;

@@ -2,8 +2,8 @@
 //! OpenAI's shape. Authenticated like chat, except that a trusted front end naming no user (a
 //! chat UI fetching its list at start-up) gets the list of its key's plan.
 
+use super::callers;
 use super::errors::error_response;
-use super::request_headers::RequestHeaders;
 use super::server::AppState;
 use crate::auth::{models_in_plan, Caller};
 use crate::error::{ApiError, ErrorCode};
@@ -39,10 +39,7 @@ pub(super) async fn one(
 
 /// The models the caller's plan may use.
 fn visible_models<'s>(req: &HttpRequest, state: &'s AppState) -> Result<Vec<&'s str>, ApiError> {
-    let plan_name = match state
-        .auth
-        .authenticate_caller(&RequestHeaders(req.headers()))?
-    {
+    let plan_name = match callers::identify_caller(req, state)? {
         Caller::User(identity) => identity.plan,
         Caller::FrontEnd { plan, .. } => plan,
     };

@@ -1,10 +1,10 @@
 //! The route table and the small handlers (`/v1/usage`, health, 404/405).
 
+use super::callers;
 use super::chat::chat_completions;
 use super::demo;
 use super::errors::error_response;
 use super::models;
-use super::request_headers::RequestHeaders;
 use super::server::AppState;
 use crate::auth::JwksStatus;
 use crate::config::Secret;
@@ -49,7 +49,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
 }
 
 async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let identity = match state.auth.authenticate(&RequestHeaders(req.headers())) {
+    let identity = match callers::identify(&req, &state) {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
     };

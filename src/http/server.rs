@@ -6,7 +6,7 @@ use super::errors::error_response;
 use super::request_headers::check_header_sizes;
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, FailureLimiter};
 use crate::catalog::Catalog;
 use crate::config::{Config, ProviderConfig, Secret};
 use crate::policy::guardrails::Guardrails;
@@ -31,6 +31,8 @@ pub struct AppState {
     pub providers: Arc<[ProviderConfig]>,
     pub provider_urls: Vec<String>,
     pub auth: Authenticator,
+    /// Failed authentications per client address (`auth.max_failures_per_minute`).
+    pub auth_failures: FailureLimiter,
     pub users: UserRegistry,
     pub catalog: Catalog,
     pub hasher: PromptHasher,

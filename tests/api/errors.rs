@@ -2,6 +2,7 @@
 //! the upstream received (nothing, when the gateway refused) and what was logged.
 
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use tollgate::mock::MockOptions;
 use tollgate_testkit::app::*;
 
@@ -312,4 +313,63 @@ async fn a_plan_denies_costly_parameters_with_403() {
     // `null` is as good as absent; other parameters are untouched by the list.
     let fine = json!({"n": null, "logprobs": null, "temperature": 0.3});
     assert_eq!(chat_with(&app, "frugal", fine).await.0, 200);
+}
+
+#[actix_web::test]
+async fn an_address_flooding_bad_tokens_is_limited_with_429_and_retry_after() {
+    // The default limit: 30 failed authentications per address per minute.
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let url = format!("{}/v1/chat/completions", app.base);
+    let body = chat_body("mock-gpt", false);
+    let mut answers: BTreeMap<(u16, String), usize> = BTreeMap::new();
+    let mut retry_after = Vec::new();
+    for i in 0..200 {
+        let response = app
+            .client
+            .post(&url)
+            .bearer_auth(format!("guess-{i}"))
+            .send_json(&body)
+            .await
+            .unwrap();
+        if let Some(secs) = response.headers().get("retry-after") {
+            retry_after.push(secs.to_str().unwrap().parse::<u64>().unwrap());
+        }
+        *answers.entry(error_code(response).await).or_default() += 1;
+    }
+    assert_eq!(
+        answers,
+        BTreeMap::from([
+            ((401, "invalid_token".to_string()), 30),
+            ((429, "auth_rate_limited".to_string()), 170),
+        ])
+    );
+    assert_eq!(retry_after.len(), 170);
+    assert!(
+        retry_after.iter().all(|s| (1..=60).contains(s)),
+        "{retry_after:?}"
+    );
+    // While limited, the address is refused whatever it sends, on every route.
+    assert_eq!(
+        chat_status(&app, &app.token("real-user")).await,
+        (429, "auth_rate_limited".into())
+    );
+    let response = app
+        .client
+        .get(format!("{}/v1/usage", app.base))
+        .bearer_auth(app.token("real-user"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response).await,
+        (429, "auth_rate_limited".into())
+    );
+    assert_upstream_untouched(&app).await;
+    let logs = app.wait_for_logs(201).await;
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l["error_code"] == "auth_rate_limited" && l["status"] == 429)
+            .count(),
+        171
+    );
 }

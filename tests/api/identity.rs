@@ -21,7 +21,12 @@ fn es256(claims: &Value) -> String {
 
 #[actix_web::test]
 async fn forged_malformed_and_stale_tokens_are_refused() {
-    let app = spawn_app(fast_mock(), |c| c.auth.issuer = "tollgate-tests".into()).await;
+    let app = spawn_app(fast_mock(), |c| {
+        c.auth.issuer = "tollgate-tests".into();
+        // Under the header bound (8 KiB), so the token's own bound is what refuses it.
+        c.auth.max_token_bytes = 4096;
+    })
+    .await;
     let good =
         json!({"sub": "zoe", "plan": "pro", "exp": unix_now() + 300, "iss": "tollgate-tests"});
     let with = |patch: Value| {
@@ -92,7 +97,7 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
         ),
         (
             "oversized",
-            hs256(&with(json!({"pad": "x".repeat(9000)}))),
+            hs256(&with(json!({"pad": "x".repeat(5000)}))),
             "invalid_token",
         ),
         (
@@ -108,6 +113,12 @@ async fn forged_malformed_and_stale_tokens_are_refused() {
             "{name}"
         );
     }
+    // A token over the header bound is refused as an oversized header, before any route.
+    let huge = hs256(&with(json!({"pad": "x".repeat(9000)})));
+    assert_eq!(
+        chat_status(&app, &huge).await,
+        (431, "headers_too_large".into())
+    );
     assert_eq!(
         chat_status(&app, &hs256(&with(json!({"plan": "platinum"})))).await,
         (403, "unknown_plan".to_string())
