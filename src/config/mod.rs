@@ -89,6 +89,9 @@ pub struct ServerConfig {
     /// A request body that makes no progress for this long is answered `408 request_timeout`
     /// and its connection closed (the whole body must also arrive within `limits.deadline_secs`).
     pub client_body_timeout_secs: u64,
+    /// A streaming client that takes no data for this long (it stopped reading; its buffer
+    /// stays full) is cut as `client_gone`, freeing its concurrency slot before the deadline.
+    pub client_write_timeout_secs: u64,
     /// Client connections open at once, over all workers. A connection beyond it is closed as
     /// soon as it is accepted, without an answer (`tollgate_connections_refused_total`).
     pub max_connections: usize,
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
             demo_ui: true,
             metrics_listen: DEFAULT_METRICS_LISTEN.into(),
             client_body_timeout_secs: 10,
+            client_write_timeout_secs: 10,
             max_connections: 10_000,
             keep_alive_timeout_secs: 5,
             max_header_bytes: 8 * 1024,

@@ -35,6 +35,10 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
         "server.client_body_timeout_secs",
         c.server.client_body_timeout_secs,
     )?;
+    positive(
+        "server.client_write_timeout_secs",
+        c.server.client_write_timeout_secs,
+    )?;
     positive("server.max_connections", c.server.max_connections as u64)?;
     positive("server.max_header_bytes", c.server.max_header_bytes as u64)?;
     if c.server.max_headers_total_bytes < c.server.max_header_bytes {

@@ -207,6 +207,7 @@ async fn relay_streamed(
         meter_batch_tokens: config.relay.meter_batch_tokens.into(),
         meter_batch_max_tokens: config.relay.meter_batch_max_tokens.into(),
         buffer_events: config.relay.client_buffer_events,
+        client_write_timeout: Duration::from_secs(config.server.client_write_timeout_secs),
         filter: reply.filter,
     });
     exchange.relay_stream(task, &state.metrics);

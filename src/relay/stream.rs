@@ -63,6 +63,8 @@ pub struct StreamJob {
     pub meter_batch_tokens: u64,
     pub meter_batch_max_tokens: u64,
     pub buffer_events: usize,
+    /// A client whose buffer stays full this long (it stopped reading) is cut as gone.
+    pub client_write_timeout: Duration,
     /// The output guardrails, when any are on.
     pub filter: Option<OutputFilter>,
 }
@@ -130,6 +132,7 @@ struct Relay<'t> {
     client_wants_usage: bool,
     estimated_input_tokens: u64,
     deadline: Pin<Box<Sleep>>,
+    client_write_timeout: Duration,
     meter_batch_tokens: u64,
     meter_batch_max_tokens: u64,
     /// Tokens until the next report: the actor's last allowance within the batch bounds.
@@ -191,6 +194,7 @@ impl StreamTask {
             client_wants_usage: job.client_wants_usage,
             estimated_input_tokens: job.estimated_input_tokens,
             deadline: Box::pin(tokio::time::sleep_until(job.deadline)),
+            client_write_timeout: job.client_write_timeout,
             meter_batch_tokens: job.meter_batch_tokens,
             meter_batch_max_tokens: job.meter_batch_max_tokens,
             next_report_after: job.meter_batch_tokens,
@@ -556,10 +560,25 @@ impl Relay<'_> {
         self.send_frame(frame).await
     }
 
+    /// Queues one frame. With room in the client's buffer it goes at once (no timer); a full
+    /// buffer waits for the client, bounded by the deadline and by the write timeout: a client
+    /// that takes nothing for that long stopped reading and is cut as gone.
     async fn send_frame(&mut self, frame: Bytes) -> Result<(), Outcome> {
+        let frame = match self.tx.try_send(frame) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Outcome::ClientGone),
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
         tokio::select! {
             sent = self.tx.send(frame) => sent.map_err(|_| Outcome::ClientGone),
             _ = &mut self.deadline => Err(Outcome::CutDeadline),
+            _ = tokio::time::sleep(self.client_write_timeout) => {
+                tracing::warn!(
+                    write_timeout_secs = self.client_write_timeout.as_secs(),
+                    "the client stopped reading its stream: cut as gone"
+                );
+                Err(Outcome::ClientGone)
+            }
         }
     }
 

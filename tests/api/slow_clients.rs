@@ -80,3 +80,66 @@ async fn a_body_trickling_in_is_cut_at_the_request_deadline() {
     assert!((1.9..5.0).contains(&secs), "answered after {secs} s");
     assert_upstream_untouched(&app).await;
 }
+
+#[actix_web::test]
+async fn a_client_that_stops_reading_its_stream_is_cut_as_gone_after_the_write_timeout() {
+    let app = spawn_app(
+        tollgate::mock::MockOptions {
+            tokens: 500_000,
+            ..fast_mock()
+        },
+        |c| {
+            c.server.client_write_timeout_secs = 1;
+            c.limits.max_output_tokens = 1_000_000;
+            c.rate.tokens_per_day = 1_000_000_000;
+            c.cost.max_daily_usd = 1000.0;
+            c.cost.max_monthly_usd = 1000.0;
+        },
+    )
+    .await;
+    let body = serde_json::json!({
+        "model": "mock-gpt",
+        "stream": true,
+        "max_tokens": 500_000,
+        "messages": [{"role": "user", "content": "Say a lot."}],
+    })
+    .to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.token("stalled-reader"),
+        body.len()
+    );
+    // A small receive window, and after the first bytes of the answer, no more reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr().parse().unwrap()).await.unwrap();
+    let started = Instant::now();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut stream, &mut first)
+        .await
+        .unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    // The stream is cut (and logged, and settled) while the connection is still open.
+    let logs = app.logs.wait_for(1, Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert_eq!(logs.len(), 1, "not cut within 20 s");
+    let log: serde_json::Value = serde_json::from_str(&logs[0]).unwrap();
+    assert_eq!(log["outcome"], "client_gone", "{log}");
+    assert!(log["output_tokens"].as_u64().unwrap() > 0, "{log}");
+    assert!(took < Duration::from_secs(15), "cut after {took:?}");
+    assert_eq!(
+        app.settled_usage("stalled-reader").await["open_requests"],
+        0
+    );
+    // The upstream request was dropped with it.
+    let end = app.recorder.wait_for_end(0, WAIT).await;
+    assert!(
+        matches!(end, Some(tollgate::mock::StreamEnd::Dropped { .. })),
+        "{end:?}"
+    );
+    drop(stream);
+}
