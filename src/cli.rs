@@ -184,6 +184,7 @@ fn mock_provider(args: MockArgs) -> ExitCode {
         formats: args.format,
         framing: args.framing,
         tool: args.tool,
+        ..MockOptions::default()
     };
     let listener = match TcpListener::bind(&args.listen) {
         Ok(l) => l,

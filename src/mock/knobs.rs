@@ -23,8 +23,12 @@
 
 use std::str::FromStr;
 
-/// Server-wide behaviour of the mock provider; every field but `formats` can be overridden per
-/// request.
+/// Requests the mock's recorder keeps by default (the most recent): about 3 KB each, so a mock
+/// left running under load stays within a few MB.
+pub const DEFAULT_KEPT_REQUESTS: usize = 1000;
+
+/// Server-wide behaviour of the mock provider; every field but `formats` and `keep_requests`
+/// can be overridden per request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MockOptions {
     /// Tokens to generate per reply (before `max_tokens` is applied).
@@ -43,6 +47,9 @@ pub struct MockOptions {
     pub framing: Framing,
     /// End every reply with a call of this tool.
     pub tool: Option<String>,
+    /// Requests the recorder keeps, the most recent (a ring); `None` keeps every one (tests that
+    /// assert on all they sent).
+    pub keep_requests: Option<usize>,
 }
 
 impl Default for MockOptions {
@@ -56,6 +63,7 @@ impl Default for MockOptions {
             formats: MockFormats::Both,
             framing: Framing::default(),
             tool: None,
+            keep_requests: Some(DEFAULT_KEPT_REQUESTS),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! ([`generated_text`]: every word is one token in `o200k_base` and `cl100k_base`; a tool call
 //! carries [`TOOL_ARGUMENTS`]), paced, framed and faulted by [`MockOptions`], overridable per
 //! request by `x-mock-*` headers or a model-name suffix (syntax in `knobs.rs`). Every request and
-//! how its reply ended lands in the instance's [`MockRecorder`]. The mock stands alone: it uses
+//! how its reply ended lands in the instance's [`MockRecorder`] (the last
+//! [`DEFAULT_KEPT_REQUESTS`] of them, unless [`MockOptions::keep_requests`] says otherwise). The mock stands alone: it uses
 //! nothing else in the crate, and nothing else should reach into its submodules beyond what is
 //! re-exported here.
 
@@ -30,7 +31,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use knobs::{Fault, Framing, KnobError, MockFormats, MockOptions};
+pub use knobs::{Fault, Framing, KnobError, MockFormats, MockOptions, DEFAULT_KEPT_REQUESTS};
 pub use recorder::{MockRecorder, RecordedRequest, StreamEnd};
 pub use words::{generated_text, token_text, TOOL_ARGUMENTS, TOOL_ARGUMENT_FRAGMENTS, WORDS};
 
@@ -63,7 +64,7 @@ impl fmt::Debug for MockServer {
 /// actix/tokio runtime; returns without running the server: the caller spawns or awaits it.
 pub fn serve(listener: TcpListener, options: MockOptions) -> io::Result<MockServer> {
     let addr = listener.local_addr()?;
-    let recorder = Arc::new(MockRecorder::default());
+    let recorder = Arc::new(MockRecorder::keeping(options.keep_requests));
     let state = web::Data::new(MockState {
         options,
         recorder: Arc::clone(&recorder),

@@ -2,10 +2,14 @@
 //!
 //! The recorder is per [`super::MockServer`], never global. Requests are kept in arrival order in
 //! a `std::sync::Mutex` (never held across an await); a `tokio::sync::watch` counter wakes waiters
-//! whenever anything changes. [`EndRecorder`] is how a reply reports its end: it must live inside the
+//! whenever anything changes. Memory is bounded: a recorder keeps the most recent `limit`
+//! requests (a ring; the mock's default is [`super::DEFAULT_KEPT_REQUESTS`]), and a request keeps
+//! its arrival number for good, so a test may ask for request `i` whatever was dropped before it.
+//! Tests that assert on everything they sent keep every request (`limit` = `None`). [`EndRecorder`] is how a reply reports its end: it must live inside the
 //! response body stream's state, so that dropping the body (the peer went away) records
 //! [`StreamEnd::Dropped`].
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,36 +68,78 @@ impl RecordedRequest {
 /// Requests received by one mock instance, in arrival order.
 #[derive(Debug)]
 pub struct MockRecorder {
-    requests: Mutex<Vec<RecordedRequest>>,
+    kept: Mutex<Kept>,
     changes: watch::Sender<u64>,
 }
 
+/// The requests kept, and how many older ones were dropped to keep within the limit.
+#[derive(Debug)]
+struct Kept {
+    requests: VecDeque<RecordedRequest>,
+    /// Requests dropped from the front: the first kept one is request number `dropped`.
+    dropped: usize,
+    /// Most requests kept; `None` = every one.
+    limit: Option<usize>,
+}
+
+impl Kept {
+    /// Requests received so far, dropped ones included.
+    fn received(&self) -> usize {
+        self.dropped + self.requests.len()
+    }
+
+    /// Request number `index`, unless it was dropped (or has not arrived).
+    fn get(&self, index: usize) -> Option<&RecordedRequest> {
+        self.requests.get(index.checked_sub(self.dropped)?)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut RecordedRequest> {
+        self.requests.get_mut(index.checked_sub(self.dropped)?)
+    }
+}
+
+/// Keeps every request (the recorder of tests that assert on all they sent).
 impl Default for MockRecorder {
     fn default() -> Self {
-        Self {
-            requests: Mutex::new(Vec::new()),
-            changes: watch::Sender::new(0),
-        }
+        Self::keeping(None)
     }
 }
 
 impl MockRecorder {
-    /// A snapshot of every request so far, in arrival order.
+    /// A recorder keeping the most recent `limit` requests (`None`: every one).
+    pub fn keeping(limit: Option<usize>) -> Self {
+        Self {
+            kept: Mutex::new(Kept {
+                requests: VecDeque::new(),
+                dropped: 0,
+                limit,
+            }),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    /// A snapshot of the requests kept (every one, unless the recorder is bounded), in arrival
+    /// order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().clone()
+        self.lock().requests.iter().cloned().collect()
+    }
+
+    /// Requests received so far, including any no longer kept.
+    pub fn received(&self) -> usize {
+        self.lock().received()
     }
 
     /// Waits until at least `n` requests have arrived; false on timeout.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        self.wait_until(timeout, |requests| (requests.len() >= n).then_some(()))
+        self.wait_until(timeout, |kept| (kept.received() >= n).then_some(()))
             .await
             .is_some()
     }
 
-    /// Waits until request number `index` (0-based) has ended and returns how; `None` on
-    /// timeout (including when that request never arrives).
+    /// Waits until request number `index` (0-based, in arrival order) has ended and returns
+    /// how; `None` on timeout (including when that request never arrives, or is no longer kept).
     pub async fn wait_for_end(&self, index: usize, timeout: Duration) -> Option<StreamEnd> {
-        self.wait_until(timeout, |requests| requests.get(index).and_then(|r| r.end))
+        self.wait_until(timeout, |kept| kept.get(index).and_then(|r| r.end))
             .await
     }
 
@@ -115,14 +161,18 @@ impl MockRecorder {
         body: serde_json::Value,
     ) -> EndRecorder {
         let index = {
-            let mut requests = self.lock();
-            requests.push(RecordedRequest {
+            let mut kept = self.lock();
+            kept.requests.push_back(RecordedRequest {
                 headers,
                 body,
                 end: None,
                 peer,
             });
-            requests.len() - 1
+            if kept.limit.is_some_and(|limit| kept.requests.len() > limit) {
+                kept.requests.pop_front();
+                kept.dropped += 1;
+            }
+            kept.received() - 1
         };
         self.changed();
         EndRecorder {
@@ -149,7 +199,7 @@ impl MockRecorder {
     async fn wait_until<T>(
         &self,
         timeout: Duration,
-        check: impl Fn(&[RecordedRequest]) -> Option<T>,
+        check: impl Fn(&Kept) -> Option<T>,
     ) -> Option<T> {
         let mut changes = self.changes.subscribe();
         let wait = async {
@@ -165,8 +215,8 @@ impl MockRecorder {
     }
 
     /// A poisoned lock only means a panic elsewhere mid-push; the data is still usable.
-    fn lock(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
-        self.requests
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        self.kept
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -271,6 +321,37 @@ mod tests {
             end,
             Some(StreamEnd::Dropped { tokens_sent: 1, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_bounded_recorder_keeps_the_most_recent_requests_by_their_arrival_numbers() {
+        let recorder = Arc::new(MockRecorder::keeping(Some(3)));
+        let mut guards: Vec<EndRecorder> = (0..5)
+            .map(|i| recorder.start(Vec::new(), json!({ "n": i })))
+            .collect();
+        let kept: Vec<_> = recorder
+            .requests()
+            .iter()
+            .map(|r| r.body["n"].clone())
+            .collect();
+        assert_eq!(kept, [json!(2), json!(3), json!(4)]);
+        assert_eq!(recorder.received(), 5);
+        assert!(recorder.wait_for_requests(5, SHORT).await);
+        // A dropped request's end goes nowhere; a kept one's is recorded under its number.
+        guards[0].complete();
+        guards[4].token_sent();
+        guards[4].complete();
+        assert_eq!(recorder.wait_for_end(0, SHORT).await, None);
+        assert!(matches!(
+            recorder.wait_for_end(4, SHORT).await,
+            Some(StreamEnd::Completed { tokens_sent: 1, .. })
+        ));
+        // Thousands more stay within the bound.
+        for i in 0..5000 {
+            guards.push(recorder.start(Vec::new(), json!({ "n": i })));
+        }
+        assert_eq!(recorder.requests().len(), 3);
+        assert_eq!(recorder.received(), 5005);
     }
 
     #[tokio::test]

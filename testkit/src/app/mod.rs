@@ -49,6 +49,9 @@ pub fn fast_mock() -> MockOptions {
         first_token_delay_ms: 0,
         ignore_max_tokens: false,
         fault: None,
+        // Tests assert on what the upstream received: keep every request (the mock's default
+        // is a bounded ring of the most recent).
+        keep_requests: None,
         ..MockOptions::default()
     }
 }
