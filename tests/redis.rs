@@ -686,3 +686,39 @@ fn a_fallback_in_redis_mode_is_billed_once_at_the_price_of_the_model_that_served
         "Redis billed the backup's price: {usage}"
     );
 }
+
+#[test]
+fn a_redis_without_persistence_is_reported_and_keys_lost_in_its_restart_are_counted() {
+    let mut redis = RedisServer::start();
+    // From here on nothing reaches the append-only file: a restart loses what follows.
+    redis.cli(&["CONFIG", "SET", "appendonly", "no"]);
+    redis.cli(&["CONFIG", "SET", "save", ""]);
+    let env = env_for(&redis, &[("TOLLGATE__REDIS__OP_TIMEOUT_MS", "300")]);
+    let (_a, a) = gateway(&env);
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = wait_ready(&a, 200).json();
+        if ready["redis_persistence"] == "none" {
+            break;
+        }
+        assert!(Instant::now() < until, "/readyz: {ready}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        metric(&a, "tollgate_redis_persistence{mode=\"none\"} "),
+        Some(1.0)
+    );
+    assert_eq!(metric(&a, "tollgate_redis_state_lost_total "), Some(0.0));
+    let token = token("forgotten");
+    assert_eq!(chat(&a, &token, small_request()).status, 200);
+
+    redis.kill();
+    redis.restart();
+    // Requests meet the broken connection; the probe task then finds tollgate's keys gone.
+    let until = Instant::now() + Duration::from_secs(15);
+    while metric(&a, "tollgate_redis_state_lost_total ") != Some(1.0) {
+        assert!(Instant::now() < until, "the lost keys were never counted");
+        let _ = chat(&a, &token, small_request());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -131,6 +131,10 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Some(ledger) if ledger.ready() => "ok",
         Some(_) => "unavailable",
     };
+    let persistence = state
+        .users
+        .redis_ledger()
+        .map_or("not_configured", |ledger| ledger.persistence().as_str());
     let circuit = |open: bool| if open { "circuit_open" } else { "ok" };
     let providers: serde_json::Map<String, serde_json::Value> = state
         .providers
@@ -145,6 +149,8 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "redis": redis,
+        // Not a readiness condition: a warning (see docs/redis.md).
+        "redis_persistence": persistence,
         "upstream": upstream,
         "upstreams": providers,
         "jwks": jwks.as_str(),

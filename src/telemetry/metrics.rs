@@ -74,6 +74,12 @@ pub const REDIS_ERRORS_TOTAL: &str = "tollgate_redis_errors_total";
 pub const OUTAGE_DECISIONS_TOTAL: &str = "tollgate_outage_decisions_total";
 /// Redis mode: settlements waiting to be replayed into Redis.
 pub const REDIS_JOURNAL_PENDING: &str = "tollgate_redis_journal_pending";
+/// Redis mode: how Redis persists, as a state set: 1 for the current `mode` (`aof`, `rdb`,
+/// `none`, `unknown`), 0 for the others.
+pub const REDIS_PERSISTENCE: &str = "tollgate_redis_persistence";
+/// Redis mode: checks that found tollgate's keys gone from Redis (a restart without
+/// persistence, a flush).
+pub const REDIS_STATE_LOST_TOTAL: &str = "tollgate_redis_state_lost_total";
 /// Client connections open now (`server.max_connections` bounds it).
 pub const OPEN_CONNECTIONS: &str = "tollgate_open_connections";
 /// Client connections closed at once because `server.max_connections` were open.
@@ -322,6 +328,16 @@ fn describe_all() {
         "Redis mode: settlements kept locally, waiting to be replayed into Redis."
     );
     describe_gauge!(
+        REDIS_PERSISTENCE,
+        Unit::Count,
+        "Redis mode: 1 for how Redis persists (mode aof, rdb, none or unknown), 0 for the others."
+    );
+    describe_counter!(
+        REDIS_STATE_LOST_TOTAL,
+        Unit::Count,
+        "Redis mode: checks that found tollgate's keys gone from Redis (restart without persistence, flush)."
+    );
+    describe_gauge!(
         OPEN_CONNECTIONS,
         Unit::Count,
         "Client connections open now."
@@ -556,6 +572,32 @@ impl Metrics {
         self.inner
             .global
             .with_recorder(|| gauge!(REDIS_JOURNAL_PENDING).set(pending as f64));
+    }
+
+    /// Redis mode: how Redis persists (`aof`, `rdb`, `none` or `unknown`).
+    pub fn set_redis_persistence(&self, mode: &str) {
+        self.inner.global.with_recorder(|| {
+            for each in ["aof", "rdb", "none", "unknown"] {
+                let value = if each == mode { 1.0 } else { 0.0 };
+                gauge!(REDIS_PERSISTENCE, "mode" => each).set(value);
+            }
+        });
+    }
+
+    /// Redis mode: shows the state series before the first check (persistence `unknown`, no
+    /// loss counted), so the first change shows in `rate()`.
+    pub fn declare_redis_state(&self) {
+        self.set_redis_persistence("unknown");
+        self.inner
+            .global
+            .with_recorder(|| counter!(REDIS_STATE_LOST_TOTAL).increment(0));
+    }
+
+    /// Redis mode: tollgate's keys were found gone from Redis.
+    pub fn record_redis_state_lost(&self) {
+        self.inner
+            .global
+            .with_recorder(|| counter!(REDIS_STATE_LOST_TOTAL).increment(1));
     }
 
     /// A client connection opened.

@@ -20,6 +20,12 @@ pub fn user_prefix(key_prefix: &str, user_id: &str) -> String {
     out
 }
 
+/// The marker key whose loss shows that Redis lost tollgate's keys (`persistence`). No user's
+/// key can be it: theirs all hold a `{` right after the prefix.
+pub fn marker_key(key_prefix: &str) -> String {
+    format!("{key_prefix}:marker")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use deadpool_redis::redis::{AsyncConnectionConfig, FromRedisValue, RedisError, S
 use deadpool_redis::{Manager, Pool, Runtime};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -39,6 +40,9 @@ pub struct Link {
     op_timeout: Duration,
     breaker: Breaker,
     metrics: Metrics,
+    /// A connection broke since the last [`Link::take_reconnected`]: the next one may reach a
+    /// Redis that restarted.
+    reconnected: AtomicBool,
 }
 
 impl Unavailable {
@@ -101,7 +105,13 @@ impl Link {
             op_timeout,
             breaker: Breaker::new(config.breaker_failures),
             metrics,
+            reconnected: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a connection broke since the last call (and so Redis may have restarted).
+    pub fn take_reconnected(&self) -> bool {
+        self.reconnected.swap(false, Ordering::AcqRel)
     }
 
     pub fn circuit_open(&self) -> bool {
@@ -210,6 +220,7 @@ impl Link {
         if broken {
             // A fresh connection next time (a timed-out one may be stuck behind a hung server).
             self.lock().remove(&std::thread::current().id());
+            self.reconnected.store(true, Ordering::Release);
         }
         if self.breaker.failure() == Transition::Opened {
             self.metrics.set_redis_up(false);

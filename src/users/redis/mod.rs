@@ -12,11 +12,13 @@ mod breaker;
 mod journal;
 mod keys;
 mod link;
+mod persistence;
 #[cfg(test)]
 mod tests;
 
 pub use journal::PendingSettle;
 pub use link::Unavailable;
+pub use persistence::{Persistence, StateCheck};
 
 use super::book::{AdmitRequest, NoReprice};
 use super::limits::UserLimits;
@@ -30,10 +32,15 @@ use crate::telemetry::Metrics;
 use deadpool_redis::redis::{cmd, Script};
 use journal::Journal;
 use link::Link;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 const PRELUDE: &str = include_str!("prelude.lua");
+/// How often, while Redis answers, the probe task looks for the marker (`persistence`).
+const STATE_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// The marker's expiry, renewed by every check (every key tollgate writes expires).
+const MARKER_TTL_MS: u64 = 40 * DAY_MS;
 
 struct Scripts {
     admit: Script,
@@ -96,6 +103,15 @@ pub struct RedisLedger {
     lease_ms: u64,
     probe_interval: Duration,
     pub policy: OutagePolicy,
+    metrics: Metrics,
+    /// How Redis persists, as last asked ([`Persistence`] as `u8`).
+    persistence: AtomicU8,
+    /// The marker value this ledger saw last; `None` before the first check.
+    marker: Mutex<Option<String>>,
+    /// A state check is owed (none succeeded yet, or the connection came back).
+    check_due: AtomicBool,
+    /// Checks that found tollgate's keys gone.
+    losses: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisLedger {
@@ -112,14 +128,20 @@ impl RedisLedger {
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, String> {
         let r = &config.redis;
         metrics.set_redis_up(true);
+        metrics.declare_redis_state();
         Ok(Self {
             link: Link::new(r, metrics.clone())?,
             scripts: Scripts::new(),
-            journal: Journal::new(r.journal_max, metrics),
+            journal: Journal::new(r.journal_max, metrics.clone()),
             key_prefix: r.key_prefix.clone(),
             lease_ms: r.lease_secs * 1000,
             probe_interval: Duration::from_millis(r.probe_interval_ms),
             policy: OutagePolicy::new(r),
+            metrics,
+            persistence: AtomicU8::new(Persistence::Unknown.to_u8()),
+            marker: Mutex::new(None),
+            check_due: AtomicBool::new(true),
+            losses: AtomicU64::new(0),
         })
     }
 
@@ -377,13 +399,22 @@ impl RedisLedger {
 
     /// Runs until the process ends: while the circuit is open or settlements wait, probes Redis
     /// every `redis.probe_interval_ms`, replays the journal, and closes the circuit once the
-    /// journal is empty. Spawn it once, at start-up.
+    /// journal is empty. While Redis answers, checks its state ([`RedisLedger::check_state`])
+    /// when a check is owed (start-up, a connection that came back) and every minute. Spawn it
+    /// once, at start-up.
     pub async fn probe_forever(self: Arc<Self>) {
         let mut ticks = tokio::time::interval(self.probe_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = Instant::now();
         loop {
             ticks.tick().await;
             if self.ready() && self.journal.is_empty() {
+                let reconnected = self.link.take_reconnected();
+                let owed = self.check_due.load(Ordering::Acquire) || reconnected;
+                if owed || last_check.elapsed() >= STATE_CHECK_EVERY {
+                    self.check_state(owed).await;
+                    last_check = Instant::now();
+                }
                 continue;
             }
             if self
@@ -398,10 +429,141 @@ impl RedisLedger {
             if replayed > 0 {
                 tracing::info!(replayed, "settlements replayed into Redis");
             }
-            if self.journal.is_empty() {
-                self.link.close_circuit();
+            if self.journal.is_empty() && self.link.close_circuit() {
+                // Redis is back: did it keep its data? (Checked at the next tick.)
+                self.check_due.store(true, Ordering::Release);
             }
         }
+    }
+
+    /// How Redis persists, as last asked (`/readyz`).
+    pub fn persistence(&self) -> Persistence {
+        Persistence::from_u8(self.persistence.load(Ordering::Acquire))
+    }
+
+    /// Checks Redis' state: how it persists (when `ask_config`), and whether tollgate's keys
+    /// survived since the last check (the marker). Warns about a Redis that does not persist
+    /// and logs lost keys as an error; a check not fully answered stays owed.
+    pub async fn check_state(&self, ask_config: bool) -> StateCheck {
+        let mut complete = true;
+        let persistence = if ask_config {
+            match self.ask_persistence().await {
+                Ok(persistence) => persistence,
+                // CONFIG refused (managed services disable it): Redis will not say.
+                Err(e) if e.is_answer() => Persistence::Unknown,
+                Err(_) => {
+                    complete = false;
+                    self.persistence()
+                }
+            }
+        } else {
+            self.persistence()
+        };
+        if ask_config && complete {
+            self.note_persistence(persistence);
+        }
+        let keys_lost = match self.check_marker().await {
+            Ok(lost) => lost,
+            Err(_) => {
+                complete = false;
+                false
+            }
+        };
+        if keys_lost {
+            self.losses.fetch_add(1, Ordering::AcqRel);
+            self.metrics.record_redis_state_lost();
+            tracing::error!(
+                key_prefix = %self.key_prefix,
+                "tollgate's keys vanished from Redis (it restarted without persistence, or was \
+                 flushed): users' windows and spend restarted from zero"
+            );
+        }
+        self.check_due.store(!complete, Ordering::Release);
+        StateCheck {
+            persistence,
+            keys_lost,
+            complete,
+        }
+    }
+
+    /// `CONFIG GET appendonly` and `save`.
+    async fn ask_persistence(&self) -> Result<Persistence, Unavailable> {
+        let mut values = Vec::with_capacity(2);
+        for parameter in ["appendonly", "save"] {
+            let mut c = cmd("CONFIG");
+            c.arg("GET").arg(parameter);
+            let reply: Vec<String> = self.link.command("config", true, c).await?;
+            values.push(reply.get(1).cloned().unwrap_or_default());
+        }
+        Ok(Persistence::from_config(&values[0], &values[1]))
+    }
+
+    /// Records how Redis persists; says so loudly when that changed to something weaker.
+    fn note_persistence(&self, persistence: Persistence) {
+        let before =
+            Persistence::from_u8(self.persistence.swap(persistence.to_u8(), Ordering::AcqRel));
+        self.metrics.set_redis_persistence(persistence.as_str());
+        if before == persistence {
+            return;
+        }
+        match persistence {
+            Persistence::None => tracing::warn!(
+                redis_persistence = persistence.as_str(),
+                "Redis does not persist its data (appendonly no, no save rules): if it restarts, \
+                 every user's windows and spend restart from zero. Turn on appendonly yes."
+            ),
+            Persistence::Snapshots => tracing::warn!(
+                redis_persistence = persistence.as_str(),
+                "Redis persists by snapshots only: a crash loses the usage since the last one. \
+                 appendonly yes loses at most a second."
+            ),
+            Persistence::Unknown => tracing::warn!(
+                "Redis does not say how it persists (CONFIG refused): make sure it does, or a \
+                 restart resets every user's windows and spend"
+            ),
+            Persistence::AppendOnly => {
+                tracing::info!(redis_persistence = persistence.as_str(), "Redis persists")
+            }
+        }
+    }
+
+    /// Looks for the marker; `true` when the one seen before is gone or replaced. Leaves a
+    /// marker in place (renewed) either way.
+    async fn check_marker(&self) -> Result<bool, Unavailable> {
+        let key = keys::marker_key(&self.key_prefix);
+        let seen = self
+            .marker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut get = cmd("GET");
+        get.arg(&key);
+        let current: Option<String> = self.link.command("marker", true, get).await?;
+        let (value, lost) = match current {
+            Some(value) => {
+                let mut renew = cmd("PEXPIRE");
+                renew.arg(&key).arg(MARKER_TTL_MS);
+                let _: u64 = self.link.command("marker", true, renew).await?;
+                let lost = seen.as_ref().is_some_and(|seen| *seen != value);
+                (value, lost)
+            }
+            None => {
+                let mut set = cmd("SET");
+                set.arg(&key)
+                    .arg(uuid::Uuid::new_v4().simple().to_string())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(MARKER_TTL_MS);
+                let _: Option<String> = self.link.command("marker", true, set).await?;
+                // Another replica may have set it first: keep whichever value is there.
+                let mut get = cmd("GET");
+                get.arg(&key);
+                let value: Option<String> = self.link.command("marker", true, get).await?;
+                (value.unwrap_or_default(), seen.is_some())
+            }
+        };
+        *self.marker.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
+        Ok(lost)
     }
 
     async fn replay(&self) -> usize {
@@ -425,7 +587,8 @@ impl RedisLedger {
         replayed
     }
 
-    /// Warns when Redis may evict keys (limits would silently reset) or cannot be reached.
+    /// Warns when Redis may evict keys (limits would silently reset) or cannot be reached; the
+    /// probe task then checks how it persists ([`RedisLedger::check_state`]).
     pub async fn check_server(&self) {
         let mut c = cmd("CONFIG");
         c.arg("GET").arg("maxmemory-policy");

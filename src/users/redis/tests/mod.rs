@@ -11,7 +11,8 @@
 //!   re-price changes nothing, and the script decides as the book does;
 //! - [`replicas`]: limits hold across replicas sharing one Redis;
 //! - [`expiry`]: every key written expires;
-//! - [`replay`]: settlements made while Redis is away are replayed once it is back.
+//! - [`replay`]: settlements made while Redis is away are replayed once it is back;
+//! - [`persistence`]: how Redis persists is reported, and lost keys are detected.
 //!
 //! This file holds their shared setup: a deterministic RNG, the config and ledger for a server,
 //! prices, limits, requests and settlements. These tests only observe the ledger from outside
@@ -22,6 +23,7 @@ mod book;
 mod expiry;
 mod leases;
 mod lua;
+mod persistence;
 mod replay;
 mod replicas;
 mod reprice;
