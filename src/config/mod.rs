@@ -96,7 +96,8 @@ pub struct ServerConfig {
     /// soon as it is accepted, without an answer (`tollgate_connections_refused_total`).
     pub max_connections: usize,
     /// An idle keep-alive connection (no request in progress) is closed after this long;
-    /// 0 = no keep-alive (one request per connection).
+    /// 0 = no keep-alive (one request per connection). Above the 60 s that proxies and load
+    /// balancers keep idle upstream connections, so none reuses one the gateway just closed.
     pub keep_alive_timeout_secs: u64,
     /// Largest single request header (name and value bytes); larger → `431 headers_too_large`.
     pub max_header_bytes: usize,
@@ -116,7 +117,7 @@ impl Default for ServerConfig {
             client_body_timeout_secs: 10,
             client_write_timeout_secs: 10,
             max_connections: 10_000,
-            keep_alive_timeout_secs: 5,
+            keep_alive_timeout_secs: 75,
             max_header_bytes: 8 * 1024,
             max_headers_total_bytes: 32 * 1024,
         }
