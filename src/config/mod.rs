@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 /// Where `/metrics` is served by default: loopback only, on the port Prometheus exporters
 /// conventionally use.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_METRICS_LISTEN: &str = "";
 
 /// The signing secret used when none is configured. Start-up warns loudly when it is in use.
 pub const DEVELOPMENT_JWT_SECRET: &str = "tollgate-development-secret-change-me";
@@ -82,9 +82,9 @@ pub struct ServerConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Serve the demo chat page at `/chat`.
     pub demo_ui: bool,
-    /// Where `/metrics` is served: its own `IP:PORT`, loopback by default (the exposition
-    /// names users and their spend); empty = on `listen` too, for anyone who reaches the gateway
-    /// (then set `metrics.bearer_token`).
+    /// Where `/metrics` is served: empty (the default) = on `listen`, like every route; or its
+    /// own `IP:PORT` (e.g. `127.0.0.1:9464`), then not on `listen`. The exposition names users and
+    /// their spend: on a public `listen`, move it or set `metrics.bearer_token` (start-up warns).
     pub metrics_listen: String,
     /// A request body that makes no progress for this long is answered `408 request_timeout`
     /// and its connection closed (the whole body must also arrive within `limits.deadline_secs`).

@@ -1,6 +1,6 @@
-//! Who can read `/metrics`: it names users and what they spent, so by default it is served on
-//! its own loopback listener and not on the public one; `metrics.bearer_token` guards it
-//! wherever it is served.
+//! Who can read `/metrics`: it names users and what they spent. By default it is a route of the
+//! gateway's listener (the contract; that listener is loopback by default); `server.metrics_listen`
+//! moves it to a listener of its own, and `metrics.bearer_token` guards it wherever it is served.
 
 use tollgate::config::Secret;
 use tollgate_testkit::app::*;
@@ -31,6 +31,7 @@ async fn get(app: &TestApp, url: String, bearer: Option<&str>) -> (u16, String) 
 #[actix_web::test]
 async fn the_public_listener_shows_no_per_user_series_and_the_metrics_listener_asks_its_token() {
     let app = spawn_app(fast_mock(), |c| {
+        c.server.metrics_listen = "127.0.0.1:0".into();
         c.metrics.bearer_token = Secret::new(TOKEN);
     })
     .await;
@@ -81,4 +82,14 @@ async fn metrics_on_the_main_listener_ask_the_token_when_one_is_set() {
     let (status, body) = get(&app, url, Some(TOKEN)).await;
     assert_eq!(status, 200);
     assert!(body.contains(r#"user="exposed-bob""#), "{body}");
+}
+
+#[actix_web::test]
+async fn by_default_metrics_are_a_route_of_the_gateway_listener() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    assert_eq!(app.metrics_base, app.base);
+    spend(&app, "default-carol").await;
+    let (status, body) = get(&app, format!("{}/metrics", app.base), None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("tollgate_requests_total"), "{body}");
 }

@@ -61,7 +61,6 @@ pub fn test_config(upstream_url: &str) -> Config {
     let mut config = Config::default();
     config.server.workers = 1;
     // `/metrics` on its own loopback listener, as by default, on a free port.
-    config.server.metrics_listen = "127.0.0.1:0".into();
     config.auth.jwt_secret = Secret::new(JWT_SECRET);
     config.upstream.url = upstream_url.to_string();
     config.upstream.api_key = Secret::new(UPSTREAM_KEY);
