@@ -111,8 +111,7 @@ impl UserRegistry {
                     request.request_id,
                     request.limits,
                     request.estimated_input_tokens,
-                    grant.max_tokens,
-                    grant.rate_limits,
+                    grant,
                 ));
             }
         }
@@ -184,6 +183,9 @@ mod tests {
     use crate::accounting::{Outcome, Usage};
     use crate::clock::ManualClock;
     use crate::pricing::PriceTable;
+    use crate::users::allowance::Batch;
+
+    const BATCH: Batch = Batch { min: 16, max: 256 };
 
     #[actix_rt::test]
     async fn an_evicted_actor_comes_back_with_its_counts() {
@@ -211,6 +213,7 @@ mod tests {
                     stream: false,
                     price,
                     limits,
+                    batch: BATCH,
                 },
             )
             .await
@@ -283,6 +286,7 @@ mod tests {
             stream: true,
             price,
             limits,
+            batch: BATCH,
         };
         // Warm the connection and the script cache.
         registry
@@ -340,6 +344,7 @@ mod tests {
             stream: false,
             price,
             limits,
+            batch: BATCH,
         };
         redis.stop();
         let ticket = registry.admit("vic", request).await.unwrap();
@@ -397,6 +402,7 @@ mod tests {
             stream: true,
             price,
             limits,
+            batch: BATCH,
         }
     }
 
@@ -440,7 +446,8 @@ mod tests {
             .admit("wes", fallback_request("r2", mini, limits))
             .await
             .unwrap();
-        streaming.meter(5, 256).await;
+        streaming.relayed(5);
+        assert!(streaming.ask(1, BATCH).await > 0);
         assert!(
             !streaming.reprice(gpt).await,
             "output streamed already: its price stands"

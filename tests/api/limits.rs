@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate::mock::MockOptions;
-use tollgate_testkit::app::sse::{assert_error_ending, SseReader};
+use tollgate_testkit::app::sse::{assert_error_ending, content_of, SseReader};
 use tollgate_testkit::app::*;
 
 async fn send(app: &TestApp, user: &str) -> awc::ClientResponse {
@@ -219,8 +219,24 @@ async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     (url, rx)
 }
 
+/// Reads a stream to its end: its data events, and the output tokens it carried (mock words
+/// are one token each).
+async fn relayed(app: &TestApp, user: &str) -> (Vec<String>, u64) {
+    let response = app
+        .post_chat(user)
+        .send_json(&chat_body("mock-gpt", true))
+        .await
+        .unwrap();
+    let events = SseReader::new(response).collect().await;
+    let tokens = content_of(&events).split_whitespace().count() as u64;
+    (events, tokens)
+}
+
+/// One stream and five concurrent streams of one user run into the daily cap mid-stream: each
+/// is cut with `budget_exceeded` at the token that would cross it, the spend billed is within
+/// the cap (less than a token below it), and every stream is billed exactly what it relayed.
 #[actix_web::test]
-async fn concurrent_streams_are_all_cut_at_the_daily_cap_within_the_documented_bound() {
+async fn streams_are_cut_at_the_daily_cap_exactly_and_billed_what_they_relayed() {
     let (hook, mut alerts) = webhook().await;
     let app = spawn_app(
         MockOptions {
@@ -236,46 +252,61 @@ async fn concurrent_streams_are_all_cut_at_the_daily_cap_within_the_documented_b
         },
     )
     .await;
-    let streams = (0..5).map(|_| async {
-        let response = app
-            .post_chat("gus")
-            .send_json(&chat_body("mock-gpt", true))
-            .await
-            .unwrap();
-        SseReader::new(response).collect().await
-    });
-    for events in futures::future::join_all(streams).await {
-        assert_error_ending(&events, "budget_exceeded");
+    // One stream alone.
+    let (events, tokens) = relayed(&app, "ida").await;
+    assert_error_ending(&events, "budget_exceeded");
+    let line = app.wait_for_logs(1).await[0].clone();
+    assert_eq!(line["outcome"], "cut_budget", "{line}");
+    assert_eq!(
+        line["output_tokens"], tokens,
+        "billed what it relayed: {line}"
+    );
+    let spent = micro_usd(&app.settled_usage("ida").await);
+    assert!(spent <= 1000 && spent > 1000 - 10, "spent {spent} of 1000");
+
+    // Five at once.
+    let streams = (0..5).map(|_| relayed(&app, "gus"));
+    let streams = futures::future::join_all(streams).await;
+    for (events, _) in &streams {
+        assert_error_ending(events, "budget_exceeded");
     }
-    let logs = app.wait_for_logs(5).await;
+    let logs: Vec<Value> = app.wait_for_logs(6).await[1..].to_vec();
     assert!(
         logs.iter().all(|l| l["outcome"] == "cut_budget"),
         "{logs:?}"
     );
-    let usage = app.settled_usage("gus").await;
-    let spent = (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
-    // Bound: one metering batch per open stream (5 × 4 tokens × 10 micro-USD) past the cap,
-    // plus per-request rounding.
-    assert!(spent > 1000, "the cap was crossed: {spent}");
-    assert!(
-        spent <= 1000 + 5 * 4 * 10 + 5,
-        "overshoot beyond the bound: {spent}"
-    );
+    let relayed_tokens: u64 = streams.iter().map(|(_, tokens)| tokens).sum();
+    let billed_tokens: u64 = logs
+        .iter()
+        .map(|l| l["output_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(relayed_tokens, billed_tokens, "billed what they relayed");
+    let spent = micro_usd(&app.settled_usage("gus").await);
+    let billed: f64 = logs.iter().map(|l| l["cost_usd"].as_f64().unwrap()).sum();
+    assert_eq!(spent, (billed * 1e6).round() as u64);
+    assert!(spent <= 1000, "past the cap: {spent}");
+    assert!(spent > 1000 - 10, "stopped short of the cap: {spent}");
 
     // The next request is refused outright, without retries.
     let refused = send(&app, "gus").await;
     assert_eq!(header(&refused, "x-should-retry"), "false");
     assert_eq!(error_code(refused).await, (429, "daily_budget".into()));
 
-    // Exactly one alert for the day window.
-    let alert = tokio::time::timeout(WAIT, alerts.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(alert["user"], "gus");
-    assert_eq!(alert["window"], "daily");
-    assert_eq!(alert["percent"], 80);
-    assert!(alert["text"].as_str().unwrap().contains("gus"));
+    // Exactly one alert for the day window per user.
+    let mut alerted = Vec::new();
+    for _ in 0..2 {
+        let alert = tokio::time::timeout(WAIT, alerts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(alert["window"], "daily");
+        assert_eq!(alert["percent"], 80);
+        let user = alert["user"].as_str().unwrap().to_string();
+        assert!(alert["text"].as_str().unwrap().contains(&user));
+        alerted.push(user);
+    }
+    alerted.sort();
+    assert_eq!(alerted, ["gus", "ida"]);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), alerts.recv())
             .await
@@ -310,4 +341,9 @@ async fn usage_reports_windows_and_spend() {
         app.log_lines()[0]["total_tokens"]
     );
     let _ = json!(null);
+}
+
+/// A user's spend today, in micro-USD, from `/v1/usage`.
+fn micro_usd(usage: &Value) -> u64 {
+    (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64
 }

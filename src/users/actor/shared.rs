@@ -134,9 +134,8 @@ impl Authority for Shared {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
-        if actor.env.org.would_pass(day_key(now), input_cost) {
-            let error = Refusal::OrgDaily.error(&request.limits, now);
-            return now_reply(Some(Err(error)));
+        if let Err(why) = actor.env.org.check(day_key(now), input_cost) {
+            return now_reply(Some(Err(why.error(&request.limits, now))));
         }
         let (ledger, prefix) = actor.authority.handles();
         if let Some(refusal) = actor.authority.cached_refusal(&request.limits) {
@@ -169,17 +168,9 @@ impl Authority for Shared {
     ) -> Reply<Self, MeterAnswer> {
         if !actor.authority.open.contains_key(&msg.request_id) {
             // A request this replica's book holds.
-            let answer =
-                actor.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
-            return now_reply(answer);
+            return now_reply(actor.meter_in_book(&msg, &limits));
         }
         let (ledger, prefix) = actor.authority.handles();
-        // The organisation cap is counted here, per replica: no allowance (promise) then.
-        let max_batch = if actor.env.org.cap().is_some() {
-            0
-        } else {
-            msg.max_batch
-        };
         Box::pin(
             async move {
                 let reply = ledger
@@ -187,8 +178,8 @@ impl Authority for Shared {
                         &prefix,
                         &msg.request_id,
                         msg.output_tokens,
+                        msg.ask,
                         &limits,
-                        max_batch,
                     )
                     .await;
                 (reply, msg)
@@ -352,7 +343,7 @@ impl UserActor<Shared> {
             reserved_tokens: request.estimated_input_tokens
                 + u64::from(granted) * request.choices.max(1),
             metered_output_tokens: 0,
-            promised_tokens: 0,
+            promised_tokens: admitted.allowance,
         };
         self.env.org.add(open.day, open.cost() as i64);
         shared.open.insert(request.request_id, open);
@@ -360,6 +351,7 @@ impl UserActor<Shared> {
         self.touched();
         Ok(Grant {
             max_tokens: granted,
+            allowance: admitted.allowance,
             rate_limits,
         })
     }
@@ -415,31 +407,27 @@ impl UserActor<Shared> {
         msg: &Meter,
         limits: &UserLimits,
     ) -> MeterAnswer {
-        let verdict = match reply {
-            Ok(Metered::Within(k, _)) | Ok(Metered::Over(k)) => {
+        let allowance = match reply {
+            Ok(Metered::Allowed(k, allowance)) => {
                 let known = self.authority.known.get_or_insert_with(Known::default);
                 known.spend_today = k.spend_today;
                 known.spend_month = k.spend_month;
                 let known = *known;
                 self.claim_alerts(known, self.env.clock.now_ms());
-                match reply {
-                    Ok(Metered::Within(_, allowance)) => MeterAnswer::Continue { allowance },
-                    _ => MeterAnswer::Stop,
-                }
+                allowance
             }
-            Ok(Metered::Unknown) => MeterAnswer::Continue { allowance: 0 },
+            // Settled already, or its lease ended: nothing more is relayed unaccounted.
+            Ok(Metered::Unknown) => 0,
             Err(_) => return self.take_over(msg, limits),
         };
         let day = day_key(self.env.clock.now_ms());
         if let Some(open) = self.authority.open.get_mut(&msg.request_id) {
             let before = open.cost();
             open.metered_output_tokens += msg.output_tokens;
+            open.promised_tokens = allowance;
             self.env.org.add(day, (open.cost() - before) as i64);
         }
-        if self.env.org.over(day) {
-            return MeterAnswer::Stop;
-        }
         self.touched();
-        verdict
+        MeterAnswer { allowance }
     }
 }

@@ -18,6 +18,7 @@ mod tests;
 pub use journal::PendingSettle;
 pub use link::Unavailable;
 
+use super::allowance::Ask;
 use super::book::{AdmitRequest, NoReprice};
 use super::limits::UserLimits;
 use super::outage::{Known, OutagePolicy};
@@ -61,6 +62,8 @@ impl Scripts {
 pub struct Admitted {
     /// The granted output cap, or why not.
     pub decision: Result<u32, Refusal>,
+    /// The request's first allowance (see `Grant::allowance`); 0 when refused.
+    pub allowance: u64,
     pub minute_used: u64,
     pub known: Known,
     /// Leases of dead replicas freed on the way.
@@ -71,9 +74,9 @@ pub struct Admitted {
 /// What the meter script said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metered {
-    /// Within the caps; the request's allowance (see `MeterAnswer::Continue`).
-    Within(Known, u64),
-    Over(Known),
+    /// Metered: the user's running spend, and the request's next allowance (see
+    /// `MeterAnswer`).
+    Allowed(Known, u64),
     /// Redis holds no such open request (already settled, or its lease ended).
     Unknown,
 }
@@ -160,6 +163,8 @@ impl RedisLedger {
             l.daily_cap_micro_usd,
             l.monthly_cap_micro_usd,
             self.lease_ms,
+            request.batch.min,
+            request.batch.max,
         ];
         let reply: Vec<u64> = self
             .link
@@ -172,7 +177,7 @@ impl RedisLedger {
                 &[&request.request_id],
             )
             .await?;
-        let [code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month, expired_leases, now_ms] =
+        let [code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month, expired_leases, now_ms, allowance] =
             reply[..]
         else {
             return Err(malformed("admit"));
@@ -192,6 +197,7 @@ impl RedisLedger {
         };
         Ok(Admitted {
             decision,
+            allowance,
             minute_used,
             known: Known {
                 tokens_running,
@@ -203,19 +209,23 @@ impl RedisLedger {
         })
     }
 
+    /// Adds the output a stream relayed and grants its next allowance (the meter script's rule,
+    /// as `Book::meter`).
     pub async fn meter(
         &self,
         prefix: &str,
         request_id: &str,
         output_tokens: u64,
+        ask: Ask,
         limits: &UserLimits,
-        max_batch: u64,
     ) -> Result<Metered, Unavailable> {
         let args = [
             output_tokens,
+            ask.needed,
+            ask.batch.min,
+            ask.batch.max,
             limits.daily_cap_micro_usd,
             limits.monthly_cap_micro_usd,
-            max_batch,
         ];
         let reply: Vec<u64> = self
             .link
@@ -228,7 +238,7 @@ impl RedisLedger {
                 &[request_id],
             )
             .await?;
-        let [verdict, spend_today, spend_month, _now, allowance] = reply[..] else {
+        let [code, spend_today, spend_month, _now, allowance] = reply[..] else {
             return Err(malformed("meter"));
         };
         // Only spend is reported here; the token window stays as last admitted.
@@ -237,9 +247,8 @@ impl RedisLedger {
             spend_today,
             spend_month,
         };
-        Ok(match verdict {
-            0 => Metered::Within(known, allowance),
-            1 => Metered::Over(known),
+        Ok(match code {
+            0 => Metered::Allowed(known, allowance),
             _ => Metered::Unknown,
         })
     }

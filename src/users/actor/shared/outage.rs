@@ -63,7 +63,7 @@ impl UserActor<Shared> {
     /// now on against the outage allowance.
     pub(super) fn take_over(&mut self, msg: &Meter, limits: &UserLimits) -> MeterAnswer {
         let Some(open) = self.authority.open.remove(&msg.request_id) else {
-            return MeterAnswer::Continue { allowance: 0 };
+            return MeterAnswer { allowance: 0 };
         };
         // The book counts the request's cost afresh from here (its settlement corrects the
         // organisation ledger against the book's figure): take the cost so far out.
@@ -76,6 +76,6 @@ impl UserActor<Shared> {
             ..open
         };
         self.book.adopt(msg.request_id.clone(), adopted);
-        self.meter_in_book(&msg.request_id, msg.output_tokens, limits, msg.max_batch)
+        self.meter_in_book(msg, limits)
     }
 }
