@@ -68,9 +68,12 @@ impl UserActor<Shared> {
         // The book counts the request's cost afresh from here (its settlement corrects the
         // organisation ledger against the book's figure): take the cost so far out.
         self.env.org.add(open.day, -(open.cost() as i64));
+        // What its grant still allows stays reserved: the book's allowances keep within it.
         let adopted = OpenRequest {
             input_tokens: 0,
-            reserved_tokens: 0,
+            reserved_tokens: open
+                .reserved_tokens
+                .saturating_sub(open.input_tokens + open.metered_output_tokens),
             metered_output_tokens: 0,
             promised_tokens: 0,
             ..open
