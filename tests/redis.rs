@@ -355,6 +355,66 @@ fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_tw
     assert_every_key_expires(&redis);
 }
 
+/// The organisation cap, shared by every replica through one counter in Redis: six users on two
+/// replicas stream at once into a cap reached mid-stream. Every stream is cut with
+/// `budget_exceeded`; the organisation's total billed is within the cap (less than a token
+/// below it), the counter in Redis holds exactly what was billed, and every user was billed
+/// what they got.
+#[test]
+fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
+    let redis = RedisServer::start();
+    // mock-gpt output costs 10 micro-USD a token: about 300 output tokens for everybody.
+    let cap_micro = 3_000u64;
+    let env = env_for(&redis, &[("TOLLGATE__COST__MAX_ORG_DAILY_USD", "0.003")]);
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let users = ["oda", "oli", "ora", "oscar", "otto", "ozzy"];
+    let start = Arc::new(Barrier::new(users.len()));
+    let streams: Vec<Answer> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let listen = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (token, start) = (token(user), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                chat(
+                    &listen,
+                    &token,
+                    r#"{"model":"mock-gpt:tokens=1000,tps=400","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#,
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    streams.iter().for_each(assert_cut_at_the_cap);
+    let mut billed = 0;
+    for (user, stream) in users.iter().zip(&streams) {
+        let usage = usage(&a, &token(user));
+        billed += (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
+        assert_eq!(usage["output_tokens"], relayed_tokens(stream), "{user}: billed what it got");
+    }
+    assert!(
+        billed <= cap_micro && billed > cap_micro - 10,
+        "billed {billed} micro-USD against an organisation cap of {cap_micro}"
+    );
+    // The organisation's counter: what was billed, nothing open or promised.
+    let key = redis.cli(&["--scan", "--pattern", "tollgate:org:*"]);
+    assert_eq!(key.lines().count(), 1, "{key}");
+    let field = |name: &str| redis.cli(&["HGET", key.trim(), name]);
+    assert_eq!(field("spend"), billed.to_string());
+    assert_eq!((field("promised"), field("open")), ("0".into(), "0".into()));
+    // Nobody else gets in, on either replica.
+    for listen in [&a, &b] {
+        let refused = chat(listen, &token("pia"), small_request());
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(refused.error_code(), "org_daily_budget");
+    }
+    assert_every_key_expires(&redis);
+}
+
 #[test]
 fn a_slot_held_by_a_killed_replica_frees_itself_after_the_lease() {
     let redis = RedisServer::start();

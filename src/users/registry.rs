@@ -53,12 +53,18 @@ impl UserRegistry {
             config.cost.alert_webhook_url.clone(),
             metrics.clone(),
         );
+        // In Redis mode the organisation's counter is in Redis; this ledger then counts only
+        // what the replica decides alone while Redis is away, under the outage policy.
+        let org = OrgLedger::new(usd_to_micro(config.cost.max_org_daily_usd));
+        if let (Some(ledger), Some(cap)) = (&redis, org.cap()) {
+            org.set_outage_limit(ledger.policy.org_limit(cap, None));
+        }
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
             alert_arbiter,
             env: Env {
                 clock,
-                org: Arc::new(OrgLedger::new(usd_to_micro(config.cost.max_org_daily_usd))),
+                org: Arc::new(org),
                 alerts,
                 metrics,
                 directory: Arc::new(Mutex::new(HashMap::new())),

@@ -170,6 +170,7 @@ fn settlement(
         input_nano_usd,
         output_nano_usd,
         admitted_ms,
+        org_day: None,
     }
 }
 
