@@ -394,7 +394,11 @@ fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
     for (user, stream) in users.iter().zip(&streams) {
         let usage = usage(&a, &token(user));
         billed += (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
-        assert_eq!(usage["output_tokens"], relayed_tokens(stream), "{user}: billed what it got");
+        assert_eq!(
+            usage["output_tokens"],
+            relayed_tokens(stream),
+            "{user}: billed what it got"
+        );
     }
     assert!(
         billed <= cap_micro && billed > cap_micro - 10,

@@ -9,6 +9,7 @@
 //!   settlement adds the rest once;
 //! - [`reprice`]: a re-priced request is billed at its new price however it ends, a refused
 //!   re-price changes nothing, and the script decides as the book does;
+//! - [`org`]: the organisation's counter keeps within its cap and counts settlements once;
 //! - [`replicas`]: limits hold across replicas sharing one Redis;
 //! - [`expiry`]: every key written expires;
 //! - [`replay`]: settlements made while Redis is away are replayed once it is back.
@@ -22,6 +23,7 @@ mod book;
 mod expiry;
 mod leases;
 mod lua;
+mod org;
 mod replay;
 mod replicas;
 mod reprice;
