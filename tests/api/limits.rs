@@ -315,6 +315,69 @@ async fn streams_are_cut_at_the_daily_cap_exactly_and_billed_what_they_relayed()
     );
 }
 
+/// Embedded mode: streams of three users at once run into the organisation's cap mid-stream;
+/// every one is cut with `budget_exceeded`, and the organisation's total billed is within the
+/// cap (less than a token below it), each user billed what they got.
+#[actix_web::test]
+async fn streams_of_several_users_are_cut_at_the_organisation_cap_exactly() {
+    let app = spawn_app(
+        MockOptions {
+            tokens: 400,
+            tokens_per_second: 50.0,
+            ..fast_mock()
+        },
+        |c| c.cost.max_org_daily_usd = 0.002,
+    )
+    .await;
+    let users = ["kim", "kit", "kai"];
+    let streams = futures::future::join_all(users.iter().map(|u| relayed(&app, u))).await;
+    let mut billed = 0;
+    for (user, (events, tokens)) in users.iter().zip(&streams) {
+        assert_error_ending(events, "budget_exceeded");
+        let usage = app.settled_usage(user).await;
+        assert_eq!(
+            usage["output_tokens"], *tokens,
+            "{user}: billed what it got"
+        );
+        billed += micro_usd(&usage);
+    }
+    assert!(
+        billed <= 2000 && billed > 2000 - 10,
+        "billed {billed} of 2000"
+    );
+    let refused = send(&app, "kay").await;
+    assert_eq!(error_code(refused).await, (429, "org_daily_budget".into()));
+}
+
+/// A whole (non-streamed) reply is charged at its end, so admission grants it only the output
+/// the budget left covers: the provider is asked for no more, and the cap holds.
+#[actix_web::test]
+async fn a_whole_reply_is_granted_only_the_output_the_budget_covers() {
+    let app = spawn_app(
+        MockOptions {
+            tokens: 1000,
+            ..fast_mock()
+        },
+        |c| c.cost.max_daily_usd = 0.001, // 1000 micro-USD; mock-gpt output: 10 a token
+    )
+    .await;
+    let mut body = chat_body("mock-gpt", false);
+    body["max_tokens"] = json!(1000);
+    let response = app.post_chat("lea").send_json(&body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let granted: u64 = header(&response, "x-tollgate-max-tokens").parse().unwrap();
+    let line = app.wait_for_logs(1).await[0].clone();
+    let input_cost = (line["input_tokens_estimated"].as_u64().unwrap() * 2500).div_ceil(1000);
+    assert_eq!(
+        granted,
+        (1000 - input_cost) / 10,
+        "what the budget left covers"
+    );
+    assert_eq!(app.recorder.requests()[0].body["max_tokens"], granted);
+    assert_eq!(line["output_tokens"], granted);
+    assert!(micro_usd(&app.settled_usage("lea").await) <= 1000);
+}
+
 #[actix_web::test]
 async fn usage_reports_windows_and_spend() {
     let app = spawn_app(fast_mock(), |_| {}).await;
