@@ -210,6 +210,7 @@ impl RedisLedger {
             ask.min,
             ask.want,
             self.org_cap_micro_usd,
+            self.lease_ms,
         ];
         let reply: Vec<u64> = self
             .link
@@ -459,6 +460,7 @@ impl RedisLedger {
             0,
             0,
             self.org_cap_micro_usd,
+            self.lease_ms,
         ];
         let reply: Vec<u64> = self
             .link

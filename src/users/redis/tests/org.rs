@@ -93,3 +93,40 @@ async fn the_organisation_s_counter_never_promises_past_its_cap() {
     let expires_at: u64 = server.cli(&["PEXPIRETIME", &key]).parse().unwrap();
     assert_eq!(day_key(expires_at), day + 2);
 }
+
+/// A replica that dies holding a request leaves its cost in the organisation's counter but not
+/// its promise, once the lease ends; its late (journaled) settlement adds the rest, once.
+#[actix_rt::test]
+async fn a_dead_replica_s_promise_frees_itself_after_the_lease() {
+    let server = RedisServer::start();
+    let mut config = config_for(&server);
+    config.cost.max_org_daily_usd = 0.001;
+    config.redis.lease_secs = 1;
+    let ledger = ledger(&config);
+    let a = ledger
+        .org(OrgOp::Admit, "a", 0, ask(100, 0, 10, 2_560))
+        .await
+        .unwrap();
+    assert_eq!(a.decision, OrgDecision::Granted(450));
+    let day = a.day;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    // The next call frees a's promise (a's cost stays): b gets half of the 900 free.
+    let b = ledger
+        .org(OrgOp::Admit, "b", 0, ask(0, 0, 10, 2_560))
+        .await
+        .unwrap();
+    assert_eq!(b.decision, OrgDecision::Granted(450));
+    assert_eq!(figures(&server, day), (100, 450, 1));
+    // a's replica is gone: no more allowances for it.
+    let gone = ledger
+        .org(OrgOp::Meter, "a", day, ask(300, 10, 10, 100))
+        .await
+        .unwrap();
+    assert_eq!(gone.decision, OrgDecision::Unknown);
+    // Its late settlement (cost 250) adds what it used beyond the 100 charged, once.
+    let mut late = settlement("p:", "a", mock_price(), 0, (40, 15), true, false); // 100 + 150
+    late.org_day = Some(day);
+    ledger.settle(late.clone()).await;
+    ledger.settle(late).await;
+    assert_eq!(figures(&server, day), (250, 450, 1));
+}
