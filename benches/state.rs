@@ -9,7 +9,9 @@
 //! simulated as the relay runs one: chunks of one token, relayed within the ticket's allowance,
 //! asking for the next (in the default batches, 16 … 256) when it runs out, and ending at the
 //! cap when the answer falls short. Sequential requests measure the added latency; a
-//! concurrent phase (`CONC` users at once) shows it under load. Redis calls and commands per
+//! concurrent phase (`CONC` users at once) shows it under load. A last phase runs the Redis arm
+//! with an organisation cap set (far from it): every step then also calls the organisation's
+//! counter (a meter report asks both at once). Redis calls and commands per
 //! request come from `INFO commandstats` deltas (`evalsha`: one call per script run).
 //!
 //! Run: `cargo bench --bench state` (REQUESTS=N, CONC=N change the sizes).
@@ -207,7 +209,7 @@ fn main() {
         let metrics = Metrics::install(10, LabelSets::new(Vec::new(), Vec::new()));
         let ledger = Arc::new(RedisLedger::new(&config, metrics.clone()).expect("redis ledger"));
         let memory = Arc::new(UserRegistry::new(2, &config, Arc::new(SystemClock), metrics.clone(), Arc::new(MemoryStore::default()), None));
-        let redis = Arc::new(UserRegistry::new(2, &config, Arc::new(SystemClock), metrics, Arc::new(MemoryStore::default()), Some(ledger.clone())));
+        let redis = Arc::new(UserRegistry::new(2, &config, Arc::new(SystemClock), metrics.clone(), Arc::new(MemoryStore::default()), Some(ledger.clone())));
         let limits = UserLimits::for_plan(&config, "pro");
         let price = PriceTable::new(&config.pricing).price("mock-gpt").expect("priced");
         let far = AdmitRequest {
@@ -243,6 +245,15 @@ fn main() {
             one_request(&redis, &format!("r{}", i % 50), &format!("wr{i}"), far.clone()).await;
         }
 
+        // The same, with an organisation cap (far from it): the organisation's counter in Redis.
+        let mut with_org = config.clone();
+        with_org.cost.max_org_daily_usd = 1e6;
+        let org_ledger = Arc::new(RedisLedger::new(&with_org, metrics.clone()).expect("redis ledger"));
+        let redis_org = Arc::new(UserRegistry::new(2, &with_org, Arc::new(SystemClock), metrics, Arc::new(MemoryStore::default()), Some(org_ledger)));
+        for i in 0..50 {
+            one_request(&redis_org, &format!("o{i}"), &format!("wo{i}"), far.clone()).await;
+        }
+
         let arms = [memory.as_ref(), redis.as_ref()];
         phase(
             &format!("Far from a cap: a {OUTPUT_TOKENS}-token stream, 100 users per arm"),
@@ -260,6 +271,16 @@ fn main() {
             requests / 4,
             &near,
             |arm, i| format!("near-{arm}{i}"),
+        )
+        .await;
+
+        phase(
+            &format!("Far from every cap, with an organisation cap set: a {OUTPUT_TOKENS}-token stream (memory; Redis with the organisation's counter)"),
+            &server,
+            [memory.as_ref(), redis_org.as_ref()],
+            requests / 4,
+            &far,
+            |arm, i| format!("org-{arm}{}", i % 100),
         )
         .await;
 

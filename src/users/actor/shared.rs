@@ -38,9 +38,9 @@ pub(in crate::users) struct Shared {
     open: HashMap<String, OpenRequest>,
     /// Requests this replica admitted on its own while Redis was away.
     alone: HashSet<String>,
-    /// With an organisation cap: the organisation's day of each request the organisation's
-    /// counter in Redis holds, until settled.
-    org_days: HashMap<String, u64>,
+    /// With an organisation cap: what the organisation's counter in Redis holds for each
+    /// request, until settled.
+    org: HashMap<String, org::Hold>,
     /// The user's running figures as Redis last reported them.
     known: Option<Known>,
     /// The day and month whose alerts this actor already claimed.
@@ -61,7 +61,7 @@ impl Shared {
             ledger,
             open: HashMap::new(),
             alone: HashSet::new(),
-            org_days: HashMap::new(),
+            org: HashMap::new(),
             known: None,
             alerted: (None, None),
             admitting: HashSet::new(),
@@ -100,7 +100,11 @@ impl Shared {
     /// alone), whose cost is added there.
     fn org_day(&mut self, request_id: &str, open: &OpenRequest) -> Option<u64> {
         self.ledger.org_cap()?;
-        Some(self.org_days.remove(request_id).unwrap_or(open.day))
+        Some(
+            self.org
+                .remove(request_id)
+                .map_or(open.day, |hold| hold.day),
+        )
     }
 
     /// The admit call for `request_id` was answered. If its caller left meanwhile (a settlement
@@ -204,11 +208,12 @@ impl Authority for Shared {
                     AdmitReply::User(reply, org) => {
                         if let Some(org) = &org {
                             actor.org_answered(org);
-                            actor.authority.org_days.insert(request_id.clone(), org.day);
+                            let hold = org::Hold::admitted(org, request.price);
+                            actor.authority.org.insert(request_id.clone(), hold);
                         }
                         let answer = actor.admitted(reply, request);
                         if answer.is_err() {
-                            actor.authority.org_days.remove(&request_id);
+                            actor.authority.org.remove(&request_id);
                         }
                         answer
                     }
@@ -233,14 +238,12 @@ impl Authority for Shared {
         }
         let shared = &actor.authority;
         let (ledger, prefix) = shared.handles();
-        let org_call = match (
-            shared.org_days.get(&msg.request_id),
+        let org_step = match (
+            shared.org.get(&msg.request_id),
             shared.open.get(&msg.request_id),
         ) {
-            (Some(&day), Some(open)) => {
-                Some((day, org::meter_ask(open, msg.output_tokens, msg.ask)))
-            }
-            _ => None,
+            (Some(hold), Some(open)) => hold.step(open, msg.output_tokens, msg.ask),
+            _ => org::Step::Uncapped,
         };
         Box::pin(
             async move {
@@ -254,11 +257,12 @@ impl Authority for Shared {
                     &limits,
                 );
                 let org = async {
-                    match org_call {
-                        Some((day, ask)) => {
-                            Some(ledger.org(OrgOp::Meter, &msg.request_id, day, ask).await)
-                        }
-                        None => None,
+                    match org_step {
+                        org::Step::Call(day, ask) => org::Metered::Answered(
+                            ledger.org(OrgOp::Meter, &msg.request_id, day, ask).await,
+                        ),
+                        org::Step::Covered(tokens) => org::Metered::Covered(tokens),
+                        org::Step::Uncapped => org::Metered::Uncapped,
                     }
                 };
                 let (reply, org) = futures::join!(user, org);
@@ -281,9 +285,9 @@ impl Authority for Shared {
             return now_reply(alone && actor.reprice_in_book(&msg));
         };
         let org_call = shared
-            .org_days
+            .org
             .get(&msg.request_id)
-            .map(|&day| (day, org::reprice_ask(open, msg.price)));
+            .map(|hold| (hold.day, org::reprice_ask(open, msg.price)));
         let (ledger, prefix) = shared.handles();
         Box::pin(
             async move {
@@ -480,6 +484,10 @@ impl UserActor<Shared> {
             open.price = msg.price;
             if open.stream {
                 open.promised_tokens = 0;
+                // The organisation dropped its promise too.
+                if let Some(hold) = self.authority.org.get_mut(&msg.request_id) {
+                    hold.covered = 0;
+                }
             }
         }
         self.claim_alerts(known, self.env.clock.now_ms());
@@ -493,23 +501,29 @@ impl UserActor<Shared> {
     fn metered(
         &mut self,
         reply: Result<Metered, Unavailable>,
-        org: Option<Result<OrgAnswer, Unavailable>>,
+        org: org::Metered,
         msg: &Meter,
         limits: &UserLimits,
     ) -> MeterAnswer {
-        let Some(price) = self.authority.open.get(&msg.request_id).map(|o| o.price) else {
+        let Some(open) = self.authority.open.get(&msg.request_id) else {
             return MeterAnswer { allowance: 0 }; // settled meanwhile
         };
+        let (price, metered) = (open.price, open.metered_output_tokens + msg.output_tokens);
         let org_allowance = match org {
-            None => u64::MAX,
-            Some(Ok(answer)) => {
+            org::Metered::Uncapped => u64::MAX,
+            org::Metered::Covered(tokens) => tokens,
+            org::Metered::Answered(Ok(answer)) => {
                 self.org_answered(&answer);
-                match answer.decision {
+                let tokens = match answer.decision {
                     OrgDecision::Granted(granted) => org::tokens_for(price, granted),
                     _ => 0,
+                };
+                if let Some(hold) = self.authority.org.get_mut(&msg.request_id) {
+                    hold.covered = metered + tokens;
                 }
+                tokens
             }
-            Some(Err(_)) => return self.take_over(msg, limits),
+            org::Metered::Answered(Err(_)) => return self.take_over(msg, limits),
         };
         let allowance = match reply {
             Ok(Metered::Allowed(k, allowance)) => {

@@ -2,6 +2,11 @@
 //! each step of a request (a call beside the user's: the counter has its own Cluster slot), and
 //! what its answers mean for the request. The rule is the book's: a request's cost and its
 //! promised allowance count against the cap, so no stream is allowed past it.
+//!
+//! Far from the organisation's cap it promises a stream up to [`ORG_BATCHES`] of its batches at
+//! a time, so most meter reports need no call to it: while its promise covers the next batch,
+//! the user's script alone answers (the counter's record of the request's cost lags, and its
+//! promise covers the difference).
 
 use super::Shared;
 use crate::accounting::Usage;
@@ -9,7 +14,61 @@ use crate::pricing::Price;
 use crate::users::actor::UserActor;
 use crate::users::allowance::{Ask, Batch};
 use crate::users::book::{AdmitRequest, OpenRequest};
-use crate::users::redis::{OrgAnswer, OrgAsk};
+use crate::users::redis::{OrgAnswer, OrgAsk, OrgDecision, Unavailable};
+
+/// Batches of a stream's output the organisation promises at a time, far from its cap.
+pub(super) const ORG_BATCHES: u64 = 4;
+
+/// What the organisation's counter holds for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::users::actor) struct Hold {
+    /// The organisation's day the request is counted in.
+    pub day: u64,
+    /// Output tokens (from the request's first) the organisation's promise covers.
+    pub covered: u64,
+}
+
+/// What a meter report asks of the organisation's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// No organisation cap (or the counter does not hold the request).
+    Uncapped,
+    /// Its promise still covers the next batch: these tokens, from the report on.
+    Covered(u64),
+    /// Ask it (on `day`).
+    Call(u64, OrgAsk),
+}
+
+/// What came of a meter report's [`Step`].
+pub(super) enum Metered {
+    Uncapped,
+    Covered(u64),
+    Answered(Result<OrgAnswer, Unavailable>),
+}
+
+impl Hold {
+    /// The hold of a request the counter admitted.
+    pub(super) fn admitted(answer: &OrgAnswer, price: Price) -> Self {
+        let covered = match answer.decision {
+            OrgDecision::Granted(granted) => tokens_for(price, granted),
+            _ => 0,
+        };
+        Self {
+            day: answer.day,
+            covered,
+        }
+    }
+
+    /// What a report of `used` more tokens of `open`, asking `ask`, needs of the counter.
+    pub(super) fn step(&self, open: &OpenRequest, used: u64, ask: Ask) -> Step {
+        let metered = open.metered_output_tokens + used;
+        if self.covered >= metered + ask.batch.max.max(ask.needed) {
+            Step::Covered(self.covered - metered)
+        } else {
+            Step::Call(self.day, meter_ask(open, used, ask))
+        }
+    }
+}
 
 /// What `tokens` of output cost at `price`, in micro-USD (rounded up).
 fn output_cost(price: Price, tokens: u64) -> u64 {
@@ -37,7 +96,7 @@ pub(super) fn admit_ask(request: &AdmitRequest) -> OrgAsk {
             cost,
             needed: 0,
             min: output_cost(request.price, request.batch.min),
-            want: output_cost(request.price, request.batch.max),
+            want: output_cost(request.price, ORG_BATCHES * request.batch.max),
         };
     }
     let choices = request.choices.max(1);
@@ -71,7 +130,7 @@ pub(super) fn within_org(request: &AdmitRequest, granted: u64) -> AdmitRequest {
 }
 
 /// A meter report of `open` with `used` more tokens: its cost then, and the allowance asked.
-pub(super) fn meter_ask(open: &OpenRequest, used: u64, ask: Ask) -> OrgAsk {
+fn meter_ask(open: &OpenRequest, used: u64, ask: Ask) -> OrgAsk {
     OrgAsk {
         cost: open.price.cost_micro_usd(Usage {
             input_tokens: open.input_tokens,
@@ -79,7 +138,7 @@ pub(super) fn meter_ask(open: &OpenRequest, used: u64, ask: Ask) -> OrgAsk {
         }),
         needed: output_cost(open.price, ask.needed),
         min: output_cost(open.price, ask.batch.min),
-        want: output_cost(open.price, ask.batch.max),
+        want: output_cost(open.price, ORG_BATCHES * ask.batch.max),
     }
 }
 
@@ -144,7 +203,7 @@ mod tests {
         let ask = admit_ask(&request(true));
         assert_eq!(
             (ask.cost, ask.needed, ask.min, ask.want),
-            (250, 0, 160, 2_560)
+            (250, 0, 160, 10_240)
         );
         let ask = admit_ask(&request(false));
         // The smallest grant: 16 tokens × 2 choices; the whole one: 500 × 2.
@@ -152,6 +211,35 @@ mod tests {
             (ask.cost, ask.needed, ask.min, ask.want),
             (250, 320, 10_000, 10_000)
         );
+    }
+
+    #[test]
+    fn a_report_calls_the_organisation_only_once_its_promise_no_longer_covers_a_batch() {
+        let admitted = OrgAnswer {
+            decision: crate::users::redis::OrgDecision::Granted(10_240),
+            running: 0,
+            day: 7,
+        };
+        let mut hold = Hold::admitted(&admitted, request(true).price);
+        assert_eq!(
+            hold,
+            Hold {
+                day: 7,
+                covered: 1_024
+            }
+        );
+        let open = OpenRequest {
+            metered_output_tokens: 512,
+            ..OpenRequest::empty(request(true).price, 0)
+        };
+        let ask = Ask {
+            needed: 1,
+            batch: Batch { min: 16, max: 256 },
+        };
+        assert_eq!(hold.step(&open, 256, ask), Step::Covered(256));
+        assert!(matches!(hold.step(&open, 300, ask), Step::Call(7, _)));
+        hold.covered = 0; // re-priced: the promise was dropped
+        assert!(matches!(hold.step(&open, 0, ask), Step::Call(7, _)));
     }
 
     #[test]

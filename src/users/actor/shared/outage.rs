@@ -37,7 +37,7 @@ impl UserActor<Shared> {
             }
             Err(refusal) => {
                 // The organisation's counter holds the request (it admitted it first).
-                let org_day = shared.org_days.get(&request_id).copied();
+                let org_day = shared.org.get(&request_id).map(|hold| hold.day);
                 if error.may_have_applied() || org_day.is_some() {
                     // The admit call may have reached Redis after all: close that record (with
                     // no usage) once Redis answers, so it holds no slot and is charged nothing.
