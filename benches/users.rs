@@ -13,7 +13,7 @@ use tollgate::clock::SystemClock;
 use tollgate::config::Config;
 use tollgate::pricing::PriceTable;
 use tollgate::telemetry::{LabelSets, Metrics};
-use tollgate::users::{AdmitRequest, MemoryStore, UserLimits, UserRegistry};
+use tollgate::users::{AdmitRequest, Batch, MemoryStore, UserLimits, UserRegistry};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -60,6 +60,7 @@ fn main() {
                     stream: true,
                     price,
                     limits,
+                    batch: Batch { min: 16, max: 256 },
                 })
                 .await
                 .expect("admitted");
@@ -115,6 +116,7 @@ fn main() {
                         monthly_cap_micro_usd: u64::MAX / 4,
                         ..limits
                     },
+                    batch: Batch { min: 16, max: 256 },
                 })
                 .await
                 .expect("admitted");

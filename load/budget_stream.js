@@ -8,17 +8,17 @@
 //      (finish_reason stop, all STREAM_TOKENS tokens, [DONE]) or cut: content, then exactly one
 //      `budget_exceeded` error event as the last event, then `[DONE]`, with no content after the
 //      error and no finish_reason. The user must be cut within MAX_ROUNDS rounds.
-//   2. sends REFUSALS_AFTER more stream requests: each must be `429 daily_budget` with
-//      `x-should-retry: false`, before any stream starts.
-//   3. reads `GET /v1/usage`: no open stream left, and the day's spend within the documented
-//      bound: cap <= used <= cap + PARALLEL × METER_BATCH_TOKENS × output price (+ 1 micro-USD of
-//      rounding per request) — "a user can pass a spend cap by at most one batch per open stream".
+//   2. sends stream requests until REFUSALS_AFTER of them were refused: each must be `429
+//      daily_budget` with `x-should-retry: false`, before any stream starts; or, only when another
+//      stream of the last round finished without using all of its allowance (that part of the
+//      budget stays free), be cut with `budget_exceeded` again.
+//   3. reads `GET /v1/usage`: no open stream left, the day's spend within the documented bound
+//      (zero: used <= cap), and the output billed equal to the output the client got (mock words
+//      are one token each; every run starts with zero spend).
 //
 // Environment:
 //   BASE_URL, TOKENS (one per VU, distinct users), VUS (5)   as in stream_chat.js
 //   MAX_DAILY_USD       the gateway's cost.max_daily_usd                          (0.002)
-//   METER_BATCH_TOKENS  the gateway's relay.meter_batch_tokens                    (16)
-//   OUTPUT_USD_PER_M    output price of mock-gpt, USD per million tokens          (10)
 //   PARALLEL            concurrent streams per round                              (2)
 //   STREAM_TOKENS       tokens per stream                                         (60)
 //   STREAM_TPS          mock pace, tokens/second                                  (200)
@@ -35,8 +35,6 @@ import {
 
 const VUS = int('VUS', 5);
 const MAX_DAILY_USD = num('MAX_DAILY_USD', 0.002);
-const METER_BATCH_TOKENS = int('METER_BATCH_TOKENS', 16);
-const OUTPUT_USD_PER_M = num('OUTPUT_USD_PER_M', 10);
 const PARALLEL = int('PARALLEL', 2);
 const STREAM_TOKENS = int('STREAM_TOKENS', 60);
 const STREAM_TPS = num('STREAM_TPS', 200);
@@ -51,7 +49,6 @@ if (TOKENS.length < VUS) {
 
 // Micro-USD, as the gateway keeps them.
 const CAP_MICRO = Math.round(MAX_DAILY_USD * 1e6);
-const BATCH_MICRO = PARALLEL * METER_BATCH_TOKENS * OUTPUT_USD_PER_M; // µUSD: tokens × USD/M
 
 const wholeStreams = new Counter('budget_whole_streams');
 const cutStreams = new Counter('budget_cut_streams');
@@ -59,7 +56,8 @@ const usersCut = new Counter('budget_users_cut');
 const refusals = new Counter('budget_refusals');
 const unexpected = new Counter('budget_unexpected');
 const withinBound = new Rate('budget_spend_within_bound');
-const overshoot = new Trend('budget_overshoot_micro_usd'); // used − cap, per user
+const undershoot = new Trend('budget_left_micro_usd'); // cap − used, per user
+const billedAsRelayed = new Rate('budget_billed_as_relayed');
 const cutContent = new Trend('budget_cut_stream_content_tokens');
 
 export const options = {
@@ -75,6 +73,7 @@ export const options = {
     budget_refusals: [`count==${VUS * REFUSALS_AFTER}`],
     budget_unexpected: ['count==0'],
     budget_spend_within_bound: ['rate==1'],
+    budget_billed_as_relayed: ['rate==1'],
     // 200 streams and the 429 refusals are expected; anything else (or a connection error) is not.
     http_req_failed: ['rate==0'],
   },
@@ -98,6 +97,7 @@ export default function () {
 
   // 1. Stream until cut.
   let requests = 0;
+  let relayed = 0; // output tokens the client got
   let cut = false;
   for (let round = 1; round <= MAX_ROUNDS && !cut; round += 1) {
     const batch = [];
@@ -106,6 +106,7 @@ export default function () {
     requests += responses.length;
     for (const res of responses) {
       const s = analyse(res.body);
+      if (res.status === 200) relayed += s.contentChunks;
       if (res.status === 200 && s.errorCode === 'budget_exceeded') {
         cut = true;
         cutStreams.add(1);
@@ -145,11 +146,24 @@ export default function () {
   }
   usersCut.add(1);
 
-  // 2. Every later request is refused at admission.
-  for (let i = 0; i < REFUSALS_AFTER; i += 1) {
+  // 2. Later requests are refused at admission. A request may still be admitted (and cut) when
+  // the spend stopped below the cap: a stream of the last round finished without using all of
+  // its allowance, so that part of the budget stayed free.
+  let refused = 0;
+  for (let i = 0; i < REFUSALS_AFTER + 2 * PARALLEL && refused < REFUSALS_AFTER; i += 1) {
     const p = post({ name: 'after_cut', phase: 'after_cut' });
     const res = http.post(p.url, p.body, p.params);
     requests += 1;
+    if (res.status === 200) {
+      const s = analyse(res.body);
+      relayed += s.contentChunks;
+      if (!check(res, cutChecks(res, s, 'budget_exceeded'), { phase: 'after_cut' })) {
+        unexpected.add(1);
+        logFailure(`after the cut, admitted and not cut: ${JSON.stringify(s)}`);
+      }
+      continue;
+    }
+    refused += 1;
     const ok = check(res, {
       'after the cut: status is 429': () => res.status === 429,
       'after the cut: error.code is daily_budget': () => errorCode(res) === 'daily_budget',
@@ -174,17 +188,22 @@ export default function () {
     usage = null;
   }
   const used = usage && usage.daily_usd ? Math.round(usage.daily_usd.used_usd * 1e6) : NaN;
-  const bound = CAP_MICRO + BATCH_MICRO + requests;
-  overshoot.add(used - CAP_MICRO);
-  const inBound = used >= CAP_MICRO && used <= bound;
+  undershoot.add(CAP_MICRO - used);
+  const inBound = used <= CAP_MICRO;
   withinBound.add(inBound);
+  const asRelayed = usage !== null && usage.output_tokens === relayed;
+  billedAsRelayed.add(asRelayed);
   check(res, {
     'usage: status is 200': () => res.status === 200,
     'usage: no open streams left': () => usage !== null && usage.open_streams === 0 && usage.open_requests === 0,
     'usage: cut_requests >= 1': () => usage !== null && usage.cut_requests >= 1,
-    'usage: cap <= daily spend <= cap + PARALLEL × batch × price': () => inBound,
+    'usage: daily spend <= cap (no overshoot)': () => inBound,
+    'usage: output billed = output relayed': () => asRelayed,
   }, { phase: 'usage' });
   if (!inBound) {
-    logFailure(`user ${user}: daily spend ${used} µUSD, want ${CAP_MICRO}..${bound} µUSD`);
+    logFailure(`user ${user}: daily spend ${used} µUSD past the cap of ${CAP_MICRO} µUSD`);
+  }
+  if (!asRelayed) {
+    logFailure(`user ${user}: billed ${usage && usage.output_tokens} output tokens, relayed ${relayed}`);
   }
 }

@@ -244,10 +244,66 @@ fn thirty_requests_across_two_replicas_admit_exactly_the_limit_of_ten() {
     assert_every_key_expires(&redis);
 }
 
+/// A stream's data events.
+fn events(answer: &Answer) -> Vec<&str> {
+    answer
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}
+
+/// Output tokens a stream carried (mock words are one token each).
+fn relayed_tokens(answer: &Answer) -> u64 {
+    events(answer)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .map(|c| c.split_whitespace().count() as u64)
+        .sum()
+}
+
+/// Asserts a stream ended with `budget_exceeded` + `[DONE]`.
+fn assert_cut_at_the_cap(stream: &Answer) {
+    assert_eq!(stream.status, 200);
+    let events = events(stream);
+    assert_eq!(events.last(), Some(&"[DONE]"), "{}", stream.body);
+    let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(error["error"]["code"], "budget_exceeded", "{}", stream.body);
+}
+
+/// Runs `n` streams of `user` at once, on `replicas` in turn; returns them when all ended.
+fn concurrent_streams(replicas: &[&str], user: &str, n: usize) -> Vec<Answer> {
+    let token = token(user);
+    let body = r#"{"model":"mock-gpt:tokens=1000,tps=400","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let start = Arc::new(Barrier::new(n));
+    (0..n)
+        .map(|i| {
+            let listen = replicas[i % replicas.len()].to_string();
+            let (token, start) = (token.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                chat(&listen, &token, body)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Streams of one user against a daily cap reached mid-stream, in Redis mode: one stream, five
+/// at once on one replica, four over two replicas. Every stream is cut with `budget_exceeded`
+/// at the token that would cross the cap; the spend billed is within the cap (less than a
+/// token below it), and the output billed is the output the clients got.
 #[test]
-fn streams_of_one_user_on_two_replicas_are_cut_at_the_daily_cap_within_the_bound() {
+fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_two() {
     let redis = RedisServer::start();
-    // mock-gpt output costs 10 micro-USD a token: the cap is 200 output tokens in all.
+    // mock-gpt output costs 10 micro-USD a token: the cap is about 200 output tokens in all.
     let cap_micro = 2_000u64;
     let env = env_for(
         &redis,
@@ -258,42 +314,30 @@ fn streams_of_one_user_on_two_replicas_are_cut_at_the_daily_cap_within_the_bound
     );
     let (_a, a) = gateway(&env);
     let (_b, b) = gateway(&env);
-    let token = token("bea");
-    let body = r#"{"model":"mock-gpt:tokens=1000,tps=400","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
-    let streams: Vec<Answer> = (0..4)
-        .map(|i| {
-            let listen = if i % 2 == 0 { a.clone() } else { b.clone() };
-            let token = token.clone();
-            std::thread::spawn(move || chat(&listen, &token, body))
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect();
-    for stream in &streams {
-        assert_eq!(stream.status, 200);
-        let events: Vec<&str> = stream
-            .body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect();
-        assert_eq!(events.last(), Some(&"[DONE]"), "{}", stream.body);
-        let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
-        assert_eq!(error["error"]["code"], "budget_exceeded", "{}", stream.body);
+    for (user, replicas, n) in [
+        ("ana", vec![a.as_str()], 1),
+        ("bea", vec![a.as_str()], 5),
+        ("cai", vec![a.as_str(), b.as_str()], 4),
+    ] {
+        let streams = concurrent_streams(&replicas, user, n);
+        streams.iter().for_each(assert_cut_at_the_cap);
+        let usage = usage(&b, &token(user));
+        let spent_micro = (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
+        assert!(
+            spent_micro <= cap_micro && spent_micro > cap_micro - 10,
+            "{user}: spent {spent_micro} micro-USD against a cap of {cap_micro}"
+        );
+        let relayed: u64 = streams.iter().map(relayed_tokens).sum();
+        assert_eq!(
+            usage["output_tokens"], relayed,
+            "{user}: billed what was relayed"
+        );
+        assert_eq!(usage["open_requests"], 0);
     }
-    // Bound: each open stream may pass the cap by one meter batch (16 tokens) plus the chunk
-    // that crossed it (1 token here) before its replica hears "stop" from Redis.
-    let spent = usage(&a, &token)["daily_usd"]["used_usd"].as_f64().unwrap();
-    let spent_micro = (spent * 1e6).round() as u64;
-    let bound = cap_micro + 4 * (16 + 1) * 10;
-    assert!(
-        (cap_micro..=bound).contains(&spent_micro),
-        "spent {spent_micro} micro-USD; cap {cap_micro}, bound {bound}"
-    );
-    let next = chat(&b, &token, small_request());
+    let next = chat(&b, &token("cai"), small_request());
     assert_eq!(next.status, 429);
     assert_eq!(next.error_code(), "daily_budget");
-    // Both replicas saw the 80 % threshold pass; exactly one of them raised the alert.
+    // Both replicas saw the 80 % threshold pass for cai; exactly one alert per user went out.
     let alerts = || {
         [&a, &b]
             .iter()
@@ -301,12 +345,79 @@ fn streams_of_one_user_on_two_replicas_are_cut_at_the_daily_cap_within_the_bound
             .sum::<f64>()
     };
     let until = Instant::now() + Duration::from_secs(10);
-    while alerts() < 1.0 {
-        assert!(Instant::now() < until, "no replica raised the daily alert");
+    while alerts() < 3.0 {
+        assert!(
+            Instant::now() < until,
+            "not every user's daily alert went out"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(alerts(), 1.0);
+    assert_eq!(alerts(), 3.0);
+    assert_every_key_expires(&redis);
+}
+
+/// The organisation cap, shared by every replica through one counter in Redis: six users on two
+/// replicas stream at once into a cap reached mid-stream. Every stream is cut with
+/// `budget_exceeded`; the organisation's total billed is within the cap (less than a token
+/// below it), the counter in Redis holds exactly what was billed, and every user was billed
+/// what they got.
+#[test]
+fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
+    let redis = RedisServer::start();
+    // mock-gpt output costs 10 micro-USD a token: about 300 output tokens for everybody.
+    let cap_micro = 3_000u64;
+    let env = env_for(&redis, &[("TOLLGATE__COST__MAX_ORG_DAILY_USD", "0.003")]);
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+    let users = ["oda", "oli", "ora", "oscar", "otto", "ozzy"];
+    let start = Arc::new(Barrier::new(users.len()));
+    let streams: Vec<Answer> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let listen = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (token, start) = (token(user), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                chat(
+                    &listen,
+                    &token,
+                    r#"{"model":"mock-gpt:tokens=1000,tps=400","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#,
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    streams.iter().for_each(assert_cut_at_the_cap);
+    let mut billed = 0;
+    for (user, stream) in users.iter().zip(&streams) {
+        let usage = usage(&a, &token(user));
+        billed += (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
+        assert_eq!(
+            usage["output_tokens"],
+            relayed_tokens(stream),
+            "{user}: billed what it got"
+        );
+    }
+    assert!(
+        billed <= cap_micro && billed > cap_micro - 10,
+        "billed {billed} micro-USD against an organisation cap of {cap_micro}"
+    );
+    // The organisation's counter: what was billed, nothing open or promised.
+    let key = redis.cli(&["--scan", "--pattern", "tollgate:org:*"]);
+    assert_eq!(key.lines().count(), 1, "{key}");
+    let field = |name: &str| redis.cli(&["HGET", key.trim(), name]);
+    assert_eq!(field("spend"), billed.to_string());
+    assert_eq!((field("promised"), field("open")), ("0".into(), "0".into()));
+    // Nobody else gets in, on either replica.
+    for listen in [&a, &b] {
+        let refused = chat(listen, &token("pia"), small_request());
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(refused.error_code(), "org_daily_budget");
+    }
     assert_every_key_expires(&redis);
 }
 
@@ -319,6 +430,8 @@ fn a_slot_held_by_a_killed_replica_frees_itself_after_the_lease() {
             ("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "1"),
             ("TOLLGATE__LIMITS__DEADLINE_SECS", "3"),
             ("TOLLGATE__REDIS__LEASE_SECS", "4"),
+            // Allowances of 16 tokens: the stream reports every 16.
+            ("TOLLGATE__RELAY__METER_BATCH_MAX_TOKENS", "16"),
         ],
     );
     let (mut a, a_listen) = gateway(&env);
@@ -362,7 +475,8 @@ fn a_slot_held_by_a_killed_replica_frees_itself_after_the_lease() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(admitted.json()["usage"]["completion_tokens"], 5);
-    // What the dead replica had metered (whole batches of 16) was charged, as a cut request.
+    // What the dead replica had reported (whole allowances of 16) was charged, as a cut request
+    // (not the allowance it held when it died: it may or may not have relayed it).
     let u = usage(&b, &token);
     let dead_output = u["output_tokens"].as_u64().unwrap() - 5;
     assert!(
@@ -537,8 +651,8 @@ fn streams_running_when_redis_stops_finish_and_are_billed_exactly_once_after_it_
         &[
             ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "300"),
             ("TOLLGATE__REDIS__BREAKER_FAILURES", "2"),
-            // Report every 16 tokens: meter calls fail mid-stream, and the replica's own book
-            // takes the streams over (metering them against the outage allowance).
+            // Allowances of 16 tokens: meter calls fail mid-stream, and the replica's own book
+            // takes the streams over (granting allowances from the outage allowance).
             ("TOLLGATE__RELAY__METER_BATCH_MAX_TOKENS", "16"),
         ],
     );

@@ -611,12 +611,11 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
-    /// Output tokens counted between two reports to the user's actor, near a cap (and for the
-    /// first report). The most a stream can overshoot a spend cap is one such batch (plus the
-    /// chunk that crossed it).
+    /// Smallest allowance a stream is granted near a spend cap (unless less is left): output
+    /// tokens it relays before it reports to the user's actor and asks again.
     pub meter_batch_tokens: u32,
-    /// Largest batch, far from every cap: the actor allows longer batches while half the
-    /// headroom, split among the user's open requests, covers them (fewer reports, same bound).
+    /// Largest allowance, far from every cap: half the headroom, split among the user's open
+    /// requests, picks between the two (fewer reports far from a cap; never past one).
     pub meter_batch_max_tokens: u32,
     /// Events buffered between the upstream reader and a slow client.
     pub client_buffer_events: usize,

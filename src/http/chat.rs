@@ -24,7 +24,7 @@ use crate::relay::stream::{self, StreamJob};
 use crate::relay::{Answer, Attempts, Started, Upstreams};
 use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
-use crate::users::{AdmitRequest, UserLimits};
+use crate::users::{AdmitRequest, Batch, UserLimits};
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
@@ -144,6 +144,10 @@ async fn admit(
                 stream: request.stream,
                 price: checked.price,
                 limits: UserLimits::for_plan(&state.config, &identity.plan),
+                batch: Batch {
+                    min: state.config.relay.meter_batch_tokens.into(),
+                    max: state.config.relay.meter_batch_max_tokens.into(),
+                },
             },
         )
         .await;
@@ -204,8 +208,10 @@ async fn relay_streamed(
         estimated_input_tokens: reply.checked.estimated_input_tokens,
         started: reply.started,
         deadline: reply.deadline,
-        meter_batch_tokens: config.relay.meter_batch_tokens.into(),
-        meter_batch_max_tokens: config.relay.meter_batch_max_tokens.into(),
+        batch: Batch {
+            min: config.relay.meter_batch_tokens.into(),
+            max: config.relay.meter_batch_max_tokens.into(),
+        },
         buffer_events: config.relay.client_buffer_events,
         client_write_timeout: Duration::from_secs(config.server.client_write_timeout_secs),
         filter: reply.filter,

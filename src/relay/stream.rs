@@ -1,7 +1,13 @@
 //! The streaming relay loop: one task per stream reads the upstream SSE (an Anthropic stream is
 //! translated into OpenAI chunks first), relays each complete event the moment it is complete,
-//! counts output tokens, meters them to the user's actor, and cuts the stream on the output
-//! cap, a stop from the actor, the deadline, an idle or broken upstream, or a client that left.
+//! counts output tokens, and cuts the stream on the output cap, a spend cap, the deadline, an
+//! idle or broken upstream, or a client that left.
+//!
+//! Output is relayed only within the allowance the request's ticket holds (reserve, then
+//! relay): a chunk that needs more first makes the ticket report what was relayed and ask for
+//! the next allowance. If the answer falls short of the chunk, a spend cap is reached: the chunk
+//! is trimmed to the allowance and the stream ends with `budget_exceeded`, so the client never
+//! gets output past a cap, and what it got is what is billed.
 //!
 //! Until the first content arrives, the frames before it (the role chunk) are held and nothing is
 //! committed to the client: a provider that fails by then (no first event within its first-byte
@@ -25,7 +31,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guardrails::RuleHit;
 use crate::pricing::{micro_usd_to_usd, Price};
 use crate::tokenize::TokenCounter;
-use crate::users::{MeterAnswer, Ticket};
+use crate::users::{Batch, Ticket};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use std::borrow::Cow;
@@ -59,9 +65,8 @@ pub struct StreamJob {
     pub estimated_input_tokens: u64,
     pub started: Instant,
     pub deadline: Instant,
-    /// Batch bounds of the meter reports (the actor's allowance picks between them).
-    pub meter_batch_tokens: u64,
-    pub meter_batch_max_tokens: u64,
+    /// Batch bounds of the allowances the relay asks for.
+    pub batch: Batch,
     pub buffer_events: usize,
     /// A client whose buffer stays full this long (it stopped reading) is cut as gone.
     pub client_write_timeout: Duration,
@@ -133,14 +138,10 @@ struct Relay<'t> {
     estimated_input_tokens: u64,
     deadline: Pin<Box<Sleep>>,
     client_write_timeout: Duration,
-    meter_batch_tokens: u64,
-    meter_batch_max_tokens: u64,
-    /// Tokens until the next report: the actor's last allowance within the batch bounds.
-    next_report_after: u64,
+    batch: Batch,
     started: Instant,
     identity: StreamIdentity,
     output_tokens: u64,
-    unreported_tokens: u64,
     upstream_usage: Option<Usage>,
     /// The provider's usage-only chunk, held until the ending is known: it goes out (with the
     /// billed cost) only before a normal `[DONE]`.
@@ -195,13 +196,10 @@ impl StreamTask {
             estimated_input_tokens: job.estimated_input_tokens,
             deadline: Box::pin(tokio::time::sleep_until(job.deadline)),
             client_write_timeout: job.client_write_timeout,
-            meter_batch_tokens: job.meter_batch_tokens,
-            meter_batch_max_tokens: job.meter_batch_max_tokens,
-            next_report_after: job.meter_batch_tokens,
+            batch: job.batch,
             started: job.started,
             identity: StreamIdentity::default(),
             output_tokens: 0,
-            unreported_tokens: 0,
             upstream_usage: None,
             held_usage: None,
             finish_seen: false,
@@ -492,7 +490,19 @@ impl Relay<'_> {
         }
         self.finish_seen |= view.has_finish_reason();
         let tokens = view.output_tokens(&self.counter);
-        let budget = self.max_output_tokens - self.output_tokens;
+        // The most this chunk may carry: what the output cap leaves, and what the allowance
+        // covers, asked for before relaying past it. An allowance short of the chunk means a
+        // spend cap is reached: the chunk is trimmed to it and the stream ends there.
+        let mut budget = self.max_output_tokens - self.output_tokens;
+        let mut cut = Outcome::CutTokenCap;
+        let needed = tokens.min(budget);
+        if needed > self.ticket.allowance() {
+            let allowance = self.ticket.ask(needed, self.batch).await;
+            if allowance < needed {
+                budget = allowance;
+                cut = Outcome::CutBudget;
+            }
+        }
         let (payload, tokens, capped) = if tokens > budget {
             let (rewritten, kept) = truncate_chunk(data, &self.counter, budget);
             (Cow::Owned(rewritten), kept, true)
@@ -524,26 +534,21 @@ impl Relay<'_> {
             }
             if let Some(rule) = blocked {
                 self.blocked_by = Some(rule);
-                self.output_tokens += tokens;
+                self.count(tokens);
                 return Some(Outcome::CutGuardrail);
             }
         }
         if tokens > 0 {
             self.first_token_at.get_or_insert_with(Instant::now);
-            self.output_tokens += tokens;
-            self.unreported_tokens += tokens;
+            self.count(tokens);
         }
-        if self.unreported_tokens >= self.next_report_after {
-            let batch = std::mem::take(&mut self.unreported_tokens);
-            match self.ticket.meter(batch, self.meter_batch_max_tokens).await {
-                MeterAnswer::Stop => return Some(Outcome::CutBudget),
-                MeterAnswer::Continue { allowance } => {
-                    self.next_report_after =
-                        allowance.clamp(self.meter_batch_tokens, self.meter_batch_max_tokens);
-                }
-            }
-        }
-        capped.then_some(Outcome::CutTokenCap)
+        capped.then_some(cut)
+    }
+
+    /// Counts `tokens` relayed (within the allowance: they are billed).
+    fn count(&mut self, tokens: u64) {
+        self.output_tokens += tokens;
+        self.ticket.relayed(tokens);
     }
 
     /// Queues a frame for the client, waiting (bounded by the deadline) while it is slow.

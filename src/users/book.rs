@@ -7,10 +7,15 @@
 //!   tokens as reserved (input estimate + granted `max_tokens`), spend as metered so far.
 //! - Admission checks every window and reserves in one step; settlement replaces the
 //!   reservation with what was used, once (a second settle of the same id changes nothing).
-//! - Metering adds output to the running spend; the answer is stop once a cap is passed.
+//! - Streams relay within allowances ([`super::allowance`]): admission grants a stream its
+//!   first, and each meter report adds the output used and grants the next. An allowance is
+//!   promised spend, so spend never passes a cap: a stream whose allowance falls short of the
+//!   chunk in hand has reached it. A non-streamed request's `max_tokens` is capped by the spend
+//!   left at admission, and its whole grant is promised until it settles.
 //! - Re-pricing (fallback to another model before the first token) moves an open request to a
 //!   new price if the spend checks admission made still pass at it; the reservation stays.
 
+use super::allowance::{share, Ask, Batch};
 use super::limits::UserLimits;
 use super::org::OrgLedger;
 use super::refusal::Refusal;
@@ -54,8 +59,9 @@ pub struct OpenRequest {
     pub input_tokens: u64,
     pub reserved_tokens: u64,
     pub metered_output_tokens: u64,
-    /// Output tokens this request was last allowed to stream before its next report (its
-    /// allowance): promised spend that admission and other requests' allowances must leave.
+    /// Output tokens this request may still relay before it reports again (a stream's
+    /// allowance; a non-streamed request's whole grant): promised spend that admission and
+    /// other requests' allowances must leave.
     pub promised_tokens: u64,
 }
 
@@ -103,12 +109,17 @@ pub struct AdmitRequest {
     pub stream: bool,
     pub price: Price,
     pub limits: UserLimits,
+    /// The relay's batch bounds (a stream's first allowance is granted with admission).
+    pub batch: Batch,
 }
 
 /// What admission granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     pub max_tokens: u32,
+    /// Output tokens the request may relay before it asks again (a stream's first allowance;
+    /// a non-streamed request's whole grant, `max_tokens × n`).
+    pub allowance: u64,
     pub rate_limits: RateLimitHeaders,
 }
 
@@ -120,7 +131,7 @@ pub enum NoReprice {
     /// Output was metered already: what streamed is the first model's, at its price.
     Metered,
     /// At the new price the spend would pass this cap (`DailySpend`, `MonthlySpend`,
-    /// `SpendInFlight` or `OrgDaily`).
+    /// `SpendInFlight`, `OrgDaily`).
     Cap(Refusal),
 }
 
@@ -248,8 +259,44 @@ impl Book {
         .rate_limits(limits)
     }
 
+    /// Spend free for `except` (or a new request): the daily and monthly caps less the running
+    /// spend and every other open request's allowance, and the organisation's free spend.
+    fn free_spend(&self, limits: &UserLimits, org: &OrgLedger, except: Option<&str>) -> u64 {
+        let (others_today, others_month) = self.promised(except);
+        let user = limits
+            .daily_cap_micro_usd
+            .saturating_sub(self.spend_today_running() + others_today)
+            .min(
+                limits
+                    .monthly_cap_micro_usd
+                    .saturating_sub(self.spend_month_running() + others_month),
+            );
+        let own_promise = except
+            .and_then(|id| self.open.get(id))
+            .filter(|o| o.day == self.state.day)
+            .map_or(0, OpenRequest::promised_cost);
+        match org.free(self.state.day, own_promise) {
+            Some(org_free) => user.min(org_free),
+            None => user,
+        }
+    }
+
+    /// Sets `request_id`'s allowance to `tokens` (promised spend), keeping the organisation's
+    /// count of promises in step.
+    fn promise(&mut self, request_id: &str, tokens: u64, org: &OrgLedger) {
+        if let Some(open) = self.open.get_mut(request_id) {
+            let before = open.promised_cost();
+            open.promised_tokens = tokens;
+            org.promise(open.day, open.promised_cost() as i64 - before as i64);
+        }
+    }
+
     /// Checks every window and, if all allow it, reserves for the request. One atomic step:
     /// the caller (the user's actor) handles one message at a time.
+    ///
+    /// A stream is granted its first allowance (see [`Book::meter`]). A non-streamed request
+    /// is charged only when it ends, so its `max_tokens` is capped by the spend left (its input
+    /// cost taken), and its whole grant is promised until then.
     pub fn admit(
         &mut self,
         request: AdmitRequest,
@@ -278,43 +325,63 @@ impl Book {
         if self.state.requests_today >= limits.requests_per_day {
             return refuse(self, Refusal::DayRequests);
         }
+        let choices = request.choices.max(1);
+        let floor = u64::from(limits.min_granted_tokens.min(request.max_tokens));
         let input_cost = request.price.cost_micro_usd(Usage {
             input_tokens: request.estimated_input_tokens,
             output_tokens: 0,
         });
-        if self.spend_today_running() + input_cost > limits.daily_cap_micro_usd {
+        // What must fit under the caps: the input, and for a request charged at its end the
+        // least output it may be granted.
+        let needed_cost = if request.stream {
+            input_cost
+        } else {
+            request.price.cost_micro_usd(Usage {
+                input_tokens: request.estimated_input_tokens,
+                output_tokens: floor * choices,
+            })
+        };
+        if self.spend_today_running() + needed_cost > limits.daily_cap_micro_usd {
             return refuse(self, Refusal::DailySpend);
         }
-        if self.spend_month_running() + input_cost > limits.monthly_cap_micro_usd {
+        if self.spend_month_running() + needed_cost > limits.monthly_cap_micro_usd {
             return refuse(self, Refusal::MonthlySpend);
         }
-        // Spend promised to running streams (their allowances) is not free to take either; a
+        // Spend promised to running requests (their allowances) is not free to take either; a
         // refusal for that alone says "soon": promises end within a batch.
         let (promised_today, promised_month) = self.promised(None);
-        if self.spend_today_running() + promised_today + input_cost > limits.daily_cap_micro_usd
-            || self.spend_month_running() + promised_month + input_cost
+        if self.spend_today_running() + promised_today + needed_cost > limits.daily_cap_micro_usd
+            || self.spend_month_running() + promised_month + needed_cost
                 > limits.monthly_cap_micro_usd
         {
             return refuse(self, Refusal::SpendInFlight);
         }
-        if org.would_pass(self.state.day, input_cost) {
-            return refuse(self, Refusal::OrgDaily);
+        if let Err(why) = org.check(self.state.day, needed_cost) {
+            return refuse(self, why);
         }
         let left = limits.tokens_per_day.saturating_sub(self.tokens_running());
-        let choices = request.choices.max(1);
-        let floor = u64::from(limits.min_granted_tokens.min(request.max_tokens));
         if left < request.estimated_input_tokens + floor * choices {
             return refuse(self, Refusal::DayTokens);
         }
-        let granted =
+        let mut granted =
             u64::from(request.max_tokens).min((left - request.estimated_input_tokens) / choices);
+        if !request.stream {
+            // Within the spend left after the input: at least `floor`, by the checks above.
+            let free = self
+                .free_spend(limits, org, None)
+                .saturating_sub(input_cost);
+            let (_, output_nano_usd) = request.price.nano_usd_per_token();
+            let affordable = free.saturating_mul(1000) / output_nano_usd.max(1) / choices;
+            granted = granted.min(affordable);
+        }
         let granted = u32::try_from(granted).unwrap_or(u32::MAX);
 
         self.state.minute.push_back(now_ms);
         self.state.requests_today += 1;
         self.state.requests += 1;
+        let request_id = request.request_id;
         self.open.insert(
-            request.request_id,
+            request_id.clone(),
             OpenRequest {
                 stream: request.stream,
                 day: self.state.day,
@@ -328,85 +395,82 @@ impl Book {
             },
         );
         org.add(self.state.day, input_cost as i64);
+        let allowance = if request.stream {
+            let ask = Ask {
+                needed: 0,
+                batch: request.batch,
+            };
+            self.allowance(&request_id, ask, limits, org)
+        } else {
+            let whole = u64::from(granted) * choices;
+            self.promise(&request_id, whole, org);
+            whole
+        };
         Ok(Grant {
             max_tokens: granted,
+            allowance,
             rate_limits: self.rate_limits(limits),
         })
     }
 
-    /// Adds relayed output tokens; `false` once a spend cap is passed (stop this stream).
+    /// Adds `output_tokens` a stream relayed (within its allowance) and grants its next
+    /// allowance: the output tokens it may relay from here before it reports again, in place of
+    /// the last. At least `needed` (the chunk the relay holds) if the caps leave that much;
+    /// less means a cap is reached: the relay relays that many and ends the stream. 0 for a
+    /// request this book does not hold.
     pub fn meter(
         &mut self,
         request_id: &str,
         output_tokens: u64,
+        ask: Ask,
         limits: &UserLimits,
         now_ms: u64,
         org: &OrgLedger,
-    ) -> bool {
+    ) -> u64 {
         self.roll(now_ms);
         let Some(open) = self.open.get_mut(request_id) else {
-            return true;
+            return 0;
         };
         let before = open.cost();
         open.metered_output_tokens += output_tokens;
         let delta = open.cost() - before;
-        org.add(self.state.day, delta as i64);
-        self.spend_today_running() <= limits.daily_cap_micro_usd
-            && self.spend_month_running() <= limits.monthly_cap_micro_usd
-            && !org.over(self.state.day)
+        org.add(open.day, delta as i64);
+        self.allowance(request_id, ask, limits, org)
     }
 
-    /// Grants `request_id` its allowance: the output tokens it may stream before its next
-    /// report. Half the headroom left under the daily and monthly caps (after the spend and the
-    /// other requests' allowances), at this request's output price, split evenly among the open
-    /// requests; it is promised spend until the next report or settlement, so admission and the
-    /// other requests leave it alone, and no allowance can push the user past a cap. 0 when an
-    /// organisation cap is set (other users spend from it too) or the request is unknown.
-    ///
-    /// Never more than `max_batch` (the relay's largest batch) nor the output the request's
-    /// grant still allows: a promise the request cannot use would only refuse others.
-    pub fn grant_allowance(
+    /// Grants `request_id` its allowance (see [`share`]): from the spend no one else holds
+    /// under the daily, monthly and organisation caps, at the request's output price, and no
+    /// more than its grant still allows (a promise it cannot use would only refuse others).
+    fn allowance(
         &mut self,
         request_id: &str,
+        ask: Ask,
         limits: &UserLimits,
         org: &OrgLedger,
-        max_batch: u64,
     ) -> u64 {
-        let (others_today, others_month) = self.promised(Some(request_id));
-        let headroom = limits
-            .daily_cap_micro_usd
-            .saturating_sub(self.spend_today_running() + others_today)
-            .min(
-                limits
-                    .monthly_cap_micro_usd
-                    .saturating_sub(self.spend_month_running() + others_month),
-            );
+        let free = self.free_spend(limits, org, Some(request_id));
         let open_requests = self.open.len() as u64;
-        let Some(open) = self.open.get_mut(request_id) else {
+        let Some(open) = self.open.get(request_id) else {
             return 0;
         };
-        let allowance = if org.cap().is_some() {
-            0
-        } else {
-            let (_, output_nano_usd) = open.price.nano_usd_per_token();
-            let tokens = headroom.saturating_mul(1000) / output_nano_usd.max(1);
-            let grant_left = open
-                .reserved_tokens
-                .saturating_sub(open.input_tokens + open.metered_output_tokens);
-            (tokens / (2 * open_requests))
-                .min(max_batch)
-                .min(grant_left)
-        };
-        open.promised_tokens = allowance;
+        let (_, output_nano_usd) = open.price.nano_usd_per_token();
+        let tokens = free.saturating_mul(1000) / output_nano_usd.max(1);
+        let grant_left = open
+            .reserved_tokens
+            .saturating_sub(open.input_tokens + open.metered_output_tokens);
+        let allowance = share(tokens, open_requests, ask).min(grant_left);
+        self.promise(request_id, allowance, org);
         allowance
     }
 
     /// Moves the open, unmetered request `request_id` to `price` (its fallback model's), if the
     /// spend checks admission made pass at it: the request's cost at the new price replacing
     /// its cost at the old one, the running spend must stay within the daily and monthly caps,
-    /// also with the spend promised to the other open requests, and the organisation's spend
-    /// within its cap. On a pass the organisation ledger follows the difference; the token
-    /// reservation is unchanged (the grant stands). On a refusal nothing changes.
+    /// also with the spend promised to the other open requests (and, for a non-streamed
+    /// request, its own grant at the new price), and the organisation's likewise. On a pass the
+    /// organisation ledger follows the difference, and a stream's allowance is dropped (it asks
+    /// again, at the new price); the token reservation is unchanged (the grant stands). On a
+    /// refusal nothing changes.
     pub fn reprice(
         &mut self,
         request_id: &str,
@@ -422,12 +486,13 @@ impl Book {
         if open.metered_output_tokens > 0 {
             return Err(NoReprice::Metered);
         }
-        let old_cost = open.cost();
-        let new_cost = OpenRequest {
+        let repriced = OpenRequest {
             price,
+            promised_tokens: if open.stream { 0 } else { open.promised_tokens },
             ..open.clone()
-        }
-        .cost();
+        };
+        let (old_cost, new_cost) = (open.cost(), repriced.cost());
+        let (old_promise, new_promise) = (open.promised_cost(), repriced.promised_cost());
         let (day, month) = (open.day, open.month);
         // The request counts in the windows it was admitted in; there its cost is replaced.
         let replaced = |running: u64, counted: bool| {
@@ -446,23 +511,22 @@ impl Book {
             return Err(NoReprice::Cap(Refusal::MonthlySpend));
         }
         let (promised_today, promised_month) = self.promised(Some(request_id));
-        if today + promised_today > limits.daily_cap_micro_usd
-            || month_spend + promised_month > limits.monthly_cap_micro_usd
+        if today + promised_today + new_promise > limits.daily_cap_micro_usd
+            || month_spend + promised_month + new_promise > limits.monthly_cap_micro_usd
         {
             return Err(NoReprice::Cap(Refusal::SpendInFlight));
         }
-        if org.would_pass_replacing(day, old_cost, new_cost) {
+        if org.would_pass_replacing(day, old_cost + old_promise, new_cost + new_promise) {
             return Err(NoReprice::Cap(Refusal::OrgDaily));
         }
-        if let Some(open) = self.open.get_mut(request_id) {
-            open.price = price;
-        }
         org.add(day, new_cost as i64 - old_cost as i64);
+        org.promise(day, new_promise as i64 - old_promise as i64);
+        self.open.insert(request_id.to_string(), repriced);
         Ok(())
     }
 
-    /// Replaces the reservation with what was used. Settling an unknown (or already settled)
-    /// request changes nothing.
+    /// Replaces the reservation with what was used, and releases the request's allowance.
+    /// Settling an unknown (or already settled) request changes nothing.
     pub fn settle(
         &mut self,
         request_id: &str,
@@ -486,6 +550,7 @@ impl Book {
             self.state.spend_month_micro_usd += cost;
         }
         org.add(open.day, cost as i64 - open.cost() as i64);
+        org.promise(open.day, -(open.promised_cost() as i64));
         self.state.input_tokens += usage.input_tokens;
         self.state.output_tokens += usage.output_tokens;
         if outcome != Outcome::Completed {
@@ -586,6 +651,8 @@ mod tests {
             stream: true,
             price: price(),
             limits,
+            // No allowance beyond the chunk in hand (the rules without promises).
+            batch: Batch { min: 0, max: 0 },
         }
     }
 
@@ -664,88 +731,190 @@ mod tests {
         );
     }
 
+    /// The relay's default batch bounds.
+    const BATCH: Batch = Batch { min: 16, max: 256 };
+    /// An ask for one token (the chunk in hand) in the default batches.
+    const ASK: Ask = Ask {
+        needed: 1,
+        batch: BATCH,
+    };
+
+    /// A stream of up to 1,000 output tokens asking for allowances in the default batches.
+    fn stream(id: &str, limits: UserLimits) -> AdmitRequest {
+        AdmitRequest {
+            max_tokens: 1000,
+            batch: BATCH,
+            ..request(id, limits)
+        }
+    }
+
+    /// Reports `used` tokens and asks for an allowance covering `needed`.
+    fn meter(book: &mut Book, id: &str, used: u64, needed: u64, limits: &UserLimits) -> u64 {
+        let org = OrgLedger::new(0);
+        book.meter(
+            id,
+            used,
+            Ask {
+                needed,
+                batch: BATCH,
+            },
+            limits,
+            T0,
+            &org,
+        )
+    }
+
     #[test]
-    fn metering_stops_once_the_running_spend_passes_the_daily_cap() {
+    fn a_stream_relays_within_allowances_up_to_the_daily_cap_exactly() {
+        // Input 25 micro-USD, output 10 a token: the cap leaves 100 output tokens.
         let limits = UserLimits {
-            daily_cap_micro_usd: 200,
+            daily_cap_micro_usd: 1_025,
             ..limits()
         };
         let org = OrgLedger::new(0);
         let mut book = Book::default();
-        book.admit(request("a", limits), T0, &org).unwrap();
-        book.admit(request("b", limits), T0, &org).unwrap();
-        // 2 × 25 input; 10 output tokens = 100 more: 150 ≤ 200.
-        assert!(book.meter("a", 10, &limits, T0, &org));
-        // Another stream's output counts against the same spend: 150 + 60 > 200.
-        assert!(!book.meter("b", 6, &limits, T0, &org));
-        assert!(!book.meter("a", 1, &limits, T0, &org));
-        let refused = book.admit(request("c", limits), T0, &org).unwrap_err();
+        let grant = book.admit(stream("a", limits), T0, &org).unwrap();
+        // Half the headroom (100 tokens), promised at once.
+        assert_eq!(grant.allowance, 50);
+        assert_eq!(book.open_request("a").unwrap().promised_tokens, 50);
+        // Each report takes what was used and grants half of what is left, down to the small
+        // batch, then the rest.
+        assert_eq!(meter(&mut book, "a", 50, 1, &limits), 25);
+        assert_eq!(meter(&mut book, "a", 25, 1, &limits), 16);
+        assert_eq!(meter(&mut book, "a", 16, 1, &limits), 9);
+        assert_eq!(meter(&mut book, "a", 9, 1, &limits), 0, "the cap: stop");
+        assert_eq!(book.spend_today_running(), 1_025, "exactly the cap");
+        // A chunk of 5 tokens with 3 left is granted the 3 (the relay trims it to them).
+        let limits = UserLimits {
+            daily_cap_micro_usd: 1_055,
+            ..limits
+        };
+        assert_eq!(meter(&mut book, "a", 0, 5, &limits), 3);
+        let refused = book.admit(stream("b", limits), T0, &org).unwrap_err();
         assert_eq!(refused.code, ErrorCode::DailyBudget);
-        assert!(refused.final_answer);
+        assert!(!refused.final_answer, "only the promise stands in the way");
     }
 
     #[test]
     fn allowances_are_promised_spend_that_admission_and_other_streams_leave_alone() {
-        // Input costs 25 micro-USD (10 tokens), output 10 per token.
         let limits = UserLimits {
             daily_cap_micro_usd: 4_025,
             ..limits()
         };
         let org = OrgLedger::new(0);
         let mut book = Book::default();
-        book.admit(request("a", limits), T0, &org).unwrap();
-        assert!(book.meter("a", 16, &limits, T0, &org));
-        // Headroom 4,025 − 25 − 160 = 3,840 → half of it, at 10 per token: 192 tokens; but a's
-        // grant (100 output tokens) leaves only 84, and a promise it cannot use helps nobody.
-        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
+        // (4,025 − 25) ÷ 2 at 10 a token: 200 tokens, 2,000 micro-USD promised.
         assert_eq!(
-            book.grant_allowance("a", &limits, &org, 50),
-            50,
-            "the relay's batch"
+            book.admit(stream("a", limits), T0, &org).unwrap().allowance,
+            200
         );
-        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
         // A prompt that fits the spend but not the spend plus a's promise is refused, as
         // "retry soon" (the promise ends within a batch)...
         let big = AdmitRequest {
-            estimated_input_tokens: 1_300, // 3,250 micro-USD: 185 + 3,250 ≤ 4,025 < + 840
-            ..request("b", limits)
+            estimated_input_tokens: 1_300, // 3,250: 25 + 3,250 ≤ 4,025 < + 2,000
+            ..stream("b", limits)
         };
         let refused = book.admit(big, T0, &org).unwrap_err();
         assert_eq!(refused.code, ErrorCode::DailyBudget);
         assert_eq!(refused.retry_after_secs, Some(1));
         assert!(!refused.final_answer);
         // ...a small one is admitted, and its allowance leaves a's promise alone:
-        // (4,025 − 210 − 840) ÷ 2 open ÷ 2, at 10 per token → 74 tokens.
-        book.admit(request("c", limits), T0, &org).unwrap();
-        assert_eq!(book.grant_allowance("c", &limits, &org, 256), 74);
-        // Both use all they were allowed: still within the cap.
-        assert!(book.meter("a", 84, &limits, T0, &org));
-        assert!(book.meter("c", 74, &limits, T0, &org));
-        assert!(book.report(&limits, T0).daily_usd.used_usd <= 0.004_025);
+        // (4,025 − 50 − 2,000) at 10 a token = 197 tokens, ÷ 2 open ÷ 2 → 49.
+        assert_eq!(
+            book.admit(stream("c", limits), T0, &org).unwrap().allowance,
+            49
+        );
+        // Both use all they were allowed and ask for more: never past the cap.
+        let a = meter(&mut book, "a", 200, 1, &limits);
+        let c = meter(&mut book, "c", 49, 1, &limits);
+        assert!(a > 0 && c > 0);
+        let promised: u64 = ["a", "c"]
+            .iter()
+            .map(|id| book.open_request(id).unwrap().promised_cost())
+            .sum();
+        assert!(book.spend_today_running() + promised <= 4_025);
     }
 
     #[test]
-    fn the_org_cap_stops_everyone() {
-        let org = OrgLedger::new(100);
+    fn a_non_streamed_request_is_granted_only_the_output_its_budget_covers() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 525,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        let whole = |id: &str| AdmitRequest {
+            stream: false,
+            ..request(id, limits)
+        };
+        // 525 − 25 input leaves 50 output tokens; the whole grant is promised.
+        let grant = book.admit(whole("a"), T0, &org).unwrap();
+        assert_eq!((grant.max_tokens, grant.allowance), (50, 50));
+        // The next one cannot have even the smallest grant (16) beside that promise.
+        let refused = book.admit(whole("b"), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::DailyBudget);
+        assert!(!refused.final_answer);
+        let used = Usage {
+            input_tokens: 10,
+            output_tokens: 30,
+        };
+        book.settle("a", used, Outcome::Completed, T0, &org);
+        // 525 − 325 − 25 = 175: 17 tokens.
+        assert_eq!(book.admit(whole("b"), T0, &org).unwrap().max_tokens, 17);
+        book.settle("b", used, Outcome::Completed, T0, &org);
+        // Nothing left for 16 output tokens: refused for good.
+        let refused = book.admit(whole("c"), T0, &org).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::DailyBudget);
+        assert!(refused.final_answer);
+    }
+
+    #[test]
+    fn the_org_cap_is_shared_by_every_user_s_allowances() {
+        let org = OrgLedger::new(1_000);
+        let day = day_key(T0);
         let mut alice = Book::default();
         let mut bob = Book::default();
-        alice.admit(request("a", limits()), T0, &org).unwrap();
-        assert!(!alice.meter("a", 10, &limits(), T0, &org), "25 + 100 > 100");
-        let refused = bob.admit(request("b", limits()), T0, &org).unwrap_err();
+        // Alice: 25 input, then half the org's 975 (48 tokens).
+        assert_eq!(
+            alice
+                .admit(stream("a", limits()), T0, &org)
+                .unwrap()
+                .allowance,
+            48
+        );
+        // Bob: what is free beside alice's promise, 1,000 − 50 − 480 = 470, ÷ 2 → 23.
+        assert_eq!(
+            bob.admit(stream("b", limits()), T0, &org)
+                .unwrap()
+                .allowance,
+            23
+        );
+        assert_eq!(org.spent(day) + org.promised(day), 50 + 480 + 230);
+        // They use it all and ask again until the cap: the sum never passes it.
+        let (mut used_a, mut used_b, mut next_a, mut next_b) = (48, 23, 48, 23);
+        while next_a + next_b > 0 {
+            next_a = alice.meter("a", next_a, ASK, &limits(), T0, &org);
+            next_b = bob.meter("b", next_b, ASK, &limits(), T0, &org);
+            used_a += next_a;
+            used_b += next_b;
+            assert!(org.spent(day) + org.promised(day) <= 1_000);
+        }
+        assert_eq!(
+            50 + 10 * (used_a + used_b),
+            1_000,
+            "every micro-USD, no more"
+        );
+        let refused = bob.admit(stream("b2", limits()), T0, &org).unwrap_err();
         assert_eq!(refused.code, ErrorCode::OrgDailyBudget);
         // Settling for less than was metered gives the difference back.
-        alice.settle(
-            "a",
-            Usage {
-                input_tokens: 10,
-                output_tokens: 2,
-            },
-            Outcome::CutBudget,
-            T0,
-            &org,
-        );
-        assert_eq!(org.spent(day_key(T0)), 45);
-        assert!(bob.admit(request("b", limits()), T0, &org).is_ok());
+        let cut = Usage {
+            input_tokens: 10,
+            output_tokens: 2,
+        };
+        alice.settle("a", cut, Outcome::CutBudget, T0, &org);
+        assert_eq!(org.spent(day), 1_000 - 10 * (used_a - 2));
+        assert_eq!(org.promised(day), 0);
+        assert!(bob.admit(stream("b2", limits()), T0, &org).is_ok());
     }
 
     #[test]
@@ -777,17 +946,17 @@ mod tests {
         let mut book = Book::default();
         book.admit(request("a", limits), T0, &org).unwrap();
         assert!(book.due_alerts(&limits).is_empty());
-        book.meter("a", 78, &limits, T0, &org); // 25 + 780 = 805 ≥ 80 %
+        book.meter("a", 78, ASK, &limits, T0, &org); // 25 + 780 = 805 ≥ 80 %
         let alerts = book.due_alerts(&limits);
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].window, "daily");
-        book.meter("a", 10, &limits, T0, &org);
+        book.meter("a", 10, ASK, &limits, T0, &org);
         assert!(book.due_alerts(&limits).is_empty(), "once per day");
         book.settle("a", Usage::default(), Outcome::Completed, T0, &org);
         // The next day, spend starts again from zero and may alert again.
         let tomorrow = next_day_ms(T0);
         book.admit(request("b", limits), tomorrow, &org).unwrap();
-        book.meter("b", 80, &limits, tomorrow, &org);
+        book.meter("b", 80, ASK, &limits, tomorrow, &org);
         assert_eq!(book.due_alerts(&limits).len(), 1);
     }
 
@@ -900,28 +1069,27 @@ mod tests {
 
     #[test]
     fn a_reprice_leaves_the_spend_promised_to_another_stream_alone() {
-        // As in the allowance test: a metered 16 tokens and was promised 84 more (840).
         let limits = UserLimits {
             daily_cap_micro_usd: 4_025,
             ..limits()
         };
         let org = OrgLedger::new(0);
         let mut book = Book::default();
-        book.admit(request("a", limits), T0, &org).unwrap();
-        assert!(book.meter("a", 16, &limits, T0, &org));
-        assert_eq!(book.grant_allowance("a", &limits, &org, 256), 84);
+        book.admit(stream("a", limits), T0, &org).unwrap();
+        // a used 16 tokens (185 spent) and is promised half of the other 3,840: 192 tokens.
+        assert_eq!(meter(&mut book, "a", 16, 1, &limits), 192);
         book.admit(request("c", limits), T0, &org).unwrap();
         let before = book.open_request("c").cloned();
-        // 10 tokens at $350 / M: 3,500. 185 + 3,500 ≤ 4,025 < + 840.
+        // 10 tokens at $350 / M: 3,500. 185 + 3,500 ≤ 4,025 < + 1,920.
         let pricey = price_of(350.0, 10.0);
         assert_eq!(
             book.reprice("c", pricey, &limits, T0, &org),
             Err(NoReprice::Cap(Refusal::SpendInFlight))
         );
         assert_eq!(book.open_request("c").cloned(), before);
-        // 185 + 3,000 + 840 = 4,025: within.
+        // 185 + 1,920 + 1,920 = 4,025: within.
         assert_eq!(
-            book.reprice("c", price_of(300.0, 10.0), &limits, T0, &org),
+            book.reprice("c", price_of(192.0, 10.0), &limits, T0, &org),
             Ok(())
         );
         // a streamed already: what it relayed is the first model's, at its price.
@@ -929,6 +1097,41 @@ mod tests {
             book.reprice("a", dearer(), &limits, T0, &org),
             Err(NoReprice::Metered)
         );
+    }
+
+    #[test]
+    fn a_reprice_drops_a_stream_s_allowance_and_keeps_a_whole_reply_s_grant_at_the_new_price() {
+        let limits = UserLimits {
+            daily_cap_micro_usd: 2_000,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        book.admit(stream("s", limits), T0, &org).unwrap();
+        assert!(book.open_request("s").unwrap().promised_tokens > 0);
+        assert_eq!(book.reprice("s", dearer(), &limits, T0, &org), Ok(()));
+        assert_eq!(
+            book.open_request("s").unwrap().promised_tokens,
+            0,
+            "asks again"
+        );
+        let whole = AdmitRequest {
+            stream: false,
+            ..request("w", limits)
+        };
+        // 2,000 − 75 − 25: 190 output tokens at 10, but max_tokens 100: 1,000 promised.
+        assert_eq!(book.admit(whole, T0, &org).unwrap().allowance, 100);
+        // At $30 / M output the grant would cost 3,000: refused.
+        assert_eq!(
+            book.reprice("w", dearer(), &limits, T0, &org),
+            Err(NoReprice::Cap(Refusal::SpendInFlight))
+        );
+        // At $15 / M: 75 + 25 + 1,500 ≤ 2,000.
+        assert_eq!(
+            book.reprice("w", price_of(2.5, 15.0), &limits, T0, &org),
+            Ok(())
+        );
+        assert_eq!(book.open_request("w").unwrap().promised_cost(), 1_500);
     }
 
     #[test]
@@ -969,5 +1172,154 @@ mod tests {
         );
         assert_eq!(book.spend_today_running(), 0);
         assert_eq!(org.spent(day_key(T0)), 0);
+    }
+
+    /// One simulated request of the property test, as the relay would run it.
+    struct Sim {
+        user: usize,
+        id: String,
+        stream: bool,
+        /// Output the grant allows (`max_tokens × n`), relayed so far, and the allowance held.
+        cap: u64,
+        relayed: u64,
+        unreported: u64,
+        allowance: u64,
+        input: u64,
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Random mixes of streams and whole replies from three users under random daily,
+        /// monthly and organisation caps, relaying chunks of random sizes within their
+        /// allowances (asking before relaying past them, trimming a chunk to a short answer and
+        /// stopping there): at every step, spend plus promises stays within every cap, and what
+        /// is billed is what was relayed.
+        #[test]
+        fn streams_relaying_within_allowances_never_pass_a_cap(
+            daily in 0u64..30_000,
+            monthly in 0u64..40_000,
+            org_cap in 0u64..60_000,
+            out_nano in 1u64..30_000,
+            in_nano in 0u64..5_000,
+            min in 0u64..32,
+            extra in 0u64..256,
+            requests in proptest::collection::vec(
+                (0usize..3, 0u64..300, 1u32..600, 1u64..4, proptest::bool::weighted(0.8)),
+                1..16,
+            ),
+            seed in 1u64..u64::MAX,
+        ) {
+            let price = price_of(in_nano as f64 / 1000.0, out_nano as f64 / 1000.0);
+            let limits = UserLimits {
+                daily_cap_micro_usd: daily,
+                monthly_cap_micro_usd: monthly,
+                max_concurrent_streams: 100,
+                tokens_per_day: 10_000_000,
+                min_granted_tokens: 1,
+                ..limits()
+            };
+            let batch = Batch { min, max: min + extra };
+            let org = OrgLedger::new(org_cap);
+            let mut books: Vec<Book> = (0..3).map(|_| Book::default()).collect();
+            let mut open: Vec<Sim> = Vec::new();
+            let mut rng = seed;
+            let mut next = |bound: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % bound.max(1)
+            };
+            let check = |books: &[Book]| {
+                for book in books {
+                    let (promised_today, promised_month) = book.promised(None);
+                    assert!(book.spend_today_running() + promised_today <= daily);
+                    assert!(book.spend_month_running() + promised_month <= monthly);
+                }
+                let day = day_key(T0);
+                assert!(org.spent(day) + org.promised(day) <= org_cap);
+            };
+            let mut pending = requests.into_iter().enumerate();
+            loop {
+                // Admit the next request now and then, and always when nothing runs.
+                if open.is_empty() || next(4) == 0 {
+                    let Some((i, (user, input, max_tokens, choices, stream))) = pending.next()
+                    else {
+                        if open.is_empty() {
+                            break;
+                        }
+                        continue;
+                    };
+                    let request = AdmitRequest {
+                        request_id: format!("r{i}"),
+                        estimated_input_tokens: input,
+                        max_tokens,
+                        choices,
+                        stream,
+                        price,
+                        limits,
+                        batch,
+                    };
+                    if let Ok(grant) = books[user].admit(request, T0, &org) {
+                        open.push(Sim {
+                            user,
+                            id: format!("r{i}"),
+                            stream,
+                            cap: u64::from(grant.max_tokens) * choices,
+                            relayed: 0,
+                            unreported: 0,
+                            allowance: grant.allowance,
+                            input,
+                        });
+                    }
+                    check(&books);
+                    continue;
+                }
+                let at = next(open.len() as u64) as usize;
+                let sim = &mut open[at];
+                let book = &mut books[sim.user];
+                let chunk = (1 + next(6)).min(sim.cap - sim.relayed);
+                let ends = if !sim.stream {
+                    // A whole reply: any output within its grant, charged at its end.
+                    sim.relayed = next(sim.cap + 1);
+                    true
+                } else if chunk == 0 || next(20) == 0 {
+                    true // the reply finished, or the client left
+                } else if chunk <= sim.allowance {
+                    sim.allowance -= chunk;
+                    sim.unreported += chunk;
+                    sim.relayed += chunk;
+                    false
+                } else {
+                    let used = std::mem::take(&mut sim.unreported);
+                    let ask = Ask {
+                        needed: chunk,
+                        batch,
+                    };
+                    let allowance = book.meter(&sim.id, used, ask, &limits, T0, &org);
+                    let relayed = allowance.min(chunk);
+                    sim.allowance = allowance - relayed;
+                    sim.unreported = relayed;
+                    sim.relayed += relayed;
+                    allowance < chunk // a cap: the chunk trimmed, the stream cut
+                };
+                if ends {
+                    let sim = open.swap_remove(at);
+                    let usage = Usage {
+                        input_tokens: sim.input,
+                        output_tokens: sim.relayed,
+                    };
+                    books[sim.user].settle(&sim.id, usage, Outcome::Completed, T0, &org);
+                }
+                check(&books);
+            }
+            // Everything settled: billed = relayed, within every cap.
+            for book in &books {
+                assert!(book.state.spend_today_micro_usd <= daily);
+                assert!(book.state.spend_month_micro_usd <= monthly);
+            }
+            assert!(org.spent(day_key(T0)) <= org_cap);
+            assert_eq!(org.promised(day_key(T0)), 0);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Messages a user's actor answers. `None` answers mean "this actor is being evicted: ask a
 //! fresh one" (the registry retries).
 
+use super::allowance::Ask;
 use super::book::{AdmitRequest, Grant};
 use super::limits::UserLimits;
 use super::usage::UsageReport;
@@ -14,30 +15,30 @@ use actix::Message;
 #[rtype(result = "Option<Result<Grant, ApiError>>")]
 pub struct Admit(pub AdmitRequest);
 
-/// Output tokens relayed since the last report.
+/// Output tokens a stream relayed since its last report (within its allowance), and a request
+/// for its next allowance.
 #[derive(Debug, Message)]
 #[rtype(result = "MeterAnswer")]
 pub struct Meter {
     pub request_id: String,
     pub output_tokens: u64,
-    /// The relay's largest batch: no allowance (promise) beyond it.
-    pub max_batch: u64,
+    /// The next allowance it asks for.
+    pub ask: Ask,
 }
 
 /// The actor's answer to [`Meter`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MeterAnswer {
-    /// Go on. `allowance`: output tokens this request may stream before the user's spend could
-    /// reach a cap (half the headroom, split among the user's open requests); the relay reports
-    /// again after that many (clamped to its batch bounds). 0 when unknown.
-    Continue { allowance: u64 },
-    /// Stop relaying: a spend cap was passed.
-    Stop,
+pub struct MeterAnswer {
+    /// Output tokens the stream may relay from here before it reports again (in place of its
+    /// last allowance). Less than it `needed`: a spend cap is reached; relay that many (the
+    /// chunk trimmed to them), then end the stream with `budget_exceeded`.
+    pub allowance: u64,
 }
 
 /// Move an open request that metered nothing yet to another model's price (fallback before the
 /// first token), if the spend checks admission made pass at it under `limits` (the request's,
-/// as admitted). The answer: `true` if re-priced; `false` if refused (nothing changed).
+/// as admitted). The answer: `true` if re-priced (a stream then holds no allowance: it asks
+/// again, at the new price); `false` if refused (nothing changed).
 #[derive(Debug, Message)]
 #[rtype(result = "bool")]
 pub struct Reprice {

@@ -7,6 +7,9 @@
 //!   `redis.outage_allowance_tokens` / `_usd` per replica beyond what Redis last reported (and
 //!   never past the caps themselves). Past it, new requests get 503 `state_unavailable` with a
 //!   short `Retry-After`, and running streams are cut (`budget_exceeded`): money is a promise.
+//! - The organisation cap likewise: what a replica decides alone may spend at most
+//!   `redis.outage_allowance_usd` of the organisation's budget a day, never past what the cap
+//!   left when Redis last reported the organisation's figures.
 //!
 //! Pure functions; the user's actor applies them with its local book.
 
@@ -63,6 +66,16 @@ impl OutagePolicy {
     }
 }
 
+impl OutagePolicy {
+    /// The most the organisation may spend today on this replica's own decisions: the
+    /// allowance, within what the cap (`cap`) left when Redis last reported the organisation's
+    /// spend and promises (`running`; none yet: the allowance).
+    pub fn org_limit(&self, cap: u64, running: Option<u64>) -> u64 {
+        self.allowance_micro_usd
+            .min(cap.saturating_sub(running.unwrap_or(0)))
+    }
+}
+
 /// A user's running figures as Redis last reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Known {
@@ -75,13 +88,14 @@ pub struct Known {
 /// (which the local book only knows as an allowance) fail closed with 503.
 pub fn outage_refusal(error: ApiError) -> ApiError {
     match error.code {
-        ErrorCode::TokensPerDay | ErrorCode::DailyBudget | ErrorCode::MonthlyBudget => {
-            ApiError::new(
-                ErrorCode::StateUnavailable,
-                "token and spend limits cannot be checked right now (shared state unavailable)",
-            )
-            .retry_after(FAIL_CLOSED_RETRY_SECS)
-        }
+        ErrorCode::TokensPerDay
+        | ErrorCode::DailyBudget
+        | ErrorCode::MonthlyBudget
+        | ErrorCode::OrgDailyBudget => ApiError::new(
+            ErrorCode::StateUnavailable,
+            "token and spend limits cannot be checked right now (shared state unavailable)",
+        )
+        .retry_after(FAIL_CLOSED_RETRY_SECS),
         _ => error,
     }
 }
@@ -146,6 +160,7 @@ mod tests {
             Refusal::DayTokens,
             Refusal::DailySpend,
             Refusal::MonthlySpend,
+            Refusal::OrgDaily,
         ] {
             let e = outage_refusal(why.error(&limits, now));
             assert_eq!(e.code, ErrorCode::StateUnavailable);
@@ -154,5 +169,13 @@ mod tests {
         }
         let e = outage_refusal(Refusal::Concurrency.error(&limits, now));
         assert_eq!(e.code, ErrorCode::ConcurrentStreams);
+    }
+
+    #[test]
+    fn the_organisation_gets_the_allowance_within_what_its_cap_left() {
+        let p = policy(2); // $0.01 allowance
+        assert_eq!(p.org_limit(1_000_000, None), 10_000);
+        assert_eq!(p.org_limit(1_000_000, Some(995_000)), 5_000);
+        assert_eq!(p.org_limit(1_000_000, Some(1_200_000)), 0);
     }
 }

@@ -20,6 +20,8 @@ pub enum Refusal {
     /// Only spend promised to running streams stands in the way: it ends within a batch.
     SpendInFlight,
     OrgDaily,
+    /// Only spend promised to the organisation's running requests stands in the way.
+    OrgInFlight,
     DayTokens,
 }
 
@@ -72,6 +74,12 @@ impl Refusal {
             )
             .retry_after(until_midnight)
             .no_retry(),
+            Refusal::OrgInFlight => ApiError::new(
+                ErrorCode::OrgDailyBudget,
+                "the organisation's daily spend cap is nearly reached by requests in flight: \
+                 retry when they end",
+            )
+            .retry_after(1),
             Refusal::DayTokens => ApiError::new(
                 ErrorCode::TokensPerDay,
                 format!(

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate::mock::MockOptions;
-use tollgate_testkit::app::sse::{assert_error_ending, SseReader};
+use tollgate_testkit::app::sse::{assert_error_ending, content_of, SseReader};
 use tollgate_testkit::app::*;
 
 async fn send(app: &TestApp, user: &str) -> awc::ClientResponse {
@@ -219,8 +219,24 @@ async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
     (url, rx)
 }
 
+/// Reads a stream to its end: its data events, and the output tokens it carried (mock words
+/// are one token each).
+async fn relayed(app: &TestApp, user: &str) -> (Vec<String>, u64) {
+    let response = app
+        .post_chat(user)
+        .send_json(&chat_body("mock-gpt", true))
+        .await
+        .unwrap();
+    let events = SseReader::new(response).collect().await;
+    let tokens = content_of(&events).split_whitespace().count() as u64;
+    (events, tokens)
+}
+
+/// One stream and five concurrent streams of one user run into the daily cap mid-stream: each
+/// is cut with `budget_exceeded` at the token that would cross it, the spend billed is within
+/// the cap (less than a token below it), and every stream is billed exactly what it relayed.
 #[actix_web::test]
-async fn concurrent_streams_are_all_cut_at_the_daily_cap_within_the_documented_bound() {
+async fn streams_are_cut_at_the_daily_cap_exactly_and_billed_what_they_relayed() {
     let (hook, mut alerts) = webhook().await;
     let app = spawn_app(
         MockOptions {
@@ -236,52 +252,130 @@ async fn concurrent_streams_are_all_cut_at_the_daily_cap_within_the_documented_b
         },
     )
     .await;
-    let streams = (0..5).map(|_| async {
-        let response = app
-            .post_chat("gus")
-            .send_json(&chat_body("mock-gpt", true))
-            .await
-            .unwrap();
-        SseReader::new(response).collect().await
-    });
-    for events in futures::future::join_all(streams).await {
-        assert_error_ending(&events, "budget_exceeded");
+    // One stream alone.
+    let (events, tokens) = relayed(&app, "ida").await;
+    assert_error_ending(&events, "budget_exceeded");
+    let line = app.wait_for_logs(1).await[0].clone();
+    assert_eq!(line["outcome"], "cut_budget", "{line}");
+    assert_eq!(
+        line["output_tokens"], tokens,
+        "billed what it relayed: {line}"
+    );
+    let spent = micro_usd(&app.settled_usage("ida").await);
+    assert!(spent <= 1000 && spent > 1000 - 10, "spent {spent} of 1000");
+
+    // Five at once.
+    let streams = (0..5).map(|_| relayed(&app, "gus"));
+    let streams = futures::future::join_all(streams).await;
+    for (events, _) in &streams {
+        assert_error_ending(events, "budget_exceeded");
     }
-    let logs = app.wait_for_logs(5).await;
+    let logs: Vec<Value> = app.wait_for_logs(6).await[1..].to_vec();
     assert!(
         logs.iter().all(|l| l["outcome"] == "cut_budget"),
         "{logs:?}"
     );
-    let usage = app.settled_usage("gus").await;
-    let spent = (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
-    // Bound: one metering batch per open stream (5 × 4 tokens × 10 micro-USD) past the cap,
-    // plus per-request rounding.
-    assert!(spent > 1000, "the cap was crossed: {spent}");
-    assert!(
-        spent <= 1000 + 5 * 4 * 10 + 5,
-        "overshoot beyond the bound: {spent}"
-    );
+    let relayed_tokens: u64 = streams.iter().map(|(_, tokens)| tokens).sum();
+    let billed_tokens: u64 = logs
+        .iter()
+        .map(|l| l["output_tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(relayed_tokens, billed_tokens, "billed what they relayed");
+    let spent = micro_usd(&app.settled_usage("gus").await);
+    let billed: f64 = logs.iter().map(|l| l["cost_usd"].as_f64().unwrap()).sum();
+    assert_eq!(spent, (billed * 1e6).round() as u64);
+    assert!(spent <= 1000, "past the cap: {spent}");
+    assert!(spent > 1000 - 10, "stopped short of the cap: {spent}");
 
     // The next request is refused outright, without retries.
     let refused = send(&app, "gus").await;
     assert_eq!(header(&refused, "x-should-retry"), "false");
     assert_eq!(error_code(refused).await, (429, "daily_budget".into()));
 
-    // Exactly one alert for the day window.
-    let alert = tokio::time::timeout(WAIT, alerts.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(alert["user"], "gus");
-    assert_eq!(alert["window"], "daily");
-    assert_eq!(alert["percent"], 80);
-    assert!(alert["text"].as_str().unwrap().contains("gus"));
+    // Exactly one alert for the day window per user.
+    let mut alerted = Vec::new();
+    for _ in 0..2 {
+        let alert = tokio::time::timeout(WAIT, alerts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(alert["window"], "daily");
+        assert_eq!(alert["percent"], 80);
+        let user = alert["user"].as_str().unwrap().to_string();
+        assert!(alert["text"].as_str().unwrap().contains(&user));
+        alerted.push(user);
+    }
+    alerted.sort();
+    assert_eq!(alerted, ["gus", "ida"]);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), alerts.recv())
             .await
             .is_err(),
         "a second alert in the same window"
     );
+}
+
+/// Embedded mode: streams of three users at once run into the organisation's cap mid-stream;
+/// every one is cut with `budget_exceeded`, and the organisation's total billed is within the
+/// cap (less than a token below it), each user billed what they got.
+#[actix_web::test]
+async fn streams_of_several_users_are_cut_at_the_organisation_cap_exactly() {
+    let app = spawn_app(
+        MockOptions {
+            tokens: 400,
+            tokens_per_second: 50.0,
+            ..fast_mock()
+        },
+        |c| c.cost.max_org_daily_usd = 0.002,
+    )
+    .await;
+    let users = ["kim", "kit", "kai"];
+    let streams = futures::future::join_all(users.iter().map(|u| relayed(&app, u))).await;
+    let mut billed = 0;
+    for (user, (events, tokens)) in users.iter().zip(&streams) {
+        assert_error_ending(events, "budget_exceeded");
+        let usage = app.settled_usage(user).await;
+        assert_eq!(
+            usage["output_tokens"], *tokens,
+            "{user}: billed what it got"
+        );
+        billed += micro_usd(&usage);
+    }
+    assert!(
+        billed <= 2000 && billed > 2000 - 10,
+        "billed {billed} of 2000"
+    );
+    let refused = send(&app, "kay").await;
+    assert_eq!(error_code(refused).await, (429, "org_daily_budget".into()));
+}
+
+/// A whole (non-streamed) reply is charged at its end, so admission grants it only the output
+/// the budget left covers: the provider is asked for no more, and the cap holds.
+#[actix_web::test]
+async fn a_whole_reply_is_granted_only_the_output_the_budget_covers() {
+    let app = spawn_app(
+        MockOptions {
+            tokens: 1000,
+            ..fast_mock()
+        },
+        |c| c.cost.max_daily_usd = 0.001, // 1000 micro-USD; mock-gpt output: 10 a token
+    )
+    .await;
+    let mut body = chat_body("mock-gpt", false);
+    body["max_tokens"] = json!(1000);
+    let response = app.post_chat("lea").send_json(&body).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let granted: u64 = header(&response, "x-tollgate-max-tokens").parse().unwrap();
+    let line = app.wait_for_logs(1).await[0].clone();
+    let input_cost = (line["input_tokens_estimated"].as_u64().unwrap() * 2500).div_ceil(1000);
+    assert_eq!(
+        granted,
+        (1000 - input_cost) / 10,
+        "what the budget left covers"
+    );
+    assert_eq!(app.recorder.requests()[0].body["max_tokens"], granted);
+    assert_eq!(line["output_tokens"], granted);
+    assert!(micro_usd(&app.settled_usage("lea").await) <= 1000);
 }
 
 #[actix_web::test]
@@ -310,4 +404,9 @@ async fn usage_reports_windows_and_spend() {
         app.log_lines()[0]["total_tokens"]
     );
     let _ = json!(null);
+}
+
+/// A user's spend today, in micro-USD, from `/v1/usage`.
+fn micro_usd(usage: &Value) -> u64 {
+    (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64
 }

@@ -68,9 +68,7 @@ impl Authority for Local {
         msg: Meter,
         limits: UserLimits,
     ) -> Reply<Self, MeterAnswer> {
-        let answer =
-            actor.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
-        now_reply(answer)
+        now_reply(actor.meter_in_book(&msg, &limits))
     }
 
     fn reprice(actor: &mut UserActor<Self>, msg: Reprice) -> Reply<Self, bool> {

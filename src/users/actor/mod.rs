@@ -152,29 +152,20 @@ impl<A: Authority> UserActor<A> {
     }
 
     /// Meters a request the book holds (every request in embedded mode; in Redis mode, those
-    /// this replica decided alone).
-    fn meter_in_book(
-        &mut self,
-        request_id: &str,
-        tokens: u64,
-        limits: &UserLimits,
-        max_batch: u64,
-    ) -> MeterAnswer {
+    /// this replica decided alone), and grants its next allowance under the authority's limits.
+    fn meter_in_book(&mut self, msg: &Meter, limits: &UserLimits) -> MeterAnswer {
         let local = self.authority.book_limits(limits);
         let now = self.env.clock.now_ms();
-        let within = self
-            .book
-            .meter(request_id, tokens, &local, now, &self.env.org);
-        // Granted whatever the verdict, as the Redis script does.
-        let allowance = self
-            .book
-            .grant_allowance(request_id, &local, &self.env.org, max_batch);
+        let allowance = self.book.meter(
+            &msg.request_id,
+            msg.output_tokens,
+            msg.ask,
+            &local,
+            now,
+            &self.env.org,
+        );
         self.touched();
-        if within {
-            MeterAnswer::Continue { allowance }
-        } else {
-            MeterAnswer::Stop
-        }
+        MeterAnswer { allowance }
     }
 
     /// Re-prices a request the book holds (every request in embedded mode; in Redis mode, those
@@ -232,7 +223,7 @@ impl<A: Authority> Handler<Meter> for UserActor<A> {
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
         let Some(limits) = self.limits else {
-            return now_reply(MeterAnswer::Continue { allowance: 0 });
+            return now_reply(MeterAnswer { allowance: 0 });
         };
         A::meter(self, msg, limits)
     }

@@ -1,9 +1,11 @@
 //! Redis mode: the shared ledger's scripts are the authority. Turns their answers into the
 //! client's answers, repeats refusals only time lifts, and settles through Redis (or its
-//! journal). What a replica decides alone while Redis is away is in [`outage`]; budget alerts,
-//! claimed in Redis so one replica sends each, in [`alerts`].
+//! journal). With an organisation cap every step also goes to the organisation's counter in
+//! Redis ([`org`]). What a replica decides alone while Redis is away is in [`outage`]; budget
+//! alerts, claimed in Redis so one replica sends each, in [`alerts`].
 
 mod alerts;
+mod org;
 mod outage;
 
 use super::{now_reply, Authority, Reply, UserActor, UserAddr};
@@ -14,7 +16,10 @@ use crate::users::book::{AdmitRequest, Book, Grant, OpenRequest, UserState};
 use crate::users::limits::UserLimits;
 use crate::users::messages::{Meter, MeterAnswer, Reprice, Settle};
 use crate::users::outage::{Known, FAIL_CLOSED_RETRY_SECS};
-use crate::users::redis::{Admitted, Metered, PendingSettle, RedisLedger, Repriced, Unavailable};
+use crate::users::redis::{
+    Admitted, Metered, OrgAnswer, OrgDecision, OrgOp, PendingSettle, RedisLedger, Repriced,
+    Unavailable,
+};
 use crate::users::refusal::Refusal;
 use crate::users::usage::{Counts, UsageReport};
 use actix::fut::{ActorFutureExt, WrapFuture};
@@ -33,6 +38,9 @@ pub(in crate::users) struct Shared {
     open: HashMap<String, OpenRequest>,
     /// Requests this replica admitted on its own while Redis was away.
     alone: HashSet<String>,
+    /// With an organisation cap: what the organisation's counter in Redis holds for each
+    /// request, until settled.
+    org: HashMap<String, org::Hold>,
     /// The user's running figures as Redis last reported them.
     known: Option<Known>,
     /// The day and month whose alerts this actor already claimed.
@@ -53,6 +61,7 @@ impl Shared {
             ledger,
             open: HashMap::new(),
             alone: HashSet::new(),
+            org: HashMap::new(),
             known: None,
             alerted: (None, None),
             admitting: HashSet::new(),
@@ -84,6 +93,18 @@ impl Shared {
             }
             _ => None,
         }
+    }
+
+    /// The day to settle `request_id` on in the organisation's counter (with an organisation
+    /// cap): where its record is, or the day of a request the counter never saw (admitted
+    /// alone), whose cost is added there.
+    fn org_day(&mut self, request_id: &str, open: &OpenRequest) -> Option<u64> {
+        self.ledger.org_cap()?;
+        Some(
+            self.org
+                .remove(request_id)
+                .map_or(open.day, |hold| hold.day),
+        )
     }
 
     /// The admit call for `request_id` was answered. If its caller left meanwhile (a settlement
@@ -128,16 +149,6 @@ impl Authority for Shared {
         actor: &mut UserActor<Self>,
         request: AdmitRequest,
     ) -> Reply<Self, Option<Result<Grant, ApiError>>> {
-        let now = actor.env.clock.now_ms();
-        // The organisation cap is counted per replica (see README: Redis mode).
-        let input_cost = request.price.cost_micro_usd(Usage {
-            input_tokens: request.estimated_input_tokens,
-            output_tokens: 0,
-        });
-        if actor.env.org.would_pass(day_key(now), input_cost) {
-            let error = Refusal::OrgDaily.error(&request.limits, now);
-            return now_reply(Some(Err(error)));
-        }
         let (ledger, prefix) = actor.authority.handles();
         if let Some(refusal) = actor.authority.cached_refusal(&request.limits) {
             return now_reply(Some(Err(refusal)));
@@ -146,13 +157,67 @@ impl Authority for Shared {
         actor.authority.admitting.insert(request.request_id.clone());
         Box::pin(
             async move {
-                let reply = ledger.admit(&prefix, &request).await;
-                (reply, request)
+                let mut org = None;
+                let mut asked = request.clone();
+                if ledger.org_cap().is_some() {
+                    // The organisation first: its reservation is the one that is simple to undo.
+                    let ask = org::admit_ask(&request);
+                    match ledger.org(OrgOp::Admit, &request.request_id, 0, ask).await {
+                        Ok(answer) => {
+                            if let OrgDecision::Granted(granted) = answer.decision {
+                                asked = org::within_org(&request, granted);
+                            } else {
+                                return (AdmitReply::Org(answer), request);
+                            }
+                            org = Some(answer);
+                        }
+                        // Redis is away: the whole request takes the outage path.
+                        Err(e) => return (AdmitReply::User(Err(e), None), request),
+                    }
+                }
+                let reply = ledger.admit(&prefix, &asked).await;
+                if let (
+                    Some(answer),
+                    Ok(Admitted {
+                        decision: Err(_), ..
+                    }),
+                ) = (&org, &reply)
+                {
+                    // The user's limits refused it: the organisation forgets it.
+                    let now = reply.as_ref().map_or(0, |a| a.now_ms);
+                    ledger
+                        .settle(release(&prefix, &request, now, answer.day))
+                        .await;
+                }
+                (AdmitReply::User(reply, org), asked)
             }
             .into_actor(actor)
             .map(|(reply, request), actor, ctx| {
                 let request_id = request.request_id.clone();
-                let answer = actor.admitted(reply, request);
+                let answer = match reply {
+                    AdmitReply::Org(answer) => {
+                        actor.org_answered(&answer);
+                        let now = actor.env.clock.now_ms();
+                        let why = match answer.decision {
+                            OrgDecision::Refused(why) => why,
+                            // Settled already: a late copy of an admission.
+                            _ => Refusal::OrgDaily,
+                        };
+                        Err(why.error(&request.limits, now))
+                    }
+                    AdmitReply::User(reply, org) => {
+                        if let Some(org) = &org {
+                            actor.org_answered(org);
+                            let hold = org::Hold::admitted(org, request.price);
+                            actor.authority.org.insert(request_id.clone(), hold);
+                        }
+                        let answer = actor.admitted(reply, request);
+                        if answer.is_err() {
+                            actor.authority.org.remove(&request_id);
+                        }
+                        answer
+                    }
+                };
                 // The caller left while Redis answered: settle what was just admitted.
                 if let Some(cancel) = actor.authority.admit_answered(&request_id) {
                     ctx.spawn(Self::settle(actor, cancel));
@@ -169,32 +234,42 @@ impl Authority for Shared {
     ) -> Reply<Self, MeterAnswer> {
         if !actor.authority.open.contains_key(&msg.request_id) {
             // A request this replica's book holds.
-            let answer =
-                actor.meter_in_book(&msg.request_id, msg.output_tokens, &limits, msg.max_batch);
-            return now_reply(answer);
+            return now_reply(actor.meter_in_book(&msg, &limits));
         }
-        let (ledger, prefix) = actor.authority.handles();
-        // The organisation cap is counted here, per replica: no allowance (promise) then.
-        let max_batch = if actor.env.org.cap().is_some() {
-            0
-        } else {
-            msg.max_batch
+        let shared = &actor.authority;
+        let (ledger, prefix) = shared.handles();
+        let org_step = match (
+            shared.org.get(&msg.request_id),
+            shared.open.get(&msg.request_id),
+        ) {
+            (Some(hold), Some(open)) => hold.step(open, msg.output_tokens, msg.ask),
+            _ => org::Step::Uncapped,
         };
         Box::pin(
             async move {
-                let reply = ledger
-                    .meter(
-                        &prefix,
-                        &msg.request_id,
-                        msg.output_tokens,
-                        &limits,
-                        max_batch,
-                    )
-                    .await;
-                (reply, msg)
+                // The user's allowance and the organisation's, asked at once (one round trip):
+                // the stream gets the smaller.
+                let user = ledger.meter(
+                    &prefix,
+                    &msg.request_id,
+                    msg.output_tokens,
+                    msg.ask,
+                    &limits,
+                );
+                let org = async {
+                    match org_step {
+                        org::Step::Call(day, ask) => org::Metered::Answered(
+                            ledger.org(OrgOp::Meter, &msg.request_id, day, ask).await,
+                        ),
+                        org::Step::Covered(tokens) => org::Metered::Covered(tokens),
+                        org::Step::Uncapped => org::Metered::Uncapped,
+                    }
+                };
+                let (reply, org) = futures::join!(user, org);
+                (reply, org, msg)
             }
             .into_actor(actor)
-            .map(move |(reply, msg), actor, _| actor.metered(reply, &msg, &limits)),
+            .map(move |(reply, org, msg), actor, _| actor.metered(reply, org, &msg, &limits)),
         )
     }
 
@@ -209,28 +284,34 @@ impl Authority for Shared {
             let alone = shared.alone.contains(&msg.request_id);
             return now_reply(alone && actor.reprice_in_book(&msg));
         };
-        // The organisation cap is counted here, per replica (as at admission).
-        let repriced = OpenRequest {
-            price: msg.price,
-            ..open.clone()
-        };
-        if actor
-            .env
+        let org_call = shared
             .org
-            .would_pass_replacing(open.day, open.cost(), repriced.cost())
-        {
-            return now_reply(false);
-        }
+            .get(&msg.request_id)
+            .map(|hold| (hold.day, org::reprice_ask(open, msg.price)));
         let (ledger, prefix) = shared.handles();
         Box::pin(
             async move {
+                // The organisation first. If the user's caps then refuse, the request keeps its
+                // price and ends (no fallback): its settlement corrects the organisation's count.
+                if let Some((day, ask)) = org_call {
+                    match ledger.org(OrgOp::Reprice, &msg.request_id, day, ask).await {
+                        Ok(OrgAnswer {
+                            decision: OrgDecision::Granted(_),
+                            ..
+                        }) => {}
+                        _ => return (None, msg),
+                    }
+                }
                 let reply = ledger
                     .reprice(&prefix, &msg.request_id, msg.price, &msg.limits)
                     .await;
-                (reply, msg)
+                (Some(reply), msg)
             }
             .into_actor(actor)
-            .map(|(reply, msg), actor, _| actor.repriced(reply, &msg)),
+            .map(|(reply, msg), actor, _| match reply {
+                Some(reply) => actor.repriced(reply, &msg),
+                None => false,
+            }),
         )
     }
 
@@ -246,6 +327,7 @@ impl Authority for Shared {
             return now_reply(()); // settled already
         };
         let alone = shared.alone.remove(&msg.request_id);
+        let org_day = shared.org_day(&msg.request_id, &open);
         let (ledger, prefix) = shared.handles();
         let now = actor.env.clock.now_ms();
         if in_book.is_some() {
@@ -253,15 +335,17 @@ impl Authority for Shared {
             actor
                 .book
                 .settle(&msg.request_id, msg.usage, msg.outcome, now, org);
-        } else {
-            let cost = open.price.cost_micro_usd(msg.usage);
-            actor
-                .env
-                .org
-                .add(open.day, cost as i64 - open.cost() as i64);
         }
         let cut = msg.outcome != Outcome::Completed;
-        let entry = PendingSettle::of(prefix, msg.request_id, &open, msg.usage, cut, alone);
+        let entry = PendingSettle::of(
+            prefix,
+            msg.request_id,
+            &open,
+            msg.usage,
+            cut,
+            alone,
+            org_day,
+        );
         actor.touched();
         Box::pin(async move { ledger.settle(entry).await }.into_actor(actor))
     }
@@ -352,14 +436,14 @@ impl UserActor<Shared> {
             reserved_tokens: request.estimated_input_tokens
                 + u64::from(granted) * request.choices.max(1),
             metered_output_tokens: 0,
-            promised_tokens: 0,
+            promised_tokens: admitted.allowance,
         };
-        self.env.org.add(open.day, open.cost() as i64);
         shared.open.insert(request.request_id, open);
         self.claim_alerts(admitted.known, admitted.now_ms);
         self.touched();
         Ok(Grant {
             max_tokens: granted,
+            allowance: admitted.allowance,
             rate_limits,
         })
     }
@@ -397,49 +481,91 @@ impl UserActor<Shared> {
         // Settled meanwhile (its caller left): Redis billed it at the price it held when the
         // settlement arrived; nothing here holds the request any more.
         if let Some(open) = self.authority.open.get_mut(&msg.request_id) {
-            let before = open.cost();
             open.price = msg.price;
-            self.env
-                .org
-                .add(open.day, open.cost() as i64 - before as i64);
+            if open.stream {
+                open.promised_tokens = 0;
+                // The organisation dropped its promise too.
+                if let Some(hold) = self.authority.org.get_mut(&msg.request_id) {
+                    hold.covered = 0;
+                }
+            }
         }
         self.claim_alerts(known, self.env.clock.now_ms());
         self.touched();
         true
     }
 
-    /// The meter script's answer (or its failure) for a request Redis admitted.
+    /// The meter script's answer (or its failure) for a request Redis admitted, and the
+    /// organisation's (with an organisation cap): the stream gets the smaller allowance. If
+    /// either call failed, the book takes the request over.
     fn metered(
         &mut self,
         reply: Result<Metered, Unavailable>,
+        org: org::Metered,
         msg: &Meter,
         limits: &UserLimits,
     ) -> MeterAnswer {
-        let verdict = match reply {
-            Ok(Metered::Within(k, _)) | Ok(Metered::Over(k)) => {
+        let Some(open) = self.authority.open.get(&msg.request_id) else {
+            return MeterAnswer { allowance: 0 }; // settled meanwhile
+        };
+        let (price, metered) = (open.price, open.metered_output_tokens + msg.output_tokens);
+        let org_allowance = match org {
+            org::Metered::Uncapped => u64::MAX,
+            org::Metered::Covered(tokens) => tokens,
+            org::Metered::Answered(Ok(answer)) => {
+                self.org_answered(&answer);
+                let tokens = match answer.decision {
+                    OrgDecision::Granted(granted) => org::tokens_for(price, granted),
+                    _ => 0,
+                };
+                if let Some(hold) = self.authority.org.get_mut(&msg.request_id) {
+                    hold.covered = metered + tokens;
+                }
+                tokens
+            }
+            org::Metered::Answered(Err(_)) => return self.take_over(msg, limits),
+        };
+        let allowance = match reply {
+            Ok(Metered::Allowed(k, allowance)) => {
                 let known = self.authority.known.get_or_insert_with(Known::default);
                 known.spend_today = k.spend_today;
                 known.spend_month = k.spend_month;
                 let known = *known;
                 self.claim_alerts(known, self.env.clock.now_ms());
-                match reply {
-                    Ok(Metered::Within(_, allowance)) => MeterAnswer::Continue { allowance },
-                    _ => MeterAnswer::Stop,
-                }
+                allowance.min(org_allowance)
             }
-            Ok(Metered::Unknown) => MeterAnswer::Continue { allowance: 0 },
+            // Settled already, or its lease ended: nothing more is relayed unaccounted.
+            Ok(Metered::Unknown) => 0,
             Err(_) => return self.take_over(msg, limits),
         };
-        let day = day_key(self.env.clock.now_ms());
         if let Some(open) = self.authority.open.get_mut(&msg.request_id) {
-            let before = open.cost();
             open.metered_output_tokens += msg.output_tokens;
-            self.env.org.add(day, (open.cost() - before) as i64);
-        }
-        if self.env.org.over(day) {
-            return MeterAnswer::Stop;
+            open.promised_tokens = allowance;
         }
         self.touched();
-        verdict
+        MeterAnswer { allowance }
     }
+}
+
+/// What the admit calls answered.
+enum AdmitReply {
+    /// The organisation's counter refused (nothing was asked of the user's script).
+    Org(OrgAnswer),
+    /// The user's script answered, or Redis could not be asked; and the organisation's
+    /// counter, when it admitted the request first.
+    User(Result<Admitted, Unavailable>, Option<OrgAnswer>),
+}
+
+/// The settlement that takes a request the user's limits refused out of the organisation's
+/// counter (for the user's keys it only marks the request settled).
+fn release(prefix: &Arc<str>, request: &AdmitRequest, now_ms: u64, org_day: u64) -> PendingSettle {
+    PendingSettle::of(
+        prefix.clone(),
+        request.request_id.clone(),
+        &OpenRequest::empty(request.price, now_ms),
+        Usage::default(),
+        false,
+        false,
+        Some(org_day),
+    )
 }

@@ -23,10 +23,14 @@ pub struct PendingSettle {
     pub input_nano_usd: u64,
     pub output_nano_usd: u64,
     pub admitted_ms: u64,
+    /// The organisation's day the request is counted in, when an organisation cap is set:
+    /// the final cost goes to the organisation's counter too.
+    pub org_day: Option<u64>,
 }
 
 impl PendingSettle {
-    /// The settlement of `open` (admitted as `request_id` under `prefix`) with `usage`.
+    /// The settlement of `open` (admitted as `request_id` under `prefix`) with `usage`, also
+    /// in the organisation's counter on `org_day`.
     pub fn of(
         prefix: Arc<str>,
         request_id: String,
@@ -34,6 +38,7 @@ impl PendingSettle {
         usage: Usage,
         cut: bool,
         local: bool,
+        org_day: Option<u64>,
     ) -> Self {
         let (input_nano_usd, output_nano_usd) = open.price.nano_usd_per_token();
         Self {
@@ -48,7 +53,16 @@ impl PendingSettle {
             input_nano_usd,
             output_nano_usd,
             admitted_ms: open.admitted_ms,
+            org_day,
         }
+    }
+
+    /// The final cost in micro-USD, rounded up (as `Price::cost_micro_usd` and the scripts).
+    pub fn cost(&self) -> u64 {
+        self.input_tokens
+            .saturating_mul(self.input_nano_usd)
+            .saturating_add(self.output_tokens.saturating_mul(self.output_nano_usd))
+            .div_ceil(1000)
     }
 
     /// The settle script's numeric arguments, in its ARGV order (after the request id).

@@ -1,6 +1,13 @@
 //! Key names. Every key of one user starts with `<prefix>:{<user>}:`, so a user's keys share
 //! one Redis Cluster slot (the `{…}` hash tag) and one script can touch them all. The user id
-//! is escaped so that no id can close the hash tag early or reach another user's keys.
+//! is escaped so that no id can close the hash tag early or reach another user's keys. The
+//! organisation's counter lives under `<prefix>:org:{org}:`, which no user prefix can equal
+//! (theirs continue `<prefix>:{`): its own slot, touched by its own script.
+
+/// The key prefix of the organisation's counter.
+pub fn org_prefix(key_prefix: &str) -> String {
+    format!("{key_prefix}:org:{{org}}:")
+}
 
 /// The key prefix of `user_id`'s keys.
 pub fn user_prefix(key_prefix: &str, user_id: &str) -> String {
@@ -39,6 +46,16 @@ mod tests {
         let open = p.find('{').unwrap();
         let close = open + p[open..].find('}').unwrap();
         assert_eq!(&p[open + 1..close], "a%7Db%7Bc%3Ad%25");
+    }
+
+    #[test]
+    fn no_user_prefix_is_the_organisation_s() {
+        let org = org_prefix("tollgate");
+        assert_eq!(org, "tollgate:org:{org}:");
+        for id in ["org", "org}:", ":org:{org", "{org}"] {
+            assert!(!user_prefix("tollgate", id).starts_with(&org));
+            assert!(!org.starts_with(&user_prefix("tollgate", id)));
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! that writes it; a user's keys share one Cluster slot. Concurrent requests hold leases, so a
 //! dead replica's slots free themselves (and what they metered is charged).
 //!
+//! With an organisation cap, every replica also admits, meters, re-prices and settles against
+//! one organisation counter (`org.lua`), in its own Cluster slot: a separate call beside the
+//! user's, never one script across both.
+//!
 //! Calls are bounded (`redis.op_timeout_ms`) and guarded by a circuit breaker; when one fails
 //! the actor applies the outage policy (`users::outage`). Settlements that cannot reach Redis
 //! wait in a journal that the probe task replays, exactly once each, when Redis is back.
@@ -20,8 +24,9 @@ pub use journal::PendingSettle;
 pub use link::Unavailable;
 pub use persistence::{Persistence, StateCheck};
 
+use super::allowance::Ask;
 use super::book::{AdmitRequest, NoReprice};
-use super::limits::UserLimits;
+use super::limits::{usd_to_micro, UserLimits};
 use super::outage::{Known, OutagePolicy};
 use super::refusal::Refusal;
 use super::usage::Counts;
@@ -48,6 +53,7 @@ struct Scripts {
     reprice: Script,
     settle: Script,
     usage: Script,
+    org: Script,
 }
 
 impl Scripts {
@@ -59,6 +65,7 @@ impl Scripts {
             reprice: with_prelude(include_str!("reprice.lua")),
             settle: with_prelude(include_str!("settle.lua")),
             usage: with_prelude(include_str!("usage.lua")),
+            org: with_prelude(include_str!("org.lua")),
         }
     }
 }
@@ -68,6 +75,8 @@ impl Scripts {
 pub struct Admitted {
     /// The granted output cap, or why not.
     pub decision: Result<u32, Refusal>,
+    /// The request's first allowance (see `Grant::allowance`); 0 when refused.
+    pub allowance: u64,
     pub minute_used: u64,
     pub known: Known,
     /// Leases of dead replicas freed on the way.
@@ -78,9 +87,9 @@ pub struct Admitted {
 /// What the meter script said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metered {
-    /// Within the caps; the request's allowance (see `MeterAnswer::Continue`).
-    Within(Known, u64),
-    Over(Known),
+    /// Metered: the user's running spend, and the request's next allowance (see
+    /// `MeterAnswer`).
+    Allowed(Known, u64),
     /// Redis holds no such open request (already settled, or its lease ended).
     Unknown,
 }
@@ -95,11 +104,60 @@ pub struct Repriced {
     pub known: Known,
 }
 
+/// A step of a request in the organisation's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgOp {
+    /// A new request: its input cost, and a stream's first allowance or a whole reply's grant.
+    Admit = 1,
+    /// A stream's new cost and its next allowance.
+    Meter = 2,
+    /// A new price: the request's cost and own promise replaced, within the cap.
+    Reprice = 3,
+    /// The final cost, once.
+    Settle = 4,
+}
+
+/// What an organisation call asks, in micro-USD: the request's cost now, and the promise it
+/// needs at least (the chunk in hand), in batches of `min`, ideally `want` (see
+/// `allowance::share`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgAsk {
+    pub cost: u64,
+    pub needed: u64,
+    pub min: u64,
+    pub want: u64,
+}
+
+/// What the organisation's counter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgDecision {
+    /// Done; the request's promise now (micro-USD).
+    Granted(u64),
+    /// Past the cap (`OrgDaily`), or only promises stand in the way (`OrgInFlight`). Nothing
+    /// changed.
+    Refused(Refusal),
+    /// No such open request (settled already).
+    Unknown,
+}
+
+/// The organisation script's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrgAnswer {
+    pub decision: OrgDecision,
+    /// The organisation's spend and promises after the call.
+    pub running: u64,
+    /// The organisation's day the request is counted in.
+    pub day: u64,
+}
+
 pub struct RedisLedger {
     link: Link,
     scripts: Scripts,
     journal: Journal,
     key_prefix: String,
+    /// The organisation counter's key prefix, and its cap (0: none).
+    org_prefix: String,
+    org_cap_micro_usd: u64,
     lease_ms: u64,
     probe_interval: Duration,
     pub policy: OutagePolicy,
@@ -134,6 +192,8 @@ impl RedisLedger {
             scripts: Scripts::new(),
             journal: Journal::new(r.journal_max, metrics.clone()),
             key_prefix: r.key_prefix.clone(),
+            org_prefix: keys::org_prefix(&r.key_prefix),
+            org_cap_micro_usd: usd_to_micro(config.cost.max_org_daily_usd),
             lease_ms: r.lease_secs * 1000,
             probe_interval: Duration::from_millis(r.probe_interval_ms),
             policy: OutagePolicy::new(r),
@@ -148,6 +208,58 @@ impl RedisLedger {
     /// The key prefix of a user's keys.
     pub fn user_prefix(&self, user_id: &str) -> String {
         keys::user_prefix(&self.key_prefix, user_id)
+    }
+
+    /// The organisation's daily cap, when one is set.
+    pub fn org_cap(&self) -> Option<u64> {
+        (self.org_cap_micro_usd > 0).then_some(self.org_cap_micro_usd)
+    }
+
+    /// One step of `request_id` in the organisation's counter (`day` 0: today, for
+    /// [`OrgOp::Admit`]). Only with an organisation cap.
+    pub async fn org(
+        &self,
+        op: OrgOp,
+        request_id: &str,
+        day: u64,
+        ask: OrgAsk,
+    ) -> Result<OrgAnswer, Unavailable> {
+        let args = [
+            op as u64,
+            day,
+            ask.cost,
+            ask.needed,
+            ask.min,
+            ask.want,
+            self.org_cap_micro_usd,
+            self.lease_ms,
+        ];
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "org",
+                false,
+                &self.scripts.org,
+                &self.org_prefix,
+                &args,
+                &[request_id],
+            )
+            .await?;
+        let [code, spend, promised, day, granted] = reply[..] else {
+            return Err(malformed("org"));
+        };
+        let decision = match code {
+            0 => OrgDecision::Granted(granted),
+            1 => OrgDecision::Refused(Refusal::OrgDaily),
+            2 => OrgDecision::Unknown,
+            3 => OrgDecision::Refused(Refusal::OrgInFlight),
+            _ => return Err(malformed("org")),
+        };
+        Ok(OrgAnswer {
+            decision,
+            running: spend + promised,
+            day,
+        })
     }
 
     /// Ready: Redis answers (the circuit is closed).
@@ -182,6 +294,8 @@ impl RedisLedger {
             l.daily_cap_micro_usd,
             l.monthly_cap_micro_usd,
             self.lease_ms,
+            request.batch.min,
+            request.batch.max,
         ];
         let reply: Vec<u64> = self
             .link
@@ -194,7 +308,7 @@ impl RedisLedger {
                 &[&request.request_id],
             )
             .await?;
-        let [code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month, expired_leases, now_ms] =
+        let [code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month, expired_leases, now_ms, allowance] =
             reply[..]
         else {
             return Err(malformed("admit"));
@@ -214,6 +328,7 @@ impl RedisLedger {
         };
         Ok(Admitted {
             decision,
+            allowance,
             minute_used,
             known: Known {
                 tokens_running,
@@ -225,19 +340,23 @@ impl RedisLedger {
         })
     }
 
+    /// Adds the output a stream relayed and grants its next allowance (the meter script's rule,
+    /// as `Book::meter`).
     pub async fn meter(
         &self,
         prefix: &str,
         request_id: &str,
         output_tokens: u64,
+        ask: Ask,
         limits: &UserLimits,
-        max_batch: u64,
     ) -> Result<Metered, Unavailable> {
         let args = [
             output_tokens,
+            ask.needed,
+            ask.batch.min,
+            ask.batch.max,
             limits.daily_cap_micro_usd,
             limits.monthly_cap_micro_usd,
-            max_batch,
         ];
         let reply: Vec<u64> = self
             .link
@@ -250,7 +369,7 @@ impl RedisLedger {
                 &[request_id],
             )
             .await?;
-        let [verdict, spend_today, spend_month, _now, allowance] = reply[..] else {
+        let [code, spend_today, spend_month, _now, allowance] = reply[..] else {
             return Err(malformed("meter"));
         };
         // Only spend is reported here; the token window stays as last admitted.
@@ -259,9 +378,8 @@ impl RedisLedger {
             spend_today,
             spend_month,
         };
-        Ok(match verdict {
-            0 => Metered::Within(known, allowance),
-            1 => Metered::Over(known),
+        Ok(match code {
+            0 => Metered::Allowed(known, allowance),
             _ => Metered::Unknown,
         })
     }
@@ -332,6 +450,8 @@ impl RedisLedger {
         self.journal.push(entry);
     }
 
+    /// Applies a settlement: the user's, then the organisation's (each once per request id,
+    /// so a replayed entry whose first part was applied already is safe to apply whole).
     async fn apply(&self, entry: &PendingSettle, probe: bool) -> Result<(), Unavailable> {
         let reply: Vec<u64> = self
             .link
@@ -344,9 +464,40 @@ impl RedisLedger {
                 &[&entry.request_id],
             )
             .await?;
+        if !matches!(reply[..], [_applied, _cost]) {
+            return Err(malformed("settle"));
+        }
+        let Some(day) = entry.org_day else {
+            return Ok(());
+        };
+        let ask = OrgAsk {
+            cost: entry.cost(),
+            ..OrgAsk::default()
+        };
+        let args = [
+            OrgOp::Settle as u64,
+            day,
+            ask.cost,
+            0,
+            0,
+            0,
+            self.org_cap_micro_usd,
+            self.lease_ms,
+        ];
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "org",
+                probe,
+                &self.scripts.org,
+                &self.org_prefix,
+                &args,
+                &[&entry.request_id],
+            )
+            .await?;
         match reply[..] {
-            [_applied, _cost] => Ok(()),
-            _ => Err(malformed("settle")),
+            [0, ..] => Ok(()),
+            _ => Err(malformed("org")),
         }
     }
 

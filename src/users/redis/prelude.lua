@@ -36,7 +36,8 @@ local function cost(input, output, in_nano, out_nano)
 end
 
 -- An open request: day,month,in_nano,out_nano,input,reserved,metered,stream,promised
--- (promised: output tokens it may stream before its next report: its allowance).
+-- (promised: output tokens it may still relay before it reports again: a stream's allowance,
+-- a non-streamed request's whole grant).
 local function decode(s)
   local f = {}
   for v in string.gmatch(s, '[^,]+') do f[#f + 1] = tonumber(v) end
@@ -47,6 +48,14 @@ end
 local function encode(o)
   return table.concat({ int(o.day), int(o.month), int(o.in_nano), int(o.out_nano),
     int(o.input), int(o.reserved), int(o.metered), int(o.stream), int(o.promised or 0) }, ',')
+end
+
+-- The allowance rule (allowance.rs `share`): half the free headroom split among the open
+-- requests, within the batch bounds, at least `needed`, never more than `free`.
+local function share(free, open, needed, batch_min, batch_max)
+  if free < needed then return free end
+  local split = math.floor(free / (2 * math.max(open, 1)))
+  return math.min(math.max(math.min(math.max(split, batch_min), batch_max), needed), free)
 end
 
 local function num(v)

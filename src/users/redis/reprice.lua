@@ -1,8 +1,9 @@
 -- Reprice: move an open request that metered nothing yet to another model's price (fallback
 -- before the first token), if the spend checks admission made pass at it (Book::reprice): its
 -- cost at the new price replacing its cost at the old one, the running spend must stay within
--- the caps, also with the spend promised to the other open requests. The token reservation is
--- unchanged. On a refusal nothing changes.
+-- the caps, also with the spend promised to the other open requests (and a non-streamed
+-- request's own grant at the new price). On a pass a stream's allowance is dropped (it asks
+-- again, at the new price). The token reservation is unchanged. On a refusal nothing changes.
 -- ARGV: rid, in_nano, out_nano, daily_cap, monthly_cap
 -- Returns {code, spend_today, spend_month, now}; code 0 = re-priced, 1 = no such open request
 -- (settled, or its lease ended), 2 = output metered already, 3 = daily cap, 4 = monthly cap,
@@ -35,9 +36,13 @@ if o.month == r.month then
 end
 if today > daily_cap then return refuse(3) end
 if month > monthly_cap then return refuse(4) end
-if today + others_today > daily_cap or month + others_month > monthly_cap then
+local new_promise = 0
+if o.stream == 0 then new_promise = cost(0, o.promised, in_nano, out_nano) end
+if today + others_today + new_promise > daily_cap
+  or month + others_month + new_promise > monthly_cap then
   return refuse(5)
 end
 o.in_nano, o.out_nano = in_nano, out_nano
+if o.stream == 1 then o.promised = 0 end
 redis.call('HSET', P .. 'open', rid, encode(o))
 return { 0, today, month, now }

@@ -36,7 +36,9 @@ impl UserActor<Shared> {
                 Ok(grant)
             }
             Err(refusal) => {
-                if error.may_have_applied() {
+                // The organisation's counter holds the request (it admitted it first).
+                let org_day = shared.org.get(&request_id).map(|hold| hold.day);
+                if error.may_have_applied() || org_day.is_some() {
                     // The admit call may have reached Redis after all: close that record (with
                     // no usage) once Redis answers, so it holds no slot and is charged nothing.
                     shared.ledger.journal(PendingSettle::of(
@@ -46,6 +48,7 @@ impl UserActor<Shared> {
                         Usage::default(),
                         false,
                         false,
+                        org_day,
                     ));
                 }
                 let refusal = outage_refusal(refusal);
@@ -63,19 +66,21 @@ impl UserActor<Shared> {
     /// now on against the outage allowance.
     pub(super) fn take_over(&mut self, msg: &Meter, limits: &UserLimits) -> MeterAnswer {
         let Some(open) = self.authority.open.remove(&msg.request_id) else {
-            return MeterAnswer::Continue { allowance: 0 };
+            return MeterAnswer { allowance: 0 };
         };
-        // The book counts the request's cost afresh from here (its settlement corrects the
-        // organisation ledger against the book's figure): take the cost so far out.
-        self.env.org.add(open.day, -(open.cost() as i64));
+        // The book counts what the request uses from here against the outage allowance (and,
+        // with an organisation cap, the organisation's outage limit).
+        // What its grant still allows stays reserved: the book's allowances keep within it.
         let adopted = OpenRequest {
             input_tokens: 0,
-            reserved_tokens: 0,
+            reserved_tokens: open
+                .reserved_tokens
+                .saturating_sub(open.input_tokens + open.metered_output_tokens),
             metered_output_tokens: 0,
             promised_tokens: 0,
             ..open
         };
         self.book.adopt(msg.request_id.clone(), adopted);
-        self.meter_in_book(&msg.request_id, msg.output_tokens, limits, msg.max_batch)
+        self.meter_in_book(msg, limits)
     }
 }

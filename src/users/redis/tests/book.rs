@@ -3,10 +3,11 @@
 //! meters and settlements, and at every limit's boundary; decisions, Retry-After, rate-limit
 //! headers and usage must agree.
 
-use super::{config_for, ledger, mock_price, price_of, roomy_limits, settlement, Rng, MAX_BATCH};
+use super::{config_for, ledger, mock_price, price_of, roomy_limits, settlement, Rng, BATCH};
 use crate::accounting::{Outcome, Usage};
 use crate::error::{ApiError, ErrorCode};
 use crate::pricing::Price;
+use crate::users::allowance::{Ask, Batch};
 use crate::users::book::{AdmitRequest, Book};
 use crate::users::limits::UserLimits;
 use crate::users::org::OrgLedger;
@@ -41,7 +42,9 @@ fn redis_kind(refusal: Refusal) -> &'static str {
         Refusal::MonthlySpend => "monthly-spend",
         Refusal::DayTokens => "day-tokens",
         Refusal::SpendInFlight => "spend-in-flight",
-        Refusal::OrgDaily => panic!("Redis has no organisation cap"),
+        Refusal::OrgDaily | Refusal::OrgInFlight => {
+            panic!("the user's script has no organisation cap")
+        }
     }
 }
 
@@ -54,6 +57,8 @@ struct Twin<'a> {
     org: OrgLedger,
     limits: UserLimits,
     price: Price,
+    /// The relay's batch bounds, for allowances.
+    batch: Batch,
     /// Redis' time at the last call that reported it.
     now: u64,
     /// Admission time and grant of each admitted request, as the actor keeps them.
@@ -71,6 +76,7 @@ impl<'a> Twin<'a> {
             org: OrgLedger::new(0),
             limits,
             price,
+            batch: BATCH,
             now: 0,
             admitted: Vec::new(),
             seen: HashMap::new(),
@@ -93,6 +99,7 @@ impl<'a> Twin<'a> {
             stream,
             price: self.price,
             limits: self.limits,
+            batch: self.batch,
         };
         let ours = self
             .ledger
@@ -109,6 +116,7 @@ impl<'a> Twin<'a> {
         match (ours.decision, &theirs) {
             (Ok(granted), Ok(grant)) => {
                 assert_eq!(granted, grant.max_tokens, "{context}: granted");
+                assert_eq!(ours.allowance, grant.allowance, "{context}: allowance");
                 let counts = Counts {
                     minute_used: ours.minute_used,
                     tokens_running: ours.known.tokens_running,
@@ -158,31 +166,29 @@ impl<'a> Twin<'a> {
         ours.decision
     }
 
-    /// Meters both; `Some(within)` for an open request, `None` for an unknown one.
-    async fn meter(&mut self, id: &str, tokens: u64) -> Option<bool> {
-        let context = format!("{}: meter {id} +{tokens}", self.prefix);
+    /// Meters both, asking for an allowance of at least `needed`: `Some(allowance)` for an
+    /// open request, `None` for an unknown one.
+    async fn meter(&mut self, id: &str, tokens: u64, needed: u64) -> Option<u64> {
+        let context = format!("{}: meter {id} +{tokens} (needs {needed})", self.prefix);
         let open_in_book = self.book.open_request(id).is_some();
+        let ask = Ask {
+            needed,
+            batch: self.batch,
+        };
         let ours = self
             .ledger
-            .meter(&self.prefix, id, tokens, &self.limits, MAX_BATCH)
+            .meter(&self.prefix, id, tokens, ask, &self.limits)
             .await
             .expect("Redis answers");
         let (now, limits) = (self.now, self.limits);
-        let theirs = self.book.meter(id, tokens, &limits, now, &self.org);
-        // The script grants the next allowance whatever the verdict; so does the book here.
-        let granted = self.book.grant_allowance(id, &limits, &self.org, MAX_BATCH);
+        let theirs = self.book.meter(id, tokens, ask, &limits, now, &self.org);
         let report = self.book.report(&limits, now);
         let book_spend = (report.daily_usd.used_usd, report.monthly_usd.used_usd);
         let spend = |k: Known| (k.spend_today as f64 / 1e6, k.spend_month as f64 / 1e6);
         let ours = match ours {
-            Metered::Within(known, allowance) => {
+            Metered::Allowed(known, allowance) => {
                 assert_eq!(spend(known), book_spend, "{context}: spend");
-                assert_eq!(allowance, granted, "{context}: allowance");
-                Some(true)
-            }
-            Metered::Over(known) => {
-                assert_eq!(spend(known), book_spend, "{context}: spend");
-                Some(false)
+                Some(allowance)
             }
             Metered::Unknown => None,
         };
@@ -268,8 +274,8 @@ fn random_limits(rng: &mut Rng) -> UserLimits {
     let requests_per_minute = tight((3, 8), 1000);
     let requests_per_day = tight((3, 8), 1000);
     let tokens_per_day = tight((600, 2500), 10_000_000);
-    let daily_cap_micro_usd = tight((300, 3000), 1_000_000_000);
-    let monthly_cap_micro_usd = tight((200, 2500), 1_000_000_000);
+    let daily_cap_micro_usd = tight((300, 20_000), 1_000_000_000);
+    let monthly_cap_micro_usd = tight((200, 15_000), 1_000_000_000);
     UserLimits {
         requests_per_minute,
         requests_per_day,
@@ -287,7 +293,7 @@ async fn the_scripts_decide_exactly_as_the_book_does() {
     let server = RedisServer::start();
     let ledger = ledger(&config_for(&server));
     let mut seen: HashMap<&'static str, u64> = HashMap::new();
-    let mut meters: HashMap<Option<bool>, u64> = HashMap::new();
+    let mut meters: HashMap<&'static str, u64> = HashMap::new();
 
     for seed in 1..=12u64 {
         let mut rng = Rng(seed * 7919);
@@ -295,6 +301,12 @@ async fn the_scripts_decide_exactly_as_the_book_does() {
         // Prices that are not whole micro-USD per token, so costs round up.
         let price = price_of(rng.range(1, 20_000), rng.range(1, 20_000));
         let mut twin = Twin::new(&ledger, &format!("equiv-{seed}"), limits, price);
+        // Allowances from a token at a time to the default batches.
+        let min = rng.range(0, 16);
+        twin.batch = Batch {
+            min,
+            max: rng.range(min, 256),
+        };
         twin.check("nothing").await;
 
         for op in 0..40 {
@@ -308,7 +320,12 @@ async fn the_scripts_decide_exactly_as_the_book_does() {
                     .await;
             } else if dice < 75 {
                 let (id, _) = twin.pick(&mut rng);
-                let answer = twin.meter(&id, rng.range(0, 60)).await;
+                let needed = rng.range(0, 20);
+                let answer = match twin.meter(&id, rng.range(0, 60), needed).await {
+                    None => "unknown",
+                    Some(a) if a < needed => "short",
+                    Some(_) => "allowed",
+                };
                 *meters.entry(answer).or_default() += 1;
             } else {
                 let (id, granted) = twin.pick(&mut rng);
@@ -357,7 +374,7 @@ async fn the_scripts_decide_exactly_as_the_book_does() {
             "too few {kind} decisions in the sequences: {seen:?}"
         );
     }
-    for answer in [Some(true), Some(false), None] {
+    for answer in ["allowed", "short", "unknown"] {
         assert!(
             meters.get(&answer).copied().unwrap_or(0) >= 3,
             "too few meter answers {answer:?}: {meters:?}"
@@ -380,10 +397,15 @@ async fn the_scripts_and_the_book_agree_at_every_boundary() {
         ..roomy_limits()
     };
     let mut t = Twin::new(&ledger, "daily", limits, micro);
+    // A stream is promised half the headroom at admission: 900 → 45 tokens.
     assert_eq!(t.admit("a", 100, 200, 1, true).await, Ok(200));
+    // Each report: half of what is left, down to the small batch, then the rest.
+    assert_eq!(t.meter("a", 45, 1).await, Some(22));
+    assert_eq!(t.meter("a", 22, 1).await, Some(16));
+    assert_eq!(t.meter("a", 16, 1).await, Some(7));
     assert_eq!(
-        t.meter("a", 90).await,
-        Some(true),
+        t.meter("a", 7, 1).await,
+        Some(0),
         "100 + 900 = 1000, the cap"
     );
     assert_eq!(
@@ -392,10 +414,11 @@ async fn the_scripts_and_the_book_agree_at_every_boundary() {
         "1000 + 0: not past"
     );
     assert_eq!(t.admit("c", 1, 10, 1, true).await, Err(Refusal::DailySpend));
-    assert_eq!(t.meter("a", 0).await, Some(true));
-    assert_eq!(t.meter("b", 1).await, Some(false), "1010 > 1000");
+    assert_eq!(t.meter("b", 0, 1).await, Some(0), "nothing left");
+    // A report past the allowance (only a settlement can do that) is counted all the same.
+    assert_eq!(t.meter("b", 1, 0).await, Some(0), "1010 > 1000");
     t.settle("b", 0, 0, done).await;
-    assert_eq!(t.meter("a", 0).await, Some(true), "back to 1000");
+    assert_eq!(t.meter("a", 0, 0).await, Some(0), "back to 1000");
     t.settle("a", 100, 90, done).await;
     assert_eq!(t.check("daily").await.spend_today_running, 1000);
     assert_eq!(t.admit("d", 1, 10, 1, true).await, Err(Refusal::DailySpend));
@@ -406,15 +429,47 @@ async fn the_scripts_and_the_book_agree_at_every_boundary() {
         ..roomy_limits()
     };
     let mut t = Twin::new(&ledger, "monthly", limits, micro);
-    assert_eq!(t.admit("a", 600, 1, 1, false).await, Ok(1), "at the cap");
-    assert_eq!(t.admit("b", 0, 1, 1, false).await, Ok(1));
+    assert_eq!(t.admit("a", 600, 1, 1, true).await, Ok(1), "at the cap");
+    assert_eq!(t.admit("b", 0, 1, 1, true).await, Ok(1));
     assert_eq!(
-        t.admit("c", 1, 1, 1, false).await,
+        t.admit("c", 1, 1, 1, true).await,
         Err(Refusal::MonthlySpend)
     );
-    assert_eq!(t.meter("b", 0).await, Some(true));
-    assert_eq!(t.meter("b", 1).await, Some(false), "610 > 600");
+    assert_eq!(t.meter("b", 0, 1).await, Some(0));
+    assert_eq!(t.meter("b", 1, 0).await, Some(0), "610 > 600");
     assert_eq!(t.check("monthly").await.spend_month_running, 610);
+
+    // A whole (non-streamed) reply: its max_tokens capped by the spend left, at least the
+    // smallest grant; the grant promised until it settles.
+    let limits = UserLimits {
+        daily_cap_micro_usd: 1000,
+        ..roomy_limits()
+    };
+    let mut t = Twin::new(&ledger, "whole", limits, micro);
+    assert_eq!(
+        t.admit("a", 100, 500, 1, false).await,
+        Ok(90),
+        "(1000 − 100) ÷ 10"
+    );
+    assert_eq!(
+        t.admit("b", 0, 10, 1, false).await,
+        Err(Refusal::SpendInFlight)
+    );
+    t.settle("a", 100, 40, done).await;
+    assert_eq!(
+        t.admit("b", 0, 100, 2, false).await,
+        Ok(25),
+        "(1000 − 500) ÷ 10 ÷ 2"
+    );
+    assert_eq!(
+        t.admit("c", 0, 100, 1, false).await,
+        Err(Refusal::SpendInFlight)
+    );
+    t.settle("b", 0, 50, done).await;
+    assert_eq!(
+        t.admit("c", 1, 100, 1, false).await,
+        Err(Refusal::DailySpend)
+    );
 
     // Each open request's cost rounds up on its own: 2 × ⌈2.5⌉ = 6, not ⌈5⌉.
     let mut t = Twin::new(&ledger, "rounding", roomy_limits(), price);
@@ -520,7 +575,7 @@ async fn the_scripts_and_the_book_agree_at_every_boundary() {
     let mut t = Twin::new(&ledger, "lifted", lifted, price);
     assert_eq!(t.admit("a", 100_000, u32::MAX, 1, true).await, Ok(u32::MAX));
     assert_eq!(t.admit("b", 0, 1, 4, false).await, Ok(1));
-    assert_eq!(t.meter("a", 1_000_000).await, Some(true));
+    assert!(t.meter("a", 1_000_000, 0).await.is_some());
     t.settle("a", 100_000, 1_000_000, done).await;
     t.check("lifted").await;
 

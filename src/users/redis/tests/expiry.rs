@@ -3,7 +3,7 @@
 //! leaves only keys with an expiry, none longer than 400 days.
 
 use super::{
-    admit_ok, config_for, ledger, mock_price, request, roomy_limits, settlement, usage, MAX_BATCH,
+    admit_ok, config_for, ledger, mock_price, request, roomy_limits, settlement, usage, ASK,
 };
 use crate::calendar::{day_key, DAY_MS};
 use crate::users::limits::UserLimits;
@@ -29,12 +29,12 @@ async fn every_key_written_has_an_expiry() {
     // alert claim, usage.
     let p = ledger.user_prefix("keys");
     let a = admit_ok(&ledger, &p, &request("a", 50, 100, limits)).await;
-    ledger.meter(&p, "a", 20, &limits, MAX_BATCH).await.unwrap();
+    ledger.meter(&p, "a", 20, ASK, &limits).await.unwrap();
     let entry = settlement(&p, "a", price, a.now_ms, (50, 20), false, false);
     ledger.settle(entry.clone()).await;
     ledger.settle(entry).await;
     admit_ok(&ledger, &p, &request("b", 50, 100, limits)).await;
-    ledger.meter(&p, "b", 5, &limits, MAX_BATCH).await.unwrap();
+    ledger.meter(&p, "b", 5, ASK, &limits).await.unwrap();
     ledger
         .settle(settlement(&p, "l", price, a.now_ms, (9, 9), true, true))
         .await;
@@ -57,7 +57,7 @@ async fn every_key_written_has_an_expiry() {
     // settlement for a day long gone.
     let q = short.user_prefix("leased");
     let d = admit_ok(&short, &q, &request("d", 50, 100, limits)).await;
-    short.meter(&q, "d", 7, &limits, MAX_BATCH).await.unwrap();
+    short.meter(&q, "d", 7, ASK, &limits).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let e = admit_ok(&short, &q, &request("e", 50, 100, limits)).await;
     assert_eq!(e.expired_leases, 1);

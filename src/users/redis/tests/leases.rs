@@ -3,8 +3,7 @@
 //! the rest once; and the open record waits for the user however late they come back.
 
 use super::{
-    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage,
-    MAX_BATCH,
+    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage, ASK,
 };
 use crate::calendar::DAY_MS;
 use crate::users::limits::UserLimits;
@@ -29,11 +28,8 @@ async fn an_expired_lease_charges_what_was_metered_and_a_late_settle_adds_the_re
 
     let a = admit_ok(&ledger, &prefix, &request("a", 100, 200, limits)).await;
     assert!(matches!(
-        ledger
-            .meter(&prefix, "a", 40, &limits, MAX_BATCH)
-            .await
-            .unwrap(),
-        Metered::Within(..)
+        ledger.meter(&prefix, "a", 40, ASK, &limits).await.unwrap(),
+        Metered::Allowed(..)
     ));
     let refused = ledger
         .admit(&prefix, &request("b0", 10, 10, limits))
@@ -87,10 +83,7 @@ async fn an_expired_lease_charges_what_was_metered_and_a_late_settle_adds_the_re
     // what it used beyond what the lease expiry charged (140 more output tokens), once, and
     // the request, which completed after all, is no longer counted as cut.
     assert_eq!(
-        ledger
-            .meter(&prefix, "a", 500, &limits, MAX_BATCH)
-            .await
-            .unwrap(),
+        ledger.meter(&prefix, "a", 500, ASK, &limits).await.unwrap(),
         Metered::Unknown
     );
     let late = settlement(&prefix, "a", price, a.now_ms, (100, 180), false, false);
@@ -125,10 +118,7 @@ async fn an_expired_lease_is_charged_even_if_the_user_comes_back_later() {
     let price = mock_price();
 
     admit_ok(&ledger, &prefix, &request("a", 100, 200, limits)).await;
-    ledger
-        .meter(&prefix, "a", 40, &limits, MAX_BATCH)
-        .await
-        .unwrap();
+    ledger.meter(&prefix, "a", 40, ASK, &limits).await.unwrap();
     // The replica dies; the user comes back after the open record's expiry.
     tokio::time::sleep(Duration::from_millis(62_000)).await;
     let counts = usage(&ledger, &prefix).await;

@@ -9,6 +9,7 @@
 //!   settlement adds the rest once;
 //! - [`reprice`]: a re-priced request is billed at its new price however it ends, a refused
 //!   re-price changes nothing, and the script decides as the book does;
+//! - [`org`]: the organisation's counter keeps within its cap and counts settlements once;
 //! - [`replicas`]: limits hold across replicas sharing one Redis;
 //! - [`expiry`]: every key written expires;
 //! - [`replay`]: settlements made while Redis is away are replayed once it is back;
@@ -23,6 +24,7 @@ mod book;
 mod expiry;
 mod leases;
 mod lua;
+mod org;
 mod persistence;
 mod replay;
 mod replicas;
@@ -35,14 +37,20 @@ use crate::calendar::{day_key, month_key};
 use crate::config::{Config, ModelPrice, Secret};
 use crate::pricing::{Price, PriceTable};
 use crate::telemetry::{LabelSets, Metrics};
+use crate::users::allowance::{Ask, Batch};
 use crate::users::book::AdmitRequest;
 use crate::users::limits::UserLimits;
 use crate::users::usage::Counts;
 use std::collections::BTreeMap;
 use tollgate_testkit::redis::RedisServer;
 
-/// The relay's largest meter batch, as the default config has it.
-const MAX_BATCH: u64 = 256;
+/// The relay's batch bounds, as the default config has them.
+const BATCH: Batch = Batch { min: 16, max: 256 };
+/// A report that holds no chunk, in those batches.
+const ASK: Ask = Ask {
+    needed: 0,
+    batch: BATCH,
+};
 
 /// A small deterministic RNG (SplitMix64), so every run drives the same sequence.
 struct Rng(u64);
@@ -138,6 +146,8 @@ fn request(id: &str, input: u64, max_tokens: u32, limits: UserLimits) -> AdmitRe
         stream: true,
         price: mock_price(),
         limits,
+        // No first allowance: the tests that want one meter for it.
+        batch: Batch { min: 0, max: 0 },
     }
 }
 
@@ -164,6 +174,7 @@ fn settlement(
         input_nano_usd,
         output_nano_usd,
         admitted_ms,
+        org_day: None,
     }
 }
 

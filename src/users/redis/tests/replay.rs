@@ -3,8 +3,7 @@
 //! once Redis is back, each settlement exactly once even when the timed-out call did reach it.
 
 use super::{
-    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage,
-    MAX_BATCH,
+    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage, ASK,
 };
 use crate::users::redis::Unavailable;
 use crate::users::usage::Counts;
@@ -34,10 +33,7 @@ async fn settlements_made_while_redis_is_down_are_replayed_once_it_is_back() {
     let price = mock_price();
 
     let admitted = admit_ok(&ledger, &prefix, &request("o1", 100, 200, limits)).await;
-    ledger
-        .meter(&prefix, "o1", 20, &limits, MAX_BATCH)
-        .await
-        .unwrap();
+    ledger.meter(&prefix, "o1", 20, ASK, &limits).await.unwrap();
     assert!(ledger.ready());
 
     server.stop();

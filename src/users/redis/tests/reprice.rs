@@ -5,7 +5,7 @@
 
 use super::{
     admit_ok, config_for, cost, ledger, mock_price, price_of, request, roomy_limits, settlement,
-    usage, Rng, MAX_BATCH,
+    usage, Rng, ASK,
 };
 use crate::accounting::{Outcome, Usage};
 use crate::pricing::Price;
@@ -90,10 +90,10 @@ async fn a_repriced_request_is_settled_at_its_new_price() {
     );
     assert!(matches!(
         ledger
-            .meter(&prefix, "r1", 30, &limits, MAX_BATCH)
+            .meter(&prefix, "r1", 30, ASK, &limits)
             .await
             .unwrap(),
-        Metered::Within(k, _) if k.spend_today == cost(dearer(), 100, 30)
+        Metered::Allowed(k, _) if k.spend_today == cost(dearer(), 100, 30)
     ));
     // The settlement names the admission's price (a copy that missed the re-price): the open
     // entry's price is the one billed.
@@ -165,13 +165,11 @@ async fn a_refused_reprice_leaves_the_open_entry_unchanged() {
     // a: 100 input tokens (250); b: 10 (25), then 10 output (100) and an allowance.
     admit_ok(&ledger, &prefix, &request("a", 100, 200, limits)).await;
     admit_ok(&ledger, &prefix, &request("b", 10, 200, limits)).await;
-    // Headroom 1,000 − 375 = 625: half of it over two requests, at 10 per token: 15 (150).
+    // Headroom 1,000 − 375 = 625: half of it over two requests, at 10 per token: 15, raised to
+    // the small batch, 16 (160).
     assert!(matches!(
-        ledger
-            .meter(&prefix, "b", 10, &limits, MAX_BATCH)
-            .await
-            .unwrap(),
-        Metered::Within(_, 15)
+        ledger.meter(&prefix, "b", 10, ASK, &limits).await.unwrap(),
+        Metered::Allowed(_, 16)
     ));
     let before = snapshot(&server, &ledger, &prefix).await;
     let unchanged = || snapshot(&server, &ledger, &prefix);
@@ -189,7 +187,7 @@ async fn a_refused_reprice_leaves_the_open_entry_unchanged() {
     let refused = reprice(&ledger, &prefix, "a", price_of(12_000, 1), &monthly).await;
     assert_eq!(refused, Err(NoReprice::Cap(Refusal::MonthlySpend)));
     assert_eq!(unchanged().await, before, "monthly cap");
-    // 125 + 800 ≤ 1,000 < + b's promised 150.
+    // 125 + 800 ≤ 1,000 < + b's promised 160.
     let refused = reprice(&ledger, &prefix, "a", price_of(8_000, 1), &limits).await;
     assert_eq!(refused, Err(NoReprice::Cap(Refusal::SpendInFlight)));
     assert_eq!(unchanged().await, before, "promised spend");
@@ -201,10 +199,10 @@ async fn a_refused_reprice_leaves_the_open_entry_unchanged() {
     assert_eq!(refused, Err(NoReprice::Unknown));
     assert_eq!(unchanged().await, before, "unknown");
 
-    // 125 + 725 + 150 = 1,000: exactly the cap passes.
-    let passed = reprice(&ledger, &prefix, "a", price_of(7_250, 1), &limits).await;
+    // 125 + 715 + 160 = 1,000: exactly the cap passes.
+    let passed = reprice(&ledger, &prefix, "a", price_of(7_150, 1), &limits).await;
     assert_eq!(passed, Ok(()));
-    assert_eq!(usage(&ledger, &prefix).await.spend_today_running, 850);
+    assert_eq!(usage(&ledger, &prefix).await.spend_today_running, 840);
 }
 
 /// The script and the book, fed the same admissions, meters and clock, take the same decision
@@ -230,18 +228,12 @@ async fn the_script_reprices_as_the_book_does() {
         book.admit(req, now, &org).expect("the book admits too");
     }
     // c streams and is promised an allowance, in both.
-    let Metered::Within(_, allowance) = ledger
-        .meter(&prefix, "c", 20, &limits, MAX_BATCH)
-        .await
-        .unwrap()
+    let Metered::Allowed(_, allowance) =
+        ledger.meter(&prefix, "c", 20, ASK, &limits).await.unwrap()
     else {
         panic!("c is within the caps");
     };
-    assert!(book.meter("c", 20, &limits, now, &org));
-    assert_eq!(
-        book.grant_allowance("c", &limits, &org, MAX_BATCH),
-        allowance
-    );
+    assert_eq!(book.meter("c", 20, ASK, &limits, now, &org), allowance);
     assert!(allowance > 0);
 
     let mut rng = Rng(0x0FA1_1BAC);

@@ -3,8 +3,7 @@
 //! its request once.
 
 use super::{
-    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage,
-    MAX_BATCH,
+    admit_ok, config_for, cost, ledger, mock_price, request, roomy_limits, settlement, usage, ASK,
 };
 use crate::users::outage::Known;
 use crate::users::redis::Metered;
@@ -23,11 +22,8 @@ async fn a_repeated_settlement_is_counted_once() {
     let admitted = admit_ok(&ledger, &prefix, &request("r1", 100, 200, limits)).await;
     assert_eq!(admitted.decision, Ok(200));
     assert_eq!(
-        ledger
-            .meter(&prefix, "r1", 30, &limits, MAX_BATCH)
-            .await
-            .unwrap(),
-        Metered::Within(
+        ledger.meter(&prefix, "r1", 30, ASK, &limits).await.unwrap(),
+        Metered::Allowed(
             Known {
                 tokens_running: 0,
                 spend_today: cost(price, 100, 30),
@@ -76,10 +72,7 @@ async fn a_repeated_settlement_is_counted_once() {
         }
     );
     assert_eq!(
-        ledger
-            .meter(&prefix, "r1", 5, &limits, MAX_BATCH)
-            .await
-            .unwrap(),
+        ledger.meter(&prefix, "r1", 5, ASK, &limits).await.unwrap(),
         Metered::Unknown,
         "a settled request meters nothing"
     );
