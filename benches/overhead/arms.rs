@@ -1,26 +1,16 @@
-//! The arms and the processes behind them: the mock provider (the direct arm), nginx, tollgate
-//! in memory and tollgate in Redis mode; one token per simulated user; which arms can run here;
-//! and the start of each proxy, for phases 1–3 together and fresh for each memory measurement.
+//! The arms and the proxies behind them: nginx and the gateway in each configuration
+//! (`tollgate.rs` starts those), the model each arm asks for, which arms can run here, and the
+//! start of each proxy, for phases 1–3 together and fresh for each memory measurement.
 
-use crate::process::{self, Running};
+use crate::process::Running;
 use crate::redis_side::RedisSide;
-use crate::setup::{Pinning, DRIVER_CPU, PROXY_CPU};
-use crate::{PACED_TOKENS, PACED_TPS};
+use crate::setup::{Pinning, PROXY_CPU};
+use crate::tollgate::{start_gateway, Gateway, ANTHROPIC_MODEL};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The tollgate binary built with this bench (the mock provider and the tokens always use it).
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-/// The gateway under test: this build, or the one `TOLLGATE_BIN` names (e.g. the previous
-/// commit's, to compare two builds against the same mock and nginx).
-fn gateway_bin() -> String {
-    std::env::var("TOLLGATE_BIN").unwrap_or_else(|_| BIN.to_string())
-}
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/load/nginx.conf.template");
-const SECRET: &str = "overhead-bench-secret";
-const USERS: usize = 100;
 
 /// The pid of a running proxy (for its CPU and memory).
 pub trait Pid {
@@ -31,94 +21,6 @@ impl Pid for Running {
     fn pid(&self) -> u32 {
         self.0.id()
     }
-}
-
-/// Spawns a tollgate process and returns it with the address it logged as `listen`.
-fn spawn_tollgate(
-    program: &str,
-    pin: Pinning,
-    cpu: u32,
-    args: &[&str],
-    env: &[(&str, String)],
-    ready: &str,
-) -> (Running, SocketAddr) {
-    let mut command = pin.command(cpu, program);
-    command
-        .args(args)
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let (running, listen) = process::start(command, ready, Some(&format!("{args:?}")));
-    (running, listen.parse().expect("addr"))
-}
-
-/// The mock provider, paced by default (`PACED_TOKENS` at `PACED_TPS`); the direct arm.
-pub fn start_mock(pin: Pinning) -> (Running, SocketAddr) {
-    spawn_tollgate(
-        BIN,
-        pin,
-        DRIVER_CPU,
-        &[
-            "mock-provider",
-            "--listen",
-            "127.0.0.1:0",
-            "--tokens",
-            &PACED_TOKENS.to_string(),
-            "--tokens-per-second",
-            &PACED_TPS.to_string(),
-            "--first-token-delay-ms",
-            "0",
-        ],
-        &[],
-        "mock provider is serving",
-    )
-}
-
-/// The gateway under test; with `redis_url`, the same gateway in Redis mode.
-fn start_gateway(pin: Pinning, mock: SocketAddr, redis_url: Option<&str>) -> (Running, SocketAddr) {
-    let mut env: Vec<(&str, String)> = vec![
-        ("TOLLGATE_LISTEN", "127.0.0.1:0".into()),
-        // `/metrics` on the (loopback) main listener, where the Redis arm reads it.
-        ("TOLLGATE__SERVER__METRICS_LISTEN", String::new()),
-        // The memory phase holds 10,000 streams open (the default connection cap).
-        ("TOLLGATE__SERVER__MAX_CONNECTIONS", "1000000".into()),
-        ("TOLLGATE_UPSTREAM_URL", format!("http://{mock}/v1")),
-        ("TOLLGATE_JWT_SECRET", SECRET.into()),
-        // A throughput benchmark, not a limits test: lift every per-user window and cap.
-        ("TOLLGATE__RATE__REQUESTS_PER_MINUTE", "1000000".into()),
-        ("TOLLGATE__RATE__REQUESTS_PER_DAY", "1000000000".into()),
-        ("TOLLGATE__RATE__TOKENS_PER_DAY", "1000000000000".into()),
-        ("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "1000000".into()),
-        ("TOLLGATE__COST__MAX_DAILY_USD", "1000000.0".into()),
-        ("TOLLGATE__COST__MAX_MONTHLY_USD", "1000000.0".into()),
-        // 10,000 open streams need 10,000 upstream connections (default 4096 per worker), and
-        // the held-open streams of the memory phase stall on purpose (default idle cut 10 s).
-        ("TOLLGATE__UPSTREAM__MAX_CONNECTIONS", "30000".into()),
-        ("TOLLGATE__UPSTREAM__IDLE_TIMEOUT_SECS", "600".into()),
-        ("TOLLGATE__LIMITS__DEADLINE_SECS", "600".into()),
-        // A Redis lease must outlive the deadline; start-up validates it in either mode.
-        ("TOLLGATE__REDIS__LEASE_SECS", "660".into()),
-    ];
-    if let Some(url) = redis_url {
-        env.extend([
-            ("TOLLGATE_REDIS_URL", url.to_string()),
-            // The default 50 ms is for production; a Redis sharing a busy core with the mock
-            // and the driver must not send the arm down the outage path.
-            ("TOLLGATE__REDIS__OP_TIMEOUT_MS", "1000".into()),
-        ]);
-    }
-    spawn_tollgate(
-        &gateway_bin(),
-        pin,
-        PROXY_CPU,
-        &[],
-        &env,
-        "tollgate is serving",
-    )
 }
 
 fn free_port() -> u16 {
@@ -186,15 +88,36 @@ pub enum Arm {
     Tollgate,
     /// The same gateway in Redis mode (`TOLLGATE_REDIS_URL`).
     TollgateRedis,
+    /// The same gateway relaying [`ANTHROPIC_MODEL`] from the mock's Messages API
+    /// (`format = "anthropic"`): every event translated into an OpenAI chunk.
+    TollgateAnthropic,
 }
 
 impl Arm {
+    /// Every arm, in the order of the table.
+    pub const ALL: [Arm; 5] = [
+        Arm::Direct,
+        Arm::Nginx,
+        Arm::Tollgate,
+        Arm::TollgateAnthropic,
+        Arm::TollgateRedis,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Arm::Direct => "direct",
             Arm::Nginx => "nginx",
             Arm::Tollgate => "tollgate",
             Arm::TollgateRedis => "tollgate-redis",
+            Arm::TollgateAnthropic => "tollgate-anthropic",
+        }
+    }
+
+    /// The model its requests name (the mock's knobs follow it after a `:`).
+    pub fn model(self) -> &'static str {
+        match self {
+            Arm::TollgateAnthropic => ANTHROPIC_MODEL,
+            Arm::Direct | Arm::Nginx | Arm::Tollgate | Arm::TollgateRedis => "mock-gpt",
         }
     }
 }
@@ -209,39 +132,12 @@ pub struct Target {
     pub redis_pid: Option<u32>,
 }
 
-/// One `tollgate token` per simulated user (plan `pro`, valid for an hour).
-pub fn mint_tokens() -> Vec<String> {
-    (0..USERS)
-        .map(|i| {
-            let out = Command::new(BIN)
-                .args([
-                    "token",
-                    "--sub",
-                    &format!("bench-user-{i}"),
-                    "--plan",
-                    "pro",
-                    "--ttl",
-                    "3600",
-                ])
-                .env_clear()
-                .env("TOLLGATE_JWT_SECRET", SECRET)
-                .output()
-                .expect("mint token");
-            assert!(out.status.success(), "tollgate token failed");
-            String::from_utf8(out.stdout)
-                .expect("utf8")
-                .trim()
-                .to_string()
-        })
-        .collect()
-}
-
 /// The arms in `wanted` (comma-separated names) that can run here, in the fixed order, with a
 /// line for each one skipped; starts the Redis arm's redis-server.
 pub fn choose_arms(wanted: &str, have_nginx: bool, pin: Pinning) -> (Vec<Arm>, Option<RedisSide>) {
     let mut arms = Vec::new();
     let mut redis_side = None;
-    for arm in [Arm::Direct, Arm::Nginx, Arm::Tollgate, Arm::TollgateRedis] {
+    for arm in Arm::ALL {
         if !wanted.split(',').any(|a| a.trim() == arm.name()) {
             continue;
         }
@@ -297,27 +193,33 @@ impl Launcher {
         start_nginx(self.pin, bin, &dir, self.mock, self.nginx_nofile)
     }
 
-    /// The gateway; with `redis`, the Redis arm's gateway: the same env plus
-    /// TOLLGATE_REDIS_URL and a 1 s call timeout.
-    fn gateway(&self, redis: Option<&RedisSide>) -> (Running, SocketAddr) {
-        start_gateway(
-            self.pin,
-            self.mock,
-            redis.map(|side| side.server.url()).as_deref(),
-        )
+    /// A proxy for `arm` (none for the direct arm); `tag` names nginx's directory.
+    fn start(
+        &self,
+        arm: Arm,
+        tag: &str,
+        redis_side: Option<&RedisSide>,
+    ) -> Option<(Running, SocketAddr)> {
+        let gateway = |kind| start_gateway(self.pin, self.mock, kind);
+        match arm {
+            Arm::Direct => None,
+            Arm::Nginx => Some(self.nginx(&format!("nginx-{tag}"))),
+            Arm::Tollgate => Some(gateway(Gateway::Memory)),
+            Arm::TollgateRedis => {
+                let side = redis_side.expect("redis arm without redis-server");
+                Some(gateway(Gateway::Redis(&side.server.url())))
+            }
+            Arm::TollgateAnthropic => Some(gateway(Gateway::Anthropic)),
+        }
     }
 
     /// The proxies of `arms`, which run through phases 1–3.
     pub fn start_all(&self, arms: &[Arm], redis_side: Option<&RedisSide>) -> Proxies {
-        let gateway = arms.contains(&Arm::Tollgate).then(|| self.gateway(None));
-        let redis_gateway = redis_side.map(|side| self.gateway(Some(side)));
-        let nginx = (self.nginx_bin.is_some() && arms.contains(&Arm::Nginx))
-            .then(|| self.nginx("nginx-load"));
-        Proxies {
-            nginx,
-            gateway,
-            redis_gateway,
-        }
+        Proxies(
+            arms.iter()
+                .filter_map(|&arm| Some((arm, self.start(arm, "load", redis_side)?)))
+                .collect(),
+        )
     }
 
     /// A fresh proxy for `arm` (none for the direct arm) before holding `n` streams open
@@ -329,60 +231,41 @@ impl Launcher {
         n: usize,
         redis_side: Option<&RedisSide>,
     ) -> Option<(Running, SocketAddr)> {
-        match arm {
-            Arm::Direct => None,
-            Arm::Nginx => Some(self.nginx(&format!("nginx-mem-{n}"))),
-            Arm::Tollgate => Some(self.gateway(None)),
-            Arm::TollgateRedis => {
-                let side = redis_side.expect("redis arm without redis-server");
-                side.server.cli(&["FLUSHALL"]);
-                Some(self.gateway(Some(side)))
-            }
+        if arm == Arm::TollgateRedis {
+            let side = redis_side.expect("redis arm without redis-server");
+            side.server.cli(&["FLUSHALL"]);
         }
+        self.start(arm, &format!("mem-{n}"), redis_side)
     }
 }
 
-/// The proxies of phases 1–3.
-pub struct Proxies {
-    nginx: Option<(Running, SocketAddr)>,
-    gateway: Option<(Running, SocketAddr)>,
-    redis_gateway: Option<(Running, SocketAddr)>,
-}
+/// The proxies of phases 1–3, one per arm but the direct one.
+pub struct Proxies(Vec<(Arm, (Running, SocketAddr))>);
 
 impl Proxies {
     /// One target per arm, in the order of `arms`.
     pub fn targets(&self, arms: &[Arm], mock: SocketAddr, redis_pid: Option<u32>) -> Vec<Target> {
-        let proxy = |running: &Option<(Running, SocketAddr)>, what: &str| {
-            let (process, addr) = running.as_ref().expect(what);
-            (*addr, Some(process.pid()))
-        };
         arms.iter()
             .map(|&arm| {
-                let ((addr, pid), redis_pid) = match arm {
-                    Arm::Direct => ((mock, None), None),
-                    Arm::Nginx => (proxy(&self.nginx, "nginx"), None),
-                    Arm::Tollgate => (proxy(&self.gateway, "gateway"), None),
-                    Arm::TollgateRedis => (proxy(&self.redis_gateway, "redis gateway"), redis_pid),
+                let (addr, pid) = match self.0.iter().find(|(a, _)| *a == arm) {
+                    Some((_, (process, addr))) => (*addr, Some(process.pid())),
+                    None if arm == Arm::Direct => (mock, None),
+                    None => panic!("no proxy for the {} arm", arm.name()),
                 };
                 Target {
                     arm,
                     addr,
                     pid,
-                    redis_pid,
+                    redis_pid: redis_pid.filter(|_| arm == Arm::TollgateRedis),
                 }
             })
             .collect()
     }
 
-    /// Stops nginx, then the gateway, then the Redis arm's gateway.
+    /// Stops them, in the order they started.
     pub fn stop(self) {
-        let Self {
-            nginx,
-            gateway,
-            redis_gateway,
-        } = self;
-        drop(nginx);
-        drop(gateway);
-        drop(redis_gateway);
+        for proxy in self.0 {
+            drop(proxy);
+        }
     }
 }

@@ -1,7 +1,9 @@
-//! The driver's requests: the request bytes of a stream, one stream on a fresh connection timed
-//! into [`Stats`] (time to first token, gaps between chunks, chunks and completions in a
-//! [`Window`]), and a plain `GET` for a gateway's `/readyz` and `/metrics`.
+//! The driver's requests: the request bytes of a stream (a [`Workload`] per phase, in each arm's
+//! model), one stream on a fresh connection timed into [`Stats`] (time to first token, gaps
+//! between chunks, chunks and completions in a [`Window`]), and a plain `GET` for a gateway's
+//! `/readyz` and `/metrics`.
 
+use crate::arms::Arm;
 use crate::hist::Hist;
 use crate::sse::Reader;
 use std::cell::RefCell;
@@ -167,14 +169,37 @@ fn request_bytes(model: &str, max_tokens: u32, token: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// One request per simulated user (round robin over the tokens).
-pub fn requests(model: &str, max_tokens: u32, tokens: &[String]) -> Rc<Vec<Vec<u8>>> {
-    Rc::new(
-        tokens
+/// One workload's requests, for each model the arms ask for: the same bytes but the model name.
+pub struct Workload {
+    by_model: Vec<(&'static str, Rc<Vec<Vec<u8>>>)>,
+}
+
+impl Workload {
+    /// One request per simulated user (round robin over the tokens) for each arm's model, the
+    /// mock's `knobs` (`tokens=10,tps=0`) after it.
+    pub fn new(knobs: &str, max_tokens: u32, tokens: &[String]) -> Self {
+        let mut by_model: Vec<(&'static str, Rc<Vec<Vec<u8>>>)> = Vec::new();
+        for model in Arm::ALL.map(Arm::model) {
+            if by_model.iter().all(|(m, _)| *m != model) {
+                let named = format!("{model}:{knobs}");
+                let requests = tokens
+                    .iter()
+                    .map(|t| request_bytes(&named, max_tokens, t))
+                    .collect();
+                by_model.push((model, Rc::new(requests)));
+            }
+        }
+        Self { by_model }
+    }
+
+    /// The requests `arm` sends.
+    pub fn of(&self, arm: Arm) -> &Rc<Vec<Vec<u8>>> {
+        let model = arm.model();
+        self.by_model
             .iter()
-            .map(|t| request_bytes(model, max_tokens, t))
-            .collect(),
-    )
+            .find_map(|(m, r)| (*m == model).then_some(r))
+            .expect("every arm's model has requests")
+    }
 }
 
 /// `GET path` on a fresh connection; the status code and the body (at most 5 s).

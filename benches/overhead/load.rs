@@ -44,6 +44,26 @@ impl LoadResult {
         self.redis_ticks += o.redis_ticks;
         self.proxy_cpu_ticks += o.proxy_cpu_ticks;
     }
+
+    /// The proxy's (with `mock`, the mock's) CPU per chunk relayed in the windows, in µs, with
+    /// `tck` clock ticks per second.
+    pub fn cpu_per_chunk_us(&self, tck: f64, mock: bool) -> Option<f64> {
+        let ticks = if mock {
+            self.mock_ticks
+        } else {
+            self.proxy_ticks
+        };
+        let chunks = self.stats.chunks_in_window;
+        (chunks > 0).then(|| ticks as f64 / tck * 1e6 / chunks as f64)
+    }
+
+    /// What else kept the proxy's CPU busy in the windows (the idle proxies, other processes on
+    /// the machine), in % of that CPU: a check on figures that assume the proxy had it to itself
+    /// (pinned runs only).
+    pub fn others_busy_pct(&self, tck: f64) -> Option<f64> {
+        let other = self.proxy_cpu_ticks.saturating_sub(self.proxy_ticks);
+        (self.secs > 0.0).then(|| other as f64 / tck / self.secs * 100.0)
+    }
 }
 
 /// How a load phase drives an arm: `conc` slots started over `ramp`, measured in a `window`

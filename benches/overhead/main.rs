@@ -5,8 +5,11 @@
 //! per-user limits lifted, one token per simulated user) and, for the Redis arm, a
 //! `redis-server` (`tollgate_testkit::redis`, `appendfsync everysec`) with a second `tollgate` that
 //! differs from the first only by `TOLLGATE_REDIS_URL` and a 1 s Redis call timeout (so a loaded
-//! box does not send it down the outage path). Then it drives the arms interleaved through the
-//! same mock:
+//! box does not send it down the outage path), and, for the Anthropic arm, a third `tollgate`: the
+//! first one's settings plus `[upstreams.anthropic]` (the mock's own root, `format =
+//! "anthropic"`) serving a priced `mock-claude`, which that arm's requests name, so every token
+//! comes from the mock's `/v1/messages` and goes through `StreamTranslator`. Then it drives the
+//! arms interleaved through the same mock:
 //!
 //! 1. **one stream at a time**: short unpaced streams (10 tokens, as `benches/ttft.rs`), arms
 //!    alternating stream by stream (rotated order);
@@ -28,22 +31,27 @@
 //! kept the proxy's CPU busy (a disturbed window shows there).
 //!
 //! Every stream uses a fresh loopback connection (`Connection: close`) and the same request bytes
-//! in every arm. With `PIN=1` (default when `taskset` exists and there are ≥ 2 CPUs) the proxy
-//! under test runs on CPU 1 and the mock, redis-server and this driver on CPU 0, so nginx (one
-//! worker) and either tollgate (`workers = 0` → one per available CPU = 1) each get exactly one
-//! core; Redis is part of the Redis arm's cost but not of its gateway's core.
+//! in every arm but the model name (`mock-claude` instead of `mock-gpt` in the Anthropic arm).
+//! With `PIN=1` (default when `taskset` exists and there are ≥ 2 CPUs) the proxy under test runs
+//! on CPU 1 and the mock, redis-server and this driver on CPU 0, so nginx (one worker) and each
+//! tollgate (`workers = 0` → one per available CPU = 1) get exactly one core; Redis is part of the
+//! Redis arm's cost but not of its gateway's core.
 //!
 //! Run: `load/bench.sh` (installs nginx and redis-server, raises the fd limit) or
 //! `cargo bench --bench overhead`.
 //! Knobs: ONE_STREAMS (300), CONC (1000), ROUNDS (2), WINDOW_SECS (10), SAT_CONC (50),
 //! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PIN (auto), NGINX (path), ARMS
-//! ("direct,nginx,tollgate,tollgate-redis"), TOLLGATE_BIN (the gateway binary under test; default
-//! the one built with this bench — set it to another build to compare builds against nginx). Prints figures; asserts nothing (targets are
-//! reported, not tested). The Redis arm is skipped, with a line saying so, when `redis-server` or
-//! `redis-cli` is not on `PATH` (Debian package `redis-server`).
+//! ("direct,nginx,tollgate,tollgate-anthropic,tollgate-redis"), TOLLGATE_BIN (the gateway binary
+//! under test; default the one built with this bench — set it to another build to compare builds
+//! against nginx). Prints figures; asserts nothing (targets are reported, not tested), among them
+//! the Anthropic arm's proxy CPU per chunk at saturation over the `tollgate` arm's (target
+//! ≤ 1.20: translation may not cost more than 20 % CPU per relayed token). The Redis arm is
+//! skipped, with a line saying so, when `redis-server` or `redis-cli` is not on `PATH` (Debian
+//! package `redis-server`).
 //!
-//! The driver's files: `setup.rs` (knobs, machine, CPU pinning), `arms.rs` (the processes behind
-//! each arm), `client.rs` and `sse.rs` (one stream), `load.rs` (many streams, held-open streams),
+//! The driver's files: `setup.rs` (knobs, machine, CPU pinning), `tollgate.rs` (the mock, the
+//! tokens and each gateway's configuration), `arms.rs` (the arms and the proxies behind them),
+//! `client.rs` and `sse.rs` (one stream), `load.rs` (many streams, held-open streams),
 //! `phases.rs` (the four phases), `redis_side.rs` (the Redis arm's redis-server), `measure.rs`
 //! (`/proc`), `hist.rs` (latency histograms) and `report.rs` (the table and the targets).
 
@@ -62,12 +70,14 @@ mod redis_side;
 mod report;
 mod setup;
 mod sse;
+mod tollgate;
 
-use arms::{choose_arms, mint_tokens, start_mock, Launcher, Pid};
+use arms::{choose_arms, Launcher, Pid};
 use phases::Run;
 use report::print_table;
 use setup::{find_in_path, Knobs, Machine, Pinning};
 use std::time::Instant;
+use tollgate::{mint_tokens, start_mock};
 
 /// Paced streams: the mock's flags, and the knobs in the model name (both, to be explicit).
 const PACED_TOKENS: u32 = 50;
@@ -100,12 +110,12 @@ fn main() {
         let targets = proxies.targets(&arms, mock_addr, redis_pid);
         let mut run = Run::new(
             &knobs,
-            machine.nofile,
+            &machine,
+            pin,
             mock_pid,
             &tokens,
             targets,
             redis_side.as_mut(),
-            started,
         );
         run.print_addresses(mock_addr);
         run.warm_up().await;

@@ -2,16 +2,15 @@
 //! for the Redis arm also the Redis commands the phase cost and the gateway's health after it.
 
 use crate::arms::{Arm, Launcher, Pid, Target};
-use crate::client::{one_stream, requests, Stats, Window};
+use crate::client::{one_stream, Stats, Window, Workload};
 use crate::load::{hold_open, run_load, LoadPlan, LoadResult, MemResult};
 use crate::redis_side::RedisSide;
 use crate::report::{fmt, ArmReport};
-use crate::setup::Knobs;
+use crate::setup::{Knobs, Machine, Pinning};
 use crate::{PACED_TOKENS, PACED_TPS};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// What the phases share, and the reports they fill.
@@ -19,6 +18,10 @@ pub struct Run<'a> {
     knobs: &'a Knobs,
     /// The driver's open-file limit (caps phase 4).
     nofile: u64,
+    /// Clock ticks per second (the CPU figures of each round).
+    tck: f64,
+    /// Whether the proxy has a CPU of its own (else nothing is said of what else ran on it).
+    pinned: bool,
     mock_pid: u32,
     /// One per simulated user.
     tokens: &'a [String],
@@ -29,7 +32,7 @@ pub struct Run<'a> {
     /// The Redis arm's place in `targets` and `reports`.
     redis_index: Option<usize>,
     /// One short unpaced stream per user: the warm-ups.
-    short: Rc<Vec<Vec<u8>>>,
+    short: Workload,
     /// A window that never closes: every stream counts.
     forever: Window,
 }
@@ -40,7 +43,7 @@ struct LoadPhase {
     number: usize,
     /// Its name in the Redis tallies.
     name: String,
-    requests: Rc<Vec<Vec<u8>>>,
+    requests: Workload,
     plan: LoadPlan,
     /// Where an arm's results go.
     result: fn(&mut ArmReport) -> &mut Option<LoadResult>,
@@ -49,13 +52,14 @@ struct LoadPhase {
 impl<'a> Run<'a> {
     pub fn new(
         knobs: &'a Knobs,
-        nofile: u64,
+        machine: &Machine,
+        pin: Pinning,
         mock_pid: u32,
         tokens: &'a [String],
         targets: Vec<Target>,
         redis_side: Option<&'a mut RedisSide>,
-        started: Instant,
     ) -> Self {
+        let started = Instant::now();
         let reports = targets
             .iter()
             .map(|t| (t.arm, ArmReport::default()))
@@ -63,14 +67,16 @@ impl<'a> Run<'a> {
         let redis_index = targets.iter().position(|t| t.arm == Arm::TollgateRedis);
         Self {
             knobs,
-            nofile,
+            nofile: machine.nofile,
+            tck: machine.tck,
+            pinned: pin.taskset.is_some(),
             mock_pid,
             tokens,
             targets,
             reports,
             redis_side,
             redis_index,
-            short: requests("mock-gpt:tokens=5,tps=0,delay_ms=0", 64, tokens),
+            short: Workload::new("tokens=5,tps=0,delay_ms=0", 64, tokens),
             forever: Window {
                 start: started,
                 end: started + Duration::from_secs(86_400),
@@ -94,7 +100,7 @@ impl<'a> Run<'a> {
     pub async fn warm_up(&self) {
         for t in &self.targets {
             let scratch = RefCell::new(Stats::new());
-            for r in self.short.iter() {
+            for r in self.short.of(t.arm).iter() {
                 let limit = Duration::from_secs(10);
                 if let Err(e) = one_stream(t.addr, r, &scratch, self.forever, limit).await {
                     panic!("warm-up through {} failed: {e}", t.arm.name());
@@ -116,7 +122,7 @@ impl<'a> Run<'a> {
     pub async fn one_stream_at_a_time(&mut self) {
         let one_streams = self.knobs.one_streams;
         println!("phase 1: {one_streams} streams per arm, one at a time (10 tokens, unpaced)");
-        let one = requests("mock-gpt:tokens=10,tps=0,delay_ms=0", 64, self.tokens);
+        let one = Workload::new("tokens=10,tps=0,delay_ms=0", 64, self.tokens);
         let targets = &self.targets;
         let one_stats: Vec<RefCell<Stats>> =
             targets.iter().map(|_| RefCell::new(Stats::new())).collect();
@@ -127,7 +133,8 @@ impl<'a> Run<'a> {
             for j in 0..targets.len() {
                 let k = (i + j) % targets.len();
                 let t = &targets[k];
-                let (request, limit) = (&one[i % one.len()], Duration::from_secs(10));
+                let requests = one.of(t.arm);
+                let (request, limit) = (&requests[i % requests.len()], Duration::from_secs(10));
                 match one_stream(t.addr, request, &one_stats[k], self.forever, limit).await {
                     Ok(d) => ttft[k] = Some(d.as_secs_f64() * 1e3),
                     Err(e) => one_stats[k].borrow_mut().error(e),
@@ -173,8 +180,8 @@ impl<'a> Run<'a> {
         let phase = LoadPhase {
             number: 2,
             name: format!("phase 2: {conc} paced streams"),
-            requests: requests(
-                &format!("mock-gpt:tokens={PACED_TOKENS},tps={PACED_TPS},delay_ms=0"),
+            requests: Workload::new(
+                &format!("tokens={PACED_TOKENS},tps={PACED_TPS},delay_ms=0"),
                 PACED_TOKENS + 16,
                 self.tokens,
             ),
@@ -206,7 +213,7 @@ impl<'a> Run<'a> {
         let phase = LoadPhase {
             number: 3,
             name: "phase 3: saturation".to_string(),
-            requests: requests("mock-gpt:tokens=2000,tps=0,delay_ms=0", 4096, self.tokens),
+            requests: Workload::new("tokens=2000,tps=0,delay_ms=0", 4096, self.tokens),
             plan: LoadPlan {
                 conc: sat_conc,
                 ramp: Duration::from_millis(200),
@@ -227,17 +234,25 @@ impl<'a> Run<'a> {
                 let k = (round + j) % self.targets.len();
                 let t = &self.targets[k];
                 let redis_before = self.redis_calls(t.arm);
-                let r = run_load(t, self.mock_pid, &phase.requests, &phase.plan).await;
+                let requests = phase.requests.of(t.arm);
+                let r = run_load(t, self.mock_pid, requests, &phase.plan).await;
                 if let (Some(side), Some(before)) = (self.redis_side.as_deref_mut(), redis_before) {
                     side.count(&phase.name, &before, r.stats.completed, r.stats.sent);
                 }
+                let proxied = |v: Option<f64>| v.filter(|_| t.pid.is_some());
                 println!(
-                    "  round {} {:<14} {:>9.0} chunks/s {:>7.1} streams/s  ttft p99 {} ms  errors {}",
+                    "  round {} {:<18} {:>9.0} chunks/s {:>7.1} streams/s  ttft p99 {} ms  \
+                     proxy CPU {} µs/chunk ({} % of its CPU busy besides)  errors {}",
                     round + 1,
                     t.arm.name(),
                     r.stats.chunks_in_window as f64 / r.secs,
                     r.stats.completed_in_window as f64 / r.secs,
                     fmt(r.stats.ttft.ms(99.0), 3),
+                    fmt(proxied(r.cpu_per_chunk_us(self.tck, false)), 2),
+                    fmt(
+                        proxied(r.others_busy_pct(self.tck)).filter(|_| self.pinned),
+                        0
+                    ),
                     r.stats.errors
                 );
                 (phase.result)(&mut self.reports[k].1)
@@ -254,8 +269,8 @@ impl<'a> Run<'a> {
     /// Phase 4: for each N in `MEM_STREAMS` and each proxy, a fresh proxy holding N streams open
     /// (the mock stalls after the first token); its RSS per open stream.
     pub async fn memory(&mut self, launcher: &Launcher) {
-        let stall = requests(
-            "mock-gpt:tokens=100,tps=0,delay_ms=0,fault=stall@1",
+        let stall = Workload::new(
+            "tokens=100,tps=0,delay_ms=0,fault=stall@1",
             128,
             self.tokens,
         );
@@ -282,18 +297,18 @@ impl<'a> Run<'a> {
         &mut self,
         launcher: &Launcher,
         arm: Arm,
-        stall: &Rc<Vec<Vec<u8>>>,
+        stall: &Workload,
         n: usize,
     ) -> Option<MemResult> {
         let (proxy, addr) = launcher.start_fresh(arm, n, self.redis_side.as_deref())?;
         let redis_before = self.redis_calls(arm);
         let scratch = RefCell::new(Stats::new());
-        for r in self.short.iter() {
+        for r in self.short.of(arm).iter() {
             let _ = one_stream(addr, r, &scratch, self.forever, Duration::from_secs(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         println!("phase 4: {} with {n} open streams", arm.name());
-        let m = hold_open(addr, proxy.pid(), stall, n).await;
+        let m = hold_open(addr, proxy.pid(), stall.of(arm), n).await;
         println!(
             "    open {} of {} in {:.1} s (errors {}, closed early {}); RSS {} → {} KiB: {} KiB per open stream",
             m.open,

@@ -1,5 +1,5 @@
-//! The report: the table of figures per arm with the ratio columns, and the targets of issue 7
-//! (reported, not asserted).
+//! The report: the table of figures per arm with the ratio columns, the targets of issue 7, and
+//! the Anthropic arm's CPU per chunk against the OpenAI arm's (reported, not asserted).
 
 use crate::arms::Arm;
 use crate::client::Stats;
@@ -40,6 +40,7 @@ pub fn print_table(reports: &[(Arm, ArmReport)], knobs: &Knobs, tck: f64, pinned
     let rows = figure_rows(reports, knobs, tck, pinned);
     print_figures(reports, &rows);
     print_targets(reports, knobs.conc);
+    print_translation_cost(reports, tck);
 }
 
 /// The report of `arm`, when it ran.
@@ -109,12 +110,7 @@ fn figure_rows<'a>(
     } = *knobs;
     let direct = report_of(reports, Arm::Direct);
     let cpu_per_chunk_us = move |r: &Option<LoadResult>, mock: bool| {
-        r.as_ref()
-            .filter(|r| r.stats.chunks_in_window > 0)
-            .map(|r| {
-                let ticks = if mock { r.mock_ticks } else { r.proxy_ticks };
-                ticks as f64 / tck * 1e6 / r.stats.chunks_in_window as f64
-            })
+        r.as_ref().and_then(|r| r.cpu_per_chunk_us(tck, mock))
     };
     let busy = move |r: &Option<LoadResult>, mock: bool| {
         r.as_ref().filter(|r| r.secs > 0.0).map(|r| {
@@ -124,10 +120,9 @@ fn figure_rows<'a>(
     // What else ran on the proxy's CPU (the idle proxies, other processes on the machine):
     // a check on the figures above, which assume the proxy had that core to itself.
     let intruders = move |r: &Option<LoadResult>| {
-        r.as_ref().filter(|r| pinned && r.secs > 0.0).map(|r| {
-            let other = r.proxy_cpu_ticks.saturating_sub(r.proxy_ticks);
-            other as f64 / tck / r.secs * 100.0
-        })
+        r.as_ref()
+            .filter(|_| pinned)
+            .and_then(|r| r.others_busy_pct(tck))
     };
     // redis-server's CPU, charged to the Redis arm only (it sits on the mock's CPU).
     let redis_cpu = move |arm: Arm, r: &Option<LoadResult>, per_chunk: bool| {
@@ -367,14 +362,29 @@ fn print_figures(reports: &[(Arm, ArmReport)], rows: &[Row]) {
         (Arm::TollgateRedis, Arm::Direct, "tgR÷direct"),
         (Arm::TollgateRedis, Arm::Nginx, "tgR÷nginx"),
         (Arm::TollgateRedis, Arm::Tollgate, "tgR÷tg"),
+        (Arm::TollgateAnthropic, Arm::Tollgate, "tgA÷tg"),
     ];
+    // Only the ratios of two arms that ran.
+    let ran = |arm: Arm| reports.iter().any(|(a, _)| *a == arm);
+    let ratios: Vec<_> = ratios
+        .into_iter()
+        .filter(|(arm, against, _)| ran(*arm) && ran(*against))
+        .collect();
     println!();
-    println!("tg = tollgate (in-memory state), tgR = tollgate-redis (TOLLGATE_REDIS_URL)");
+    println!(
+        "tg = tollgate (in-memory state), tgR = tollgate-redis (TOLLGATE_REDIS_URL), \
+         tgA = tollgate-anthropic (the same as tg, relaying an Anthropic-format provider)"
+    );
+    // A column as wide as the longest arm name needs.
+    let width = reports
+        .iter()
+        .map(|(arm, _)| arm.name().len() + 2)
+        .fold(15, usize::max);
     let mut header = format!("{:<50}", "figure");
     for (arm, _) in reports {
-        header.push_str(&format!("{:>15}", arm.name()));
+        header.push_str(&format!("{:>width$}", arm.name()));
     }
-    for (_, _, name) in ratios {
+    for (_, _, name) in &ratios {
         header.push_str(&format!("{name:>12}"));
     }
     println!("{header}");
@@ -385,13 +395,13 @@ fn print_figures(reports: &[(Arm, ArmReport)], rows: &[Row]) {
         for (arm, r) in reports {
             let v = f(*arm, r);
             values.push((*arm, v));
-            line.push_str(&format!("{:>15}", fmt(v, *digits)));
+            line.push_str(&format!("{:>width$}", fmt(v, *digits)));
         }
         let value = |arm: Arm| values.iter().find(|(a, _)| *a == arm).and_then(|(_, v)| *v);
         // Ratios of added TTFT against another proxy's added TTFT are meaningful; against
         // direct (added = 0 by definition) not, nor when either is negative (noise).
         let is_added = label.starts_with("added");
-        for (arm, against, _) in ratios {
+        for &(arm, against, _) in &ratios {
             let wanted = if against == Arm::Direct {
                 *ratio && !is_added
             } else {
@@ -413,7 +423,7 @@ fn print_targets(reports: &[(Arm, ArmReport)], conc: usize) {
     println!("targets (issue 7; reported, not asserted):");
     let d_many = |p: f64| report_of(reports, Arm::Direct).and_then(|d| load_ms(&d.many, p, false));
     let ng = report_of(reports, Arm::Nginx);
-    for arm in [Arm::Tollgate, Arm::TollgateRedis] {
+    for arm in [Arm::Tollgate, Arm::TollgateAnthropic, Arm::TollgateRedis] {
         let Some(tg) = report_of(reports, arm) else {
             continue;
         };
@@ -444,4 +454,36 @@ fn print_targets(reports: &[(Arm, ArmReport)], conc: usize) {
             );
         }
     }
+}
+
+/// The Anthropic arm's translation cost: its proxy CPU per relayed chunk over the OpenAI arm's.
+fn print_translation_cost(reports: &[(Arm, ArmReport)], tck: f64) {
+    let (Some(tg), Some(tga)) = (
+        report_of(reports, Arm::Tollgate),
+        report_of(reports, Arm::TollgateAnthropic),
+    ) else {
+        return;
+    };
+    let per_chunk = |r: &ArmReport, sat: bool| {
+        let phase = if sat { &r.sat } else { &r.many };
+        phase
+            .as_ref()
+            .and_then(|p| p.cpu_per_chunk_us(tck, false))
+            .filter(|v| *v > 0.0)
+    };
+    let ratio = |sat: bool| {
+        per_chunk(tga, sat)
+            .zip(per_chunk(tg, sat))
+            .map(|(a, o)| a / o)
+    };
+    println!();
+    println!("translation cost (Anthropic provider; reported, not asserted):");
+    println!(
+        "  proxy CPU per chunk at saturation, tollgate-anthropic ÷ tollgate ≤ 1.20: \
+         {} µs ÷ {} µs = {} × (paced: {} ×)",
+        fmt(per_chunk(tga, true), 2),
+        fmt(per_chunk(tg, true), 2),
+        fmt(ratio(true), 2),
+        fmt(ratio(false), 2)
+    );
 }

@@ -5,6 +5,9 @@ use crate::measure::{clk_tck, nofile_soft_limit};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+/// The arms run when `ARMS` is not set.
+const DEFAULT_ARMS: &str = "direct,nginx,tollgate,tollgate-anthropic,tollgate-redis";
+
 /// The env knobs (listed at the top of `main.rs`), with their defaults.
 pub struct Knobs {
     /// Phase 1: streams per arm.
@@ -41,8 +44,7 @@ impl Knobs {
                 .split(',')
                 .filter_map(|v| v.trim().parse().ok())
                 .collect(),
-            arms: std::env::var("ARMS")
-                .unwrap_or_else(|_| "direct,nginx,tollgate,tollgate-redis".into()),
+            arms: std::env::var("ARMS").unwrap_or_else(|_| DEFAULT_ARMS.into()),
             pin: std::env::var("PIN").map_or(true, |v| v != "0"),
             nginx: std::env::var("NGINX").unwrap_or_else(|_| "nginx".into()),
         }
