@@ -7,6 +7,7 @@
 #   SECONDS_EACH=20 fuzz/run.sh sse_parser jwt
 #   RUNS=10000000 fuzz/run.sh anthropic_events   # a fixed number of executions instead
 #   MAX_LEN=65536 fuzz/run.sh chat_request       # longer inputs (default 4096 bytes)
+#   FUZZ_DEV=1 fuzz/run.sh      # unoptimised build: builds in half the time, runs slower (CI)
 #
 # No sanitizer (`-s none`): tollgate forbids unsafe code, so ASan adds cost and finds nothing a
 # panic, a hang (-timeout) or an allocation past -rss_limit_mb would not. New corpus entries are
@@ -44,7 +45,7 @@ for target in "${TARGETS[@]}"; do
     [[ -n "${RUNS:-}" ]] && limit=(-runs="$RUNS")
     log="$(mktemp)"
     echo "== $target" >&2
-    if cargo "${TOOLCHAIN[@]}" fuzz run -s none "$target" "$corpus" -- \
+    if cargo "${TOOLCHAIN[@]}" fuzz run -s none ${FUZZ_DEV:+--dev} "$target" "$corpus" -- \
         "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -max_len="${MAX_LEN:-4096}" -print_final_stats=1 \
         >"$log" 2>&1; then
         execs="$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')"
