@@ -17,13 +17,15 @@
 //! Everything here runs in time linear in its input (finite-automaton regexes under size limits,
 //! Aho-Corasick for phrases).
 
+pub mod classifier;
 pub mod input;
 pub mod normalize;
 pub mod output;
 mod rules;
 
 pub use input::{
-    InjectionDetector, InjectionScore, Rule, RulePattern, DEFAULT_THRESHOLD, MIN_BASE64_LEN,
+    InjectionDetector, InjectionScore, Rule, RulePattern, CLASSIFIER_ID, DEFAULT_THRESHOLD,
+    MIN_BASE64_LEN,
 };
 pub use normalize::normalize;
 pub use output::{

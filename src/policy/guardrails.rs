@@ -36,7 +36,7 @@ pub struct OutputPlan {
 impl Guardrails {
     /// Compiles the built-in rules under `config`.
     pub fn new(config: &GuardrailsConfig) -> Result<Self, String> {
-        let detector = InjectionDetector::new(InjectionDetector::default_rules())?;
+        let detector = InjectionDetector::builtin()?;
         let mut base_output_rules = Vec::new();
         if config.output_secrets == GuardAction::Block {
             base_output_rules.extend(default_secret_rules());
