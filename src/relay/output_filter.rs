@@ -191,6 +191,14 @@ impl OutputFilter {
         Ok(out)
     }
 
+    /// Characters this reply's scanners released later than they arrived, over every text.
+    pub fn delayed_chars(&self) -> usize {
+        self.scanners
+            .values()
+            .map(StreamScanner::delayed_chars)
+            .sum()
+    }
+
     /// Scans one whole (non-streamed) text with a fresh scanner: the text to return, or the
     /// safe prefix and the rule.
     pub fn scan_whole(&self, text: &str) -> Result<String, (String, RuleHit)> {
