@@ -854,11 +854,43 @@ mod tests {
         assert!(recall >= PINNED_OBFUSCATED_RECALL, "{recall:.3}");
     }
 
+    /// The whole check (rules and classifier) on a 4,000-character message, the longest the
+    /// default limits let through: at most 1 ms in a release build (the fastest of 20 runs, so a
+    /// busy machine does not fail it); a debug build only has to stay linear-ish (30 ms).
+    #[test]
+    fn a_4000_character_message_is_scanned_within_a_millisecond() {
+        let d = InjectionDetector::builtin().unwrap();
+        let rows = fixture_rows("heldout.jsonl");
+        let mut message = String::new();
+        for (text, _, _) in rows.iter().cycle() {
+            if message.len() >= 4000 {
+                break;
+            }
+            message.push_str(text);
+            message.push('\n');
+        }
+        let message: String = message.chars().take(4000).collect();
+        let fastest = (0..20)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(d.scan(std::hint::black_box(&message)));
+                start.elapsed()
+            })
+            .min()
+            .unwrap();
+        let bound = if cfg!(debug_assertions) { 30 } else { 1 };
+        println!("4,000 chars of held-out text: {fastest:?}");
+        assert!(
+            fastest <= std::time::Duration::from_millis(bound),
+            "{fastest:?}"
+        );
+    }
+
     /// Rough timing for the README: `cargo test --release -- --ignored --nocapture scan_timing`.
     #[test]
     #[ignore = "timing report, not a pass/fail test"]
     fn scan_timing() {
-        let d = detector();
+        let d = InjectionDetector::builtin().unwrap();
         let base = "Could you help me plan a week of vegetarian meals with a shopping list? ";
         let mut message = String::new();
         while message.len() < 4000 {

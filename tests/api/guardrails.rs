@@ -352,4 +352,11 @@ async fn the_canary_is_injected_by_default() {
     let first = &request.body["messages"][0];
     assert_eq!(first["role"], "system");
     assert!(first["content"].as_str().unwrap().contains("cnry-"));
+    // It is input like any other: estimated, admitted and billed with the prompt.
+    let logs = app.wait_for_logs(1).await;
+    assert!(
+        logs[0]["input_tokens_estimated"].as_u64().unwrap() >= 20,
+        "{}",
+        logs[0]
+    );
 }
