@@ -225,21 +225,14 @@ impl StreamScanner {
                         rule.id
                     ));
                 }
-                let joined = visible
+                // Found anywhere, glued to other text too: a literal is held only from its first
+                // character, so choose literals whose first letter rarely ends a chunk (the
+                // canary starts with `q`).
+                let pattern = visible
                     .iter()
                     .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
                     .collect::<Vec<_>>()
                     .join(&format!("{INVISIBLE_CLASS}*"));
-                // A literal that starts with a word character must start a word: only then can
-                // ordinary text ending in its first letter stream on without waiting.
-                let starts_word = visible
-                    .first()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_');
-                let pattern = if starts_word {
-                    format!(r"(?-u:\b){joined}")
-                } else {
-                    joined
-                };
                 self.literal_hold = self.literal_hold.max(visible.len() - 1);
                 (pattern, true, Window::Literal { len: visible.len() }, None)
             }
@@ -692,12 +685,15 @@ pub fn canary_rule(canary: &str) -> OutputRule {
     }
 }
 
-/// A fresh canary: `cnry-` followed by 16 random hex characters (64 bits from a v4 UUID).
+/// A fresh canary: `qzcn-` followed by 16 random hex characters (64 bits from a v4 UUID). It
+/// starts with `q`, the letter that least often ends an English word, because the scanner holds
+/// a chunk that ends in the canary's first letters (`q`, `qz`, …) until the next character: with
+/// `q` that almost never happens to ordinary text.
 pub fn new_canary() -> String {
     let bits = uuid::Uuid::new_v4().as_u128();
     // Fold the halves so the UUID's fixed version and variant bits are mixed with random ones.
     let folded = (bits >> 64) as u64 ^ bits as u64;
-    format!("cnry-{folded:016x}")
+    format!("qzcn-{folded:016x}")
 }
 
 #[cfg(test)]
@@ -773,7 +769,7 @@ mod tests {
         let start = std::time::Instant::now();
         for _ in 0..1000 {
             let mut s = template.clone();
-            s.add_rule(canary_rule("cnry-0000000000000001")).ok();
+            s.add_rule(canary_rule("qzcn-0000000000000001")).ok();
             std::hint::black_box(s);
         }
         println!("clone template + add canary: {:?}", start.elapsed() / 1000);
@@ -809,7 +805,7 @@ mod tests {
         text.chars().map(String::from).collect()
     }
 
-    const CANARY: &str = "cnry-7f3a9c1e0b2d4e6f";
+    const CANARY: &str = "qzcn-7f3a9c1e0b2d4e6f";
 
     #[test]
     fn new_canary_shape() {
@@ -817,7 +813,7 @@ mod tests {
         let b = new_canary();
         assert_ne!(a, b);
         assert_eq!(a.len(), 21);
-        assert!(a.starts_with("cnry-"));
+        assert!(a.starts_with("qzcn-"));
         assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
     }
 
@@ -882,12 +878,12 @@ mod tests {
     fn canary_in_three_chunks_with_zero_width_and_at_the_end() {
         let (released, blocked) = run(
             vec![canary_rule(CANARY)],
-            &["leak: CNRY", "-7f3a", "9c1e0b2d4e6f"],
+            &["leak: QZCN", "-7f3a", "9c1e0b2d4e6f"],
         );
         assert_eq!(blocked.as_deref(), Some("canary"));
         assert_eq!(released, "leak: ");
 
-        let sneaky = "cn\u{200B}ry-7f3a\u{200D}9c1e0b2d\u{FEFF}4e6f";
+        let sneaky = "qz\u{200B}cn-7f3a\u{200D}9c1e0b2d\u{FEFF}4e6f";
         let (released, blocked) = run(vec![canary_rule(CANARY)], &["x ", sneaky]);
         assert_eq!(blocked.as_deref(), Some("canary"));
         assert_eq!(released, "x ");
@@ -1095,7 +1091,7 @@ mod tests {
     /// Fragments that make matches likely, including pieces of every pattern.
     fn fragment() -> impl Strategy<Value = String> {
         prop_oneof![
-            Just("cnry-".to_string()),
+            Just("qzcn-".to_string()),
             Just("7f3a9c1e".to_string()),
             Just("0b2d4e6f".to_string()),
             Just("\u{200B}".to_string()),
@@ -1149,7 +1145,7 @@ mod tests {
     }
 
     static TEMPLATE: std::sync::LazyLock<StreamScanner> = std::sync::LazyLock::new(|| {
-        StreamScanner::new(all_rules("cnry-7f3a9c1e0b2d4e6f")).unwrap()
+        StreamScanner::new(all_rules("qzcn-7f3a9c1e0b2d4e6f")).unwrap()
     });
 
     proptest! {
@@ -1171,7 +1167,7 @@ mod tests {
 
             // Nothing a Block rule matches is ever released (canary also with zero-widths removed).
             let visible: String = streamed.chars().filter(|&c| !is_invisible(c)).collect();
-            prop_assert!(!visible.to_lowercase().contains("cnry-7f3a9c1e0b2d4e6f"));
+            prop_assert!(!visible.to_lowercase().contains("qzcn-7f3a9c1e0b2d4e6f"));
             for rule in default_secret_rules() {
                 if let OutputPattern::Regex { regex, .. } = &rule.pattern {
                     let re = regex::Regex::new(regex).unwrap();
