@@ -562,11 +562,12 @@ fn block_regex(id: &str, regex: &str, max_len: usize) -> OutputRule {
 }
 
 /// Secret patterns, all `Block`. Each matches a distinctive prefix of the secret (enough to be
-/// sure, short enough to bound the window): OpenAI keys (`sk-` + 20, `sk-proj-` / `sk-svcacct-`
-/// / `sk-admin-` + 20), Anthropic keys (`sk-ant-api03-` + 16), AWS access key ids (`AKIA`/`ASIA`
-/// + 16), private-key headers (`BEGIN … PRIVATE KEY`: the dashes before it may go out), GitHub
-/// tokens (`ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` + 20, `github_pat_` + 20), Slack tokens (`xoxb-` …
-/// + 10) and JWTs (`eyJ` header, `.eyJ`, 8 payload characters; headers up to 180 characters).
+/// sure, short enough to bound the window): OpenAI keys (`sk-` and 20 more, or `sk-proj-`,
+/// `sk-svcacct-`, `sk-admin-` and 20 more), Anthropic keys (`sk-ant-api03-` and 16 more), AWS
+/// access key ids (`AKIA`/`ASIA` and 16 more), private-key headers (`BEGIN … PRIVATE KEY`: the
+/// dashes before it may go out), GitHub tokens (`ghp_`/`gho_`/`ghu_`/`ghs_`/`ghr_` or
+/// `github_pat_` and 20 more), Slack tokens (`xoxb-` … and 10 more) and JWTs (an `eyJ` header of
+/// up to 180 characters, `.eyJ`, 8 payload characters).
 ///
 /// Every one must start a word (`(?-u:\b)`: the character before is not a letter, digit or
 /// `_`). That is what makes scanning free on ordinary text: a word that merely ends in `s`, `A`
