@@ -31,8 +31,9 @@ pub use input::{
 };
 pub use normalize::normalize;
 pub use output::{
-    canary_rule, default_secret_rules, luhn_valid, new_canary, pii_redaction_rules, OutputAction,
-    OutputPattern, OutputRule, RuleHit, ScanOutput, StreamScanner, Validator,
+    canary_family_rule, canary_rule, default_secret_rules, luhn_valid, new_canary,
+    pii_redaction_rules, OutputAction, OutputPattern, OutputRule, RuleHit, ScanOutput,
+    StreamScanner, Validator,
 };
 
 /// What a guardrail checks for (the `check` label of `tollgate_guardrail_events_total`).

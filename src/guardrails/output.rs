@@ -81,6 +81,10 @@ pub enum OutputPattern {
         /// Longest match, in characters (1..=[`MAX_PATTERN_CHARS`]).
         max_len: usize,
     },
+    /// A marker: `prefix` followed by `hex_digits` hexadecimal digits, matched like a
+    /// [`Literal`](Self::Literal) (case-insensitive, invisible characters allowed in between).
+    /// One compiled rule catches every canary of a family, so nothing is compiled per request.
+    Marker { prefix: String, hex_digits: usize },
     /// Like [`Regex`](Self::Regex), but a match counts only if `check` accepts its text; a
     /// rejected match is no match at that position.
     Checked {
@@ -214,12 +218,26 @@ impl StreamScanner {
             return Err(format!("output rule {}: duplicate id", rule.id));
         }
         let (pattern, case_insensitive, window, validate) = match &rule.pattern {
-            OutputPattern::Literal(text) => {
-                let visible: Vec<char> = text.chars().filter(|&c| !is_invisible(c)).collect();
-                if visible.is_empty() {
+            OutputPattern::Literal(_) | OutputPattern::Marker { .. } => {
+                // Each atom is one visible character (escaped) or class.
+                let atoms: Vec<String> = match &rule.pattern {
+                    OutputPattern::Marker { prefix, hex_digits } => prefix
+                        .chars()
+                        .filter(|&c| !is_invisible(c))
+                        .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
+                        .chain(std::iter::repeat_n("[0-9a-f]".to_string(), *hex_digits))
+                        .collect(),
+                    OutputPattern::Literal(text) => text
+                        .chars()
+                        .filter(|&c| !is_invisible(c))
+                        .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if atoms.is_empty() {
                     return Err(format!("output rule {}: empty literal", rule.id));
                 }
-                if visible.len() > MAX_PATTERN_CHARS {
+                if atoms.len() > MAX_PATTERN_CHARS {
                     return Err(format!(
                         "output rule {}: literal longer than {MAX_PATTERN_CHARS} characters",
                         rule.id
@@ -228,13 +246,9 @@ impl StreamScanner {
                 // Found anywhere, glued to other text too: a literal is held only from its first
                 // character, so choose literals whose first letter rarely ends a chunk (the
                 // canary starts with `q`).
-                let pattern = visible
-                    .iter()
-                    .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
-                    .collect::<Vec<_>>()
-                    .join(&format!("{INVISIBLE_CLASS}*"));
-                self.literal_hold = self.literal_hold.max(visible.len() - 1);
-                (pattern, true, Window::Literal { len: visible.len() }, None)
+                let pattern = atoms.join(&format!("{INVISIBLE_CLASS}*"));
+                self.literal_hold = self.literal_hold.max(atoms.len() - 1);
+                (pattern, true, Window::Literal { len: atoms.len() }, None)
             }
             OutputPattern::Regex { regex, max_len }
             | OutputPattern::Checked { regex, max_len, .. } => {
@@ -306,6 +320,23 @@ impl StreamScanner {
     /// what scanning cost in delay (0 for a reply in which nothing could begin a match).
     pub fn delayed_chars(&self) -> usize {
         self.delayed_chars
+    }
+
+    /// Runs a sample of ordinary text (every printable ASCII character, and the first letters of
+    /// each rule) through a copy, keeping the automata states it built: clones of a warmed
+    /// template start with them instead of building them on a reply's first characters.
+    pub fn warm_up(&mut self) {
+        let mut probe = self.clone();
+        let printable: String = (' '..='~').collect();
+        let sample = format!(
+            "{printable}\nThe quick brown fox, 42 times; see https://example.com/a?b=c. \
+             sk ghp xoxb AKIA ASIA eyJ BEGIN qz Q\n{printable}"
+        );
+        for piece in sample.split_inclusive(' ') {
+            let _ = probe.push(piece);
+        }
+        let _ = probe.finish();
+        self.caches = probe.caches;
     }
 
     /// Whether a `Block` rule has matched.
@@ -676,7 +707,27 @@ pub fn luhn_valid(text: &str) -> bool {
     sum % 10 == 0
 }
 
-/// A `Block` rule for a per-request canary (id `canary`).
+/// The prefix of every canary [`new_canary`] makes.
+pub const CANARY_PREFIX: &str = "qzcn-";
+/// Hex digits after [`CANARY_PREFIX`].
+pub const CANARY_HEX_DIGITS: usize = 16;
+
+/// A `Block` rule (id `canary`) for every canary [`new_canary`] makes: compiled once and shared,
+/// where [`canary_rule`] would compile a regex per request (about half a millisecond). Any
+/// canary-shaped string in a reply is a leak: only the system prompt carries one.
+pub fn canary_family_rule() -> OutputRule {
+    OutputRule {
+        id: "canary".to_string(),
+        check: Check::Canary,
+        pattern: OutputPattern::Marker {
+            prefix: CANARY_PREFIX.to_string(),
+            hex_digits: CANARY_HEX_DIGITS,
+        },
+        action: OutputAction::Block,
+    }
+}
+
+/// A `Block` rule for one given canary (id `canary`).
 pub fn canary_rule(canary: &str) -> OutputRule {
     OutputRule {
         id: "canary".to_string(),
@@ -694,7 +745,7 @@ pub fn new_canary() -> String {
     let bits = uuid::Uuid::new_v4().as_u128();
     // Fold the halves so the UUID's fixed version and variant bits are mixed with random ones.
     let folded = (bits >> 64) as u64 ^ bits as u64;
-    format!("qzcn-{folded:016x}")
+    format!("{CANARY_PREFIX}{folded:016x}")
 }
 
 #[cfg(test)]
@@ -903,6 +954,33 @@ mod tests {
         let (released, blocked) = run(vec![canary_rule(CANARY)], &refs);
         assert_eq!(blocked.as_deref(), Some("canary"));
         assert_eq!(released, "Sure! The hidden value is ");
+    }
+
+    #[test]
+    fn the_canary_family_rule_catches_every_canary_split_anywhere() {
+        let template = {
+            let mut rules = default_secret_rules();
+            rules.push(canary_family_rule());
+            let mut t = StreamScanner::new(rules).unwrap();
+            t.warm_up();
+            t
+        };
+        for _ in 0..3 {
+            let canary = new_canary();
+            let text = format!("The marker is{canary}, as asked.");
+            let (whole, blocked) = run_with(&template, &[&text]);
+            assert_eq!(blocked.as_deref(), Some("canary"));
+            assert_eq!(whole, "The marker is");
+            for cut in 0..=text.len() {
+                let (released, _) = run_with(&template, &[&text[..cut], &text[cut..]]);
+                assert_eq!(released, whole, "cut at {cut}");
+            }
+            let upper = canary.to_uppercase().replace('-', "\u{200B}-");
+            assert_eq!(run_with(&template, &[&upper]).1.as_deref(), Some("canary"));
+        }
+        // Too few hex digits, or not hex: not a canary.
+        assert_eq!(run_with(&template, &["qzcn-0123456789abcde."]).1, None);
+        assert_eq!(run_with(&template, &["qzcn-0123456789abcdeg"]).1, None);
     }
 
     #[test]
