@@ -6,7 +6,9 @@
 //! request written to the arrival of the first content delta, on a fresh loopback connection
 //! for both arms. Prints p50/p90/p99 of both arms and of the difference.
 //!
-//! Run: `cargo bench --bench ttft` (TTFT_STREAMS=N sets the number of streams per arm).
+//! Run: `cargo bench --bench ttft` (TTFT_STREAMS=N sets the number of streams per arm;
+//! TTFT_GUARDRAILS=off turns the default output checks, secrets and canary, off in the gateway,
+//! `secrets` or `canary` keeps only that one, to measure what they cost).
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
@@ -108,6 +110,14 @@ fn main() {
         "mock provider is serving",
     );
     let upstream = format!("http://{mock_addr}/v1");
+    let mode = std::env::var("TTFT_GUARDRAILS").unwrap_or_default();
+    let (output_secrets, canary) = match mode.as_str() {
+        "off" => ("off", "false"),
+        "secrets" => ("block", "false"),
+        "canary" => ("off", "true"),
+        _ => ("block", "true"),
+    };
+    println!("output checks: secrets {output_secrets}, canary {canary}");
     let (_gateway, gateway_addr) = spawn(
         &[],
         &[
@@ -121,6 +131,8 @@ fn main() {
             ("TOLLGATE__RATE__TOKENS_PER_DAY", "100000000000"),
             ("TOLLGATE__COST__MAX_DAILY_USD", "1000000"),
             ("TOLLGATE__COST__MAX_MONTHLY_USD", "1000000"),
+            ("TOLLGATE__GUARDRAILS__OUTPUT_SECRETS", output_secrets),
+            ("TOLLGATE__GUARDRAILS__CANARY", canary),
         ],
         "tollgate is serving",
     );

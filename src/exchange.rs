@@ -119,6 +119,7 @@ pub fn upstream_refused(error: ApiError, route: RouteTaken) -> Relayed {
         ttft: None,
         answer: Answer::Error(error),
         blocked_by: None,
+        held_back_chars: None,
         route,
     }
 }
@@ -139,6 +140,7 @@ fn ended(relayed: Relayed) -> Ended {
         usage_source: relayed.usage_source,
         ttft: relayed.ttft,
         output_blocked: relayed.blocked_by,
+        held_back_chars: relayed.held_back_chars,
     }
 }
 

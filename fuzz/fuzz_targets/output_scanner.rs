@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use tollgate::guardrails::{canary_rule, default_secret_rules, pii_redaction_rules, StreamScanner};
+use tollgate::guardrails::{canary_family_rule, default_secret_rules, pii_redaction_rules, StreamScanner};
 use tollgate::relay::output_filter::{Filtered, OutputFilter};
 
 /// The rules, compiled once (as the gateway does at start-up); each input gets a clone.
@@ -13,7 +13,7 @@ fn template() -> &'static StreamScanner {
     TEMPLATE.get_or_init(|| {
         let mut rules = default_secret_rules();
         rules.extend(pii_redaction_rules());
-        rules.push(canary_rule("CANARY-7f3a9c"));
+        rules.push(canary_family_rule());
         StreamScanner::new(rules).expect("the built-in rules compile")
     })
 }

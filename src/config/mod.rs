@@ -715,7 +715,9 @@ pub struct GuardrailsConfig {
     pub input_all_roles: bool,
     /// Secrets in the output (API keys, private keys, cloud credentials, tokens): `block` or `off`.
     pub output_secrets: GuardAction,
-    /// E-mail addresses and phone numbers in the output: `redact` or `off`.
+    /// Payment card numbers, e-mail addresses and phone numbers in the output: `redact`, `block`
+    /// or `off` (off by default: redaction rewrites the reply, and addresses or numbers are often
+    /// what the user asked for).
     pub output_pii: GuardAction,
     /// Inject a per-request canary into the system prompt and cut the stream if it appears.
     pub canary: bool,
@@ -728,9 +730,9 @@ impl Default for GuardrailsConfig {
             input_action_by_feature: BTreeMap::new(),
             input_threshold: 10,
             input_all_roles: false,
-            output_secrets: GuardAction::Off,
+            output_secrets: GuardAction::Block,
             output_pii: GuardAction::Off,
-            canary: false,
+            canary: true,
         }
     }
 }

@@ -27,7 +27,14 @@ use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine as _;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
+use super::classifier::InjectionModel;
 use super::normalize::normalize;
+
+/// Id of the classifier in [`InjectionScore::matched`].
+pub const CLASSIFIER_ID: &str = "classifier";
+/// What the classifier adds to the score when it calls a message an attempt: enough on its own
+/// at [`DEFAULT_THRESHOLD`]. A message it finds only suspicious gets half.
+pub const CLASSIFIER_WEIGHT: u32 = 10;
 
 /// Score at or above which the default rules call a message an injection. A single strong rule
 /// (weight 10) reaches it; weak signals (weights 2..6) must combine.
@@ -96,6 +103,8 @@ pub struct InjectionDetector {
     /// For each regex in the set, its rule index.
     regex_rules: Vec<usize>,
     base64_blob: Regex,
+    /// The linear n-gram model, scored on the normalised text (`None`: rules only).
+    classifier: Option<InjectionModel>,
 }
 
 impl InjectionDetector {
@@ -191,7 +200,16 @@ impl InjectionDetector {
             regexes,
             regex_rules,
             base64_blob,
+            classifier: None,
         })
+    }
+
+    /// The built-in detector: [`default_rules`](Self::default_rules) plus the shipped classifier
+    /// (see [`super::classifier`]).
+    pub fn builtin() -> Result<Self, String> {
+        let mut detector = Self::new(Self::default_rules())?;
+        detector.classifier = Some(InjectionModel::shipped()?);
+        Ok(detector)
     }
 
     /// The ids of the compiled rules, in order.
@@ -247,6 +265,22 @@ impl InjectionDetector {
                 if let (Some(id), Some(weight)) = (self.ids.get(index), self.weights.get(index)) {
                     verdict.score = verdict.score.saturating_add(*weight);
                     verdict.matched.push(id.clone());
+                }
+            }
+        }
+        if let Some(model) = &self.classifier {
+            if InjectionModel::applies(&normalized) {
+                let score = model.score(&normalized);
+                let weight = if score >= model.threshold() {
+                    CLASSIFIER_WEIGHT
+                } else if score >= model.suspicion() {
+                    CLASSIFIER_WEIGHT / 2
+                } else {
+                    0
+                };
+                if weight > 0 {
+                    verdict.score = verdict.score.saturating_add(weight);
+                    verdict.matched.push(CLASSIFIER_ID.to_string());
                 }
             }
         }
@@ -595,17 +629,37 @@ mod tests {
         assert_eq!(decode_base64("////////////////////////////"), None);
     }
 
-    const EVAL_SET: &str = include_str!("../../tests/fixtures/injection/eval.jsonl");
+    /// `(text, is_attack, source group)` of a fixture file under `tests/fixtures/injection/`.
+    fn fixture_rows(name: &str) -> Vec<(String, bool, String)> {
+        let path = format!(
+            "{}/tests/fixtures/injection/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let row: serde_json::Value = serde_json::from_str(line).unwrap();
+                let text = row["text"].as_str().unwrap().to_string();
+                let label = row["label"].as_str().unwrap();
+                assert!(label == "attack" || label == "benign", "{line}");
+                let source = row["source"].as_str().unwrap();
+                let group = source.split(':').next().unwrap().to_string();
+                (text, label == "attack", group)
+            })
+            .collect()
+    }
 
-    /// (recall, false-positive rate, attacks, benign) of `detector` on `rows` at the default threshold.
-    fn measure<'a>(
+    /// `(recall, false-block rate, attacks, benign)` of `detector` on `rows`.
+    fn measure(
         detector: &InjectionDetector,
-        rows: impl Iterator<Item = (&'a str, bool)>,
+        rows: &[&(String, bool, String)],
     ) -> (f64, f64, usize, usize) {
         let (mut attacks, mut caught, mut benign, mut flagged) = (0, 0, 0, 0);
-        for (text, is_attack) in rows {
+        for (text, is_attack, _) in rows {
             let hit = detector.scan(text).is_injection(DEFAULT_THRESHOLD);
-            if is_attack {
+            if *is_attack {
                 attacks += 1;
                 caught += usize::from(hit);
             } else {
@@ -622,73 +676,87 @@ mod tests {
         )
     }
 
-    fn eval_rows() -> Vec<(String, bool, String)> {
-        EVAL_SET
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let row: serde_json::Value = serde_json::from_str(line).unwrap();
-                let text = row["text"].as_str().unwrap().to_string();
-                let label = row["label"].as_str().unwrap();
-                assert!(label == "attack" || label == "benign", "{line}");
-                let source = row["source"].as_str().unwrap();
-                let group = source.split(':').next().unwrap().to_string();
-                (text, label == "attack", group)
-            })
-            .collect()
-    }
-
-    /// PI-1: recall and false-positive rate on the labelled set must not regress below the values
-    /// measured when the rules were written (see tests/fixtures/injection/README.md).
-    #[test]
-    fn evaluation_set_recall_and_false_positive_rate() {
-        let d = detector();
-        let rows = eval_rows();
-        let mut groups: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-        groups.sort();
+    /// Prints per-source and overall figures for the rules alone and for the built-in detector
+    /// (rules + classifier); returns the built-in detector's overall `(recall, false-block rate)`.
+    fn report(name: &str, rows: &[(String, bool, String)]) -> (f64, f64) {
+        let rules = detector();
+        let builtin = InjectionDetector::builtin().unwrap();
+        let mut groups: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        groups.sort_unstable();
         groups.dedup();
-        for group in &groups {
-            let (recall, fpr, a, b) = measure(
-                &d,
-                rows.iter()
-                    .filter(|r| &r.2 == group)
-                    .map(|r| (r.0.as_str(), r.1)),
+        for group in groups.iter().copied().chain(["ALL"]) {
+            let part: Vec<_> = rows
+                .iter()
+                .filter(|r| group == "ALL" || r.2 == group)
+                .collect();
+            let (r0, f0, a, b) = measure(&rules, &part);
+            let (r1, f1, _, _) = measure(&builtin, &part);
+            println!(
+                "{name} {group}: attacks {a} recall rules {r0:.3} / built-in {r1:.3} ({}); \
+                 benign {b} false blocks rules {f0:.3} / built-in {f1:.3} ({})",
+                (r1 * a as f64).round(),
+                (f1 * b as f64).round()
             );
-            println!("eval {group}: attacks {a} recall {recall:.3}, benign {b} FPR {fpr:.3}");
-            if group.starts_with("bastioncorpus") {
-                // PI-1: no false blocks on the corpus's hard negatives.
-                assert!(
-                    fpr == 0.0,
-                    "false blocks on bastioncorpus benign rows: {fpr:.3}"
-                );
-            }
         }
-        let (recall, fpr, a, b) = measure(&d, rows.iter().map(|r| (r.0.as_str(), r.1)));
-        println!("eval ALL: attacks {a} recall {recall:.3}, benign {b} FPR {fpr:.3}");
-        for (text, is_attack, group) in &rows {
-            let v = d.scan(text);
+        for (text, is_attack, group) in rows {
+            let v = builtin.scan(text);
             if v.is_injection(DEFAULT_THRESHOLD) != *is_attack {
+                let head: String = text.chars().take(100).collect();
                 println!(
-                    "  miss [{group}] attack={is_attack} score={} {:?}: {text:?}",
-                    v.score, v.matched
+                    "  miss [{group}] attack={is_attack} {:?}: {head:?}",
+                    v.matched
                 );
             }
         }
-        assert!(
-            recall >= PINNED_RECALL,
-            "recall {recall:.3} < {PINNED_RECALL}"
-        );
-        assert!(
-            fpr <= PINNED_FPR,
-            "false-positive rate {fpr:.3} > {PINNED_FPR}"
-        );
+        let all: Vec<_> = rows.iter().collect();
+        let (recall, fpr, _, _) = measure(&builtin, &all);
+        (recall, fpr)
     }
 
-    // Measured with the default rules at DEFAULT_THRESHOLD: recall 0.814 (153/188), FPR 0.019
-    // (3/156), obfuscated-variant recall 0.946 (748/791). Raise these when the rules improve.
-    const PINNED_RECALL: f64 = 0.81;
-    const PINNED_FPR: f64 = 0.02;
+    /// PI-1 (in-sample): the tuning set, which the rules were written against and the classifier
+    /// was trained on. These figures flatter; the held-out test below is the honest one.
+    #[test]
+    fn tuning_set_recall_and_false_blocks() {
+        let rows = fixture_rows("tuning.jsonl");
+        let (recall, fpr) = report("tuning", &rows);
+        assert!(recall >= PINNED_TUNING_RECALL, "recall {recall:.3}");
+        assert!(fpr <= PINNED_TUNING_FPR, "false-block rate {fpr:.3}");
+        // No false block on bastioncorpus's hard negatives.
+        let builtin = InjectionDetector::builtin().unwrap();
+        for (text, is_attack, group) in &rows {
+            if group.starts_with("bastioncorpus") && !is_attack {
+                assert!(
+                    !builtin.scan(text).is_injection(DEFAULT_THRESHOLD),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    /// PI-2 (held out): in-the-wild jailbreaks and real ShareGPT chat prompts, from corpora that
+    /// neither the rules nor the classifier ever saw (tests/fixtures/injection/README.md).
+    #[test]
+    fn heldout_set_recall_and_false_blocks() {
+        let rows = fixture_rows("heldout.jsonl");
+        let (recall, fpr) = report("held-out", &rows);
+        assert!(recall >= PINNED_HELDOUT_RECALL, "recall {recall:.3}");
+        assert!(fpr <= PINNED_HELDOUT_FPR, "false-block rate {fpr:.3}");
+    }
+
+    // Measured with `InjectionDetector::builtin()` at DEFAULT_THRESHOLD (see the fixture README).
+    // Raise these when the detector improves; never tune against heldout.jsonl.
+    const PINNED_TUNING_RECALL: f64 = 0.89;
+    const PINNED_TUNING_FPR: f64 = 0.024;
+    const PINNED_HELDOUT_RECALL: f64 = 0.77;
+    const PINNED_HELDOUT_FPR: f64 = 0.016;
     const PINNED_OBFUSCATED_RECALL: f64 = 0.94;
+
+    /// The sources of the first eval set (the obfuscation seeds).
+    const ORIGINAL_SOURCES: [&str; 3] = [
+        "bastioncorpus-0.6.0",
+        "promptinject-0.1.1.1",
+        "tollgate-handwritten",
+    ];
 
     fn obfuscations(text: &str) -> Vec<(&'static str, String)> {
         let zero_width: String = text
@@ -751,10 +819,11 @@ mod tests {
     #[test]
     fn obfuscated_variants_of_caught_attacks() {
         let d = detector();
-        let seeds: Vec<String> = eval_rows()
+        let seeds: Vec<String> = fixture_rows("tuning.jsonl")
             .into_iter()
-            .filter(|(text, is_attack, _)| {
+            .filter(|(text, is_attack, group)| {
                 *is_attack
+                    && ORIGINAL_SOURCES.contains(&group.as_str())
                     && text.is_ascii()
                     && text.len() < 120
                     && d.scan(text).is_injection(DEFAULT_THRESHOLD)
@@ -785,11 +854,43 @@ mod tests {
         assert!(recall >= PINNED_OBFUSCATED_RECALL, "{recall:.3}");
     }
 
+    /// The whole check (rules and classifier) on a 4,000-character message, the longest the
+    /// default limits let through: at most 1 ms in a release build (the fastest of 20 runs, so a
+    /// busy machine does not fail it); a debug build only has to stay linear-ish (30 ms).
+    #[test]
+    fn a_4000_character_message_is_scanned_within_a_millisecond() {
+        let d = InjectionDetector::builtin().unwrap();
+        let rows = fixture_rows("heldout.jsonl");
+        let mut message = String::new();
+        for (text, _, _) in rows.iter().cycle() {
+            if message.len() >= 4000 {
+                break;
+            }
+            message.push_str(text);
+            message.push('\n');
+        }
+        let message: String = message.chars().take(4000).collect();
+        let fastest = (0..20)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                std::hint::black_box(d.scan(std::hint::black_box(&message)));
+                start.elapsed()
+            })
+            .min()
+            .unwrap();
+        let bound = if cfg!(debug_assertions) { 30 } else { 1 };
+        println!("4,000 chars of held-out text: {fastest:?}");
+        assert!(
+            fastest <= std::time::Duration::from_millis(bound),
+            "{fastest:?}"
+        );
+    }
+
     /// Rough timing for the README: `cargo test --release -- --ignored --nocapture scan_timing`.
     #[test]
     #[ignore = "timing report, not a pass/fail test"]
     fn scan_timing() {
-        let d = detector();
+        let d = InjectionDetector::builtin().unwrap();
         let base = "Could you help me plan a week of vegetarian meals with a shopping list? ";
         let mut message = String::new();
         while message.len() < 4000 {

@@ -66,7 +66,7 @@ pub(super) async fn chat_completions(
         stream: request.stream,
         prompt_hash: state.hasher.hash(&request.last_user_text()),
     });
-    let checked = match check(&mut request, &identity, plan, &state) {
+    let mut checked = match check(&mut request, &identity, plan, &state) {
         Ok(checked) => checked,
         Err(e) => return refuse(exchange, &e),
     };
@@ -77,6 +77,14 @@ pub(super) async fn chat_completions(
         Ok(output) => output,
         Err(e) => return refuse(exchange, &e),
     };
+    // The canary goes upstream as input too: it is admitted and estimated with the rest.
+    if let Some(canary) = output.as_ref().and_then(|o| o.canary_message.as_deref()) {
+        let counter = TokenCounter::for_model(&request.model);
+        checked.estimated_input_tokens += ChatRequest::system_message_tokens(canary, &counter);
+        exchange
+            .log()
+            .estimated(checked.price, checked.estimated_input_tokens);
+    }
     let exchange = match admit(&state, &identity, &request, &checked, exchange).await {
         Ok(admitted) => admitted,
         Err((exchange, e)) => return refuse(exchange, &e),

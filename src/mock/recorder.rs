@@ -53,7 +53,13 @@ pub struct RecordedRequest {
     pub end: Option<StreamEnd>,
     /// The client's address: equal ports on two requests mean one reused connection.
     pub peer: Option<std::net::SocketAddr>,
+    /// When each streamed text token was handed to the connection (the first
+    /// [`MAX_TOKEN_TIMES`] of them): what latency tests measure the gateway against.
+    pub token_times: Vec<Instant>,
 }
+
+/// Token send times kept per request (bounds the recorder's memory in long load runs).
+pub const MAX_TOKEN_TIMES: usize = 4096;
 
 impl RecordedRequest {
     /// The first value of header `name` (give it lower-case).
@@ -143,6 +149,14 @@ impl MockRecorder {
             .await
     }
 
+    fn token_sent(&self, index: usize, at: Instant) {
+        if let Some(request) = self.lock().get_mut(index) {
+            if request.token_times.len() < MAX_TOKEN_TIMES {
+                request.token_times.push(at);
+            }
+        }
+    }
+
     /// Records a new request and returns the guard that will record its end.
     #[cfg(test)]
     pub(crate) fn start(
@@ -167,6 +181,7 @@ impl MockRecorder {
                 body,
                 end: None,
                 peer,
+                token_times: Vec::new(),
             });
             if kept.limit.is_some_and(|limit| kept.requests.len() > limit) {
                 kept.requests.pop_front();
@@ -233,9 +248,10 @@ pub(crate) struct EndRecorder {
 }
 
 impl EndRecorder {
-    /// Counts one more content token sent.
+    /// Counts one more content token sent, and when.
     pub(crate) fn token_sent(&mut self) {
         self.tokens_sent = self.tokens_sent.saturating_add(1);
+        self.recorder.token_sent(self.index, Instant::now());
     }
 
     /// Counts `tokens` more output tokens sent (a tool call's arguments).

@@ -288,6 +288,14 @@ impl ChatRequest {
         }
     }
 
+    /// What a system message of `text` adds to [`estimate_input_tokens`](Self::estimate_input_tokens).
+    pub fn system_message_tokens(text: &str, counter: &TokenCounter) -> u64 {
+        message_tokens(
+            &serde_json::json!({"role": "system", "content": text}),
+            counter,
+        )
+    }
+
     /// The text of the last user message (what the request log hashes).
     pub fn last_user_text(&self) -> String {
         self.messages()

@@ -53,6 +53,7 @@ pub async fn complete(job: CompleteJob, ticket: &Ticket) -> (Relayed, Option<Byt
         ttft: None,
         answer: Answer::Body,
         blocked_by: None,
+        held_back_chars: None,
         route: attempts.route(),
     };
     let refused = |outcome, error, attempts: &Attempts| {

@@ -39,6 +39,9 @@ pub struct Relayed {
     pub answer: Answer,
     /// The output guardrail rule that cut the reply, if one did.
     pub blocked_by: Option<RuleHit>,
+    /// A stream with output checks on: the characters its scanners released later than they
+    /// arrived (the cost of scanning).
+    pub held_back_chars: Option<u64>,
     /// The models tried, and the one that served.
     pub route: RouteTaken,
 }

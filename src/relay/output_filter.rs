@@ -191,6 +191,14 @@ impl OutputFilter {
         Ok(out)
     }
 
+    /// Characters this reply's scanners released later than they arrived, over every text.
+    pub fn delayed_chars(&self) -> usize {
+        self.scanners
+            .values()
+            .map(StreamScanner::delayed_chars)
+            .sum()
+    }
+
     /// Scans one whole (non-streamed) text with a fresh scanner: the text to return, or the
     /// safe prefix and the rule.
     pub fn scan_whole(&self, text: &str) -> Result<String, (String, RuleHit)> {
@@ -305,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_canary_split_over_one_character_chunks_never_reaches_the_client() {
-        let canary = "cnry-0123456789abcdef";
+        let canary = "qzcn-0123456789abcdef";
         let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let text = format!("hello {canary} world");
         let mut released = String::new();
@@ -330,7 +338,7 @@ mod tests {
 
     #[test]
     fn refusals_tool_arguments_usage_and_wild_indexes() {
-        let canary = "cnry-fedcba9876543210";
+        let canary = "qzcn-fedcba9876543210";
         let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let refusal = json!({"choices":[{"index":0,"delta":{"refusal":format!("no: {canary}")},"finish_reason":null}]});
         assert!(matches!(

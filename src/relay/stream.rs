@@ -295,6 +295,7 @@ impl StreamTask {
             ttft: relay.first_token_at.map(|t| t - relay.started),
             answer,
             blocked_by: relay.blocked_by.take(),
+            held_back_chars: relay.filter.as_ref().map(|f| f.delayed_chars() as u64),
             route: relay.attempts.route(),
         }
     }

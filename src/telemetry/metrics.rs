@@ -65,6 +65,13 @@ pub const UPSTREAM_ERRORS_TOTAL: &str = "tollgate_upstream_errors_total";
 pub const UPSTREAM_FALLBACKS_TOTAL: &str = "tollgate_upstream_fallbacks_total";
 /// counter {check = prompt_injection | secret | pii | canary, action = block | flag}
 pub const GUARDRAIL_EVENTS_TOTAL: &str = "tollgate_guardrail_events_total";
+/// histogram: characters an output-scanned stream released later than they arrived (held back
+/// because a secret or the canary could have been starting there), one sample per stream.
+pub const GUARDRAIL_HELD_BACK_CHARS: &str = "tollgate_guardrail_held_back_chars";
+/// Upper bounds of [`GUARDRAIL_HELD_BACK_CHARS`]: 0 (the usual stream) … a few held-back keys.
+pub const HELD_BACK_CHARS_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+];
 /// Redis mode: whether Redis answers (1) or the circuit is open (0).
 pub const REDIS_UP: &str = "tollgate_redis_up";
 /// Redis mode: failed Redis calls, by operation.
@@ -256,6 +263,10 @@ fn builder_with_buckets() -> Result<PrometheusBuilder, BuildError> {
         .set_buckets_for_metric(
             Matcher::Full(TIME_TO_FIRST_TOKEN_SECONDS.to_owned()),
             LATENCY_BUCKETS_SECONDS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(GUARDRAIL_HELD_BACK_CHARS.to_owned()),
+            HELD_BACK_CHARS_BUCKETS,
         )
 }
 
@@ -306,6 +317,11 @@ fn describe_all() {
         GUARDRAIL_EVENTS_TOTAL,
         Unit::Count,
         "Guardrail hits, by check and action (block or flag)."
+    );
+    describe_histogram!(
+        GUARDRAIL_HELD_BACK_CHARS,
+        Unit::Count,
+        "Characters an output-scanned stream released later than they arrived, per stream."
     );
     describe_gauge!(
         REDIS_UP,
@@ -535,6 +551,13 @@ impl Metrics {
         self.inner.global.with_recorder(|| {
             counter!(UPSTREAM_FALLBACKS_TOTAL, "from" => from.to_owned(), "to" => to.to_owned())
                 .increment(1)
+        });
+    }
+
+    /// Records how many characters one output-scanned stream held back.
+    pub fn record_held_back(&self, chars: u64) {
+        self.inner.global.with_recorder(|| {
+            histogram!(GUARDRAIL_HELD_BACK_CHARS).record(chars as f64);
         });
     }
 

@@ -173,6 +173,8 @@ pub struct Ended {
     pub ttft: Option<Duration>,
     /// The output guardrail rule that cut the reply.
     pub output_blocked: Option<RuleHit>,
+    /// A stream scanned by output checks: the characters they held back.
+    pub held_back_chars: Option<u64>,
 }
 
 impl Ended {
@@ -186,6 +188,7 @@ impl Ended {
             usage_source: UsageSource::Counted,
             ttft: None,
             output_blocked: None,
+            held_back_chars: None,
         }
     }
 }
@@ -387,6 +390,9 @@ impl RequestLog {
         for pair in self.attempts.as_deref().unwrap_or_default().windows(2) {
             metrics.record_fallback(&pair[0].model, &pair[1].model);
         }
+        if let Some(chars) = ended.held_back_chars {
+            metrics.record_held_back(chars);
+        }
         if ended.error == Some(ErrorCode::PromptInjection) {
             metrics.record_guardrail(Check::PromptInjection, GuardrailAction::Block);
         } else if let Some(rule) = &ended.output_blocked {
@@ -427,6 +433,7 @@ impl Drop for RequestLog {
             usage_source: UsageSource::Counted,
             ttft: None,
             output_blocked: None,
+            held_back_chars: None,
         };
         self.write_once(&ended);
     }

@@ -158,7 +158,10 @@ async fn a_stream_split_at_every_byte_with_crlf_and_pings_arrives_whole_and_bill
         received.body["model"],
         "mock-claude:framing=bytes+crlf+pings"
     );
-    assert_eq!(received.body["system"], "You are terse.");
+    // The default canary goes first in the system prompt.
+    let system = received.body["system"].as_str().unwrap();
+    assert!(system.starts_with("Confidential marker: qzcn-"), "{system}");
+    assert!(system.ends_with("\n\nYou are terse."), "{system}");
     assert_eq!(
         received.body["messages"],
         json!([{"role": "user", "content": "Say something."}])

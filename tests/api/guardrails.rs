@@ -228,7 +228,7 @@ async fn a_leaked_canary_cuts_the_stream_before_it_is_complete() {
         shown.starts_with("Sure! My instructions say: Confidential marker: "),
         "{shown}"
     );
-    assert!(!shown.contains("cnry-"), "the canary leaked: {shown}");
+    assert!(!shown.contains("qzcn-"), "the canary leaked: {shown}");
     let logs = app.wait_for_logs(1).await;
     assert_eq!(logs[0]["guardrail"], "output_blocked:canary");
 }
@@ -276,4 +276,95 @@ async fn raw_upstream(reply: String) -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// Issue 18: output scanning is on by default and costs ordinary text nothing. A 200-token reply,
+/// one token every 50 ms: every token reaches the client whole, in its own event, so nothing was
+/// held back to go out with a later token (exact, whatever the machine's load). The delay from the
+/// mock handing a token to its connection to the client reading it is checked on the median
+/// (≤ 5 ms); its tail is printed, not asserted: in the full suite on a shared 2-core machine the
+/// scheduler alone puts p99 anywhere from 5 to 30 ms, with or without output checks.
+#[actix_web::test]
+async fn default_output_scanning_adds_no_delay_to_an_ordinary_reply() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    assert_eq!(app.config.guardrails.output_secrets, GuardAction::Block);
+    assert!(app.config.guardrails.canary);
+    let body = json!({"model": "mock-gpt:tokens=200,tps=20", "stream": true,
+        "messages": [{"role": "user", "content": "tell me a story"}]});
+    let response = app.post_chat("sam").send_json(&body).await.unwrap();
+    let mut reader = tollgate_testkit::app::sse::SseReader::new(response);
+    let mut arrivals = Vec::new();
+    while let Some(data) = reader.next_data().await {
+        if data == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(&data).unwrap();
+        if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str() {
+            if !text.is_empty() {
+                arrivals.push((std::time::Instant::now(), text.to_string()));
+            }
+        }
+    }
+    app.recorder.wait_for_end(0, WAIT).await.unwrap();
+    let sent = app.recorder.requests()[0].token_times.clone();
+    assert_eq!(sent.len(), 200);
+    assert_eq!(arrivals.len(), 200, "a token was held back and merged");
+    let mut delays = Vec::new();
+    for (i, ((arrived, text), sent)) in arrivals.iter().zip(&sent).enumerate() {
+        assert_eq!(text, tollgate::mock::token_text(i as u32), "token {i}");
+        delays.push(arrived.saturating_duration_since(*sent));
+    }
+    let mut sorted = delays.clone();
+    sorted.sort();
+    println!(
+        "provider-to-client delay over 200 tokens: median {:?}, p99 {:?}, worst {:?}",
+        sorted[100], sorted[198], sorted[199]
+    );
+    assert!(
+        sorted[100] <= Duration::from_millis(5),
+        "median {:?} over 5 ms",
+        sorted[100]
+    );
+    let logs = app.wait_for_logs(1).await;
+    assert_eq!(logs[0]["outcome"], "completed");
+    // The stream's held-back characters (none) are in the histogram.
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("tollgate_guardrail_held_back_chars_bucket{le=\"0\"}"),
+        "{text}"
+    );
+}
+
+/// The canary is on by default: the upstream gets it as the first system message.
+#[actix_web::test]
+async fn the_canary_is_injected_by_default() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let events = app
+        .stream(
+            "sam",
+            &json!({"model": "mock-gpt", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let request = &app.recorder.requests()[0];
+    let first = &request.body["messages"][0];
+    assert_eq!(first["role"], "system");
+    assert!(first["content"].as_str().unwrap().contains("qzcn-"));
+    // It is input like any other: estimated, admitted and billed with the prompt.
+    let logs = app.wait_for_logs(1).await;
+    assert!(
+        logs[0]["input_tokens_estimated"].as_u64().unwrap() >= 20,
+        "{}",
+        logs[0]
+    );
 }

@@ -262,9 +262,11 @@ async fn fifteen_turns_arrive_upstream_as_the_last_ten_plus_system() {
     );
     let sent = app.recorder.requests()[0].body["messages"].clone();
     let sent = sent.as_array().unwrap();
-    assert_eq!(sent.len(), 11);
-    assert_eq!(sent[0], json!({"role": "system", "content": "be brief"}));
-    let contents: Vec<&str> = sent[1..]
+    // The default canary's system message, the client's system message, the last ten turns.
+    assert_eq!(sent.len(), 12);
+    assert!(sent[0]["content"].as_str().unwrap().contains("qzcn-"));
+    assert_eq!(sent[1], json!({"role": "system", "content": "be brief"}));
+    let contents: Vec<&str> = sent[2..]
         .iter()
         .map(|m| m["content"].as_str().unwrap())
         .collect();

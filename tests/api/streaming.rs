@@ -106,7 +106,9 @@ async fn upstream_gets_its_own_key_an_explicit_cap_and_never_the_client_token() 
     );
     assert!(request.headers.iter().all(|(_, v)| !v.contains(&token)));
     assert_eq!(request.body["max_tokens"], 321);
-    assert_eq!(request.body["messages"][0]["content"], "Say something.");
+    // After the default canary's system message, the client's message as it sent it.
+    assert_eq!(request.body["messages"][0]["role"], "system");
+    assert_eq!(request.body["messages"][1]["content"], "Say something.");
 
     let mut capped = chat_body("mock-gpt", false);
     capped["max_tokens"] = json!(5);
