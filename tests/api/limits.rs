@@ -255,6 +255,9 @@ async fn streams_are_cut_at_the_daily_cap_exactly_and_billed_what_they_relayed()
             c.cost.alert_webhook_url = hook;
             c.rate.max_concurrent_streams = 10;
             c.relay.meter_batch_tokens = 4;
+            // Sized for a bare prompt: the canary's system message would add input to each of
+            // the five admissions.
+            c.guardrails.canary = false;
         },
     )
     .await;
