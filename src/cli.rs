@@ -3,6 +3,7 @@
 
 use crate::config::{load, Config, ConfigSource};
 use crate::mock::{self, Fault, Framing, MockFormats, MockOptions};
+use crate::reload::Source;
 use crate::startup::{start, StartOptions};
 use crate::telemetry::init_logging;
 use clap::{Args, Parser, Subcommand};
@@ -131,9 +132,13 @@ fn load_config(
 
 fn serve(args: ServeArgs, env: std::collections::BTreeMap<String, String>) -> ExitCode {
     init_logging();
-    let config = match load_config(args.config, env) {
+    let config = match load_config(args.config.clone(), env) {
         Ok(c) => c,
         Err(code) => return code,
+    };
+    let options = StartOptions {
+        reload_source: Source::Process { file: args.config },
+        ..StartOptions::default()
     };
     let listener = match TcpListener::bind(&config.server.listen) {
         Ok(l) => l,
@@ -146,7 +151,7 @@ fn serve(args: ServeArgs, env: std::collections::BTreeMap<String, String>) -> Ex
         }
     };
     let result = actix_rt::System::new().block_on(async move {
-        let gateway = start(config, listener, StartOptions::default())?;
+        let gateway = start(config, listener, options)?;
         gateway.server.await?;
         // Stopped gracefully (SIGTERM/SIGINT): save the final state.
         if let Some(snapshots) = gateway.snapshots {

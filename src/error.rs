@@ -55,6 +55,8 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// In-stream: an output guardrail stopped the reply.
     OutputBlocked,
+    /// An admin reload found the config invalid: nothing changed.
+    InvalidConfig,
 }
 
 /// How a code reaches the client.
@@ -109,6 +111,7 @@ impl ErrorCode {
         ErrorCode::BudgetExceeded,
         ErrorCode::DeadlineExceeded,
         ErrorCode::OutputBlocked,
+        ErrorCode::InvalidConfig,
     ];
 
     /// How the code is delivered. Exhaustive on purpose: a new code must decide its status here.
@@ -116,7 +119,7 @@ impl ErrorCode {
         use ErrorCode::*;
         Delivery::Status(match self {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
-            | PromptInjection | InvalidParameter | MissingUser | InvalidUser => 400,
+            | PromptInjection | InvalidParameter | MissingUser | InvalidUser | InvalidConfig => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
             | ParameterNotAllowed => 403,
@@ -166,7 +169,7 @@ impl ErrorCode {
             InvalidJson | InvalidMessages | UnknownModel | MessageTooLong | ContextTooLong
             | PromptInjection | InvalidParameter | MissingUser | InvalidUser | PayloadTooLarge
             | HeadersTooLarge | RequestTimeout | UnsupportedMediaType | NotFound
-            | ModelNotFound | MethodNotAllowed => "invalid_request_error",
+            | ModelNotFound | MethodNotAllowed | InvalidConfig => "invalid_request_error",
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
             | ParameterNotAllowed => "permission_error",
@@ -226,6 +229,7 @@ impl ErrorCode {
             BudgetExceeded => "budget_exceeded",
             DeadlineExceeded => "deadline_exceeded",
             OutputBlocked => "output_blocked",
+            InvalidConfig => "invalid_config",
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod mock;
 pub mod policy;
 pub mod pricing;
 pub mod relay;
+pub mod reload;
 pub mod startup;
 pub mod telemetry;
 pub mod tokenize;

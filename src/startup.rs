@@ -2,16 +2,12 @@
 //! per-user actors, the HTTP server, and (when no upstream is configured) the built-in mock
 //! provider in-process. `main` and the tests both start the gateway through [`start`].
 
-use crate::auth::{Authenticator, FailureLimiter};
-use crate::catalog::Catalog;
+use crate::auth::FailureLimiter;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{
-    Config, ProviderConfig, UpstreamFormat, DEFAULT_UPSTREAM, DEVELOPMENT_JWT_SECRET,
-};
-use crate::http::{serve, serve_metrics, AppState, ServeOptions};
+use crate::config::{Config, ProviderConfig, DEFAULT_UPSTREAM, DEVELOPMENT_JWT_SECRET};
+use crate::http::{serve, serve_admin, serve_metrics, AppState, Lasting, ServeOptions};
 use crate::mock::{self, MockOptions};
-use crate::policy::guardrails::Guardrails;
-use crate::relay::health::UpstreamHealth;
+use crate::reload::{reload_on_sighup, spawn_jwks_refresher, Live, Source};
 use crate::telemetry::{redact_url, LabelSets, LogSink, Metrics, PromptHasher};
 use crate::tokenize::TokenCounter;
 use crate::users::{MemoryStore, RedisLedger, SnapshotError, Snapshots, UserRegistry, UserStore};
@@ -29,6 +25,8 @@ pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     /// Use `users.snapshot_path` (off in in-process tests, which share a working directory).
     pub snapshots: bool,
+    /// Where a reload re-reads the config (`SIGHUP`, `POST /admin/v1/reload`).
+    pub reload_source: Source,
 }
 
 impl Default for StartOptions {
@@ -38,6 +36,7 @@ impl Default for StartOptions {
             handle_signals: true,
             clock: Arc::new(SystemClock),
             snapshots: true,
+            reload_source: Source::None,
         }
     }
 }
@@ -53,6 +52,10 @@ pub struct Gateway {
     pub metrics_addr: Option<SocketAddr>,
     /// The embedded store's snapshot file (write it once more after the server stops).
     pub snapshots: Option<Snapshots>,
+    /// The config generation serving new requests; [`Live::reload`] swaps it.
+    pub live: Arc<Live>,
+    /// Where `/admin/v1` is served when `admin.listen` is set.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Starts the gateway on `listener`. Must run inside an actix system.
@@ -78,20 +81,13 @@ pub fn start(
     } else {
         None
     };
-    let provider_urls: Vec<String> = providers
-        .iter()
-        .map(|p| match (&mock, p.url.is_empty(), p.format) {
-            (Some((addr, _)), true, UpstreamFormat::OpenAi) => format!("http://{addr}/v1"),
-            (Some((addr, _)), true, UpstreamFormat::Anthropic) => format!("http://{addr}"),
-            _ => p.url.clone(),
-        })
-        .collect();
-    for (provider, url) in providers.iter().zip(&provider_urls) {
+    let mock_addr = mock.as_ref().map(|(addr, _)| *addr);
+    for provider in providers.iter() {
         if provider.url.is_empty() {
             tracing::info!(
                 provider = %provider.name,
                 format = provider.format.as_str(),
-                mock = %url,
+                mock = ?mock_addr,
                 "no URL for this provider (TOLLGATE_UPSTREAM_URL for the default): the built-in \
                  mock provider serves it"
             );
@@ -99,12 +95,11 @@ pub fn start(
             tracing::info!(
                 provider = %provider.name,
                 format = provider.format.as_str(),
-                url = %redact_url(url),
+                url = %redact_url(&provider.url),
                 "provider configured"
             );
         }
     }
-    let upstream_url = provider_urls[0].clone();
     let addr = listener.local_addr()?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -160,41 +155,36 @@ pub fn start(
         None => open_snapshots(&config, &options, memory.clone())?,
     };
     let store: Arc<dyn UserStore> = memory;
-    let state = Arc::new(AppState {
-        auth_failures: FailureLimiter::new(&config.auth),
-        auth: Authenticator::new(&config.auth)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?,
-        users: UserRegistry::new(
+    let lasting = Lasting {
+        auth_failures: Arc::new(FailureLimiter::new(&config.auth)),
+        users: Arc::new(UserRegistry::new(
             workers,
             &config,
             options.clock,
             metrics.clone(),
             store,
             redis,
-        ),
+        )),
         metrics,
-        guardrails: Guardrails::new(&config.guardrails)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        catalog: Catalog::new(&config),
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,
-        upstream_health: providers
-            .iter()
-            .map(|_| UpstreamHealth::default())
-            .collect(),
-        provider_urls,
-        providers,
-        config,
-    });
+        mock: mock_addr,
+    };
+    let state = AppState::build(1, config, &lasting, None)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let upstream_url = state.provider_urls[0].clone();
     // The identity provider's keys: fetched off the request path, on this actix system (the
     // fetch loop builds its own awc client). Start-up does not wait for the provider: until the
     // keys are loaded, `/readyz` says not ready and tokens that need them are refused.
-    if let Some(refresher) = state.auth.jwks_refresher() {
-        actix_rt::spawn(refresher.run());
+    spawn_jwks_refresher(&state);
+    let live = Arc::new(Live::new(state, lasting, options.reload_source));
+    if options.handle_signals {
+        reload_on_sighup(live.clone());
     }
+    let admin_addr = start_admin_listener(&live)?;
     let server = serve(
         listener,
-        state,
+        live.clone(),
         ServeOptions {
             workers,
             handle_signals: options.handle_signals,
@@ -204,11 +194,36 @@ pub fn start(
     Ok(Gateway {
         addr,
         server,
+        live,
+        admin_addr,
         mock,
         upstream_url,
         metrics_addr,
         snapshots,
     })
+}
+
+/// The admin API's own listener (`admin.listen`), when set.
+fn start_admin_listener(live: &Arc<Live>) -> std::io::Result<Option<SocketAddr>> {
+    let state = live.current();
+    let listen = state.config.admin.listen.as_str();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(listen).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("admin.listen: cannot listen on {listen}: {e}"),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(
+        listen = %bound,
+        enabled = !state.config.admin.key_sha256.is_empty(),
+        "serving /admin/v1 on its own listener"
+    );
+    actix_rt::spawn(serve_admin(listener, live.clone())?);
+    Ok(Some(bound))
 }
 
 /// Redis mode (`redis.url` set): the shared ledger, its probe task, and a start-up check of

@@ -12,6 +12,7 @@ use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorCode};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,9 +22,9 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Failures per client address, shared by every worker.
 #[derive(Debug)]
 pub struct FailureLimiter {
-    /// Failures allowed per window; 0 = no limit.
-    max_failures: u32,
-    max_addresses: usize,
+    /// Failures allowed per window; 0 = no limit (a reload may change both).
+    max_failures: AtomicU32,
+    max_addresses: AtomicUsize,
     table: Mutex<HashMap<AddressKey, Window>>,
 }
 
@@ -61,15 +62,31 @@ impl Window {
 impl FailureLimiter {
     pub fn new(config: &AuthConfig) -> Self {
         Self {
-            max_failures: config.max_failures_per_minute,
-            max_addresses: config.max_tracked_addresses,
+            max_failures: AtomicU32::new(config.max_failures_per_minute),
+            max_addresses: AtomicUsize::new(config.max_tracked_addresses),
             table: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Applies a reloaded config's limits; the addresses' windows carry on.
+    pub fn reconfigure(&self, config: &AuthConfig) {
+        self.max_failures
+            .store(config.max_failures_per_minute, Ordering::Relaxed);
+        self.max_addresses
+            .store(config.max_tracked_addresses, Ordering::Relaxed);
+    }
+
+    fn max_failures(&self) -> u32 {
+        self.max_failures.load(Ordering::Relaxed)
+    }
+
+    fn max_addresses(&self) -> usize {
+        self.max_addresses.load(Ordering::Relaxed)
+    }
+
     /// Refuses an address that used up its failures in the current window.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), ApiError> {
-        if self.max_failures == 0 {
+        if self.max_failures() == 0 {
             return Ok(());
         }
         let mut table = self.lock();
@@ -81,7 +98,7 @@ impl FailureLimiter {
             table.remove(&key);
             return Ok(());
         }
-        if window.failures < self.max_failures {
+        if window.failures < self.max_failures() {
             return Ok(());
         }
         let left = WINDOW.saturating_sub(now.saturating_duration_since(window.started));
@@ -94,14 +111,14 @@ impl FailureLimiter {
 
     /// Counts one failed authentication from `ip`.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        if self.max_failures == 0 {
+        if self.max_failures() == 0 {
             return;
         }
         let mut table = self.lock();
         let key = AddressKey::from(ip);
-        if !table.contains_key(&key) && table.len() >= self.max_addresses {
+        if !table.contains_key(&key) && table.len() >= self.max_addresses() {
             table.retain(|_, window| !window.ended(now));
-            if table.len() >= self.max_addresses {
+            if table.len() >= self.max_addresses() {
                 return;
             }
         }

@@ -128,6 +128,21 @@ impl Jwks {
     }
 
     /// The loaded key set (`None` until a fetch succeeded).
+    /// Whether `other` reads the same key set the same way (URL, interval, algorithms).
+    pub(super) fn same_source(&self, other: &Jwks) -> bool {
+        self.url == other.url && self.every == other.every && self.accepted == other.accepted
+    }
+
+    /// Whether `other` is this very set (shared keys), not just the same source.
+    pub(super) fn is_same(&self, other: &Jwks) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether an authenticator still holds this set besides its refresher (one reference).
+    fn still_used(&self) -> bool {
+        Arc::strong_count(&self.shared) > 1
+    }
+
     pub(super) fn current(&self) -> Option<Arc<KeySet>> {
         self.shared
             .current
@@ -186,7 +201,8 @@ impl JwksRefresher {
     }
 
     /// Fetches now, then every `auth.jwks_refresh_secs` (sooner after a failure), and when an
-    /// unknown `kid` asks (at most once per [`ON_DEMAND_GAP`]). Runs until the system stops.
+    /// unknown `kid` asks (at most once per [`ON_DEMAND_GAP`]). Runs until the system stops,
+    /// or until no authenticator holds the set any more (a reload replaced it).
     pub async fn run(self) {
         // awc is not Send: the client lives in this task.
         let client = awc::Client::builder()
@@ -195,7 +211,7 @@ impl JwksRefresher {
             .finish();
         let mut retry = FIRST_RETRY;
         let mut last_on_demand: Option<Instant> = None;
-        loop {
+        while self.jwks.still_used() {
             let wait = if self.refresh(&client).await {
                 retry = FIRST_RETRY;
                 self.jwks.every

@@ -136,6 +136,26 @@ impl Authenticator {
         })
     }
 
+    /// Takes `previous`'s JWKS (its keys loaded, its refresher running) when this one reads the
+    /// same set: same URL, refresh interval and algorithms. A reload then verifies tokens at
+    /// once, with no fetch first.
+    pub fn keeping_jwks_of(mut self, previous: &Authenticator) -> Self {
+        if let (Some(new), Some(old)) = (&self.jwks, &previous.jwks) {
+            if new.same_source(old) {
+                self.jwks = Some(old.clone());
+            }
+        }
+        self
+    }
+
+    /// Whether this authenticator reads `other`'s JWKS (no refresher of its own to start).
+    pub fn shares_jwks_with(&self, other: &Authenticator) -> bool {
+        match (&self.jwks, &other.jwks) {
+            (Some(a), Some(b)) => a.is_same(b),
+            _ => false,
+        }
+    }
+
     /// The JWKS fetch loop to spawn on the actix system; `None` without `auth.jwks_url`.
     pub fn jwks_refresher(&self) -> Option<JwksRefresher> {
         self.jwks.clone().map(JwksRefresher::new)

@@ -72,6 +72,13 @@ pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// A config from a whole TOML tree (a reload's settled tree), validated as at start-up.
+pub(crate) fn from_tree(tree: Table) -> Result<Config, ConfigError> {
+    let config = deserialize(tree)?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
 fn defaults_tree() -> Result<Table, ConfigError> {
     Table::try_from(Config::default())
         .map_err(|e| ConfigError::invalid("(defaults)", e.to_string()))

@@ -8,6 +8,7 @@ mod load;
 mod secret;
 mod validate;
 
+pub(crate) use load::from_tree;
 pub use load::{load, ConfigError, ConfigSource};
 pub use secret::Secret;
 
@@ -43,6 +44,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub guardrails: GuardrailsConfig,
     pub mock: MockConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -64,6 +66,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             guardrails: GuardrailsConfig::default(),
             mock: MockConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -754,6 +757,16 @@ impl Default for MockConfig {
             first_token_delay_ms: 100,
         }
     }
+}
+
+/// `[admin]`: the operators' API under `/admin/v1` (users, overrides, blocks, reload).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Hex SHA-256 of the admin bearer key; empty = the admin API is off.
+    pub key_sha256: String,
+    /// Its own listener (`127.0.0.1:9091`, say); empty = served on `server.listen`.
+    pub listen: String,
 }
 
 fn default_plans() -> BTreeMap<String, PlanConfig> {

@@ -20,6 +20,7 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    validate_admin(c)?;
     if !c.upstream.url.is_empty() {
         match url::Url::parse(&c.upstream.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
@@ -376,6 +377,24 @@ fn validate_identity_provider(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "auth.default_plan",
             format!("no plan {:?} in [plans]", a.default_plan),
+        ));
+    }
+    Ok(())
+}
+
+/// `[admin]`: a usable key hash when on; a listener address when set.
+fn validate_admin(c: &Config) -> Result<(), ConfigError> {
+    let hash = &c.admin.key_sha256;
+    if !hash.is_empty() && (hash.len() != 64 || !hash.chars().all(|ch| ch.is_ascii_hexdigit())) {
+        return Err(ConfigError::invalid(
+            "admin.key_sha256",
+            "expected the 64 hex digits of the admin key's SHA-256 (`tollgate key new --name admin` prints a key and its hash)",
+        ));
+    }
+    if !c.admin.listen.is_empty() && c.admin.listen.parse::<SocketAddr>().is_err() {
+        return Err(ConfigError::invalid(
+            "admin.listen",
+            format!("expected IP:PORT or empty, got {:?}", c.admin.listen),
         ));
     }
     Ok(())

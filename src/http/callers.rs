@@ -2,7 +2,7 @@
 //! per-address failure limit first ([`FailureLimiter`]), and every `401` counts against it.
 
 use super::request_headers::RequestHeaders;
-use super::server::AppState;
+use super::state::AppState;
 use crate::auth::{Caller, FailureLimiter, Identity};
 use crate::error::ApiError;
 use actix_web::HttpRequest;
@@ -23,7 +23,7 @@ pub(super) fn identify_caller(req: &HttpRequest, state: &AppState) -> Result<Cal
 }
 
 /// Runs `verify` unless the caller's address is refused; counts its authentication failures.
-fn limited<T>(
+pub(super) fn limited<T>(
     req: &HttpRequest,
     failures: &FailureLimiter,
     verify: impl FnOnce(&RequestHeaders<'_>) -> Result<T, ApiError>,

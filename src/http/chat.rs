@@ -8,7 +8,8 @@
 use super::callers;
 use super::errors::{add_rate_limit_headers, error_response};
 use super::request_id::request_id;
-use super::server::AppState;
+use super::state::AppState;
+use super::worker_clients::upstreams_for;
 use crate::accounting::RateLimitHeaders;
 use crate::auth::{authorize_feature, authorize_model, authorize_parameters, Identity};
 use crate::catalog::Placement;
@@ -21,7 +22,8 @@ use crate::pricing::Price;
 use crate::relay::complete::{complete, CompleteJob};
 use crate::relay::output_filter::OutputFilter;
 use crate::relay::stream::{self, StreamJob};
-use crate::relay::{Answer, Attempts, Started, Upstreams};
+use crate::relay::{Answer, Attempts, Started};
+use crate::reload::Live;
 use crate::telemetry::{Asked, Caller, RequestLog};
 use crate::tokenize::TokenCounter;
 use crate::users::{AdmitRequest, Batch, UserLimits};
@@ -42,10 +44,11 @@ const MAX_LOGGED_HEADER_CHARS: usize = 128;
 pub(super) async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
-    upstreams: web::Data<Upstreams>,
+    live: web::Data<Live>,
 ) -> HttpResponse {
     let started = Instant::now();
+    // This request's config generation, to its end (a reload does not change it).
+    let state = live.current();
     let deadline = started + Duration::from_secs(state.config.limits.deadline_secs);
     let mut exchange = Exchange::new(request_log(&req, &state, started));
 
@@ -93,7 +96,7 @@ pub(super) async fn chat_completions(
     let attempts = Attempts::new(
         checked.chain.clone(),
         request.clone(),
-        upstreams.into_inner(),
+        upstreams_for(&state),
         exchange.ticket().max_tokens(),
         deadline,
     );

@@ -2,8 +2,9 @@
 //! into the binary and served under a strict Content-Security-Policy (no inline code, no other
 //! origins). The page only talks to this gateway's own API with the token the user pastes.
 
-use super::server::AppState;
+use super::state::AppState;
 use crate::error::{ApiError, ErrorCode};
+use crate::reload::Live;
 use actix_web::{web, HttpResponse};
 
 const PAGE: &str = include_str!("demo/chat.html");
@@ -26,18 +27,18 @@ fn asset(state: &AppState, content_type: &str, body: &'static str) -> HttpRespon
         .body(body)
 }
 
-pub(super) async fn page(state: web::Data<AppState>) -> HttpResponse {
-    asset(&state, "text/html; charset=utf-8", PAGE)
+pub(super) async fn page(live: web::Data<Live>) -> HttpResponse {
+    asset(&live.current(), "text/html; charset=utf-8", PAGE)
 }
 
-pub(super) async fn script(state: web::Data<AppState>) -> HttpResponse {
-    asset(&state, "text/javascript; charset=utf-8", SCRIPT)
+pub(super) async fn script(live: web::Data<Live>) -> HttpResponse {
+    asset(&live.current(), "text/javascript; charset=utf-8", SCRIPT)
 }
 
-pub(super) async fn icon(state: web::Data<AppState>) -> HttpResponse {
-    asset(&state, "image/svg+xml", ICON)
+pub(super) async fn icon(live: web::Data<Live>) -> HttpResponse {
+    asset(&live.current(), "image/svg+xml", ICON)
 }
 
-pub(super) async fn style(state: web::Data<AppState>) -> HttpResponse {
-    asset(&state, "text/css; charset=utf-8", STYLE)
+pub(super) async fn style(live: web::Data<Live>) -> HttpResponse {
+    asset(&live.current(), "text/css; charset=utf-8", STYLE)
 }

@@ -4,15 +4,16 @@
 
 use super::callers;
 use super::errors::error_response;
-use super::server::AppState;
+use super::state::AppState;
 use crate::auth::{models_in_plan, Caller};
 use crate::error::{ApiError, ErrorCode};
+use crate::reload::Live;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 /// `GET /v1/models`.
-pub(super) async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    match visible_models(&req, &state) {
+pub(super) async fn list(req: HttpRequest, live: web::Data<Live>) -> HttpResponse {
+    match visible_models(&req, &live.current()) {
         Ok(models) => HttpResponse::Ok().json(json!({
             "object": "list",
             "data": models.iter().map(|id| model_object(id)).collect::<Vec<_>>(),
@@ -25,9 +26,9 @@ pub(super) async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpRe
 pub(super) async fn one(
     req: HttpRequest,
     id: web::Path<String>,
-    state: web::Data<AppState>,
+    live: web::Data<Live>,
 ) -> HttpResponse {
-    match visible_models(&req, &state) {
+    match visible_models(&req, &live.current()) {
         Ok(models) if models.contains(&id.as_str()) => HttpResponse::Ok().json(model_object(&id)),
         Ok(_) => error_response(&ApiError::new(
             ErrorCode::ModelNotFound,

@@ -5,19 +5,22 @@ use super::chat::chat_completions;
 use super::demo;
 use super::errors::error_response;
 use super::models;
-use super::server::AppState;
 use crate::auth::JwksStatus;
 use crate::config::Secret;
 use crate::error::{ApiError, ErrorCode};
+use crate::reload::Live;
 use crate::telemetry::Metrics;
 use crate::users::UserLimits;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
+pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool, with_admin: bool) {
     if with_metrics {
         cfg.route("/metrics", web::get().to(metrics));
+    }
+    if with_admin {
+        super::admin::configure(cfg);
     }
     cfg.service(
         web::resource("/v1/chat/completions")
@@ -48,7 +51,8 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     .default_service(web::to(not_found));
 }
 
-async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+async fn usage(req: HttpRequest, live: web::Data<Live>) -> HttpResponse {
+    let state = live.current();
     let identity = match callers::identify(&req, &state) {
         Ok(identity) => identity,
         Err(e) => return error_response(&e),
@@ -64,7 +68,8 @@ async fn usage(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+async fn metrics(req: HttpRequest, live: web::Data<Live>) -> HttpResponse {
+    let state = live.current();
     render(&req, &state.metrics, &state.config.metrics.bearer_token)
 }
 
@@ -125,7 +130,8 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when Redis answers (if configured), some provider's circuit is not open and the JWKS
 /// keys are loaded (if configured).
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(live: web::Data<Live>) -> HttpResponse {
+    let state = live.current();
     let redis = match state.users.redis_ledger() {
         None => "not_configured",
         Some(ledger) if ledger.ready() => "ok",

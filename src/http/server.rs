@@ -1,19 +1,14 @@
 //! Builds and starts the HTTP server on a listener the caller bound (port 0 in tests).
 
 use super::connections::ConnectionGate;
-use super::cors::{grant, is_preflight, preflight_response, CorsPolicy};
+use super::cors::{grant, is_preflight, preflight_response};
 use super::errors::error_response;
 use super::request_headers::check_header_sizes;
 use super::request_id::{new_request_id, RequestId};
 use super::routes;
-use crate::auth::{Authenticator, FailureLimiter};
-use crate::catalog::Catalog;
-use crate::config::{Config, ProviderConfig, Secret};
-use crate::policy::guardrails::Guardrails;
-use crate::relay::health::UpstreamHealth;
-use crate::relay::Upstreams;
-use crate::telemetry::{LogSink, Metrics, PromptHasher};
-use crate::users::UserRegistry;
+use crate::config::Secret;
+use crate::reload::Live;
+use crate::telemetry::Metrics;
 use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::KeepAlive;
@@ -22,26 +17,6 @@ use futures::future::LocalBoxFuture;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Read-mostly state shared by every worker.
-pub struct AppState {
-    pub config: Config,
-    /// Every provider (`default` first), and where each is reached (its URL, or the built-in
-    /// mock's).
-    pub providers: Arc<[ProviderConfig]>,
-    pub provider_urls: Vec<String>,
-    pub auth: Authenticator,
-    /// Failed authentications per client address (`auth.max_failures_per_minute`).
-    pub auth_failures: FailureLimiter,
-    pub users: UserRegistry,
-    pub catalog: Catalog,
-    pub hasher: PromptHasher,
-    pub log_sink: LogSink,
-    pub metrics: Metrics,
-    pub guardrails: Guardrails,
-    /// Each provider's circuit, numbered as `providers`.
-    pub upstream_health: Arc<[UpstreamHealth]>,
-}
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -54,34 +29,30 @@ pub struct ServeOptions {
 /// Starts serving `state` on `listener`; the returned server runs until stopped.
 pub fn serve(
     listener: TcpListener,
-    state: Arc<AppState>,
+    live: Arc<Live>,
     options: ServeOptions,
 ) -> std::io::Result<Server> {
-    let data = web::Data::from(state.clone());
-    let cors = CorsPolicy::new(&state.config.server.cors_allowed_origins);
+    // Restart-only settings (reload::RESTART_ONLY) are read once, here.
+    let state = live.current();
+    let data = web::Data::from(live);
     let shutdown_secs = state.config.server.shutdown_timeout_secs;
     let metrics_here = state.config.server.metrics_listen.is_empty();
+    let admin_here = state.config.admin.listen.is_empty();
     let (max_header, max_headers) = (
         state.config.server.max_header_bytes,
         state.config.server.max_headers_total_bytes,
     );
     let gate = ConnectionGate::new(state.config.server.max_connections, state.metrics.clone());
+    let server_metrics = state.metrics.clone();
     let keep_alive = match state.config.server.keep_alive_timeout_secs {
         0 => KeepAlive::Disabled,
         secs => KeepAlive::Timeout(Duration::from_secs(secs)),
     };
     let server = HttpServer::new(move || {
-        // awc clients are not Send: one set per worker, built here.
-        let upstream = web::Data::new(Upstreams::new(
-            data.providers.clone(),
-            &data.provider_urls,
-            data.upstream_health.clone(),
-        ));
-        let cors = cors.clone();
-        let metrics = data.metrics.clone();
+        let metrics = server_metrics.clone();
+        let live = data.clone();
         App::new()
             .app_data(data.clone())
-            .app_data(upstream)
             // Innermost: the refusal still gets CORS headers and its request id.
             .wrap_fn(move |req, srv| {
                 let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =
@@ -96,7 +67,8 @@ pub fn serve(
                 answer
             })
             .wrap_fn(move |req, srv| {
-                let origin = cors.allowed_origin(req.headers());
+                // CORS reloads: the generation current now decides.
+                let origin = live.current().cors.allowed_origin(req.headers());
                 let answer: LocalBoxFuture<'static, Result<ServiceResponse, actix_web::Error>> =
                     if is_preflight(&req) {
                         let requested = req
@@ -130,7 +102,7 @@ pub fn serve(
                     Ok(response)
                 }
             })
-            .configure(|cfg| routes::configure(cfg, metrics_here))
+            .configure(|cfg| routes::configure(cfg, metrics_here, admin_here))
     })
     .on_connect(move |connection, data| gate.on_connect(connection, data))
     .workers(options.workers.max(1))

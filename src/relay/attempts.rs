@@ -9,7 +9,7 @@
 //! fails before its first content; [`Attempts::route`] is what the log line records.
 
 use super::anthropic;
-use super::health::UpstreamHealth;
+use super::health::Circuits;
 use super::upstream::{SendFailure, UpstreamClient, UpstreamResponse};
 use crate::accounting::{Attempt, AttemptFailure};
 use crate::catalog::Placement;
@@ -30,17 +30,13 @@ use tokio::time::Instant;
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
     settings: Arc<[ProviderConfig]>,
-    health: Arc<[UpstreamHealth]>,
+    health: Circuits,
 }
 
 impl Upstreams {
     /// This worker's clients. `urls[i]` is where provider `i` is reached (its own URL, or the
     /// built-in mock's).
-    pub fn new(
-        settings: Arc<[ProviderConfig]>,
-        urls: &[String],
-        health: Arc<[UpstreamHealth]>,
-    ) -> Self {
+    pub fn new(settings: Arc<[ProviderConfig]>, urls: &[String], health: Circuits) -> Self {
         let clients = settings
             .iter()
             .zip(urls)
@@ -90,7 +86,7 @@ pub struct Attempts {
     /// The request, to write it for the next model; dropped once no model can take over (the
     /// last one is serving, or content started), so an open stream does not hold the prompt.
     request: Option<Rc<ChatRequest>>,
-    upstreams: Arc<Upstreams>,
+    upstreams: Rc<Upstreams>,
     max_tokens: u32,
     deadline: Instant,
 }
@@ -100,7 +96,7 @@ impl Attempts {
     pub fn new(
         chain: Vec<Placement>,
         request: Rc<ChatRequest>,
-        upstreams: Arc<Upstreams>,
+        upstreams: Rc<Upstreams>,
         max_tokens: u32,
         deadline: Instant,
     ) -> Self {

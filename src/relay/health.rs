@@ -5,10 +5,15 @@
 //! never refused because of it: each still gets the provider's real answer.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const FAILURES_TO_OPEN: u32 = 5;
 pub const OPEN_FOR: Duration = Duration::from_secs(10);
+
+/// Every provider's circuit, numbered as the config lists the providers. A reload keeps the
+/// circuit of a provider whose address did not change.
+pub type Circuits = Arc<[Arc<UpstreamHealth>]>;
 
 #[derive(Debug)]
 pub struct UpstreamHealth {

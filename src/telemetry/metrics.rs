@@ -25,6 +25,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use arc_swap::ArcSwap;
+
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
@@ -91,6 +93,10 @@ pub const REDIS_STATE_LOST_TOTAL: &str = "tollgate_redis_state_lost_total";
 pub const OPEN_CONNECTIONS: &str = "tollgate_open_connections";
 /// Client connections closed at once because `server.max_connections` were open.
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "tollgate_connections_refused_total";
+/// Config reloads (SIGHUP, `POST /admin/v1/reload`), by `result` (`applied`, `rejected`).
+pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
+/// The config generation serving new requests: 1 at start-up, +1 per applied reload.
+pub const CONFIG_GENERATION: &str = "tollgate_config_generation";
 
 /// Upper bounds (seconds) of both latency histograms: 5 ms … 30 s.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -241,6 +247,9 @@ impl Global {
             gauge!(ACTIVE_STREAMS).increment(0.0);
             gauge!(OPEN_CONNECTIONS).increment(0.0);
             counter!(CONNECTIONS_REFUSED_TOTAL).increment(0);
+            for result in ["applied", "rejected"] {
+                counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+            }
         });
         global
     }
@@ -363,6 +372,16 @@ fn describe_all() {
         Unit::Count,
         "Client connections closed on arrival because server.max_connections were open."
     );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Config reloads (SIGHUP or POST /admin/v1/reload), by result: applied or rejected whole."
+    );
+    describe_gauge!(
+        CONFIG_GENERATION,
+        Unit::Count,
+        "Config generation serving new requests: 1 at start-up, +1 per applied reload."
+    );
 }
 
 /// Handle to the gateway's metrics; cheap to clone.
@@ -374,7 +393,8 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     global: &'static Global,
-    labels: LabelSets,
+    /// Swapped whole when a reload adds models or features (sets only grow).
+    labels: ArcSwap<LabelSets>,
     users: Mutex<UserCostTable>,
 }
 
@@ -390,7 +410,7 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 global: Global::get(),
-                labels,
+                labels: ArcSwap::from_pointee(labels),
                 users: Mutex::new(UserCostTable::new(max_user_series)),
             }),
         }
@@ -432,8 +452,9 @@ impl Metrics {
 
     /// Records one finished request: its outcome, tokens, cost (also per user) and latencies.
     pub fn record_request(&self, r: &RequestRecord<'_>) {
-        let feature = self.inner.labels.feature(r.feature);
-        let model = self.inner.labels.model(r.model);
+        let labels = self.inner.labels.load();
+        let feature = labels.feature(r.feature);
+        let model = labels.model(r.model);
         self.inner.global.with_recorder(|| {
             counter!(
                 REQUESTS_TOTAL,
@@ -503,6 +524,31 @@ impl Metrics {
         });
     }
 
+    /// Adds a reloaded config's models and features to the label sets (series already
+    /// exported keep their labels: the sets never shrink).
+    pub fn extend_labels(&self, more: LabelSets) {
+        let mut sets = LabelSets::clone(&self.inner.labels.load());
+        sets.models.extend(more.models);
+        sets.features.extend(more.features);
+        self.inner.labels.store(Arc::new(sets));
+    }
+
+    /// The config generation serving new requests.
+    pub fn record_generation(&self, generation: u64) {
+        self.inner
+            .global
+            .with_recorder(|| gauge!(CONFIG_GENERATION).set(generation as f64));
+    }
+
+    /// Counts a config reload; `applied` false = rejected whole.
+    pub fn record_reload(&self, applied: bool, generation: u64) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.inner.global.with_recorder(|| {
+            counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+            gauge!(CONFIG_GENERATION).set(generation as f64);
+        });
+    }
+
     /// Counts a refusal by its error code (e.g. `requests_per_minute`).
     pub fn record_rejection(&self, code: ErrorCode) {
         self.inner
@@ -547,7 +593,8 @@ impl Metrics {
 
     /// Counts a move from model `from` to model `to` (both price-table names).
     pub fn record_fallback(&self, from: &str, to: &str) {
-        let (from, to) = (self.inner.labels.model(from), self.inner.labels.model(to));
+        let labels = self.inner.labels.load();
+        let (from, to) = (labels.model(from), labels.model(to));
         self.inner.global.with_recorder(|| {
             counter!(UPSTREAM_FALLBACKS_TOTAL, "from" => from.to_owned(), "to" => to.to_owned())
                 .increment(1)

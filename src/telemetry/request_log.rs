@@ -9,6 +9,7 @@
 use super::metrics::{GuardrailAction, Metrics, RequestRecord};
 use crate::accounting::{Attempt, Outcome, UpstreamFailure, Usage, UsageSource};
 use crate::calendar::rfc3339_millis;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Secret;
 use crate::error::ErrorCode;
 use crate::guardrails::{Check, RuleHit};
@@ -67,6 +68,21 @@ impl LogSink {
     pub fn memory() -> (Self, Arc<MemoryLog>) {
         let log = Arc::new(MemoryLog::default());
         (LogSink::Memory(log.clone()), log)
+    }
+
+    /// Writes one audit line (an operator's action): `{"timestamp", "type":"audit", ...}`
+    /// with the fields of `record`, an object. Never give it a secret value.
+    pub fn audit(&self, record: serde_json::Value) {
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "timestamp".into(),
+            rfc3339_millis(SystemClock.now_ms()).into(),
+        );
+        line.insert("type".into(), "audit".into());
+        if let serde_json::Value::Object(fields) = record {
+            line.extend(fields);
+        }
+        self.write(serde_json::Value::Object(line).to_string());
     }
 
     fn write(&self, line: String) {

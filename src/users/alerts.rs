@@ -6,7 +6,9 @@
 use super::book::Alert;
 use crate::telemetry::Metrics;
 use actix_rt::Arbiter;
+use arc_swap::ArcSwap;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -28,6 +30,8 @@ pub struct UserAlert {
 #[derive(Debug, Clone)]
 pub struct AlertSender {
     tx: mpsc::Sender<UserAlert>,
+    /// `cost.alert_webhook_url`, read per alert (a reload may change it).
+    webhook_url: Arc<ArcSwap<String>>,
 }
 
 impl AlertSender {
@@ -37,19 +41,30 @@ impl AlertSender {
             tracing::error!("budget alert queue is full: an alert was dropped");
         }
     }
+
+    /// Sends later alerts to `url` ("" = only log them).
+    pub fn set_webhook_url(&self, url: &str) {
+        self.webhook_url.store(Arc::new(url.to_string()));
+    }
 }
 
 /// Starts the delivery task on `arbiter`. `webhook_url` empty: alerts are only logged.
 pub fn start(arbiter: &Arbiter, webhook_url: String, metrics: Metrics) -> AlertSender {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let webhook_url = Arc::new(ArcSwap::from_pointee(webhook_url));
+    let url = webhook_url.clone();
     // awc is not Send: build the delivery future on the arbiter's own thread.
     arbiter.spawn_fn(move || {
-        actix_rt::spawn(deliver(rx, webhook_url, metrics));
+        actix_rt::spawn(deliver(rx, url, metrics));
     });
-    AlertSender { tx }
+    AlertSender { tx, webhook_url }
 }
 
-async fn deliver(mut rx: mpsc::Receiver<UserAlert>, webhook_url: String, metrics: Metrics) {
+async fn deliver(
+    mut rx: mpsc::Receiver<UserAlert>,
+    webhook: Arc<ArcSwap<String>>,
+    metrics: Metrics,
+) {
     let client = awc::Client::builder().timeout(POST_TIMEOUT).finish();
     while let Some(UserAlert { user_id, alert }) = rx.recv().await {
         metrics.record_budget_alert(alert.window);
@@ -63,6 +78,7 @@ async fn deliver(mut rx: mpsc::Receiver<UserAlert>, webhook_url: String, metrics
             percent = alert.percent,
             "budget alert"
         );
+        let webhook_url = webhook.load_full();
         if webhook_url.is_empty() {
             continue;
         }
@@ -79,7 +95,7 @@ async fn deliver(mut rx: mpsc::Receiver<UserAlert>, webhook_url: String, metrics
         });
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
-            match client.post(&webhook_url).send_json(&body).await {
+            match client.post(webhook_url.as_str()).send_json(&body).await {
                 Ok(response) if response.status().is_success() => break,
                 outcome => {
                     let status = outcome.map(|r| r.status().as_u16()).ok();

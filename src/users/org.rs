@@ -9,6 +9,7 @@
 //! Redis is away, under the outage policy's limit ([`OrgLedger::set_outage_limit`]).
 
 use super::refusal::Refusal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -22,7 +23,8 @@ struct Today {
 
 #[derive(Debug)]
 pub struct OrgLedger {
-    cap_micro_usd: u64,
+    /// A reload may change it (not switch it on or off: that needs a restart).
+    cap_micro_usd: AtomicU64,
     today: Mutex<Today>,
 }
 
@@ -30,13 +32,19 @@ impl OrgLedger {
     /// `cap_micro_usd` 0 means no organisation cap.
     pub fn new(cap_micro_usd: u64) -> Self {
         Self {
-            cap_micro_usd,
+            cap_micro_usd: AtomicU64::new(cap_micro_usd),
             today: Mutex::new(Today::default()),
         }
     }
 
     pub fn cap(&self) -> Option<u64> {
-        (self.cap_micro_usd > 0).then_some(self.cap_micro_usd)
+        let cap = self.cap_micro_usd.load(Ordering::Relaxed);
+        (cap > 0).then_some(cap)
+    }
+
+    /// A reloaded cap (both old and new non-zero).
+    pub fn set_cap(&self, cap_micro_usd: u64) {
+        self.cap_micro_usd.store(cap_micro_usd, Ordering::Relaxed);
     }
 
     /// Today's figures (a new day starts from zero).

@@ -78,6 +78,24 @@ impl UserRegistry {
         }
     }
 
+    /// Applies a reloaded config: the organisation cap's value (switching it on or off needs a
+    /// restart: start-up decides whether the counter exists) and the alert webhook. Users'
+    /// limits need nothing here: each request brings its own.
+    pub fn reconfigure(&self, config: &Config) {
+        let cap = usd_to_micro(config.cost.max_org_daily_usd);
+        if cap > 0 && self.env.org.cap().is_some() {
+            self.env.org.set_cap(cap);
+            if let Mode::Shared(ledger) = &self.mode {
+                // The outage limit follows from Redis' next answer; the lower of it and the
+                // new cap binds meanwhile.
+                ledger.set_org_cap(cap);
+            }
+        }
+        self.env
+            .alerts
+            .set_webhook_url(&config.cost.alert_webhook_url);
+    }
+
     fn actor(&self, user_id: &str) -> UserAddr {
         let mut directory = self.env.directory.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(addr) = directory.get(user_id).filter(|a| a.connected()) {

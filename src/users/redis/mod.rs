@@ -157,7 +157,8 @@ pub struct RedisLedger {
     key_prefix: String,
     /// The organisation counter's key prefix, and its cap (0: none).
     org_prefix: String,
-    org_cap_micro_usd: u64,
+    /// A reload may change it (not switch it on or off: that needs a restart).
+    org_cap_micro_usd: AtomicU64,
     lease_ms: u64,
     probe_interval: Duration,
     pub policy: OutagePolicy,
@@ -193,7 +194,7 @@ impl RedisLedger {
             journal: Journal::new(r.journal_max, metrics.clone()),
             key_prefix: r.key_prefix.clone(),
             org_prefix: keys::org_prefix(&r.key_prefix),
-            org_cap_micro_usd: usd_to_micro(config.cost.max_org_daily_usd),
+            org_cap_micro_usd: AtomicU64::new(usd_to_micro(config.cost.max_org_daily_usd)),
             lease_ms: r.lease_secs * 1000,
             probe_interval: Duration::from_millis(r.probe_interval_ms),
             policy: OutagePolicy::new(r),
@@ -212,7 +213,14 @@ impl RedisLedger {
 
     /// The organisation's daily cap, when one is set.
     pub fn org_cap(&self) -> Option<u64> {
-        (self.org_cap_micro_usd > 0).then_some(self.org_cap_micro_usd)
+        let cap = self.org_cap_micro_usd.load(Ordering::Relaxed);
+        (cap > 0).then_some(cap)
+    }
+
+    /// A reloaded organisation cap (both old and new non-zero).
+    pub fn set_org_cap(&self, cap_micro_usd: u64) {
+        self.org_cap_micro_usd
+            .store(cap_micro_usd, Ordering::Relaxed);
     }
 
     /// One step of `request_id` in the organisation's counter (`day` 0: today, for
@@ -231,7 +239,7 @@ impl RedisLedger {
             ask.needed,
             ask.min,
             ask.want,
-            self.org_cap_micro_usd,
+            self.org_cap_micro_usd.load(Ordering::Relaxed),
             self.lease_ms,
         ];
         let reply: Vec<u64> = self
@@ -481,7 +489,7 @@ impl RedisLedger {
             0,
             0,
             0,
-            self.org_cap_micro_usd,
+            self.org_cap_micro_usd.load(Ordering::Relaxed),
             self.lease_ms,
         ];
         let reply: Vec<u64> = self

@@ -11,11 +11,13 @@ pub mod sse;
 
 use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate::clock::ManualClock;
-use tollgate::config::{Config, Secret};
+use tollgate::config::{load, Config, ConfigSource, Secret};
 use tollgate::mock::{self, MockOptions, MockRecorder};
+use tollgate::reload::{Live, Source};
 use tollgate::startup::{start, StartOptions};
 use tollgate::telemetry::{LogSink, MemoryLog};
 
@@ -39,6 +41,8 @@ pub struct TestApp {
     pub logs: Arc<MemoryLog>,
     pub config: Config,
     pub client: awc::Client,
+    /// The config generation serving new requests (tests may reload it directly).
+    pub live: Arc<Live>,
 }
 
 /// Mock options that answer fast unless a test slows them.
@@ -81,6 +85,24 @@ pub async fn spawn_app(options: MockOptions, tweak: impl FnOnce(&mut Config)) ->
 
 /// Starts a gateway with `config` (whose upstream is already set).
 pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestApp {
+    spawn_gateway_reloading(config, recorder, Source::None).await
+}
+
+/// Starts a gateway from the TOML file `path` (and no environment), which reloads re-read.
+pub async fn spawn_gateway_from_file(path: &Path, recorder: Arc<MockRecorder>) -> TestApp {
+    let source = ConfigSource {
+        file: Some(path.to_path_buf()),
+        env: Default::default(),
+    };
+    let config = load(&source).unwrap();
+    spawn_gateway_reloading(config, recorder, Source::Fixed(source)).await
+}
+
+async fn spawn_gateway_reloading(
+    config: Config,
+    recorder: Arc<MockRecorder>,
+    reload_source: Source,
+) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let (log_sink, logs) = LogSink::memory();
     let clock = ManualClock::new(TEST_NOW_MS);
@@ -92,6 +114,7 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
             handle_signals: false,
             clock: Arc::new(clock.clone()),
             snapshots: false,
+            reload_source,
         },
     )
     .unwrap();
@@ -99,6 +122,7 @@ pub async fn spawn_gateway(config: Config, recorder: Arc<MockRecorder>) -> TestA
     let metrics_addr = gateway.metrics_addr.unwrap_or(addr);
     actix_rt::spawn(gateway.server);
     TestApp {
+        live: gateway.live,
         base: format!("http://{addr}"),
         metrics_base: format!("http://{metrics_addr}"),
         clock,
