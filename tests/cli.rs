@@ -542,3 +542,123 @@ fn a_provider_without_a_url_is_served_by_the_built_in_mock_in_its_own_format() {
     assert_eq!(usage["output_tokens"], 4, "{usage}");
     drop(running);
 }
+
+/// The value of the sample `name` (no labels) in a `/metrics` text.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn scrape(listen: &str) -> String {
+    http(
+        listen,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// Waits (up to 10 s) for a log line with this `message`.
+fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, message: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while let Ok(line) =
+        log.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == message {
+            return v;
+        }
+    }
+    panic!("no log line {message:?} within 10 s");
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    let file = |rpm: u32, extra: &str| {
+        format!("[rate]\nrequests_per_minute = {rpm}\n{extra}")
+    };
+    std::fs::write(&path, file(10, "")).unwrap();
+    let mut command = tollgate(
+        &["--config", path.to_str().unwrap()],
+        &[
+            ("TOLLGATE_JWT_SECRET", "sighup-secret"),
+            ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+            // `/metrics` on the gateway's own (free) port, to read the reload metrics there.
+            ("TOLLGATE__SERVER__METRICS_LISTEN", ""),
+        ],
+    );
+    command.stdout(Stdio::null());
+    let (running, listen, log) = process::start_reading_log(command, "tollgate is serving", None);
+    assert_eq!(
+        sample(&scrape(&listen), "tollgate_config_generation"),
+        Some(1.0)
+    );
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &running.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    std::fs::write(&path, file(25, "")).unwrap();
+    hangup();
+    let reloaded = wait_for_log(
+        &log,
+        "config reloaded: new requests use it, open streams keep theirs",
+    );
+    assert_eq!(reloaded["generation"], 2);
+    assert_eq!(reloaded["changed"], "[\"rate.requests_per_minute\"]");
+    let token = {
+        let out = tollgate(
+            &["token", "--sub", "hugo", "--plan", "pro", "--ttl", "600"],
+            &[("TOLLGATE_JWT_SECRET", "sighup-secret")],
+        )
+        .output()
+        .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(
+        usage_of(&listen, &token)["requests_per_minute"]["limit"],
+        25
+    );
+
+    // A bad file: the error names the key, the process keeps serving generation 2.
+    std::fs::write(&path, file(25, "[limits]\ndeadline_secs = \"soon\"\n")).unwrap();
+    hangup();
+    let rejected = wait_for_log(
+        &log,
+        "config reload rejected: nothing changed, the running config stays",
+    );
+    assert_eq!(rejected["level"], "ERROR");
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap()
+            .contains("limits.deadline_secs"),
+        "{rejected}"
+    );
+    let metrics = scrape(&listen);
+    assert_eq!(sample(&metrics, "tollgate_config_generation"), Some(2.0));
+    assert_eq!(
+        sample(
+            &metrics,
+            "tollgate_config_reloads_total{result=\"rejected\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "tollgate_config_reloads_total{result=\"applied\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        usage_of(&listen, &token)["requests_per_minute"]["limit"],
+        25
+    );
+    drop(running);
+}

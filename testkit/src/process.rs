@@ -19,7 +19,17 @@ impl Drop for Running {
 /// `message` is `ready`; returns the process and that line's `listen` address. Stderr is drained
 /// for the child's whole life (a closed pipe would fail its writes). With `echo` set, error lines
 /// and non-JSON lines seen before `ready` are printed with that prefix.
-pub fn start(mut command: Command, ready: &str, echo: Option<&str>) -> (Running, String) {
+pub fn start(command: Command, ready: &str, echo: Option<&str>) -> (Running, String) {
+    let (running, listen, _log) = start_reading_log(command, ready, echo);
+    (running, listen)
+}
+
+/// [`start`], and the child's later stderr lines (its JSON log), for tests that read them.
+pub fn start_reading_log(
+    mut command: Command,
+    ready: &str,
+    echo: Option<&str>,
+) -> (Running, String, std::sync::mpsc::Receiver<String>) {
     command.stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn tollgate");
     let stderr = child.stderr.take().expect("stderr");
@@ -36,7 +46,7 @@ pub fn start(mut command: Command, ready: &str, echo: Option<&str>) -> (Running,
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if v["message"] == ready {
             let listen = v["listen"].as_str().expect("listen").to_string();
-            return (running, listen);
+            return (running, listen, rx);
         }
         if let Some(prefix) = echo {
             if v["level"] == "ERROR" || !line.starts_with('{') {

@@ -19,5 +19,6 @@ mod identity;
 mod jwks;
 mod limits;
 mod non_stream;
+mod reload;
 mod slow_clients;
 mod streaming;

@@ -43,6 +43,8 @@ pub struct TestApp {
     pub client: awc::Client,
     /// The config generation serving new requests (tests may reload it directly).
     pub live: Arc<Live>,
+    /// `http://host:port` of `/admin/v1`: its own listener (`admin.listen`), or the gateway's.
+    pub admin_base: String,
 }
 
 /// Mock options that answer fast unless a test slows them.
@@ -123,6 +125,7 @@ async fn spawn_gateway_reloading(
     actix_rt::spawn(gateway.server);
     TestApp {
         live: gateway.live,
+        admin_base: format!("http://{}", gateway.admin_addr.unwrap_or(addr)),
         base: format!("http://{addr}"),
         metrics_base: format!("http://{metrics_addr}"),
         clock,
