@@ -5,6 +5,7 @@
 #   VUS=10 DURATION=10s load/run.sh
 #   load/run.sh abuse_burst             # or abuse_inputs, budget_stream, deadline, soak, stream_chat
 #   RPM=5 BURST=20 load/run.sh abuse_burst
+#   load/run.sh reload                  # streams while the config reloads twice a second
 #   PROVIDER=anthropic load/run.sh      # the model (mock-claude) served through an Anthropic-format
 #                                       # provider: the embedded mock's /v1/messages, translated
 #
@@ -21,7 +22,7 @@ die() { echo "load/run.sh: $*" >&2; exit 2; }
 
 # The script: a name (abuse_burst), a file name (abuse_burst.js) or a path under load/.
 NAME="$(basename "${1:-stream_chat}" .js)"
-(($# <= 1)) || die "usage: load/run.sh [SCRIPT] (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak)"
+(($# <= 1)) || die "usage: load/run.sh [SCRIPT] (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak reload)"
 SCRIPT="$ROOT/load/$NAME.js"
 
 # --- profiles: per script, its defaults, the gateway settings it needs, what k6 is told -------
@@ -47,6 +48,7 @@ lifted_except() {
 SCRIPT_ENV=()
 PROFILE_ENV=()
 USES_DURATION=1
+RELOADING=0
 case "$NAME" in
     stream_chat)
         VUS="${VUS:-20}"; DURATION="${DURATION:-30s}"
@@ -92,8 +94,14 @@ case "$NAME" in
             "TOLLGATE__MOCK__TOKENS_PER_SECOND=${MOCK_TPS:-10}")
         SCRIPT_ENV=("DEADLINE_SECS=$DEADLINE_SECS")
         ;;
+    reload)
+        VUS="${VUS:-20}"; DURATION="${DURATION:-30s}"
+        # The gateway reads a config file (written below) that a background loop rewrites every
+        # second; the script reloads it with the run's admin key.
+        RELOADING=1
+        ;;
     *)
-        die "unknown script '$NAME' (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak)"
+        die "unknown script '$NAME' (one of: stream_chat abuse_burst abuse_inputs budget_stream deadline soak reload)"
         ;;
 esac
 [[ -f "$SCRIPT" ]] || die "no script at $SCRIPT"
@@ -202,8 +210,26 @@ case "${PROVIDER:-openai}" in
 esac
 SCRIPT_ENV=("${SCRIPT_ENV[@]/@JWT_SECRET@/$JWT_SECRET}")
 
+# The reload script: a config file whose mock-gpt output price flips every second, and an admin
+# key for this run (its SHA-256 in the gateway's environment, the key itself given to k6).
+FLIPPER_PID=""
+config_version() {
+    printf '[pricing.mock-gpt]\ninput_per_million_usd = 2.5\noutput_per_million_usd = %s\n' "$1" \
+        >"$WORK/reload.toml.tmp" && mv "$WORK/reload.toml.tmp" "$WORK/reload.toml"
+}
+if ((RELOADING)); then
+    ADMIN_KEY="admin-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+    config_version 10.0
+    gateway_env+=(
+        "TOLLGATE_CONFIG=$WORK/reload.toml"
+        "TOLLGATE__ADMIN__KEY_SHA256=$(printf %s "$ADMIN_KEY" | sha256sum | cut -d' ' -f1)"
+    )
+    SCRIPT_ENV+=("ADMIN_KEY=$ADMIN_KEY")
+fi
+
 GW_PID=""
 stop_gateway() {
+    [[ -n "$FLIPPER_PID" ]] && { kill "$FLIPPER_PID" 2>/dev/null || true; wait "$FLIPPER_PID" 2>/dev/null || true; FLIPPER_PID=""; }
     [[ -n "$GW_PID" ]] || return 0
     if kill -0 "$GW_PID" 2>/dev/null; then
         kill -TERM "$GW_PID" 2>/dev/null || true
@@ -231,6 +257,12 @@ done
 http_ok "$PORT" /healthz || { tail -n 20 "$GATEWAY_LOG" >&2; die "no 200 from /healthz within 30s (log: $GATEWAY_LOG)"; }
 echo "load/run.sh: $NAME.js; gateway pid $GW_PID on 127.0.0.1:$PORT (embedded mock); log: $GATEWAY_LOG" >&2
 for setting in "${PROFILE_ENV[@]}"; do echo "load/run.sh:   $setting" >&2; done
+if ((RELOADING)); then
+    ( while kill -0 "$GW_PID" 2>/dev/null; do
+          config_version 20.0; sleep 1; config_version 10.0; sleep 1
+      done ) &
+    FLIPPER_PID=$!
+fi
 
 # --- tokens: one user per VU --------------------------------------------------------------------
 TOKENS=""
