@@ -14,6 +14,8 @@ pub enum Outcome {
     CutBudget,
     CutDeadline,
     CutGuardrail,
+    /// An operator blocked the user while the reply streamed.
+    CutBlocked,
     ClientGone,
     UpstreamError,
     Rejected,
@@ -27,6 +29,7 @@ impl Outcome {
             Outcome::CutBudget => "cut_budget",
             Outcome::CutDeadline => "cut_deadline",
             Outcome::CutGuardrail => "cut_guardrail",
+            Outcome::CutBlocked => "cut_blocked",
             Outcome::ClientGone => "client_gone",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected => "rejected",
@@ -42,6 +45,7 @@ impl Outcome {
             Outcome::CutBudget => Some(CutReason::Budget),
             Outcome::CutDeadline => Some(CutReason::Deadline),
             Outcome::CutGuardrail => Some(CutReason::Guardrail),
+            Outcome::CutBlocked => Some(CutReason::UserBlocked),
             Outcome::UpstreamError => Some(CutReason::UpstreamFailed),
             Outcome::ClientGone => Some(CutReason::ClientGone),
         }
@@ -55,6 +59,7 @@ impl Outcome {
             Outcome::CutBudget => Some(ErrorCode::BudgetExceeded),
             Outcome::CutDeadline => Some(ErrorCode::DeadlineExceeded),
             Outcome::CutGuardrail => Some(ErrorCode::OutputBlocked),
+            Outcome::CutBlocked => Some(ErrorCode::UserBlocked),
             Outcome::UpstreamError => Some(ErrorCode::UpstreamFailed),
             Outcome::Completed | Outcome::CutTokenCap | Outcome::ClientGone | Outcome::Rejected => {
                 None
@@ -72,16 +77,18 @@ pub enum CutReason {
     Guardrail,
     UpstreamFailed,
     ClientGone,
+    UserBlocked,
 }
 
 impl CutReason {
-    pub const ALL: [CutReason; 6] = [
+    pub const ALL: [CutReason; 7] = [
         CutReason::TokenCap,
         CutReason::Budget,
         CutReason::Deadline,
         CutReason::Guardrail,
         CutReason::UpstreamFailed,
         CutReason::ClientGone,
+        CutReason::UserBlocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +99,7 @@ impl CutReason {
             CutReason::Guardrail => "guardrail",
             CutReason::UpstreamFailed => "upstream_failed",
             CutReason::ClientGone => "client_gone",
+            CutReason::UserBlocked => "user_blocked",
         }
     }
 }

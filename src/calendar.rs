@@ -39,6 +39,70 @@ pub fn rfc3339_millis(ms: u64) -> String {
     format!("{}.{:03}Z", DateTime(ms), ms % 1000)
 }
 
+/// Parses an RFC 3339 timestamp (`2026-12-31T00:00:00Z`, fractions of a second and `±HH:MM`
+/// offsets allowed; `t`/`z` and a space for `T` too) into ms since the epoch. `None` for
+/// anything else, and for times before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<i64> {
+        let part = b.get(from..from + len)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days_in_month = days_from_civil(year + i64::from(month == 12), (month % 12 + 1) as u32, 1)
+        - days_from_civil(year, month as u32, 1);
+    if day < 1 || day > days_in_month {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        millis = digits(start, (at - start).min(3))? * 10i64.pow(3 - (at - start).min(3) as u32);
+    }
+    let offset_secs = match &b[at..] {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(at + 1, 2)?, digits(at + 4, 2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if *sign == b'+' {
+                secs
+            } else {
+                -secs
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month as u32, day as u32);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_secs;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` of a millisecond timestamp, written in place.
 struct DateTime(u64);
 
@@ -109,6 +173,38 @@ mod tests {
             rfc3339_millis(1_795_608_000_042),
             "2026-11-25T12:00:00.042Z"
         );
+        assert_eq!(
+            parse_rfc3339("2026-11-25T12:00:00.042Z"),
+            Some(1_795_608_000_042)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-25T13:30:00+01:30"),
+            Some(1_795_608_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-25t12:00:00z"),
+            Some(1_795_608_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2028-02-29T00:00:00Z")
+                .map(rfc3339)
+                .as_deref(),
+            Some("2028-02-29T00:00:00Z")
+        );
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T12:00:00",
+            "2026-11-25T24:00:00Z",
+            "2026-11-25T12:00:00.Z",
+            "1969-12-31T23:59:59Z",
+            "2026-11-25T12:00:00+1:00",
+            "tomorrow",
+            "2026-11-25T12:00:00Zjunk",
+            "２０２６-11-25T12:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
     }
 

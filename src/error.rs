@@ -57,6 +57,8 @@ pub enum ErrorCode {
     OutputBlocked,
     /// An admin reload found the config invalid: nothing changed.
     InvalidConfig,
+    /// An operator blocked the user: refused before any reply, or a stream cut mid-way.
+    UserBlocked,
 }
 
 /// How a code reaches the client.
@@ -112,6 +114,7 @@ impl ErrorCode {
         ErrorCode::DeadlineExceeded,
         ErrorCode::OutputBlocked,
         ErrorCode::InvalidConfig,
+        ErrorCode::UserBlocked,
     ];
 
     /// How the code is delivered. Exhaustive on purpose: a new code must decide its status here.
@@ -122,7 +125,7 @@ impl ErrorCode {
             | PromptInjection | InvalidParameter | MissingUser | InvalidUser | InvalidConfig => 400,
             MissingToken | InvalidToken | TokenExpired => 401,
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
-            | ParameterNotAllowed => 403,
+            | ParameterNotAllowed | UserBlocked => 403,
             NotFound | ModelNotFound => 404,
             MethodNotAllowed => 405,
             RequestTimeout => 408,
@@ -148,8 +151,8 @@ impl ErrorCode {
         }
     }
 
-    /// The `data:` payload that ends a started stream with this code. `UpstreamFailed` is the
-    /// one code delivered both ways; mid-stream it says so.
+    /// The `data:` payload that ends a started stream with this code. `UpstreamFailed` and
+    /// `UserBlocked` are delivered both ways; mid-stream they say so.
     pub fn stream_event(self) -> String {
         let message = match self {
             ErrorCode::BudgetExceeded => {
@@ -157,6 +160,7 @@ impl ErrorCode {
             }
             ErrorCode::DeadlineExceeded => "the request exceeded the gateway's time limit",
             ErrorCode::OutputBlocked => "the response was stopped by an output guardrail",
+            ErrorCode::UserBlocked => "this user was blocked by an operator during the response",
             _ => "the upstream provider failed during the response",
         };
         ErrorBody::new(message, self.kind(), self.as_str()).to_json()
@@ -172,7 +176,7 @@ impl ErrorCode {
             | ModelNotFound | MethodNotAllowed | InvalidConfig => "invalid_request_error",
             MissingToken | InvalidToken | TokenExpired => "authentication_error",
             FeatureNotInPlan | UnknownFeature | UnknownPlan | ModelNotInPlan
-            | ParameterNotAllowed => "permission_error",
+            | ParameterNotAllowed | UserBlocked => "permission_error",
             RequestsPerMinute | RequestsPerDay | TokensPerDay | ConcurrentStreams | DailyBudget
             | MonthlyBudget | OrgDailyBudget | AuthRateLimited => "rate_limit_error",
             UpstreamFailed | UpstreamUnavailable | StateUnavailable | UpstreamTimeout => {
@@ -230,6 +234,7 @@ impl ErrorCode {
             DeadlineExceeded => "deadline_exceeded",
             OutputBlocked => "output_blocked",
             InvalidConfig => "invalid_config",
+            UserBlocked => "user_blocked",
         }
     }
 }

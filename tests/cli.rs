@@ -576,9 +576,7 @@ fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, message: &str) -> serde
 fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
-    let file = |rpm: u32, extra: &str| {
-        format!("[rate]\nrequests_per_minute = {rpm}\n{extra}")
-    };
+    let file = |rpm: u32, extra: &str| format!("[rate]\nrequests_per_minute = {rpm}\n{extra}");
     std::fs::write(&path, file(10, "")).unwrap();
     let mut command = tollgate(
         &["--config", path.to_str().unwrap()],

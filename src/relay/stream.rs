@@ -499,7 +499,10 @@ impl Relay<'_> {
         let needed = tokens.min(budget);
         if needed > self.ticket.allowance() {
             let allowance = self.ticket.ask(needed, self.batch).await;
-            if allowance < needed {
+            if self.ticket.blocked() {
+                budget = 0;
+                cut = Outcome::CutBlocked;
+            } else if allowance < needed {
                 budget = allowance;
                 cut = Outcome::CutBudget;
             }

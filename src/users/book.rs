@@ -15,6 +15,7 @@
 //! - Re-pricing (fallback to another model before the first token) moves an open request to a
 //!   new price if the spend checks admission made still pass at it; the reservation stays.
 
+use super::admin::{UserAdmin, Window};
 use super::allowance::{share, Ask, Batch};
 use super::limits::UserLimits;
 use super::org::OrgLedger;
@@ -45,6 +46,13 @@ pub struct UserState {
     input_tokens: u64,
     output_tokens: u64,
     cut_requests: u64,
+    /// An operator's block and overrides (embedded mode; Redis mode keeps them in Redis).
+    #[serde(default, skip_serializing_if = "is_default")]
+    admin: UserAdmin,
+}
+
+fn is_default(admin: &UserAdmin) -> bool {
+    *admin == UserAdmin::default()
 }
 
 /// An admitted, unsettled request.
@@ -161,6 +169,51 @@ impl Book {
 
     pub fn state(&self) -> &UserState {
         &self.state
+    }
+
+    /// An operator's settings for the user, as this book keeps them.
+    pub fn admin(&self) -> &UserAdmin {
+        &self.state.admin
+    }
+
+    pub fn set_admin(&mut self, admin: UserAdmin) {
+        self.state.admin = admin;
+    }
+
+    /// Empties the chosen windows (an operator's reset): the minute's requests; today's
+    /// requests, tokens and spend; this month's spend. Open requests keep their reservations.
+    pub fn reset(&mut self, windows: &[Window], now_ms: u64) {
+        self.roll(now_ms);
+        for window in windows {
+            match window {
+                Window::Minute => self.state.minute.clear(),
+                Window::Day => {
+                    self.state.requests_today = 0;
+                    self.state.tokens_today = 0;
+                    self.state.spend_today_micro_usd = 0;
+                    self.state.alerted_day = None;
+                }
+                Window::Month => {
+                    self.state.spend_month_micro_usd = 0;
+                    self.state.alerted_month = None;
+                }
+            }
+        }
+    }
+
+    /// Settled spend today and this month at `now_ms` (for the top spenders).
+    pub fn settled_spend(state: &UserState, now_ms: u64) -> (u64, u64) {
+        let today = if state.day == day_key(now_ms) {
+            state.spend_today_micro_usd
+        } else {
+            0
+        };
+        let month = if state.month == month_key(now_ms) {
+            state.spend_month_micro_usd
+        } else {
+            0
+        };
+        (today, month)
     }
 
     pub fn has_open_requests(&self) -> bool {

@@ -1,6 +1,7 @@
-//! The limits that apply to one user: `[rate]` and `[cost]`, overridden by the user's plan.
+//! The limits that apply to one user: `[rate]` and `[cost]`, overridden by the user's plan
+//! (and by an operator's per-user overrides, [`super::admin`]).
 
-use crate::config::Config;
+use crate::config::{Config, CostOverrides, RateOverrides};
 
 /// One user's limits, money in integer micro-USD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,34 +19,42 @@ pub struct UserLimits {
 impl UserLimits {
     /// The limits of `plan` (the global ones where the plan names none).
     pub fn for_plan(config: &Config, plan: &str) -> Self {
-        let (rate, cost) = config
-            .plans
-            .get(plan)
-            .map(|p| (p.rate.clone(), p.cost.clone()))
-            .unwrap_or_default();
+        let global = Self {
+            requests_per_minute: config.rate.requests_per_minute,
+            requests_per_day: config.rate.requests_per_day,
+            tokens_per_day: config.rate.tokens_per_day,
+            max_concurrent_streams: config.rate.max_concurrent_streams,
+            min_granted_tokens: config.rate.min_granted_tokens,
+            daily_cap_micro_usd: usd_to_micro(config.cost.max_daily_usd),
+            monthly_cap_micro_usd: usd_to_micro(config.cost.max_monthly_usd),
+            alert_threshold_percent: config.cost.alert_threshold_percent,
+        };
+        match config.plans.get(plan) {
+            Some(p) => global.overridden(&p.rate, &p.cost),
+            None => global,
+        }
+    }
+
+    /// These limits with the keys `rate` and `cost` set replaced (a plan's, or an operator's
+    /// per-user overrides).
+    pub fn overridden(self, rate: &RateOverrides, cost: &CostOverrides) -> Self {
         Self {
-            requests_per_minute: rate
-                .requests_per_minute
-                .unwrap_or(config.rate.requests_per_minute),
-            requests_per_day: rate
-                .requests_per_day
-                .unwrap_or(config.rate.requests_per_day),
-            tokens_per_day: rate.tokens_per_day.unwrap_or(config.rate.tokens_per_day),
+            requests_per_minute: rate.requests_per_minute.unwrap_or(self.requests_per_minute),
+            requests_per_day: rate.requests_per_day.unwrap_or(self.requests_per_day),
+            tokens_per_day: rate.tokens_per_day.unwrap_or(self.tokens_per_day),
             max_concurrent_streams: rate
                 .max_concurrent_streams
-                .unwrap_or(config.rate.max_concurrent_streams),
-            min_granted_tokens: rate
-                .min_granted_tokens
-                .unwrap_or(config.rate.min_granted_tokens),
-            daily_cap_micro_usd: usd_to_micro(
-                cost.max_daily_usd.unwrap_or(config.cost.max_daily_usd),
-            ),
-            monthly_cap_micro_usd: usd_to_micro(
-                cost.max_monthly_usd.unwrap_or(config.cost.max_monthly_usd),
-            ),
+                .unwrap_or(self.max_concurrent_streams),
+            min_granted_tokens: rate.min_granted_tokens.unwrap_or(self.min_granted_tokens),
+            daily_cap_micro_usd: cost
+                .max_daily_usd
+                .map_or(self.daily_cap_micro_usd, usd_to_micro),
+            monthly_cap_micro_usd: cost
+                .max_monthly_usd
+                .map_or(self.monthly_cap_micro_usd, usd_to_micro),
             alert_threshold_percent: cost
                 .alert_threshold_percent
-                .unwrap_or(config.cost.alert_threshold_percent),
+                .unwrap_or(self.alert_threshold_percent),
         }
     }
 }

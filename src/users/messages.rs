@@ -1,12 +1,13 @@
 //! Messages a user's actor answers. `None` answers mean "this actor is being evicted: ask a
 //! fresh one" (the registry retries).
 
+use super::admin::{AdminOp, UserAdmin};
 use super::allowance::Ask;
 use super::book::{AdmitRequest, Grant};
 use super::limits::UserLimits;
 use super::usage::UsageReport;
 use crate::accounting::{Outcome, Usage};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::pricing::Price;
 use actix::Message;
 
@@ -33,6 +34,22 @@ pub struct MeterAnswer {
     /// last allowance). Less than it `needed`: a spend cap is reached; relay that many (the
     /// chunk trimmed to them), then end the stream with `budget_exceeded`.
     pub allowance: u64,
+    /// An operator blocked the user: relay nothing more, end with `user_blocked`.
+    pub blocked: bool,
+}
+
+impl MeterAnswer {
+    pub fn allow(allowance: u64) -> Self {
+        Self {
+            allowance,
+            blocked: false,
+        }
+    }
+
+    pub const BLOCKED: MeterAnswer = MeterAnswer {
+        allowance: 0,
+        blocked: true,
+    };
 }
 
 /// Move an open request that metered nothing yet to another model's price (fallback before the
@@ -60,3 +77,37 @@ pub struct Settle {
 #[derive(Debug, Message)]
 #[rtype(result = "Option<Result<UsageReport, ApiError>>")]
 pub struct ReadUsage(pub UserLimits);
+
+/// Apply an operator's change to the user.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Result<AdminChange, ApiError>>")]
+pub struct ChangeAdmin(pub AdminOp);
+
+/// An operator's settings before and after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminChange {
+    pub before: UserAdmin,
+    pub after: UserAdmin,
+}
+
+/// Everything an operator sees of a user; the limits are the plan's of the user's last
+/// request (else the ones given) with the overrides applied.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Result<Inspection, ApiError>>")]
+pub struct Inspect(pub UserLimits);
+
+/// The answer to [`Inspect`].
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub usage: UsageReport,
+    pub admin: UserAdmin,
+    pub last_refusal: Option<LastRefusal>,
+    pub limits: UserLimits,
+}
+
+/// A refusal an actor gave: its code and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastRefusal {
+    pub code: ErrorCode,
+    pub at_ms: u64,
+}

@@ -11,6 +11,7 @@
 //! what a replica may do while Redis is away.
 
 mod actor;
+pub mod admin;
 mod alerts;
 pub mod allowance;
 pub mod book;
@@ -29,7 +30,7 @@ pub mod usage;
 pub use allowance::Batch;
 pub use book::AdmitRequest;
 pub use limits::UserLimits;
-pub use messages::MeterAnswer;
+pub use messages::{AdminChange, Inspection, LastRefusal, MeterAnswer};
 pub use redis::RedisLedger;
 pub use registry::UserRegistry;
 pub use store::{MemoryStore, SnapshotError, Snapshots, UserStore};

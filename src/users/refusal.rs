@@ -23,6 +23,9 @@ pub enum Refusal {
     /// Only spend promised to the organisation's running requests stands in the way.
     OrgInFlight,
     DayTokens,
+    /// Redis mode: the operator's settings changed since the actor computed the limits; it
+    /// reads them and asks again (never a client's answer).
+    AdminChanged,
 }
 
 impl Refusal {
@@ -89,6 +92,12 @@ impl Refusal {
             )
             .retry_after(until_midnight)
             .no_retry(),
+            // Handled by the actor before any client sees it; should it escape, a retry works.
+            Refusal::AdminChanged => ApiError::new(
+                ErrorCode::StateUnavailable,
+                "the user's settings changed while the request was admitted: retry",
+            )
+            .retry_after(1),
         }
     }
 }

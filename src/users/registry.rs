@@ -4,10 +4,11 @@
 //! loads the saved state.
 
 use super::actor::{Env, Mode, UserAddr};
+use super::admin::AdminOp;
 use super::alerts;
-use super::book::AdmitRequest;
+use super::book::{AdmitRequest, Book};
 use super::limits::{usd_to_micro, UserLimits};
-use super::messages::{Admit, ReadUsage, Settle};
+use super::messages::{AdminChange, Admit, ChangeAdmin, Inspect, Inspection, ReadUsage, Settle};
 use super::org::OrgLedger;
 use super::redis::RedisLedger;
 use super::store::UserStore;
@@ -150,6 +151,67 @@ impl UserRegistry {
             }
         }
         Err(unavailable())
+    }
+
+    /// The registry's clock, ms since the epoch (tests move it).
+    pub fn now_ms(&self) -> u64 {
+        self.env.clock.now_ms()
+    }
+
+    /// Applies an operator's change to the user (where the user's state lives).
+    pub async fn change_admin(&self, user_id: &str, op: AdminOp) -> Result<AdminChange, ApiError> {
+        for _ in 0..ATTEMPTS {
+            if let Ok(Some(answer)) = self.actor(user_id).send(ChangeAdmin(op.clone())).await {
+                return answer;
+            }
+        }
+        Err(unavailable())
+    }
+
+    /// What an operator sees of the user; `fallback` are the limits to report under when no
+    /// request of the user was seen yet (a plan's).
+    pub async fn inspect(
+        &self,
+        user_id: &str,
+        fallback: UserLimits,
+    ) -> Result<Inspection, ApiError> {
+        for _ in 0..ATTEMPTS {
+            if let Ok(Some(answer)) = self.actor(user_id).send(Inspect(fallback)).await {
+                return answer;
+            }
+        }
+        Err(unavailable())
+    }
+
+    /// The `n` biggest spenders of today (`month` false) or this month, by settled spend in
+    /// micro-USD, biggest first.
+    pub async fn top_spenders(
+        &self,
+        month: bool,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>, ApiError> {
+        let now = self.env.clock.now_ms();
+        let mut spenders = match &self.mode {
+            Mode::Local(store) => store
+                .all()
+                .into_iter()
+                .map(|(user, state)| {
+                    let (today, this_month) = Book::settled_spend(&state, now);
+                    (user, if month { this_month } else { today })
+                })
+                .filter(|(_, spend)| *spend > 0)
+                .collect(),
+            Mode::Shared(ledger) => ledger.spenders(month).await.map_err(|_| {
+                ApiError::new(
+                    ErrorCode::StateUnavailable,
+                    "top spenders cannot be read right now (shared state unavailable)",
+                )
+                .retry_after(1)
+            })?,
+        };
+        spenders.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        spenders.truncate(n);
+        Ok(spenders)
     }
 
     /// Redis mode: the shared ledger (`None` in embedded mode).

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 pub trait UserStore: Send + Sync + std::fmt::Debug {
     fn load(&self, user_id: &str) -> Option<UserState>;
     fn save(&self, user_id: &str, state: UserState);
+    /// Every user's state (the admin API's top spenders).
+    fn all(&self) -> Vec<(String, UserState)>;
 }
 
 /// The embedded default: a map in this process.
@@ -33,6 +35,10 @@ impl UserStore for MemoryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(user_id.to_string(), state);
+    }
+
+    fn all(&self) -> Vec<(String, UserState)> {
+        self.export().into_iter().collect()
     }
 }
 

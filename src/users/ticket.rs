@@ -28,6 +28,8 @@ pub struct Ticket {
     allowance: AtomicU64,
     max_tokens: u32,
     rate_limits: RateLimitHeaders,
+    /// An operator blocked the user (said by the last meter answer).
+    blocked: bool,
     settled: bool,
 }
 
@@ -49,6 +51,7 @@ impl Ticket {
             allowance: AtomicU64::new(grant.allowance),
             max_tokens: grant.max_tokens,
             rate_limits: grant.rate_limits,
+            blocked: false,
             settled: false,
         }
     }
@@ -73,6 +76,11 @@ impl Ticket {
         self.allowance.load(Ordering::Relaxed)
     }
 
+    /// Whether the last answer said an operator blocked the user (end with `user_blocked`).
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
     /// Records `tokens` relayed within the allowance (reported with the next ask).
     pub fn relayed(&mut self, tokens: u64) {
         let allowance = self.allowance.get_mut();
@@ -94,7 +102,10 @@ impl Ticket {
             ask: Ask { needed, batch },
         };
         let allowance = match self.addr.send(message).await {
-            Ok(MeterAnswer { allowance }) => allowance,
+            Ok(MeterAnswer { allowance, blocked }) => {
+                self.blocked |= blocked;
+                allowance
+            }
             Err(_) => {
                 // The actor cannot hold the limits: fail closed rather than stream unmetered.
                 tracing::error!(request_id = %self.request_id, "user actor unreachable while metering");

@@ -225,7 +225,8 @@ async fn an_invalid_file_is_rejected_whole_naming_the_key_and_the_running_config
     assert_eq!(audits.len(), 2, "{audits:?}");
     assert_eq!(audits[0]["action"], "reload");
     assert_eq!(audits[0]["status"], 400);
-    assert!(audits[0]["error"]
+    assert_eq!(audits[0]["error"], "invalid_config");
+    assert!(audits[0]["message"]
         .as_str()
         .unwrap()
         .contains("pricing.mock-gpt.fallback"));

@@ -4,10 +4,11 @@
 
 use super::{now_reply, Authority, Reply, UserActor, UserAddr};
 use crate::error::ApiError;
+use crate::users::admin::{AdminOp, UserAdmin};
 use crate::users::alerts::UserAlert;
 use crate::users::book::{AdmitRequest, Book, Grant, UserState};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Meter, MeterAnswer, Reprice, Settle};
+use crate::users::messages::{AdminChange, Meter, MeterAnswer, Reprice, Settle};
 use crate::users::store::UserStore;
 use crate::users::usage::UsageReport;
 use actix::Addr;
@@ -42,7 +43,7 @@ impl Authority for Local {
     }
 
     fn send_alerts(actor: &mut UserActor<Self>) {
-        let Some(limits) = actor.limits else {
+        let Some(limits) = actor.effective_limits() else {
             return;
         };
         for alert in actor.book.due_alerts(&limits) {
@@ -96,5 +97,27 @@ impl Authority for Local {
 
     fn user_addr(addr: Addr<UserActor<Self>>) -> UserAddr {
         UserAddr::Local(addr)
+    }
+
+    fn admin(actor: &UserActor<Self>) -> &UserAdmin {
+        actor.book.admin()
+    }
+
+    fn change_admin(
+        actor: &mut UserActor<Self>,
+        op: AdminOp,
+    ) -> Reply<Self, Result<AdminChange, ApiError>> {
+        let now = actor.env.clock.now_ms();
+        let before = actor.book.admin().clone();
+        let mut after = before.clone();
+        after.forget_expired(now);
+        after.apply(&op);
+        if let AdminOp::Reset(windows) = &op {
+            actor.book.reset(windows, now);
+        }
+        actor.book.set_admin(after.clone());
+        // Kept with the user's state (and so in the snapshot) at once.
+        actor.authority.save(&actor.user_id, &actor.book);
+        now_reply(Ok(AdminChange { before, after }))
     }
 }

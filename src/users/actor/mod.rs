@@ -21,16 +21,20 @@ pub(super) use handle::{Mode, UserAddr};
 pub(super) use local::Local;
 pub(super) use shared::Shared;
 
+use super::admin::{AdminOp, UserAdmin};
 use super::alerts::AlertSender;
 use super::book::{AdmitRequest, Book, Grant, UserState};
 use super::limits::UserLimits;
-use super::messages::{Admit, Meter, MeterAnswer, ReadUsage, Reprice, Settle};
+use super::messages::{
+    AdminChange, Admit, ChangeAdmin, Inspect, Inspection, LastRefusal, Meter, MeterAnswer,
+    ReadUsage, Reprice, Settle,
+};
 use super::org::OrgLedger;
 use super::usage::UsageReport;
 use crate::clock::Clock;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::telemetry::Metrics;
-use actix::fut::ready;
+use actix::fut::{ready, ActorFutureExt};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, ResponseActFuture};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,7 +56,11 @@ pub(super) struct Env {
 pub(super) struct UserActor<A> {
     user_id: String,
     book: Book,
+    /// The plan's limits of the user's last admitted request (an operator's overrides are
+    /// applied on top at each use: [`UserActor::effective_limits`]).
     limits: Option<UserLimits>,
+    /// The last refusal this actor gave (an operator asks "why was I refused?").
+    last_refusal: Option<LastRefusal>,
     authority: A,
     env: Env,
     last_active: Instant,
@@ -111,6 +119,22 @@ pub(super) trait Authority: Sized + Unpin + 'static {
 
     /// The handle on an actor of this kind.
     fn user_addr(addr: Addr<UserActor<Self>>) -> UserAddr;
+
+    /// An operator's settings for the user, as this actor knows them.
+    fn admin(actor: &UserActor<Self>) -> &UserAdmin;
+
+    /// Reads the operator's settings again where they live (Redis mode; a no-op when the
+    /// actor holds them).
+    fn refresh_admin(_: &mut UserActor<Self>) -> Reply<Self, ()> {
+        now_reply(())
+    }
+
+    /// Applies an operator's change where the user's state lives; the settings before and
+    /// after.
+    fn change_admin(
+        actor: &mut UserActor<Self>,
+        op: AdminOp,
+    ) -> Reply<Self, Result<AdminChange, ApiError>>;
 }
 
 impl<A: Authority> UserActor<A> {
@@ -120,11 +144,19 @@ impl<A: Authority> UserActor<A> {
             user_id,
             book: Book::new(state),
             limits: None,
+            last_refusal: None,
             authority,
             env,
             last_active: Instant::now(),
             evicting: false,
         }
+    }
+
+    /// The limits in force for the user: the last request's plan limits with an operator's
+    /// overrides applied.
+    fn effective_limits(&self) -> Option<UserLimits> {
+        let now = self.env.clock.now_ms();
+        self.limits.map(|plan| A::admin(self).limits(plan, now))
     }
 
     fn touched(&mut self) {
@@ -165,7 +197,7 @@ impl<A: Authority> UserActor<A> {
             &self.env.org,
         );
         self.touched();
-        MeterAnswer { allowance }
+        MeterAnswer::allow(allowance)
     }
 
     /// Re-prices a request the book holds (every request in embedded mode; in Redis mode, those
@@ -206,14 +238,31 @@ impl<A: Authority> Actor for UserActor<A> {
 impl<A: Authority> Handler<Admit> for UserActor<A> {
     type Result = Reply<A, Option<Result<Grant, ApiError>>>;
 
-    fn handle(&mut self, Admit(request): Admit, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Admit(mut request): Admit, _: &mut Self::Context) -> Self::Result {
         if self.evicting {
             return now_reply(None);
         }
         // Busy now: no eviction while a Redis call is in flight.
         self.last_active = Instant::now();
+        let now = self.env.clock.now_ms();
+        if A::admin(self).blocked {
+            self.last_refusal = Some(LastRefusal {
+                code: ErrorCode::UserBlocked,
+                at_ms: now,
+            });
+            return now_reply(Some(Err(blocked())));
+        }
         self.limits = Some(request.limits);
-        A::admit(self, request)
+        request.limits = A::admin(self).limits(request.limits, now);
+        Box::pin(A::admit(self, request).map(move |answer, actor, _| {
+            if let Some(Err(e)) = &answer {
+                actor.last_refusal = Some(LastRefusal {
+                    code: e.code,
+                    at_ms: now,
+                });
+            }
+            answer
+        }))
     }
 }
 
@@ -222,8 +271,11 @@ impl<A: Authority> Handler<Meter> for UserActor<A> {
 
     fn handle(&mut self, msg: Meter, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
-        let Some(limits) = self.limits else {
-            return now_reply(MeterAnswer { allowance: 0 });
+        if A::admin(self).blocked {
+            return now_reply(MeterAnswer::BLOCKED);
+        }
+        let Some(limits) = self.effective_limits() else {
+            return now_reply(MeterAnswer::allow(0));
         };
         A::meter(self, msg, limits)
     }
@@ -232,8 +284,12 @@ impl<A: Authority> Handler<Meter> for UserActor<A> {
 impl<A: Authority> Handler<Reprice> for UserActor<A> {
     type Result = Reply<A, bool>;
 
-    fn handle(&mut self, msg: Reprice, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Reprice, _: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
+        if A::admin(self).blocked {
+            return now_reply(false);
+        }
+        msg.limits = A::admin(self).limits(msg.limits, self.env.clock.now_ms());
         A::reprice(self, msg)
     }
 }
@@ -255,6 +311,57 @@ impl<A: Authority> Handler<ReadUsage> for UserActor<A> {
             return now_reply(None);
         }
         self.last_active = Instant::now();
+        let limits = A::admin(self).limits(limits, self.env.clock.now_ms());
         A::read_usage(self, limits)
     }
+}
+
+impl<A: Authority> Handler<ChangeAdmin> for UserActor<A> {
+    type Result = Reply<A, Option<Result<AdminChange, ApiError>>>;
+
+    fn handle(&mut self, ChangeAdmin(op): ChangeAdmin, _: &mut Self::Context) -> Self::Result {
+        if self.evicting {
+            return now_reply(None);
+        }
+        self.last_active = Instant::now();
+        Box::pin(A::change_admin(self, op).map(|answer, actor, _| {
+            actor.touched();
+            Some(answer)
+        }))
+    }
+}
+
+impl<A: Authority> Handler<Inspect> for UserActor<A> {
+    type Result = Reply<A, Option<Result<Inspection, ApiError>>>;
+
+    fn handle(&mut self, Inspect(fallback): Inspect, _: &mut Self::Context) -> Self::Result {
+        if self.evicting {
+            return now_reply(None);
+        }
+        self.last_active = Instant::now();
+        // Under the limits of the user's last request, else the caller's guess (a plan's), with
+        // the operator's settings as they are now.
+        let plan = self.limits.unwrap_or(fallback);
+        Box::pin(A::refresh_admin(self).then(move |(), actor, _| {
+            let limits = A::admin(actor).limits(plan, actor.env.clock.now_ms());
+            A::read_usage(actor, limits).map(move |report, actor, _| {
+                report.map(|report| {
+                    report.map(|usage| Inspection {
+                        usage,
+                        admin: A::admin(actor).clone(),
+                        last_refusal: actor.last_refusal,
+                        limits,
+                    })
+                })
+            })
+        }))
+    }
+}
+
+fn blocked() -> ApiError {
+    ApiError::new(
+        ErrorCode::UserBlocked,
+        "this user is blocked by an operator of this gateway",
+    )
+    .no_retry()
 }

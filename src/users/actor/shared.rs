@@ -12,9 +12,10 @@ use super::{now_reply, Authority, Reply, UserActor, UserAddr};
 use crate::accounting::{Outcome, Usage};
 use crate::calendar::{day_key, month_key, next_day_ms};
 use crate::error::{ApiError, ErrorCode};
+use crate::users::admin::{AdminOp, UserAdmin};
 use crate::users::book::{AdmitRequest, Book, Grant, OpenRequest, UserState};
 use crate::users::limits::UserLimits;
-use crate::users::messages::{Meter, MeterAnswer, Reprice, Settle};
+use crate::users::messages::{AdminChange, Meter, MeterAnswer, Reprice, Settle};
 use crate::users::outage::{Known, FAIL_CLOSED_RETRY_SECS};
 use crate::users::redis::{
     Admitted, Metered, OrgAnswer, OrgDecision, OrgOp, PendingSettle, RedisLedger, Repriced,
@@ -52,6 +53,10 @@ pub(in crate::users) struct Shared {
     /// A refusal only time lifts (minute window, day's requests): until when it holds, for
     /// requests under which limits.
     refused_until: Option<(Instant, UserLimits, ApiError)>,
+    /// The operator's settings for the user as Redis last gave them, and their version: every
+    /// admit and meter call names the version, and Redis says when a newer one exists.
+    admin: UserAdmin,
+    admin_version: u64,
 }
 
 impl Shared {
@@ -67,7 +72,19 @@ impl Shared {
             admitting: HashSet::new(),
             cancelled: HashSet::new(),
             refused_until: None,
+            admin: UserAdmin::default(),
+            admin_version: 0,
         }
+    }
+
+    /// Takes the operator's settings Redis holds (version `version`). A refusal cached under
+    /// the old ones is dropped: a reset or an override may lift it.
+    fn set_admin(&mut self, version: u64, admin: UserAdmin) {
+        if version != self.admin_version {
+            self.refused_until = None;
+        }
+        self.admin_version = version;
+        self.admin = admin;
     }
 
     /// What a Redis call's future needs: the ledger and the user's key prefix.
@@ -155,6 +172,7 @@ impl Authority for Shared {
         }
         // An admit call for the request is in flight.
         actor.authority.admitting.insert(request.request_id.clone());
+        let admin_version = actor.authority.admin_version;
         Box::pin(
             async move {
                 let mut org = None;
@@ -175,7 +193,7 @@ impl Authority for Shared {
                         Err(e) => return (AdmitReply::User(Err(e), None), request),
                     }
                 }
-                let reply = ledger.admit(&prefix, &asked).await;
+                let reply = ledger.admit_at(&prefix, &asked, admin_version).await;
                 if let (
                     Some(answer),
                     Ok(Admitted {
@@ -189,11 +207,32 @@ impl Authority for Shared {
                         .settle(release(&prefix, &request, now, answer.day))
                         .await;
                 }
+                if let Ok(Admitted {
+                    decision: Err(Refusal::AdminChanged),
+                    ..
+                }) = reply
+                {
+                    // Nothing was admitted: read the operator's new settings, then ask again.
+                    return (
+                        AdmitReply::AdminChanged(ledger.read_admin(&prefix).await),
+                        asked,
+                    );
+                }
                 (AdmitReply::User(reply, org), asked)
             }
             .into_actor(actor)
             .map(|(reply, request), actor, ctx| {
                 let request_id = request.request_id.clone();
+                if let AdmitReply::AdminChanged(fresh) = reply {
+                    if let Ok((version, admin)) = fresh {
+                        actor.authority.set_admin(version, admin);
+                    }
+                    if let Some(cancel) = actor.authority.admit_answered(&request_id) {
+                        ctx.spawn(Self::settle(actor, cancel));
+                    }
+                    // `None`: the registry asks again, under the new settings.
+                    return None;
+                }
                 let answer = match reply {
                     AdmitReply::Org(answer) => {
                         actor.org_answered(&answer);
@@ -217,6 +256,10 @@ impl Authority for Shared {
                         }
                         answer
                     }
+                    // Answered above; kept so the match stays exhaustive.
+                    AdmitReply::AdminChanged(_) => {
+                        Err(Refusal::AdminChanged.error(&request.limits, 0))
+                    }
                 };
                 // The caller left while Redis answered: settle what was just admitted.
                 if let Some(cancel) = actor.authority.admit_answered(&request_id) {
@@ -238,6 +281,8 @@ impl Authority for Shared {
         }
         let shared = &actor.authority;
         let (ledger, prefix) = shared.handles();
+        let (admin_version, plan) = (shared.admin_version, actor.limits);
+        let clock = actor.env.clock.clone();
         let org_step = match (
             shared.org.get(&msg.request_id),
             shared.open.get(&msg.request_id),
@@ -249,13 +294,43 @@ impl Authority for Shared {
             async move {
                 // The user's allowance and the organisation's, asked at once (one round trip):
                 // the stream gets the smaller.
-                let user = ledger.meter(
-                    &prefix,
-                    &msg.request_id,
-                    msg.output_tokens,
-                    msg.ask,
-                    &limits,
-                );
+                let user = async {
+                    let mut limits = limits;
+                    let mut version = admin_version;
+                    let mut fresh = None;
+                    // The operator's settings may change meanwhile: read them and ask again
+                    // under the new limits (a blocked user asks nothing more).
+                    for _ in 0..3 {
+                        let reply = ledger
+                            .meter_at(
+                                &prefix,
+                                &msg.request_id,
+                                msg.output_tokens,
+                                msg.ask,
+                                &limits,
+                                version,
+                            )
+                            .await;
+                        if !matches!(reply, Ok(Metered::AdminChanged)) {
+                            return (reply, fresh);
+                        }
+                        match ledger.read_admin(&prefix).await {
+                            Ok((v, admin)) => {
+                                if let Some(plan) = plan {
+                                    limits = admin.limits(plan, clock.now_ms());
+                                }
+                                version = v;
+                                let blocked = admin.blocked;
+                                fresh = Some((v, admin));
+                                if blocked {
+                                    return (Ok(Metered::AdminChanged), fresh);
+                                }
+                            }
+                            Err(e) => return (Err(e), fresh),
+                        }
+                    }
+                    (Ok(Metered::AdminChanged), fresh)
+                };
                 let org = async {
                     match org_step {
                         org::Step::Call(day, ask) => org::Metered::Answered(
@@ -265,11 +340,21 @@ impl Authority for Shared {
                         org::Step::Uncapped => org::Metered::Uncapped,
                     }
                 };
-                let (reply, org) = futures::join!(user, org);
-                (reply, org, msg)
+                let ((reply, fresh), org) = futures::join!(user, org);
+                (reply, fresh, org, msg)
             }
             .into_actor(actor)
-            .map(move |(reply, org, msg), actor, _| actor.metered(reply, org, &msg, &limits)),
+            .map(move |(reply, fresh, org, msg), actor, _| {
+                if let Some((version, admin)) = fresh {
+                    actor.authority.set_admin(version, admin);
+                }
+                if actor.authority.admin.blocked {
+                    // Redis has not counted this report: the settlement bills what was relayed.
+                    return MeterAnswer::BLOCKED;
+                }
+                let limits = actor.effective_limits().unwrap_or(limits);
+                actor.metered(reply, org, &msg, &limits)
+            }),
         )
     }
 
@@ -372,6 +457,66 @@ impl Authority for Shared {
 
     fn user_addr(addr: Addr<UserActor<Self>>) -> UserAddr {
         UserAddr::Shared(addr)
+    }
+
+    fn admin(actor: &UserActor<Self>) -> &UserAdmin {
+        &actor.authority.admin
+    }
+
+    /// Read-modify-write on the settings' version in Redis (another replica's change in
+    /// between makes it read again), window resets in the same step.
+    fn change_admin(
+        actor: &mut UserActor<Self>,
+        op: AdminOp,
+    ) -> Reply<Self, Result<AdminChange, ApiError>> {
+        let (ledger, prefix) = actor.authority.handles();
+        let clock = actor.env.clock.clone();
+        Box::pin(
+            async move {
+                let resets = match &op {
+                    AdminOp::Reset(windows) => windows.clone(),
+                    _ => Vec::new(),
+                };
+                for _ in 0..5 {
+                    let (version, before) = ledger.read_admin(&prefix).await?;
+                    let mut after = before.clone();
+                    after.forget_expired(clock.now_ms());
+                    after.apply(&op);
+                    if let Some(new) = ledger
+                        .write_admin(&prefix, version, &after, &resets)
+                        .await?
+                    {
+                        return Ok((new, AdminChange { before, after }));
+                    }
+                }
+                Err(Unavailable::Malformed("admin: the settings kept changing"))
+            }
+            .into_actor(actor)
+            .map(|result, actor, _| match result {
+                Ok((version, change)) => {
+                    actor.authority.set_admin(version, change.after.clone());
+                    Ok(change)
+                }
+                Err(_) => Err(ApiError::new(
+                    ErrorCode::StateUnavailable,
+                    "the user's settings cannot be changed right now (shared state unavailable)",
+                )
+                .retry_after(FAIL_CLOSED_RETRY_SECS)),
+            }),
+        )
+    }
+
+    fn refresh_admin(actor: &mut UserActor<Self>) -> Reply<Self, ()> {
+        let (ledger, prefix) = actor.authority.handles();
+        Box::pin(
+            async move { ledger.read_admin(&prefix).await }
+                .into_actor(actor)
+                .map(|fresh, actor, _| {
+                    if let Ok((version, admin)) = fresh {
+                        actor.authority.set_admin(version, admin);
+                    }
+                }),
+        )
     }
 }
 
@@ -506,7 +651,7 @@ impl UserActor<Shared> {
         limits: &UserLimits,
     ) -> MeterAnswer {
         let Some(open) = self.authority.open.get(&msg.request_id) else {
-            return MeterAnswer { allowance: 0 }; // settled meanwhile
+            return MeterAnswer::allow(0); // settled meanwhile
         };
         let (price, metered) = (open.price, open.metered_output_tokens + msg.output_tokens);
         let org_allowance = match org {
@@ -536,6 +681,12 @@ impl UserActor<Shared> {
             }
             // Settled already, or its lease ended: nothing more is relayed unaccounted.
             Ok(Metered::Unknown) => 0,
+            // The settings kept changing under three calls in a row: relay nothing more now
+            // rather than unmetered (the stream ends as at a cap).
+            Ok(Metered::AdminChanged) => {
+                tracing::warn!(user_id = %self.user_id, "operator settings changed during three meter calls in a row");
+                0
+            }
             Err(_) => return self.take_over(msg, limits),
         };
         if let Some(open) = self.authority.open.get_mut(&msg.request_id) {
@@ -543,12 +694,14 @@ impl UserActor<Shared> {
             open.promised_tokens = allowance;
         }
         self.touched();
-        MeterAnswer { allowance }
+        MeterAnswer::allow(allowance)
     }
 }
 
 /// What the admit calls answered.
 enum AdmitReply {
+    /// The operator's settings changed: nothing was admitted; their new version, read.
+    AdminChanged(Result<(u64, UserAdmin), Unavailable>),
     /// The organisation's counter refused (nothing was asked of the user's script).
     Org(OrgAnswer),
     /// The user's script answered, or Redis could not be asked; and the organisation's

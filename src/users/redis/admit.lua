@@ -1,10 +1,12 @@
 -- Admit: check every window and reserve, in one step (the book's rules, users/book.rs).
 -- ARGV: rid, input, max_tokens, choices, stream, in_nano, out_nano, rpm, rpd, tpd,
---       max_concurrent, min_grant, daily_cap, monthly_cap, lease_ms, batch_min, batch_max
+--       max_concurrent, min_grant, daily_cap, monthly_cap, lease_ms, batch_min, batch_max,
+--       admin_version (the version of the operator's settings the limits were computed with)
 -- Returns {code, granted, retry_ms, minute_used, tokens_running, spend_today, spend_month,
 --          expired_leases, now, allowance}; code 0 = admitted, 1 concurrency, 2 minute, 3 day
 --          requests, 4 daily spend, 5 monthly spend, 6 tokens per day, 7 spend promised to
---          running requests (retry soon). allowance: a stream's first (the rule `share`); a
+--          running requests (retry soon), 8 the operator's settings changed (nothing done: read
+--          them and ask again). allowance: a stream's first (the rule `share`); a
 --          non-streamed request's whole grant, its max_tokens capped by the spend left.
 local rid = ARGV[1]
 local input = tonumber(ARGV[2])
@@ -17,8 +19,12 @@ local max_concurrent, min_grant = tonumber(ARGV[11]), tonumber(ARGV[12])
 local daily_cap, monthly_cap = tonumber(ARGV[13]), tonumber(ARGV[14])
 local lease_ms = tonumber(ARGV[15])
 local batch_min, batch_max = tonumber(ARGV[16]), tonumber(ARGV[17])
+local admin_version = tonumber(ARGV[18])
 
 local now = now_ms()
+if admin_changed(admin_version) then
+  return { 8, 0, 0, 0, 0, 0, 0, 0, now, 0 }
+end
 -- Settled already (a late copy of an admit whose caller was answered without Redis): refuse.
 if redis.call('EXISTS', P .. 'done:' .. rid) == 1 then
   return { 1, 0, 1000, 0, 0, 0, 0, 0, now, 0 }

@@ -27,6 +27,29 @@ pub fn user_prefix(key_prefix: &str, user_id: &str) -> String {
     out
 }
 
+/// The user id whose key `key` is (`<prefix>:{<escaped user>}:…`), unescaped.
+pub fn user_of(key_prefix: &str, key: &str) -> Option<String> {
+    let rest = key.strip_prefix(key_prefix)?.strip_prefix(":{")?;
+    let escaped = &rest[..rest.find('}')?];
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let code: String = chars.by_ref().take(2).collect();
+        out.push(match code.as_str() {
+            "25" => '%',
+            "7B" => '{',
+            "7D" => '}',
+            "3A" => ':',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
 /// The marker key whose loss shows that Redis lost tollgate's keys (`persistence`). No user's
 /// key can be it: theirs all hold a `{` right after the prefix.
 pub fn marker_key(key_prefix: &str) -> String {
@@ -36,6 +59,16 @@ pub fn marker_key(key_prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_id_comes_back_from_any_of_its_keys() {
+        for user in ["alice", "openwebui:bob", "a{b}c%7B", "%", "}:{"] {
+            let key = format!("{}day:20000", user_prefix("tollgate", user));
+            assert_eq!(user_of("tollgate", &key).as_deref(), Some(user), "{key}");
+        }
+        assert_eq!(user_of("tollgate", "tollgate:org:{org}:day:1"), None);
+        assert_eq!(user_of("other", "tollgate:{a}:day:1"), None);
+    }
 
     #[test]
     fn the_hash_tag_holds_the_whole_user_id() {

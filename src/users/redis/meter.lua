@@ -1,8 +1,9 @@
 -- Meter: add the output tokens a stream relayed (within its allowance) and grant its next
 -- allowance, in place of the last (Book::meter).
--- ARGV: rid, tokens, needed, batch_min, batch_max, daily_cap, monthly_cap
+-- ARGV: rid, tokens, needed, batch_min, batch_max, daily_cap, monthly_cap, admin_version
 -- Returns {code, spend_today, spend_month, now, allowance}; code 0 = metered, 2 = no such open
--- request (settled, or its lease ended). allowance: output tokens the request may relay from
+-- request (settled, or its lease ended), 3 = the operator's settings changed (nothing done:
+-- read them and ask again). allowance: output tokens the request may relay from
 -- here before it reports again: from the spend the caps leave after the running spend and the
 -- other requests' allowances, at its output price (the rule `share`), and no more than its
 -- grant still allows. Less than `needed`: a cap is reached.
@@ -11,6 +12,7 @@ local tokens, needed = tonumber(ARGV[2]), tonumber(ARGV[3])
 local batch_min, batch_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local daily_cap, monthly_cap = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
+if admin_changed(tonumber(ARGV[8])) then return { 3, 0, 0, now, 0 } end
 local s = redis.call('HGET', P .. 'open', rid)
 if not s then return { 2, 0, 0, now, 0 } end
 local o = decode(s)

@@ -24,6 +24,7 @@ pub use journal::PendingSettle;
 pub use link::Unavailable;
 pub use persistence::{Persistence, StateCheck};
 
+use super::admin::{UserAdmin, Window};
 use super::allowance::Ask;
 use super::book::{AdmitRequest, NoReprice};
 use super::limits::{usd_to_micro, UserLimits};
@@ -54,6 +55,7 @@ struct Scripts {
     settle: Script,
     usage: Script,
     org: Script,
+    admin: Script,
 }
 
 impl Scripts {
@@ -66,6 +68,7 @@ impl Scripts {
             settle: with_prelude(include_str!("settle.lua")),
             usage: with_prelude(include_str!("usage.lua")),
             org: with_prelude(include_str!("org.lua")),
+            admin: with_prelude(include_str!("admin.lua")),
         }
     }
 }
@@ -92,6 +95,9 @@ pub enum Metered {
     Allowed(Known, u64),
     /// Redis holds no such open request (already settled, or its lease ended).
     Unknown,
+    /// The operator's settings for the user changed since the version given: nothing was
+    /// done (read them, and ask again under the new limits).
+    AdminChanged,
 }
 
 /// What the reprice script decided.
@@ -285,6 +291,18 @@ impl RedisLedger {
         prefix: &str,
         request: &AdmitRequest,
     ) -> Result<Admitted, Unavailable> {
+        self.admit_at(prefix, request, 0).await
+    }
+
+    /// [`RedisLedger::admit`] under the limits computed with version `admin_version` of the
+    /// operator's settings for the user; a newer version refuses with
+    /// [`Refusal::AdminChanged`], having done nothing.
+    pub async fn admit_at(
+        &self,
+        prefix: &str,
+        request: &AdmitRequest,
+        admin_version: u64,
+    ) -> Result<Admitted, Unavailable> {
         let (in_nano, out_nano) = request.price.nano_usd_per_token();
         let l = &request.limits;
         let args = [
@@ -304,6 +322,7 @@ impl RedisLedger {
             self.lease_ms,
             request.batch.min,
             request.batch.max,
+            admin_version,
         ];
         let reply: Vec<u64> = self
             .link
@@ -332,6 +351,7 @@ impl RedisLedger {
             5 => Err(Refusal::MonthlySpend),
             6 => Err(Refusal::DayTokens),
             7 => Err(Refusal::SpendInFlight),
+            8 => Err(Refusal::AdminChanged),
             _ => return Err(malformed("admit")),
         };
         Ok(Admitted {
@@ -358,6 +378,21 @@ impl RedisLedger {
         ask: Ask,
         limits: &UserLimits,
     ) -> Result<Metered, Unavailable> {
+        self.meter_at(prefix, request_id, output_tokens, ask, limits, 0)
+            .await
+    }
+
+    /// [`RedisLedger::meter`] under limits computed with version `admin_version` of the
+    /// operator's settings ([`Metered::AdminChanged`] when they are newer).
+    pub async fn meter_at(
+        &self,
+        prefix: &str,
+        request_id: &str,
+        output_tokens: u64,
+        ask: Ask,
+        limits: &UserLimits,
+        admin_version: u64,
+    ) -> Result<Metered, Unavailable> {
         let args = [
             output_tokens,
             ask.needed,
@@ -365,6 +400,7 @@ impl RedisLedger {
             ask.batch.max,
             limits.daily_cap_micro_usd,
             limits.monthly_cap_micro_usd,
+            admin_version,
         ];
         let reply: Vec<u64> = self
             .link
@@ -388,8 +424,105 @@ impl RedisLedger {
         };
         Ok(match code {
             0 => Metered::Allowed(known, allowance),
+            3 => Metered::AdminChanged,
             _ => Metered::Unknown,
         })
+    }
+
+    /// Every user's settled spend today (`month` false) or this month, in micro-USD: a SCAN of
+    /// the day (or month) keys, then their `spend` fields. Admin-only; O(users).
+    pub async fn spenders(&self, month: bool) -> Result<Vec<(String, u64)>, Unavailable> {
+        let now: Vec<u64> = self
+            .link
+            .command("top", false, cmd("TIME"))
+            .await
+            .map(|t: Vec<u64>| t)?;
+        let day = now.first().copied().unwrap_or(0) / 86_400;
+        let suffix = if month {
+            format!("month:{}", crate::calendar::month_key(day * DAY_MS))
+        } else {
+            format!("day:{day}")
+        };
+        let pattern = format!("{}:{{*}}:{suffix}", glob_escape(&self.key_prefix));
+        let mut cursor: u64 = 0;
+        let mut found = Vec::new();
+        loop {
+            let mut scan = cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.link.command("top", false, scan).await?;
+            for key in keys {
+                let mut get = cmd("HGET");
+                get.arg(&key).arg("spend");
+                let spend: Option<u64> = self.link.command("top", false, get).await?;
+                if let (Some(user), Some(spend)) = (keys::user_of(&self.key_prefix, &key), spend) {
+                    if spend > 0 {
+                        found.push((user, spend));
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The operator's settings for the user at `prefix`, and their version (0: never set).
+    pub async fn read_admin(&self, prefix: &str) -> Result<(u64, UserAdmin), Unavailable> {
+        let mut cmd = cmd("HMGET");
+        cmd.arg(format!("{prefix}admin")).arg("v").arg("state");
+        let (version, state): (Option<u64>, Option<String>) =
+            self.link.command("read_admin", false, cmd).await?;
+        let admin = match state.as_deref().map(serde_json::from_str::<UserAdmin>) {
+            None => UserAdmin::default(),
+            Some(Ok(admin)) => admin,
+            Some(Err(e)) => {
+                // Written by a newer or broken replica: safest is what the fields say so far.
+                tracing::error!(error = %e, "unreadable operator settings in Redis; ignoring them");
+                UserAdmin::default()
+            }
+        };
+        Ok((version.unwrap_or(0), admin))
+    }
+
+    /// Writes the user's new settings if their version is still `expected` (and resets the
+    /// chosen windows in the same step): the new version, or `None` when another change came
+    /// first (read again and retry).
+    pub async fn write_admin(
+        &self,
+        prefix: &str,
+        expected: u64,
+        admin: &UserAdmin,
+        resets: &[Window],
+    ) -> Result<Option<u64>, Unavailable> {
+        let state = serde_json::to_string(admin).map_err(|_| malformed("admin"))?;
+        let bits = resets.iter().fold(0u64, |bits, w| {
+            bits | match w {
+                Window::Minute => 1,
+                Window::Day => 2,
+                Window::Month => 4,
+            }
+        });
+        let reply: Vec<u64> = self
+            .link
+            .script(
+                "admin",
+                false,
+                &self.scripts.admin,
+                prefix,
+                &[expected, bits],
+                &[&state],
+            )
+            .await?;
+        match reply[..] {
+            [1, version] => Ok(Some(version)),
+            [0, _] => Ok(None),
+            _ => Err(malformed("admin")),
+        }
     }
 
     /// Moves the open request `request_id` to `price` if the caps under `limits` allow it (the
@@ -767,6 +900,18 @@ impl RedisLedger {
             Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up"),
         }
     }
+}
+
+/// `text` with the SCAN glob's special characters escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn malformed(op: &'static str) -> Unavailable {

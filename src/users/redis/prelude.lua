@@ -141,3 +141,9 @@ local function running(now)
   end
   return r
 end
+
+-- Whether the operator's settings for the user (block, overrides: the hash P .. 'admin', field
+-- v counts changes) are newer than `known`, the version the caller computed its limits with.
+local function admin_changed(known)
+  return num(redis.call('HGET', P .. 'admin', 'v')) ~= known
+end

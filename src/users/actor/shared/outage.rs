@@ -66,7 +66,7 @@ impl UserActor<Shared> {
     /// now on against the outage allowance.
     pub(super) fn take_over(&mut self, msg: &Meter, limits: &UserLimits) -> MeterAnswer {
         let Some(open) = self.authority.open.remove(&msg.request_id) else {
-            return MeterAnswer { allowance: 0 };
+            return MeterAnswer::allow(0);
         };
         // The book counts what the request uses from here against the outage allowance (and,
         // with an organisation cap, the organisation's outage limit).

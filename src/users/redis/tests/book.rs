@@ -45,6 +45,7 @@ fn redis_kind(refusal: Refusal) -> &'static str {
         Refusal::OrgDaily | Refusal::OrgInFlight => {
             panic!("the user's script has no organisation cap")
         }
+        Refusal::AdminChanged => panic!("no operator settings in this test"),
     }
 }
 
@@ -191,6 +192,7 @@ impl<'a> Twin<'a> {
                 Some(allowance)
             }
             Metered::Unknown => None,
+            Metered::AdminChanged => panic!("{context}: no operator settings in this test"),
         };
         let expected = if open_in_book { Some(theirs) } else { None };
         assert_eq!(ours, expected, "{context}: Redis vs the book");

@@ -5,7 +5,10 @@
 //! writes one audit line (who, what, before → after; key names, never values).
 //!
 //! Routes: `POST /admin/v1/reload` (re-read, validate and swap the config; `400 invalid_config`
-//! naming the key when it is refused, the running config unchanged).
+//! naming the key when it is refused, the running config unchanged) here; the user routes and
+//! the top spenders in [`users`].
+
+mod users;
 
 use super::callers::limited;
 use super::errors::error_response;
@@ -15,18 +18,16 @@ use crate::reload::Live;
 use actix_web::dev::Server;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 /// Adds the admin routes to a listener's routes.
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/admin/v1")
-            .route("/reload", web::post().to(reload))
-            .default_service(web::to(not_found)),
-    );
+    let scope = web::scope("/admin/v1").route("/reload", web::post().to(reload));
+    cfg.service(users::configure(scope).default_service(web::to(not_found)));
 }
 
 /// Serves only the admin routes on their own listener (`admin.listen`).
@@ -81,54 +82,98 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
     })
 }
 
+/// An authorized admin call: the request, and the generation it runs under.
+pub(super) struct Admin {
+    pub req: HttpRequest,
+    pub state: Arc<AppState>,
+}
+
+/// Runs an admin route: checks the key (a refusal is answered and audited), runs `route`, and
+/// writes one audit line with its status and `detail` (or its error).
+pub(super) async fn audited<F, Fut>(
+    req: &HttpRequest,
+    live: &Live,
+    action: &'static str,
+    route: F,
+) -> HttpResponse
+where
+    F: FnOnce(Admin) -> Fut,
+    Fut: Future<Output = Result<(HttpResponse, Value), ApiError>>,
+{
+    let state = live.current();
+    let who = match authorize(req, &state) {
+        Ok(who) => who,
+        Err(e) => return refused(req, &state, action, &e),
+    };
+    let sink = state.log_sink.clone();
+    let mut line = json!({
+        "action": action,
+        "who": who,
+        "client": client_address(req),
+    });
+    let admin = Admin {
+        req: req.clone(),
+        state,
+    };
+    let response = match route(admin).await {
+        Ok((response, detail)) => {
+            line["status"] = response.status().as_u16().into();
+            if let (Some(line), Value::Object(detail)) = (line.as_object_mut(), detail) {
+                line.extend(detail);
+            }
+            response
+        }
+        Err(e) => {
+            line["status"] = e.code.status().into();
+            line["error"] = e.code.as_str().into();
+            line["message"] = e.message.clone().into();
+            users::answer(&e)
+        }
+    };
+    sink.audit(line);
+    response
+}
+
 /// `POST /admin/v1/reload`.
 async fn reload(req: HttpRequest, live: web::Data<Live>) -> HttpResponse {
-    let state = live.current();
-    let who = match authorize(&req, &state) {
-        Ok(who) => who,
-        Err(e) => return refused(&req, &state, "reload", &e),
-    };
-    let before = state.generation;
-    drop(state);
-    let client = client_address(&req);
-    let current = live.current();
-    match live.reload() {
-        Ok(reloaded) => {
-            current.log_sink.audit(json!({
-                "action": "reload",
-                "who": who,
-                "client": client,
-                "status": 200,
-                "before": {"generation": before},
-                "after": {
+    let reloading = live.clone();
+    audited(&req, &live, "reload", |admin: Admin| async move {
+        let before = admin.state.generation;
+        drop(admin);
+        Ok(match reloading.reload() {
+            Ok(reloaded) => (
+                HttpResponse::Ok().json(json!({
                     "generation": reloaded.generation,
                     "changed": reloaded.changes.applied,
                     "need_restart": reloaded.changes.need_restart,
-                },
-            }));
-            HttpResponse::Ok().json(json!({
-                "generation": reloaded.generation,
-                "changed": reloaded.changes.applied,
-                "need_restart": reloaded.changes.need_restart,
-            }))
-        }
-        Err(e) => {
-            let error = ApiError::new(
-                ErrorCode::InvalidConfig,
-                format!("config not reloaded, the running one stays: {e}"),
-            );
-            current.log_sink.audit(json!({
-                "action": "reload",
-                "who": who,
-                "client": client,
-                "status": 400,
-                "error": error.message,
-                "before": {"generation": before},
-                "after": {"generation": before},
-            }));
-            error_response(&error)
-        }
-    }
+                })),
+                json!({
+                    "before": {"generation": before},
+                    "after": {
+                        "generation": reloaded.generation,
+                        "changed": reloaded.changes.applied,
+                        "need_restart": reloaded.changes.need_restart,
+                    },
+                }),
+            ),
+            Err(e) => {
+                let error = ApiError::new(
+                    ErrorCode::InvalidConfig,
+                    format!("config not reloaded, the running one stays: {e}"),
+                );
+                (
+                    error_response(&error),
+                    json!({
+                        "error": error.code.as_str(),
+                        "message": error.message,
+                        "before": {"generation": before},
+                        "after": {"generation": before},
+                    }),
+                )
+            }
+        })
+    })
+    .await
 }
 
 /// Answers a refused admin call, auditing it (a missing route is not audited).
