@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_users;
 mod anthropic;
 mod cors;
 mod cuts;
