@@ -517,10 +517,12 @@ fn the_ui_profile_wires_open_webui_as_a_trusted_front_end_with_per_user_forwardi
         .filter(|(name, _)| name.starts_with("TOLLGATE__"))
         .filter_map(|(name, value)| Some((name.clone(), value.clone()?)))
         .collect();
-    env.insert(
-        "TOLLGATE__AUTH__SERVICE_KEYS__OPENWEBUI__KEY_SHA256".into(),
-        hash.into(),
-    );
+    for key in [
+        "TOLLGATE__AUTH__SERVICE_KEYS__OPENWEBUI__KEY_SHA256",
+        "TOLLGATE__ADMIN__KEY_SHA256",
+    ] {
+        env.insert(key.into(), hash.into());
+    }
     let config = tollgate::config::load(&tollgate::config::ConfigSource { file: None, env })
         .unwrap_or_else(|e| panic!("the compose file's tollgate settings: {e}"));
     let front_end = &config.auth.service_keys["openwebui"];
@@ -771,10 +773,14 @@ fn published_ports_bind_to_loopback_only() {
                 loopback.is_loopback(),
                 "`{name}` publishes {container} on {ip}"
             );
-            assert_eq!(
-                container,
-                listen_port(&compose, name).to_string(),
-                "`{name}` publishes a port it does not listen on"
+            let mut listens = vec![listen_port(&compose, name).to_string()];
+            // The gateway's admin API on its own listener (docs/operations.md).
+            if let Some(Some(admin)) = environment(svc).get("TOLLGATE__ADMIN__LISTEN") {
+                listens.push(port_of(admin).to_string());
+            }
+            assert!(
+                listens.contains(&container),
+                "`{name}` publishes {container}, a port it does not listen on ({listens:?})"
             );
         }
     }

@@ -836,3 +836,127 @@ fn a_redis_without_persistence_is_reported_and_keys_lost_in_its_restart_are_coun
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+const ADMIN_KEY: &str = "redis-admin-test-key-5c1e";
+
+fn admin(listen: &str, method: &str, path: &str, body: &str) -> Answer {
+    exchange(
+        listen,
+        &format!("{method} /admin/v1{path} HTTP/1.1\r\nAuthorization: Bearer {ADMIN_KEY}"),
+        body,
+    )
+}
+
+/// An operator's settings live in Redis: an override set through one replica holds on the
+/// other at the user's next request; a block set through one replica refuses on both and cuts
+/// the user's open streams on both at their next report; both replicas list the same top
+/// spenders; a reset through one replica frees the window on the other.
+#[test]
+fn operator_settings_reach_every_replica_and_a_block_cuts_streams_on_both() {
+    use sha2::{Digest, Sha256};
+    let redis = RedisServer::start();
+    let hash = hex::encode(Sha256::digest(ADMIN_KEY.as_bytes()));
+    let env = env_for(
+        &redis,
+        &[
+            ("TOLLGATE__ADMIN__KEY_SHA256", hash.as_str()),
+            // Streams report every 16 tokens: a block reaches them within a fraction of a second.
+            ("TOLLGATE__RELAY__METER_BATCH_TOKENS", "16"),
+            ("TOLLGATE__RELAY__METER_BATCH_MAX_TOKENS", "16"),
+        ],
+    );
+    let (_a, a) = gateway(&env);
+    let (_b, b) = gateway(&env);
+
+    // Ten requests a minute by default; the eleventh on replica b is refused.
+    let ida = token("ida");
+    for _ in 0..10 {
+        assert_eq!(chat(&b, &ida, small_request()).status, 200);
+    }
+    assert_eq!(
+        chat(&b, &ida, small_request()).error_code(),
+        "requests_per_minute"
+    );
+    let set = admin(
+        &a,
+        "PUT",
+        "/users/ida/overrides",
+        r#"{"rate":{"requests_per_minute":12}}"#,
+    );
+    assert_eq!(set.status, 200, "{}", set.body);
+    // b learns of it at ida's next request: two more, then refused again.
+    assert_eq!(chat(&b, &ida, small_request()).status, 200);
+    assert_eq!(chat(&b, &ida, small_request()).status, 200);
+    let refused = chat(&b, &ida, small_request());
+    assert_eq!(refused.error_code(), "requests_per_minute");
+    assert_eq!(refused.header("x-ratelimit-limit-requests"), Some("12"));
+    let seen = admin(&b, "GET", "/users/ida", "");
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert_eq!(
+        seen.json()["settings"]["overrides"]["rate"]["requests_per_minute"],
+        12
+    );
+    assert_eq!(seen.json()["usage"]["requests_per_minute"]["used"], 12);
+    // A reset through a frees the minute on b.
+    let reset = admin(&a, "POST", "/users/ida/reset", r#"{"windows":["minute"]}"#);
+    assert_eq!(reset.status, 200, "{}", reset.body);
+    assert_eq!(chat(&b, &ida, small_request()).status, 200);
+
+    // Two long streams of max, one per replica; blocked through a while they run.
+    let max = token("max");
+    let body = r#"{"model":"mock-gpt:tokens=1000,tps=200","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let streams: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|listen| {
+            let max = max.clone();
+            std::thread::spawn(move || chat(&listen, &max, body))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(600));
+    let blocked = admin(&a, "POST", "/users/max/block", "");
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    let started = Instant::now();
+    for stream in streams {
+        let stream = stream.join().unwrap();
+        assert_eq!(stream.status, 200);
+        let events = events(&stream);
+        assert_eq!(events.last(), Some(&"[DONE]"), "{}", stream.body);
+        let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+        assert_eq!(error["error"]["code"], "user_blocked", "{}", stream.body);
+        assert!(relayed_tokens(&stream) < 1000);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the streams ran on after the block"
+    );
+    for listen in [&a, &b] {
+        let refused = chat(listen, &max, small_request());
+        assert_eq!(
+            (refused.status, refused.error_code().as_str()),
+            (403, "user_blocked")
+        );
+    }
+    // What max got was billed, once.
+    let spent = usage(&a, &max);
+    assert_eq!(spent["open_requests"], 0);
+    assert!(spent["output_tokens"].as_u64().unwrap() > 0);
+    let unblocked = admin(&b, "DELETE", "/users/max/block", "");
+    assert_eq!(unblocked.status, 200);
+    assert_eq!(chat(&a, &max, small_request()).status, 200);
+
+    // Top spenders today, the same through either replica.
+    let top_a = admin(&a, "GET", "/top?window=day&n=5", "");
+    let top_b = admin(&b, "GET", "/top?window=day&n=5", "");
+    assert_eq!(top_a.status, 200, "{}", top_a.body);
+    assert_eq!(top_a.json(), top_b.json());
+    let users: Vec<String> = top_a.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users, ["max", "ida"]);
+    let max_spend = usage(&b, &max)["daily_usd"]["used_usd"].clone();
+    assert_eq!(top_a.json()["users"][0]["spend_usd"], max_spend);
+    assert_every_key_expires(&redis);
+}

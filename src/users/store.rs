@@ -124,3 +124,40 @@ impl Snapshots {
         std::fs::rename(&tmp, &self.path).map_err(io)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::admin::{AdminOp, Overrides, UserAdmin};
+    use crate::users::book::Book;
+
+    #[test]
+    fn an_operators_block_and_overrides_survive_a_snapshot_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let store = Arc::new(MemoryStore::default());
+        let mut book = Book::new(UserState::default());
+        let mut admin = UserAdmin::default();
+        admin.apply(&AdminOp::Block);
+        admin.apply(&AdminOp::SetOverrides(Overrides {
+            expires_at_ms: Some(42),
+            ..Overrides::default()
+        }));
+        book.set_admin(admin.clone());
+        store.save("mallory", book.state().clone());
+        store.save("alice", UserState::default());
+        Snapshots::open(&path, store).unwrap().write().unwrap();
+        // A user without settings writes none (older snapshots read the same).
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("\"admin\"").count(), 1, "{text}");
+
+        let restarted = Arc::new(MemoryStore::default());
+        Snapshots::open(&path, restarted.clone()).unwrap();
+        let state = restarted.load("mallory").unwrap();
+        assert_eq!(Book::new(state).admin(), &admin);
+        assert_eq!(
+            Book::new(restarted.load("alice").unwrap()).admin(),
+            &UserAdmin::default()
+        );
+    }
+}

@@ -26,6 +26,8 @@ impl Local {
 }
 
 impl Authority for Local {
+    const HOLDS_ADMIN: bool = true;
+
     fn saved_state(&self, user_id: &str) -> UserState {
         self.store.load(user_id).unwrap_or_default()
     }

@@ -77,6 +77,10 @@ fn now_reply<A: Authority, T: 'static>(value: T) -> Reply<A, T> {
 /// Who decides for the user: what each message does past the common part, and what holds the
 /// user's state across evictions.
 pub(super) trait Authority: Sized + Unpin + 'static {
+    /// Whether the actor holds the operator's settings itself (embedded mode), so a block
+    /// refuses without asking anyone; in Redis mode the authority checks they are current.
+    const HOLDS_ADMIN: bool;
+
     /// The state a fresh actor's book starts from.
     fn saved_state(&self, user_id: &str) -> UserState;
 
@@ -245,7 +249,7 @@ impl<A: Authority> Handler<Admit> for UserActor<A> {
         // Busy now: no eviction while a Redis call is in flight.
         self.last_active = Instant::now();
         let now = self.env.clock.now_ms();
-        if A::admin(self).blocked {
+        if A::HOLDS_ADMIN && A::admin(self).blocked {
             self.last_refusal = Some(LastRefusal {
                 code: ErrorCode::UserBlocked,
                 at_ms: now,
@@ -358,7 +362,7 @@ impl<A: Authority> Handler<Inspect> for UserActor<A> {
     }
 }
 
-fn blocked() -> ApiError {
+pub(super) fn blocked() -> ApiError {
     ApiError::new(
         ErrorCode::UserBlocked,
         "this user is blocked by an operator of this gateway",

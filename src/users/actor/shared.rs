@@ -137,6 +137,8 @@ impl Shared {
 }
 
 impl Authority for Shared {
+    const HOLDS_ADMIN: bool = false;
+
     /// Redis holds the user's figures: the book starts empty.
     fn saved_state(&self, _: &str) -> UserState {
         UserState::default()
@@ -167,8 +169,27 @@ impl Authority for Shared {
         request: AdmitRequest,
     ) -> Reply<Self, Option<Result<Grant, ApiError>>> {
         let (ledger, prefix) = actor.authority.handles();
-        if let Some(refusal) = actor.authority.cached_refusal(&request.limits) {
-            return now_reply(Some(Err(refusal)));
+        let cached = if actor.authority.admin.blocked {
+            Some(super::blocked())
+        } else {
+            actor.authority.cached_refusal(&request.limits)
+        };
+        if let Some(refusal) = cached {
+            // A block, or a refusal only time lifts: repeated without running the admit script,
+            // unless an operator changed the user's settings since (an unblock, an override or
+            // a reset may lift it): then ask again.
+            let known = actor.authority.admin_version;
+            return Box::pin(
+                async move { ledger.read_admin(&prefix).await }
+                    .into_actor(actor)
+                    .map(move |fresh, actor, _| match fresh {
+                        Ok((version, admin)) if version != known => {
+                            actor.authority.set_admin(version, admin);
+                            None
+                        }
+                        _ => Some(Err(refusal)),
+                    }),
+            );
         }
         // An admit call for the request is in flight.
         actor.authority.admitting.insert(request.request_id.clone());
