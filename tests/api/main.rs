@@ -12,6 +12,7 @@ mod endings;
 mod errors;
 mod exposure;
 mod fallback;
+mod flood;
 mod framing;
 mod front_ends;
 mod guardrails;
