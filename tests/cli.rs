@@ -542,3 +542,46 @@ fn a_provider_without_a_url_is_served_by_the_built_in_mock_in_its_own_format() {
     assert_eq!(usage["output_tokens"], 4, "{usage}");
     drop(running);
 }
+
+/// Catalogue RL-10: a Redis that may evict keys (evicted limit keys would hand users fresh
+/// windows and budgets, silently) is named in a warning at start-up; one that does not evict is
+/// reported reachable without it.
+#[test]
+fn a_redis_that_may_evict_keys_is_named_at_start_up() {
+    for (policy, evicts) in [("allkeys-lru", true), ("noeviction", false)] {
+        let redis = tollgate_testkit::redis::RedisServer::start();
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+        let mut child = tollgate(
+            &[],
+            &[
+                ("TOLLGATE_JWT_SECRET", "cli-test-secret"),
+                ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+                ("TOLLGATE_REDIS_URL", &redis.url()),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let running = Running(child);
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        // The check runs once Redis answers: its one line says which.
+        let mut verdict = None;
+        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["maxmemory_policy"] == policy {
+                verdict = Some((v["level"].as_str().unwrap_or("").to_string(), line));
+                break;
+            }
+        }
+        let (level, line) = verdict.expect("no line named the eviction policy");
+        assert_eq!(level == "WARN", evicts, "{line}");
+        assert_eq!(line.contains("may evict keys"), evicts, "{line}");
+        drop(running);
+    }
+}
