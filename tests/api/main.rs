@@ -16,6 +16,7 @@ mod flood;
 mod framing;
 mod front_ends;
 mod guardrails;
+mod hostile;
 mod identity;
 mod jwks;
 mod limits;
