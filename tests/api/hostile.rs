@@ -1,5 +1,5 @@
 //! Hostile clients from the test catalogue (`TEST_CATALOGUE.md`, audited in
-//! `docs/hostile-inputs.md`): ambiguous framing (request smuggling), header bombs, malformed and
+//! `docs/catalogue-audit.md`): ambiguous framing (request smuggling), header bombs, malformed and
 //! misplaced tokens, admin paths, encodings the gateway does not read, HTTP/2 prefaces, labels
 //! built to break logs, and a token that expires mid-stream. Each is refused before the upstream
 //! with its exact status (and code, where the gateway's own error body answers), or served as
@@ -383,4 +383,36 @@ async fn a_token_that_expires_mid_stream_does_not_cut_it() {
         chat_status(&app, &token).await,
         (401, "token_expired".into())
     );
+}
+
+/// Catalogue IN-7: bodies built to amplify parsing work or memory (a hundred thousand empty
+/// messages, a number past any float, 900 KiB of `\u0000` escapes) get `400` with their code,
+/// never the upstream.
+#[actix_web::test]
+async fn amplifying_bodies_get_400_with_their_code() {
+    let app = spawn_app(fast_mock(), |_| {}).await;
+    let mut empty_messages = br#"{"model":"mock-gpt","messages":["#.to_vec();
+    empty_messages.extend_from_slice(&b"{},".repeat(99_999));
+    empty_messages.extend_from_slice(b"{}]}");
+    let huge_number =
+        br#"{"model":"mock-gpt","max_tokens":1e999999,"messages":[{"role":"user","content":"hi"}]}"#
+            .to_vec();
+    let mut nuls = br#"{"model":"mock-gpt","messages":[{"role":"user","content":""#.to_vec();
+    nuls.extend_from_slice(&br"\u0000".repeat(150_000));
+    nuls.extend_from_slice(br#""}]}"#);
+    let cases = [
+        (empty_messages, "invalid_messages"),
+        (huge_number, "invalid_json"),
+        (nuls, "message_too_long"),
+    ];
+    for (body, code) in cases {
+        let response = app
+            .post_chat("amplifier")
+            .insert_header(("content-type", "application/json"))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(error_code(response).await, (400, code.to_string()));
+    }
+    assert_upstream_untouched(&app).await;
 }
