@@ -111,7 +111,12 @@ async fn more_headers_than_the_parser_takes_get_431() {
 /// `header.claims.signature` over the raw (already encoded) segments, HS256 with the harness'
 /// secret.
 fn sign_raw(header: &str, claims: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(JWT_SECRET.as_bytes()).unwrap();
+    sign_raw_with(JWT_SECRET, header, claims)
+}
+
+/// As [`sign_raw`], with `secret`.
+fn sign_raw_with(secret: &str, header: &str, claims: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{header}.{claims}").as_bytes());
     let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
     format!("{header}.{claims}.{signature}")
@@ -121,10 +126,10 @@ fn b64(value: &Value) -> String {
     URL_SAFE_NO_PAD.encode(value.to_string())
 }
 
-/// Catalogue AU-1, AU-3, AU-4, AU-7, AU-8: tokens with `alg: none` in any case, odd `exp` and
-/// `nbf` values, the wrong number of segments, padding or the standard base64 alphabet,
-/// duplicate claims, or sent in the query or the body instead of the header: all `401`, none
-/// reaching the upstream.
+/// Catalogue AU-1, AU-3, AU-4, AU-6, AU-7, AU-8: tokens with `alg: none` in any case, odd `exp`
+/// and `nbf` values, a key of their own (`jwk`, `jku`, `x5u`), the wrong number of segments,
+/// padding or the standard base64 alphabet, duplicate claims, or sent in the query or the body
+/// instead of the header: all `401`, none reaching the upstream.
 #[actix_web::test]
 async fn malformed_and_misplaced_tokens_are_refused_401() {
     // Every refusal here comes from one address: no per-address limit for this test.
@@ -181,6 +186,22 @@ async fn malformed_and_misplaced_tokens_are_refused_401() {
             ),
         ),
     ]);
+    // AU-6: keys a token points at or carries are never used: signed with the attacker's own
+    // key, it is refused whatever its header says.
+    let attacker = "attacker-secret";
+    let jwk = json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(attacker)});
+    for (name, value) in [
+        ("jwk", jwk),
+        ("jku", json!("http://127.0.0.1:1/jwks.json")),
+        ("x5u", json!("http://127.0.0.1:1/cert.pem")),
+    ] {
+        let mut header = hs.clone();
+        header[name] = value;
+        cases.push((
+            format!("{name} with the attacker's key"),
+            sign_raw_with(attacker, &b64(&header), &b64(&claims)),
+        ));
+    }
     for (case, token) in &cases {
         let code = chat_status(&app, token).await;
         assert_eq!(code.0, 401, "{case}: {code:?}");
