@@ -277,7 +277,7 @@ async fn a_flood_of_slow_connections_does_not_slow_a_normal_request_and_is_close
         "flood: {size} connections opened in {ramp:?}; normal requests beside it {normal:?}, \
          after it {after:?}; RSS {rss_before} KiB before, {rss_peak} KiB at the peak (+{} KiB \
          per connection), {rss_after} KiB after",
-        grew_kib / size as u64
+        grew_kib / size.max(1) as u64
     );
     for kind in [
         Kind::SlowHead,
