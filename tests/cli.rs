@@ -543,6 +543,123 @@ fn a_provider_without_a_url_is_served_by_the_built_in_mock_in_its_own_format() {
     drop(running);
 }
 
+/// Catalogue RL-10: a Redis that may evict keys (evicted limit keys would hand users fresh
+/// windows and budgets, silently) is named in a warning at start-up; one that does not evict is
+/// reported reachable without it.
+#[test]
+fn a_redis_that_may_evict_keys_is_named_at_start_up() {
+    for (policy, evicts) in [("allkeys-lru", true), ("noeviction", false)] {
+        let redis = tollgate_testkit::redis::RedisServer::start();
+        redis.cli(&["CONFIG", "SET", "maxmemory-policy", policy]);
+        let mut child = tollgate(
+            &[],
+            &[
+                ("TOLLGATE_JWT_SECRET", "cli-test-secret"),
+                ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+                ("TOLLGATE_REDIS_URL", &redis.url()),
+            ],
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let running = Running(child);
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        // The check runs once Redis answers: its one line says which.
+        let mut verdict = None;
+        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(30)) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["maxmemory_policy"] == policy {
+                verdict = Some((v["level"].as_str().unwrap_or("").to_string(), line));
+                break;
+            }
+        }
+        let (level, line) = verdict.expect("no line named the eviction policy");
+        assert_eq!(level == "WARN", evicts, "{line}");
+        assert_eq!(line.contains("may evict keys"), evicts, "{line}");
+        drop(running);
+    }
+}
+
+/// Catalogue ST-10 (its shutdown half): SIGTERM while a stream runs. The gateway stops
+/// accepting at once, lets the stream finish whole, logs it, and exits cleanly.
+#[test]
+fn sigterm_refuses_new_connections_and_lets_a_running_stream_finish() {
+    let secret = ("TOLLGATE_JWT_SECRET", "cli-test-secret");
+    let mut command = tollgate(
+        &[],
+        &[
+            secret,
+            ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+            ("TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS", "0"),
+        ],
+    );
+    command.stdout(Stdio::piped());
+    let (mut running, listen) = process::start(command, "tollgate is serving", None);
+    let mut stdout = running.0.stdout.take().unwrap();
+    let token = {
+        let out = tollgate(&["token", "--sub", "tess", "--plan", "pro"], &[secret])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // Twenty tokens at ten a second: two seconds of stream.
+    let body = r#"{"model":"mock-gpt:tokens=20,tps=10","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut socket = TcpStream::connect(&listen).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    socket.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &running.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // New connections are refused (polled: the listener closes within moments).
+    let refused = (0..100).any(|_| match TcpStream::connect(&listen) {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(_) => {
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(refused, "still accepting connections after SIGTERM");
+    let mut rest = String::new();
+    socket.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "{rest}");
+    assert!(
+        rest.ends_with("0\r\n\r\n"),
+        "not a whole chunked body: {rest}"
+    );
+
+    let exit = running.0.wait().unwrap();
+    assert!(exit.success(), "graceful stop: {exit:?}");
+    let mut log = String::new();
+    stdout.read_to_string(&mut log).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert_eq!(lines[0]["outcome"], "completed");
+    assert_eq!(lines[0]["output_tokens"], 20);
+}
+
 /// The value of the sample `name` (no labels) in a `/metrics` text.
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics

@@ -10,7 +10,8 @@
 //! carries [`TOOL_ARGUMENTS`]), paced, framed and faulted by [`MockOptions`], overridable per
 //! request by `x-mock-*` headers or a model-name suffix (syntax in `knobs.rs`). Every request and
 //! how its reply ended lands in the instance's [`MockRecorder`] (the last
-//! [`DEFAULT_KEPT_REQUESTS`] of them, unless [`MockOptions::keep_requests`] says otherwise). The mock stands alone: it uses
+//! [`DEFAULT_KEPT_REQUESTS`] of them within [`KEPT_BODY_BYTES`] of bodies, unless
+//! [`MockOptions::keep_requests`] says otherwise). The mock stands alone: it uses
 //! nothing else in the crate, and nothing else should reach into its submodules beyond what is
 //! re-exported here.
 
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use knobs::{Fault, Framing, KnobError, MockFormats, MockOptions, DEFAULT_KEPT_REQUESTS};
-pub use recorder::{MockRecorder, RecordedRequest, StreamEnd};
+pub use recorder::{MockRecorder, RecordedRequest, StreamEnd, KEPT_BODY_BYTES};
 pub use words::{generated_text, token_text, TOOL_ARGUMENTS, TOOL_ARGUMENT_FRAGMENTS, WORDS};
 
 use knobs::Api;
@@ -150,9 +151,10 @@ async fn answer(api: Api, req: &HttpRequest, body: &[u8], state: &MockState) -> 
         Ok(value) => value.clone(),
         Err(_) => Value::String(String::from_utf8_lossy(body).into_owned()),
     };
-    let mut guard = state
-        .recorder
-        .start_from(req.peer_addr(), headers.clone(), recorded);
+    let mut guard =
+        state
+            .recorder
+            .start_from(req.peer_addr(), headers.clone(), recorded, body.len());
     let prepared = match api {
         _ if !state.options.formats.serves(api) => Err(Early::NotServed),
         Api::OpenAi => prepare(&state.options, &headers, parsed),
@@ -825,6 +827,38 @@ mod tests {
             refused.map(|r| r.status()).ok(),
             Some(StatusCode::NOT_FOUND)
         );
+        handle.stop(false).await;
+    }
+
+    /// A mock left running (the embedded default, compose, k6) keeps a bounded ring of the
+    /// requests it served: bounded in bytes too, so huge bodies (a gateway forwards up to 1 MiB,
+    /// the mock reads up to 16) cannot fill it either. It kept all of a thousand before: about
+    /// 11 MB per 1 MiB body of `[]`.
+    #[actix_web::test]
+    async fn a_left_running_mock_keeps_a_bounded_number_of_body_bytes() {
+        let listener = TcpListener::bind("127.0.0.1:0");
+        let Ok(mock) = listener.and_then(|l| serve(l, options(1, false))) else {
+            panic!("mock did not start");
+        };
+        let handle = mock.server.handle();
+        actix_rt::spawn(mock.server);
+        let client = awc::Client::default();
+        let url = format!("http://{}/v1/chat/completions", mock.addr);
+        // Each body is a little over KEPT_BODY_BYTES / 5: four fit, five do not.
+        let pad = "x".repeat(KEPT_BODY_BYTES / 5);
+        for n in 0..12 {
+            let body = json!({"model": "m", "n": n, "pad": pad, "messages": []});
+            let sent = client.post(&url).send_json(&body).await;
+            assert_eq!(sent.map(|r| r.status()).ok(), Some(StatusCode::OK));
+        }
+        let kept: Vec<_> = mock
+            .recorder
+            .requests()
+            .iter()
+            .map(|r| r.body["n"].clone())
+            .collect();
+        assert_eq!(kept, [json!(8), json!(9), json!(10), json!(11)]);
+        assert_eq!(mock.recorder.received(), 12);
         handle.stop(false).await;
     }
 }

@@ -3,8 +3,10 @@
 //! The recorder is per [`super::MockServer`], never global. Requests are kept in arrival order in
 //! a `std::sync::Mutex` (never held across an await); a `tokio::sync::watch` counter wakes waiters
 //! whenever anything changes. Memory is bounded: a recorder keeps the most recent `limit`
-//! requests (a ring; the mock's default is [`super::DEFAULT_KEPT_REQUESTS`]), and a request keeps
-//! its arrival number for good, so a test may ask for request `i` whatever was dropped before it.
+//! requests (a ring; the mock's default is [`super::DEFAULT_KEPT_REQUESTS`]) whose bodies hold at
+//! most [`KEPT_BODY_BYTES`] together (so a few huge bodies cannot fill it either), and a request
+//! keeps its arrival number for good, so a test may ask for request `i` whatever was dropped
+//! before it.
 //! Tests that assert on everything they sent keep every request (`limit` = `None`). [`EndRecorder`] is how a reply reports its end: it must live inside the
 //! response body stream's state, so that dropping the body (the peer went away) records
 //! [`StreamEnd::Dropped`].
@@ -61,6 +63,12 @@ pub struct RecordedRequest {
 /// Token send times kept per request (bounds the recorder's memory in long load runs).
 pub const MAX_TOKEN_TIMES: usize = 4096;
 
+/// Request body bytes (as received) a bounded recorder keeps at most, over all the requests it
+/// keeps: older requests are dropped to stay within it (the newest is always kept). Bodies are
+/// kept parsed, which takes up to about 16 times their size (a body of `[0,0,…]`), so a
+/// bounded recorder holds at most about 64 MiB of them, however large the bodies it is sent.
+pub const KEPT_BODY_BYTES: usize = 4 << 20;
+
 impl RecordedRequest {
     /// The first value of header `name` (give it lower-case).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -82,9 +90,13 @@ pub struct MockRecorder {
 #[derive(Debug)]
 struct Kept {
     requests: VecDeque<RecordedRequest>,
+    /// The size of each kept request's body as received, in the same order.
+    body_sizes: VecDeque<usize>,
+    /// Their sum.
+    body_bytes: usize,
     /// Requests dropped from the front: the first kept one is request number `dropped`.
     dropped: usize,
-    /// Most requests kept; `None` = every one.
+    /// Most requests kept (and [`KEPT_BODY_BYTES`] of their bodies); `None` = every one.
     limit: Option<usize>,
 }
 
@@ -102,6 +114,25 @@ impl Kept {
     fn get_mut(&mut self, index: usize) -> Option<&mut RecordedRequest> {
         self.requests.get_mut(index.checked_sub(self.dropped)?)
     }
+
+    /// Keeps `request`, whose body was `body_bytes` long, dropping the oldest ones beyond the
+    /// bounds.
+    fn push(&mut self, request: RecordedRequest, body_bytes: usize) {
+        self.requests.push_back(request);
+        self.body_sizes.push_back(body_bytes);
+        self.body_bytes = self.body_bytes.saturating_add(body_bytes);
+        let Some(limit) = self.limit else {
+            return;
+        };
+        while self.requests.len() > limit
+            || (self.body_bytes > KEPT_BODY_BYTES && self.requests.len() > 1)
+        {
+            self.requests.pop_front();
+            let size = self.body_sizes.pop_front().unwrap_or(0);
+            self.body_bytes = self.body_bytes.saturating_sub(size);
+            self.dropped += 1;
+        }
+    }
 }
 
 /// Keeps every request (the recorder of tests that assert on all they sent).
@@ -117,6 +148,8 @@ impl MockRecorder {
         Self {
             kept: Mutex::new(Kept {
                 requests: VecDeque::new(),
+                body_sizes: VecDeque::new(),
+                body_bytes: 0,
                 dropped: 0,
                 limit,
             }),
@@ -164,29 +197,31 @@ impl MockRecorder {
         headers: Vec<(String, String)>,
         body: serde_json::Value,
     ) -> EndRecorder {
-        self.start_from(None, headers, body)
+        let size = body.to_string().len();
+        self.start_from(None, headers, body, size)
     }
 
-    /// Records a new request from `peer` and returns the guard that will record its end.
+    /// Records a new request from `peer`, whose body was `body_bytes` long as received, and
+    /// returns the guard that will record its end.
     pub(crate) fn start_from(
         self: &Arc<Self>,
         peer: Option<std::net::SocketAddr>,
         headers: Vec<(String, String)>,
         body: serde_json::Value,
+        body_bytes: usize,
     ) -> EndRecorder {
         let index = {
             let mut kept = self.lock();
-            kept.requests.push_back(RecordedRequest {
-                headers,
-                body,
-                end: None,
-                peer,
-                token_times: Vec::new(),
-            });
-            if kept.limit.is_some_and(|limit| kept.requests.len() > limit) {
-                kept.requests.pop_front();
-                kept.dropped += 1;
-            }
+            kept.push(
+                RecordedRequest {
+                    headers,
+                    body,
+                    end: None,
+                    peer,
+                    token_times: Vec::new(),
+                },
+                body_bytes,
+            );
             kept.received() - 1
         };
         self.changed();

@@ -140,17 +140,19 @@ pub fn spawn_jwks_refresher(state: &AppState) {
     }
 }
 
-/// Reloads on every `SIGHUP` (the binary only; tests call [`Live::reload`] or the route).
+/// Reloads on every `SIGHUP` (the binary only; tests call [`Live::reload`] or the route). The
+/// handler is installed before this returns, so a `SIGHUP` right after start-up reloads rather
+/// than ends the process (the signal's default action).
 pub fn reload_on_sighup(live: Arc<Live>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /admin/v1/reload");
+            return;
+        }
+    };
     actix_rt::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP: reload with POST /admin/v1/reload");
-                return;
-            }
-        };
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the config");
             // Errors are logged and counted by `reload`.

@@ -23,6 +23,9 @@ const ENV = {
   TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__KEY_SHA256: KEY_SHA256,
   TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__USER_HEADER: "x-openwebui-user-id",
   TOLLGATE__AUTH__SERVICE_KEYS__WEBUI__PLAN: "basic",
+  // A plan whose daily cap no request fits: every request is refused `429 daily_budget`.
+  TOLLGATE__PLANS__BROKE__FEATURES: '["chat_support"]',
+  TOLLGATE__PLANS__BROKE__COST__MAX_DAILY_USD: "0.000001",
 };
 
 let gateway;
@@ -78,6 +81,26 @@ test("a stream reaches the SDK whole, with the cost it was billed in its usage",
   assert.equal(usage.completion_tokens, line.output_tokens);
   assert.equal(usage.cost, line.cost_usd);
   assert.ok(usage.cost > 0);
+});
+
+test("a budget refusal is not retried by an SDK that retries (x-should-retry: false)", async () => {
+  // The SDK's defaults: two retries of a 429, unless the answer says not to.
+  const sdk = new OpenAI({ baseURL: `${base}/v1`, apiKey: token("sdk-broke", "broke") });
+  await assert.rejects(
+    sdk.chat.completions.create({
+      model: "mock-gpt",
+      messages: [{ role: "user", content: "Say something." }],
+    }),
+    (e) => e instanceof OpenAI.RateLimitError && e.code === "daily_budget",
+  );
+  // Every attempt was answered (and logged) before the SDK gave up; a later request's line
+  // comes after theirs on the same stdout.
+  await client({ jwtUser: "sdk-after-broke" }).chat.completions.create({
+    model: "mock-gpt",
+    messages: [{ role: "user", content: "Say something." }],
+  });
+  await logLineOf("sdk-after-broke");
+  assert.equal(logLines.filter((l) => l.user_id === "sdk-broke").length, 1);
 });
 
 test("a stream the upstream breaks raises in the SDK (never a silent success)", async () => {
