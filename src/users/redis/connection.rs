@@ -22,11 +22,12 @@ use deadpool_redis::redis::{
 use deadpool_redis::{Manager, Pool, Runtime};
 use std::time::Duration;
 
-/// Retries of one cluster call (redirections, `TRYAGAIN` while a slot moves). In practice
-/// `redis.op_timeout_ms` ends a call first: dropping it stops its retries.
-const CLUSTER_RETRIES: u32 = 64;
-/// Waits between retries: from 1 ms, doubling, at most this (a slot moves in milliseconds).
-const CLUSTER_MAX_RETRY_WAIT_MS: u64 = 20;
+/// Waits between retries of one cluster call (redirections, `TRYAGAIN` while a slot moves):
+/// each a random 1 to 20 ms (a slot's keys move in milliseconds). The wait stays flat: the
+/// client computes `base^retry`, which overflows (a panic in debug builds) past 63 retries with
+/// base 2. A call retries until `redis.op_timeout_ms` ends it (dropping it stops its retries),
+/// so it may retry once a millisecond at most.
+const CLUSTER_RETRY_WAIT_MS: u64 = 20;
 
 /// Makes connections in the configured mode.
 pub enum Connector {
@@ -36,7 +37,7 @@ pub enum Connector {
         node: String,
     },
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         connect_timeout: Duration,
     },
 }
@@ -84,14 +85,18 @@ impl Connector {
                 // timed-out call is not re-sent behind the caller's back).
                 let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(connect_timeout)
-                    .retries(CLUSTER_RETRIES)
+                    .retries(
+                        u32::try_from(op_timeout.as_millis())
+                            .unwrap_or(u32::MAX)
+                            .max(16),
+                    )
                     .min_retry_wait(1)
-                    .max_retry_wait(CLUSTER_MAX_RETRY_WAIT_MS)
-                    .retry_wait_formula(1, 2)
+                    .max_retry_wait(CLUSTER_RETRY_WAIT_MS)
+                    .retry_wait_formula(CLUSTER_RETRY_WAIT_MS, 1)
                     .build()
                     .map_err(|e| format!("redis.url: {e}"))?;
                 Ok(Connector::Cluster {
-                    client,
+                    client: Box::new(client),
                     connect_timeout,
                 })
             }
