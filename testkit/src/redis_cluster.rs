@@ -104,44 +104,34 @@ impl RedisCluster {
     /// then every node is told its new owner. While keys are split, a command naming a key that
     /// is not where it looks gets `ASK` or `TRYAGAIN`. Returns how many keys moved.
     pub fn move_slot(&self, slot: u16, to: usize, pause: Duration) -> usize {
-        let from = self.owner_of(slot);
-        if from == to {
+        let Some(mut moving) = self.start_move(slot, to) else {
             return 0;
-        }
-        let slot_arg = slot.to_string();
-        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
-        let (source, target) = (&self.nodes[from], &self.nodes[to]);
-        target.cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
-        source.cli(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
-        let target_port = target.port().to_string();
-        let mut moved = 0;
-        loop {
-            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_arg, "1"]);
-            let Some(key) = keys.lines().next().filter(|k| !k.is_empty()) else {
-                break;
-            };
-            source.cli(&[
-                "MIGRATE",
-                "127.0.0.1",
-                &target_port,
-                "",
-                "0",
-                "5000",
-                "KEYS",
-                key,
-            ]);
-            moved += 1;
+        };
+        while moving.migrate(1) == 1 {
             std::thread::sleep(pause);
         }
-        // The new owner first, then the old one, then the rest (Redis' documented order).
-        let mut order = vec![to, from];
-        order.extend((0..self.nodes.len()).filter(|i| *i != to && *i != from));
-        for i in order {
-            if self.nodes[i].is_running() {
-                self.nodes[i].cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
-            }
+        moving.finish()
+    }
+
+    /// Starts moving `slot` to node `to` (`None` if it serves it already): `to` imports it,
+    /// its owner migrates it; no key has moved yet.
+    pub fn start_move(&self, slot: u16, to: usize) -> Option<SlotMove<'_>> {
+        let from = self.owner_of(slot);
+        if from == to {
+            return None;
         }
-        moved
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot_arg = slot.to_string();
+        self.nodes[to].cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
+        self.nodes[from].cli(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+        Some(SlotMove {
+            cluster: self,
+            slot: slot_arg,
+            from,
+            to,
+            to_id,
+            moved: 0,
+        })
     }
 
     /// Adds a replica of node `master` and waits until it is in sync; its index.
@@ -223,6 +213,59 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|n| n.is_running() && n.cli(&["ROLE"]).starts_with("master"))
+    }
+}
+
+/// A slot on its way from one master to another ([`RedisCluster::start_move`]).
+pub struct SlotMove<'a> {
+    cluster: &'a RedisCluster,
+    slot: String,
+    from: usize,
+    to: usize,
+    to_id: String,
+    moved: usize,
+}
+
+impl SlotMove<'_> {
+    /// Migrates up to `n` more of the slot's keys; how many went.
+    pub fn migrate(&mut self, n: usize) -> usize {
+        let (source, target) = (&self.cluster.nodes[self.from], &self.cluster.nodes[self.to]);
+        let target_port = target.port().to_string();
+        let mut moved = 0;
+        while moved < n {
+            let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &self.slot, "1"]);
+            let Some(key) = keys.lines().next().filter(|k| !k.is_empty()) else {
+                break;
+            };
+            source.cli(&[
+                "MIGRATE",
+                "127.0.0.1",
+                &target_port,
+                "",
+                "0",
+                "5000",
+                "KEYS",
+                key,
+            ]);
+            moved += 1;
+        }
+        self.moved += moved;
+        moved
+    }
+
+    /// Migrates the keys left, then tells every node the slot's new owner (the new owner first,
+    /// then the old one, then the rest: Redis' documented order). How many keys moved in all.
+    pub fn finish(mut self) -> usize {
+        self.migrate(usize::MAX);
+        let nodes = &self.cluster.nodes;
+        let mut order = vec![self.to, self.from];
+        order.extend((0..nodes.len()).filter(|i| *i != self.to && *i != self.from));
+        for i in order {
+            if nodes[i].is_running() {
+                nodes[i].cli(&["CLUSTER", "SETSLOT", &self.slot, "NODE", &self.to_id]);
+            }
+        }
+        self.moved
     }
 }
 
