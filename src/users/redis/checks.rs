@@ -219,12 +219,20 @@ impl RedisLedger {
     /// when a master may evict keys (limits would silently reset), or when Redis cannot be
     /// reached; the probe task then checks how it persists ([`RedisLedger::check_state`]).
     pub async fn check_server(&self) {
-        let mut loaded = 0;
+        // Masters holding every script.
+        let mut loaded_on = usize::MAX;
         for source in &self.scripts.sources {
             let mut load = cmd("SCRIPT");
             load.arg("LOAD").arg(source);
             match self.link.on_every_master("script", true, load).await {
-                Ok(masters) => loaded = masters.iter().filter(|(_, r)| r.is_ok()).count(),
+                Ok(masters) => {
+                    for (node, reply) in &masters {
+                        if let Err(e) = reply {
+                            tracing::warn!(%node, error = %e, "a Redis master refused a script");
+                        }
+                    }
+                    loaded_on = loaded_on.min(masters.iter().filter(|(_, r)| r.is_ok()).count());
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis is not reachable at start-up");
                     return;
@@ -258,7 +266,7 @@ impl RedisLedger {
         }
         tracing::info!(
             masters = count,
-            scripts_loaded_on = loaded,
+            scripts_loaded_on = loaded_on,
             "Redis is reachable"
         );
     }
