@@ -13,12 +13,16 @@
 //! with an organisation cap set (far from it): every step then also calls the organisation's
 //! counter (a meter report asks both at once). Redis calls and commands per
 //! request come from `INFO commandstats` deltas (`evalsha`: one call per script run).
+//! A cluster arm then runs the far, near and organisation phases against a local three-master
+//! Redis Cluster (`tollgate_testkit::redis_cluster`; calls summed over the masters).
 //!
-//! Run: `cargo bench --bench state` (REQUESTS=N, CONC=N change the sizes).
+//! Run: `cargo bench --bench state` (REQUESTS=N, CONC=N change the sizes; CLUSTER=0 skips the
+//! cluster arm).
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
-use tollgate_testkit::redis;
+use tollgate_testkit::redis::{self, SharedRedis};
+use tollgate_testkit::redis_cluster::RedisCluster;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -114,7 +118,8 @@ fn per_request(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, re
     let mut per_command = Vec::new();
     for (name, calls) in after {
         let delta = calls - before.get(name).copied().unwrap_or(0);
-        if delta > 0 && name != "info" {
+        // `info` and `role` are the harness' own questions.
+        if delta > 0 && name != "info" && name != "role" {
             total += delta;
             per_command.push(format!("{name} {:.2}", delta as f64 / requests as f64));
         }
@@ -133,7 +138,7 @@ fn per_request(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, re
 /// latency, tokens relayed and Redis calls.
 async fn phase(
     title: &str,
-    server: &redis::RedisServer,
+    server: &dyn SharedRedis,
     arms: [&UserRegistry; 2],
     requests: usize,
     request: &AdmitRequest,
@@ -195,6 +200,13 @@ fn main() {
     let server = redis::RedisServer::start();
     // The harness fsyncs every write (crash tests); production runs fsync once a second.
     server.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+    let cluster = (env_or("CLUSTER", 1) != 0).then(|| {
+        let cluster = RedisCluster::start(3);
+        for node in cluster.nodes() {
+            node.cli(&["CONFIG", "SET", "appendfsync", "everysec"]);
+        }
+        cluster
+    });
     actix_rt::System::new().block_on(async move {
         let mut config = Config::default();
         // Lift the windows: this measures bookkeeping, not refusals.
@@ -249,6 +261,7 @@ fn main() {
         let mut with_org = config.clone();
         with_org.cost.max_org_daily_usd = 1e6;
         let org_ledger = Arc::new(RedisLedger::new(&with_org, metrics.clone()).expect("redis ledger"));
+        let metrics_for_cluster = metrics.clone();
         let redis_org = Arc::new(UserRegistry::new(2, &with_org, Arc::new(SystemClock), metrics, Arc::new(MemoryStore::default()), Some(org_ledger)));
         for i in 0..50 {
             one_request(&redis_org, &format!("o{i}"), &format!("wo{i}"), far.clone()).await;
@@ -283,6 +296,51 @@ fn main() {
             |arm, i| format!("org-{arm}{}", i % 100),
         )
         .await;
+
+        if let Some(cluster) = &cluster {
+            let mut on_cluster = config.clone();
+            on_cluster.redis.url = Secret::new(cluster.url());
+            let mut org_on_cluster = with_org.clone();
+            org_on_cluster.redis.url = Secret::new(cluster.url());
+            let registry = |config: &Config| {
+                let ledger = Arc::new(RedisLedger::new(config, metrics_for_cluster.clone()).expect("cluster ledger"));
+                Arc::new(UserRegistry::new(2, config, Arc::new(SystemClock), metrics_for_cluster.clone(), Arc::new(MemoryStore::default()), Some(ledger)))
+            };
+            let (on_cluster, org_on_cluster) = (registry(&on_cluster), registry(&org_on_cluster));
+            // Warm up: connections to every master, scripts loaded on each (NOSCRIPT, once).
+            for i in 0..200 {
+                one_request(&on_cluster, &format!("c{}", i % 100), &format!("wc{i}"), far.clone()).await;
+                one_request(&org_on_cluster, &format!("co{}", i % 100), &format!("wco{i}"), far.clone()).await;
+            }
+            let arms = [memory.as_ref(), on_cluster.as_ref()];
+            phase(
+                &format!("Redis Cluster (3 masters), far from a cap: a {OUTPUT_TOKENS}-token stream, 100 users per arm"),
+                cluster,
+                arms,
+                requests,
+                &far,
+                |arm, i| format!("c{arm}{}", i % 100),
+            )
+            .await;
+            phase(
+                &format!("Redis Cluster, near a cap: the daily cap leaves {NEAR_CAP_TOKENS} output tokens, a fresh user each"),
+                cluster,
+                arms,
+                requests / 4,
+                &near,
+                |arm, i| format!("c-near-{arm}{i}"),
+            )
+            .await;
+            phase(
+                &format!("Redis Cluster, far from every cap, with an organisation cap set: a {OUTPUT_TOKENS}-token stream"),
+                cluster,
+                [memory.as_ref(), org_on_cluster.as_ref()],
+                requests / 4,
+                &far,
+                |arm, i| format!("c-org-{arm}{}", i % 100),
+            )
+            .await;
+        }
 
         println!("Concurrent, far from a cap: {conc} users at once, {requests} requests per arm (arms one after the other):");
         for (name, registry, prefix) in [("memory", memory.clone(), "cm"), ("redis", redis.clone(), "cr")] {

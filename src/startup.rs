@@ -236,10 +236,25 @@ fn start_redis(config: &Config, metrics: &Metrics) -> std::io::Result<Option<Arc
     let ledger = RedisLedger::new(config, metrics.clone())
         .map(Arc::new)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let (mode, urls) = ledger.mode();
+    let redis = config
+        .redis
+        .url
+        .expose()
+        .split(',')
+        .map(|url| redact_url(url.trim()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let said = match mode {
+        "cluster" => format!("Redis Cluster, {urls} seed node(s)"),
+        _ => String::from("Redis, single node"),
+    };
     tracing::info!(
-        redis = %redact_url(config.redis.url.expose()),
+        %redis,
+        redis_mode = mode,
+        seed_nodes = urls,
         expected_replicas = config.redis.expected_replicas,
-        "shared state in Redis"
+        "shared state in {said}"
     );
     let check = ledger.clone();
     actix_rt::spawn(async move { check.check_server().await });

@@ -1,7 +1,10 @@
 //! Redis mode, black-box: real `tollgate` processes (two replicas where it matters) sharing one
 //! real `redis-server`, each with its built-in mock provider. Limits that hold across replicas,
 //! leases that free a dead replica's slots, the outage policy while Redis is stopped or hung,
-//! recovery with every settlement counted once, and restarts that keep users' state.
+//! recovery with every settlement counted once, and restarts that keep users' state. The limit
+//! tests also run against a real three-master Redis Cluster, and [`redis_cluster`] holds what
+//! only a cluster has: slots that move and masters that fail over under load, checks on every
+//! master.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tollgate_testkit::process::{self, Running};
-use tollgate_testkit::redis::RedisServer;
+use tollgate_testkit::redis::{RedisServer, SharedRedis};
+use tollgate_testkit::redis_cluster::RedisCluster;
+
+mod redis_cluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "redis-test-secret";
@@ -19,7 +25,7 @@ const SECRET: &str = "redis-test-secret";
 /// hangs on a stopped or hung Redis fails the test.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-fn env_for(redis: &RedisServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+fn env_for(redis: &dyn SharedRedis, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
         ("RUST_LOG", "info"),
         ("TOLLGATE_JWT_SECRET", SECRET),
@@ -188,10 +194,10 @@ fn wait_ready(listen: &str, status: u16) -> Answer {
 }
 
 /// No key tollgate wrote lives forever.
-fn assert_every_key_expires(redis: &RedisServer) {
-    let keys = redis.cli(&["--scan", "--pattern", "tollgate:*"]);
+fn assert_every_key_expires(redis: &dyn SharedRedis) {
+    let keys = redis.keys("tollgate:*");
     assert!(!keys.is_empty(), "tollgate wrote no keys");
-    for key in keys.lines() {
+    for key in &keys {
         let ttl: i64 = redis.cli(&["PTTL", key]).parse().unwrap();
         assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
     }
@@ -199,8 +205,16 @@ fn assert_every_key_expires(redis: &RedisServer) {
 
 #[test]
 fn thirty_requests_across_two_replicas_admit_exactly_the_limit_of_ten() {
-    let redis = RedisServer::start();
-    let env = env_for(&redis, &[("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "100")]);
+    thirty_requests_across_two_replicas(&RedisServer::start());
+}
+
+#[test]
+fn thirty_requests_across_two_replicas_admit_exactly_the_limit_of_ten_on_a_cluster() {
+    thirty_requests_across_two_replicas(&RedisCluster::start(3));
+}
+
+fn thirty_requests_across_two_replicas(redis: &dyn SharedRedis) {
+    let env = env_for(redis, &[("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "100")]);
     let (_a, a) = gateway(&env);
     let (_b, b) = gateway(&env);
     let token = token("ana");
@@ -241,7 +255,7 @@ fn thirty_requests_across_two_replicas_admit_exactly_the_limit_of_ten() {
     assert_eq!(ua["requests_per_minute"]["used"], 10);
     assert_eq!(ua["requests"], 10);
     assert_eq!(ua["output_tokens"], 50);
-    assert_every_key_expires(&redis);
+    assert_every_key_expires(redis);
 }
 
 /// A stream's data events.
@@ -302,11 +316,19 @@ fn concurrent_streams(replicas: &[&str], user: &str, n: usize) -> Vec<Answer> {
 /// token below it), and the output billed is the output the clients got.
 #[test]
 fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_two() {
-    let redis = RedisServer::start();
+    streams_cut_at_the_daily_cap(&RedisServer::start());
+}
+
+#[test]
+fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_a_cluster() {
+    streams_cut_at_the_daily_cap(&RedisCluster::start(3));
+}
+
+fn streams_cut_at_the_daily_cap(redis: &dyn SharedRedis) {
     // mock-gpt output costs 10 micro-USD a token: the cap is about 200 output tokens in all.
     let cap_micro = 2_000u64;
     let env = env_for(
-        &redis,
+        redis,
         &[
             ("TOLLGATE__COST__MAX_DAILY_USD", "0.002"),
             ("TOLLGATE__RATE__MAX_CONCURRENT_STREAMS", "10"),
@@ -354,7 +376,7 @@ fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_tw
     }
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(alerts(), 3.0);
-    assert_every_key_expires(&redis);
+    assert_every_key_expires(redis);
 }
 
 /// The organisation cap, shared by every replica through one counter in Redis: six users on two
@@ -364,10 +386,18 @@ fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_tw
 /// what they got.
 #[test]
 fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
-    let redis = RedisServer::start();
+    six_users_cut_at_the_organisation_cap(&RedisServer::start());
+}
+
+#[test]
+fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly_on_a_cluster() {
+    six_users_cut_at_the_organisation_cap(&RedisCluster::start(3));
+}
+
+fn six_users_cut_at_the_organisation_cap(redis: &dyn SharedRedis) {
     // mock-gpt output costs 10 micro-USD a token: about 300 output tokens for everybody.
     let cap_micro = 3_000u64;
-    let env = env_for(&redis, &[("TOLLGATE__COST__MAX_ORG_DAILY_USD", "0.003")]);
+    let env = env_for(redis, &[("TOLLGATE__COST__MAX_ORG_DAILY_USD", "0.003")]);
     let (_a, a) = gateway(&env);
     let (_b, b) = gateway(&env);
     let users = ["oda", "oli", "ora", "oscar", "otto", "ozzy"];
@@ -407,9 +437,10 @@ fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
         "billed {billed} micro-USD against an organisation cap of {cap_micro}"
     );
     // The organisation's counter: what was billed, nothing open or promised.
-    let key = redis.cli(&["--scan", "--pattern", "tollgate:org:*"]);
-    assert_eq!(key.lines().count(), 1, "{key}");
-    let field = |name: &str| redis.cli(&["HGET", key.trim(), name]);
+    let key = redis.keys("tollgate:org:*");
+    // The day's hash and the leases (a sorted set, emptied: gone).
+    assert_eq!(key.len(), 1, "{key:?}");
+    let field = |name: &str| redis.cli(&["HGET", &key[0], name]);
     assert_eq!(field("spend"), billed.to_string());
     assert_eq!((field("promised"), field("open")), ("0".into(), "0".into()));
     // Nobody else gets in, on either replica.
@@ -418,7 +449,7 @@ fn six_users_on_two_replicas_are_cut_at_the_organisation_cap_exactly() {
         assert_eq!(refused.status, 429, "{}", refused.body);
         assert_eq!(refused.error_code(), "org_daily_budget");
     }
-    assert_every_key_expires(&redis);
+    assert_every_key_expires(redis);
 }
 
 #[test]
@@ -853,11 +884,21 @@ fn admin(listen: &str, method: &str, path: &str, body: &str) -> Answer {
 /// spenders; a reset through one replica frees the window on the other.
 #[test]
 fn operator_settings_reach_every_replica_and_a_block_cuts_streams_on_both() {
+    operator_settings_on_two_replicas(&RedisServer::start());
+}
+
+/// The same on a three-master Redis Cluster (the settings hash shares the user's slot; the top
+/// spenders are scanned on every master).
+#[test]
+fn operator_settings_reach_every_replica_and_a_block_cuts_streams_on_both_on_a_cluster() {
+    operator_settings_on_two_replicas(&RedisCluster::start(3));
+}
+
+fn operator_settings_on_two_replicas(redis: &dyn SharedRedis) {
     use sha2::{Digest, Sha256};
-    let redis = RedisServer::start();
     let hash = hex::encode(Sha256::digest(ADMIN_KEY.as_bytes()));
     let env = env_for(
-        &redis,
+        redis,
         &[
             ("TOLLGATE__ADMIN__KEY_SHA256", hash.as_str()),
             // Streams report every 16 tokens: a block reaches them within a fraction of a second.
@@ -958,5 +999,5 @@ fn operator_settings_reach_every_replica_and_a_block_cuts_streams_on_both() {
     assert_eq!(users, ["max", "ida"]);
     let max_spend = usage(&b, &max)["daily_usd"]["used_usd"].clone();
     assert_eq!(top_a.json()["users"][0]["spend_usd"], max_spend);
-    assert_every_key_expires(&redis);
+    assert_every_key_expires(redis);
 }

@@ -5,11 +5,13 @@
 //! Lower modules receive their own section, never the whole tree.
 
 mod load;
+mod redis_nodes;
 mod secret;
 mod validate;
 
 pub(crate) use load::from_tree;
 pub use load::{load, ConfigError, ConfigSource};
+pub use redis_nodes::RedisNodes;
 pub use secret::Secret;
 
 use serde::{Deserialize, Serialize};
@@ -564,8 +566,11 @@ impl Default for ModelPrice {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `TOLLGATE_REDIS_URL`; empty = in-process memory.
+    /// `TOLLGATE_REDIS_URL`; empty = in-process memory. One `redis://` URL, or a
+    /// comma-separated list of a Redis Cluster's node URLs.
     pub url: Secret,
+    /// Speak Redis Cluster even when `url` names one node (a seed); a list always does.
+    pub cluster: bool,
     /// Prefix of every key tollgate writes (`<prefix>:{<user>}:…`).
     pub key_prefix: String,
     /// Longest wait for one Redis call (connection checkout + script); past it the call
@@ -596,6 +601,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: Secret::default(),
+            cluster: false,
             key_prefix: "tollgate".into(),
             op_timeout_ms: 50,
             connect_timeout_ms: 250,

@@ -485,24 +485,7 @@ fn validate_service_keys(c: &Config) -> Result<(), ConfigError> {
 
 fn validate_redis(c: &Config) -> Result<(), ConfigError> {
     let r = &c.redis;
-    if !r.url.is_empty() {
-        match url::Url::parse(r.url.expose()) {
-            Ok(u) if matches!(u.scheme(), "redis" | "redis+unix" | "unix") => {}
-            Ok(u) if u.scheme() == "rediss" => {
-                return Err(ConfigError::invalid(
-                    "redis.url",
-                    "rediss:// (TLS) is not built in: reach Redis over a private network or a \
-                     local TLS tunnel with redis://",
-                ))
-            }
-            _ => {
-                return Err(ConfigError::invalid(
-                    "redis.url",
-                    "expected a redis:// URL (TOLLGATE_REDIS_URL)",
-                ))
-            }
-        }
-    }
+    r.nodes()?;
     if r.key_prefix.is_empty() || r.key_prefix.contains(['{', '}']) {
         return Err(ConfigError::invalid(
             "redis.key_prefix",

@@ -7,12 +7,15 @@
 //! - [`process`]: the compiled `tollgate` binary as a child process, killed on drop.
 //! - [`promtool`]: Prometheus' checker on the exposition and the shipped config, required in CI.
 //! - [`redis`]: a real `redis-server` per test, which a test can stop, kill, restart or pause.
+//! - [`redis_cluster`]: a real Redis Cluster of such servers, whose slots a test can move and
+//!   whose masters it can fail over.
 //!
-//! Only [`redis`] and [`process`] know nothing of tollgate, so only they serve the `tollgate`
-//! crate's own unit tests: a tollgate type from here would be another copy of the crate than
-//! the one under test.
+//! Only [`redis`], [`redis_cluster`] and [`process`] know nothing of tollgate, so only they serve
+//! the `tollgate` crate's own unit tests: a tollgate type from here would be another copy of the
+//! crate than the one under test.
 
 pub mod app;
 pub mod process;
 pub mod promtool;
 pub mod redis;
+pub mod redis_cluster;

@@ -8,6 +8,9 @@
 //! (`redis.log` in the temporary directory); dropping a `RedisServer` kills and reaps the process,
 //! so no test leaves a server behind however it ends. This module knows nothing of tollgate, so
 //! the `tollgate` crate's unit tests use it too. Its self-tests are `tests/redis_harness.rs`.
+//!
+//! A Redis Cluster made of such servers is in [`redis_cluster`](crate::redis_cluster); tests
+//! that run against either take a [`SharedRedis`].
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,9 +29,43 @@ const PORT_ATTEMPTS: usize = 5;
 /// Lines of the server's log quoted in a panic message.
 const LOG_TAIL_LINES: usize = 40;
 
+/// What a test needs of the Redis tollgate shares state in, one server or a cluster.
+pub trait SharedRedis {
+    /// The value of `TOLLGATE_REDIS_URL` (a cluster: every node's URL, comma-separated).
+    fn url(&self) -> String;
+    /// Runs one `redis-cli` command (a cluster: on the node that serves its key) and returns
+    /// its stdout, trimmed; panics on an error reply.
+    fn cli(&self, args: &[&str]) -> String;
+    /// The keys matching `pattern`, on every master.
+    fn keys(&self, pattern: &str) -> Vec<String>;
+    /// `INFO commandstats` calls per command, summed over every master.
+    fn command_calls(&self) -> std::collections::BTreeMap<String, u64>;
+}
+
+impl SharedRedis for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        RedisServer::cli(self, args)
+    }
+
+    fn keys(&self, pattern: &str) -> Vec<String> {
+        let keys = self.cli(&["--scan", "--pattern", pattern]);
+        keys.lines().map(String::from).collect()
+    }
+
+    fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        RedisServer::command_calls(self)
+    }
+}
+
 /// One `redis-server` process on 127.0.0.1, persisting to its own temporary directory.
 pub struct RedisServer {
     port: u16,
+    /// Arguments beyond the defaults (a cluster node's), kept for a restart.
+    extra_args: Vec<String>,
     /// Holds the append-only file and `redis.log`; removed on drop, after the process is gone.
     dir: tempfile::TempDir,
     /// `None` once the process has been stopped or killed and reaped.
@@ -46,16 +83,24 @@ impl RedisServer {
     /// persistence on (`appendonly yes`, `appendfsync always`, `save ""`), and waits until it
     /// answers PING (at most 10 s; panics with the server's log if it does not).
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with more `redis-server` arguments (they come after the
+    /// defaults, so they may override them). A restart keeps them.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let dir = tempfile::Builder::new()
             .prefix("tollgate-redis-")
             .tempdir()
             .expect("create a temporary directory for redis-server");
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match launch(port, dir.path()) {
+            match launch(port, dir.path(), &extra_args) {
                 Ok(child) => {
                     return RedisServer {
                         port,
+                        extra_args,
                         dir,
                         child: Mutex::new(Some(child)),
                     }
@@ -128,7 +173,7 @@ impl RedisServer {
             !self.is_running(),
             "restart of a redis-server that is still running: stop() or kill() it first"
         );
-        match launch(self.port, self.dir.path()) {
+        match launch(self.port, self.dir.path(), &self.extra_args) {
             Ok(child) => *self.child_mut() = Some(child),
             Err(LaunchError::PortTaken) => panic!(
                 "redis-server could not restart: another process took port {}; its log:\n{}",
@@ -165,40 +210,13 @@ impl RedisServer {
     /// Panics, quoting stdout and stderr, if the command fails or Redis answers with an error
     /// (`-e`), and kills `redis-cli` after 10 s (never call it on a paused server).
     pub fn cli(&self, args: &[&str]) -> String {
-        let port = self.port.to_string();
-        let child = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &port, "-e", "--raw"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("spawn redis-cli ({e}); install the Debian package redis-server")
-            });
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let output: Output = match rx.recv_timeout(CLI_WITHIN) {
-            Ok(output) => output.expect("wait for redis-cli"),
-            Err(_) => {
-                // Still unreaped, so the pid is still redis-cli's; the thread reaps it.
-                signal(pid, "KILL");
-                let _ = rx.recv();
-                panic!("redis-cli {args:?} got no answer within {CLI_WITHIN:?} (a paused server?)");
-            }
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "redis-cli {args:?} failed ({}):\nstdout: {}\nstderr: {}",
-            output.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        stdout.trim().to_string()
+        cli_on(self.port, &[], args)
+    }
+
+    /// As [`cli`](Self::cli) in cluster mode (`redis-cli -c`): a keyed command follows the
+    /// cluster's redirections to the node that serves its key.
+    pub fn cli_following_redirects(&self, args: &[&str]) -> String {
+        cli_on(self.port, &["-c"], args)
     }
 
     /// Whether the server process exists (a paused one counts as running).
@@ -246,6 +264,45 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `redis-cli -h 127.0.0.1 -p PORT -e --raw <flags> <args>` (see [`RedisServer::cli`]).
+fn cli_on(port: u16, flags: &[&str], args: &[&str]) -> String {
+    let port = port.to_string();
+    let child = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port, "-e", "--raw"])
+        .args(flags)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("spawn redis-cli ({e}); install the Debian package redis-server")
+        });
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output: Output = match rx.recv_timeout(CLI_WITHIN) {
+        Ok(output) => output.expect("wait for redis-cli"),
+        Err(_) => {
+            // Still unreaped, so the pid is still redis-cli's; the thread reaps it.
+            signal(pid, "KILL");
+            let _ = rx.recv();
+            panic!("redis-cli {args:?} got no answer within {CLI_WITHIN:?} (a paused server?)");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout.trim(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    stdout.trim().to_string()
+}
+
 /// A port that was free a moment ago: the kernel picks it for a throwaway listener.
 fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -260,7 +317,7 @@ fn log_path(dir: &Path) -> PathBuf {
 
 /// Spawns `redis-server` on `port` with its data and log in `dir`, and waits until it answers
 /// PING. Panics (after killing it) on anything but a lost race for the port.
-fn launch(port: u16, dir: &Path) -> Result<Child, LaunchError> {
+fn launch(port: u16, dir: &Path, extra_args: &[String]) -> Result<Child, LaunchError> {
     let log = log_path(dir);
     // Redis appends its own log there; its stdout and stderr (start-up errors from before it
     // opens the log) go to the same file.
@@ -279,6 +336,7 @@ fn launch(port: u16, dir: &Path) -> Result<Child, LaunchError> {
         .args(["--appendonly", "yes"])
         .args(["--appendfsync", "always"])
         .args(["--save", ""])
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("clone the redis.log handle"))
         .stderr(out)

@@ -213,3 +213,56 @@ fn a_restart_names_a_port_taken_meanwhile() {
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
     server.restart();
 }
+
+/// The cluster harness: three masters that split the slots, keys served where they hash, a
+/// slot moved with its keys, and a master failed over to a replica that has its keys.
+#[test]
+fn a_cluster_spreads_slots_moves_one_and_fails_a_master_over() {
+    use tollgate_testkit::redis::SharedRedis;
+    use tollgate_testkit::redis_cluster::RedisCluster;
+    let mut cluster = RedisCluster::start(3);
+    assert_eq!(cluster.url().split(',').count(), 3);
+    // Keys of one hash tag share a slot; three tags land on more than one master.
+    for tag in ["a", "b", "c", "d", "e", "f"] {
+        assert_eq!(cluster.cli(&["SET", &format!("{{{tag}}}:x"), tag]), "OK");
+        assert_eq!(cluster.cli(&["SET", &format!("{{{tag}}}:y"), tag]), "OK");
+    }
+    let owners: std::collections::BTreeSet<usize> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|tag| cluster.owner_of(cluster.slot_of(tag)))
+        .collect();
+    assert!(owners.len() > 1, "every tag on one master: {owners:?}");
+    assert_eq!(cluster.keys("{*").len(), 12);
+
+    // Move the slot of {a} elsewhere: both keys go, and are served there.
+    let slot = cluster.slot_of("a");
+    let from = cluster.owner_of(slot);
+    let to = (from + 1) % 3;
+    assert_eq!(cluster.move_slot(slot, to, Duration::from_millis(0)), 2);
+    assert_eq!(cluster.owner_of(slot), to);
+    cluster.wait_until_ok();
+    let slot_arg = slot.to_string();
+    assert_eq!(
+        cluster.nodes()[to].cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]),
+        "2"
+    );
+    assert_eq!(
+        cluster.nodes()[from].cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]),
+        "0"
+    );
+    assert_eq!(cluster.cli(&["GET", "{a}:y"]), "a");
+
+    // A replica of that master takes over, with the keys.
+    let replica = cluster.add_replica(to);
+    assert!(!cluster.is_master(replica));
+    cluster.failover(replica);
+    assert!(cluster.is_master(replica));
+    assert!(!cluster.is_master(to));
+    assert_eq!(cluster.owner_of(slot), replica);
+    assert_eq!(cluster.cli(&["GET", "{a}:x"]), "a");
+    assert_eq!(
+        cluster.keys("{*").len(),
+        12,
+        "replicas are not scanned twice"
+    );
+}

@@ -34,6 +34,14 @@ local mk = P .. 'minute'
 redis.call('ZREMRANGEBYSCORE', mk, '-inf', int(now - MINUTE_MS))
 local minute = redis.call('ZCARD', mk)
 local r = running(now)
+-- Admitted already (a copy the client sent again after its connection broke): the same answer,
+-- nothing counted twice.
+local again = redis.call('HGET', P .. 'open', rid)
+if again then
+  local o = decode(again)
+  return { 0, math.floor((o.reserved - o.input) / choices), 0, minute, r.tokens, r.spend_today,
+    r.spend_month, expired, now, o.promised }
+end
 
 local function refuse(code, retry_ms)
   return { code, 0, retry_ms, minute, r.tokens, r.spend_today, r.spend_month, expired, now, 0 }

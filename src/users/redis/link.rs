@@ -1,17 +1,23 @@
-//! The connection to Redis: a deadpool-redis pool makes connections (with connect and wait
-//! timeouts), and each thread that calls (the actors' arbiter threads) takes one multiplexed
-//! connection from it and keeps it until it fails. A multiplexed connection pipelines the
-//! concurrent calls of its thread over one socket, skips the pool's PING per checkout, and its
-//! I/O task runs on the calling thread, so a call costs no cross-thread wake-ups. Making a
-//! connection is bounded by `redis.connect_timeout_ms`, every call by `redis.op_timeout_ms`;
-//! each reports to the circuit breaker, and calls are skipped while the circuit is open.
+//! The connection to Redis, one node or a cluster ([`connection`](super::connection)): each
+//! thread that calls (the actors' arbiter threads) makes one connection and keeps it until it
+//! fails. A connection pipelines the concurrent calls of its thread, skips a pool's PING per
+//! checkout, and its I/O task runs on the calling thread, so a call costs no cross-thread
+//! wake-ups. Making a connection is bounded by `redis.connect_timeout_ms`, every call by
+//! `redis.op_timeout_ms`; each reports to the circuit breaker (one for the whole cluster), and
+//! calls are skipped while the circuit is open.
+//!
+//! A script call names two keys of one slot: the prefix its script builds every key from, and a
+//! guard key that never exists. Redis Cluster answers `TRYAGAIN` to a call naming a key that
+//! does not exist while its slot moves between masters, so no script ever runs while a slot's
+//! keys are split between two nodes (it would read the keys not moved yet as empty); the client
+//! retries until the move ends.
 
 use super::breaker::{Breaker, Transition};
-use crate::config::RedisConfig;
+use super::connection::{is_error_answer, Connection, Connector};
+use super::keys;
+use crate::config::{RedisConfig, RedisNodes};
 use crate::telemetry::Metrics;
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::redis::{AsyncConnectionConfig, FromRedisValue, RedisError, Script};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::redis::{FromRedisValue, RedisError, Script, Value};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,8 +41,8 @@ pub enum Unavailable {
 }
 
 pub struct Link {
-    pool: Pool,
-    per_thread: Mutex<HashMap<ThreadId, MultiplexedConnection>>,
+    connector: Connector,
+    per_thread: Mutex<HashMap<ThreadId, Connection>>,
     op_timeout: Duration,
     breaker: Breaker,
     metrics: Metrics,
@@ -58,14 +64,8 @@ impl Unavailable {
     /// Redis answered (with an error or an unexpected reply): retrying the same call cannot
     /// help, unlike a timeout or a lost connection.
     pub fn is_answer(&self) -> bool {
-        use deadpool_redis::redis::{ErrorKind, ServerErrorKind};
         match self {
-            Unavailable::Call(e) => matches!(
-                e.kind(),
-                ErrorKind::UnexpectedReturnType
-                    | ErrorKind::Parse
-                    | ErrorKind::Server(ServerErrorKind::ResponseError)
-            ),
+            Unavailable::Call(e) => is_error_answer(e),
             Unavailable::Malformed(_) => true,
             _ => false,
         }
@@ -82,25 +82,13 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    /// Builds the pool (no connection is made yet). Fails only on an unusable URL.
-    pub fn new(config: &RedisConfig, metrics: Metrics) -> Result<Self, String> {
+    /// Builds the pool or the cluster client for `nodes` (no connection is made yet). Fails
+    /// only on a URL the client refuses.
+    pub fn new(config: &RedisConfig, nodes: &RedisNodes, metrics: Metrics) -> Result<Self, String> {
         let op_timeout = Duration::from_millis(config.op_timeout_ms);
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(op_timeout));
-        let manager = Manager::new_with_config(config.url.expose(), connection)
-            .map_err(|e| format!("redis.url: {e}"))?;
-        let pool = Pool::builder(manager)
-            .max_size(4)
-            .wait_timeout(Some(connect_timeout))
-            .create_timeout(Some(connect_timeout))
-            .recycle_timeout(Some(connect_timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("redis pool: {e}"))?;
         Ok(Self {
-            pool,
+            connector: Connector::new(nodes, connect_timeout, op_timeout)?,
             per_thread: Mutex::new(HashMap::new()),
             op_timeout,
             breaker: Breaker::new(config.breaker_failures),
@@ -128,8 +116,9 @@ impl Link {
         closed
     }
 
-    /// Runs a script on the user's keys (`prefix` is the only KEYS entry). `probe` calls go
-    /// through an open circuit (the probe task's journal replay).
+    /// Runs a script on the keys under `prefix` (a user's, or the organisation's: one slot),
+    /// naming the prefix and its guard key (see the module doc). `probe` calls go through an
+    /// open circuit (the probe task's journal replay).
     #[allow(clippy::too_many_arguments)]
     pub async fn script<T: FromRedisValue>(
         &self,
@@ -142,6 +131,7 @@ impl Link {
     ) -> Result<T, Unavailable> {
         self.guarded(op, probe, |mut conn| async move {
             let mut invocation = script.key(prefix);
+            invocation.key(keys::guard_key(prefix));
             for a in text_args {
                 invocation.arg(*a);
             }
@@ -166,6 +156,34 @@ impl Link {
         .await
     }
 
+    /// Runs `cmd` on every master (the one server, in single-node mode): each master's address
+    /// and its answer, an error answer (e.g. `CONFIG` refused) as that master's `Err`. `probe`
+    /// calls go through an open circuit.
+    pub async fn on_every_master(
+        &self,
+        op: &'static str,
+        probe: bool,
+        cmd: deadpool_redis::redis::Cmd,
+    ) -> Result<Vec<(String, Result<Value, RedisError>)>, Unavailable> {
+        self.guarded(op, probe, |mut conn| async move {
+            conn.on_every_master(&cmd).await
+        })
+        .await
+    }
+
+    /// Runs `cmd` on the master `node` (as [`Link::on_every_master`] names it).
+    pub async fn on_master(
+        &self,
+        op: &'static str,
+        node: &str,
+        cmd: deadpool_redis::redis::Cmd,
+    ) -> Result<Value, Unavailable> {
+        self.guarded(op, false, |mut conn| async move {
+            conn.on_master(node, &cmd).await
+        })
+        .await
+    }
+
     async fn guarded<T, F, Fut>(
         &self,
         op: &'static str,
@@ -173,14 +191,14 @@ impl Link {
         call: F,
     ) -> Result<T, Unavailable>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         if !probe && self.breaker.is_open() {
             return Err(Unavailable::CircuitOpen);
         }
-        // A new connection is bounded by the pool's own timeouts (`redis.connect_timeout_ms`);
-        // the call on it by `redis.op_timeout_ms`.
+        // A new connection is bounded by `redis.connect_timeout_ms`; the call on it by
+        // `redis.op_timeout_ms`.
         let result = match self.connection().await {
             Ok(conn) => match tokio::time::timeout(self.op_timeout, call(conn)).await {
                 Ok(result) => result.map_err(Unavailable::Call),
@@ -195,17 +213,16 @@ impl Link {
         result
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, Unavailable> {
+    async fn connection(&self) -> Result<Connection, Unavailable> {
         let thread = std::thread::current().id();
         if let Some(conn) = self.lock().get(&thread) {
             return Ok(conn.clone());
         }
-        let object = self
-            .pool
-            .get()
+        let conn = self
+            .connector
+            .connect()
             .await
-            .map_err(|e| Unavailable::Connect(e.to_string()))?;
-        let conn = deadpool_redis::Connection::take(object);
+            .map_err(Unavailable::Connect)?;
         self.lock().insert(thread, conn.clone());
         Ok(conn)
     }
@@ -233,7 +250,7 @@ impl Link {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, MultiplexedConnection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, Connection>> {
         self.per_thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,6 +1,7 @@
 -- Meter: add the output tokens a stream relayed (within its allowance) and grant its next
 -- allowance, in place of the last (Book::meter).
--- ARGV: rid, tokens, needed, batch_min, batch_max, daily_cap, monthly_cap, admin_version
+-- ARGV: rid, tokens, needed, batch_min, batch_max, daily_cap, monthly_cap, call (this call's
+--       id: the same call applied twice adds its tokens once), admin_version
 -- Returns {code, spend_today, spend_month, now, allowance}; code 0 = metered, 2 = no such open
 -- request (settled, or its lease ended), 3 = the operator's settings changed (nothing done:
 -- read them and ask again). allowance: output tokens the request may relay from
@@ -11,12 +12,16 @@ local rid = ARGV[1]
 local tokens, needed = tonumber(ARGV[2]), tonumber(ARGV[3])
 local batch_min, batch_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 local daily_cap, monthly_cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local call = ARGV[8]
 local now = now_ms()
-if admin_changed(tonumber(ARGV[8])) then return { 3, 0, 0, now, 0 } end
+if admin_changed(tonumber(ARGV[9])) then return { 3, 0, 0, now, 0 } end
 local s = redis.call('HGET', P .. 'open', rid)
 if not s then return { 2, 0, 0, now, 0 } end
 local o = decode(s)
-o.metered = o.metered + tokens
+if o.last ~= call then
+  o.metered = o.metered + tokens
+  o.last = call
+end
 -- Its own allowance is replaced: the running figures count only the others'.
 o.promised = 0
 redis.call('HSET', P .. 'open', rid, encode(o))

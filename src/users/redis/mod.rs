@@ -11,14 +11,24 @@
 //! Calls are bounded (`redis.op_timeout_ms`) and guarded by a circuit breaker; when one fails
 //! the actor applies the outage policy (`users::outage`). Settlements that cannot reach Redis
 //! wait in a journal that the probe task replays, exactly once each, when Redis is back.
+//!
+//! Redis is one server or a Redis Cluster (`redis.url` lists its nodes, or `redis.cluster`):
+//! every script touches one slot, either a user's or the organisation's, and none runs while
+//! its slot moves between masters (`link`); a call the cluster client sends again after a broken
+//! connection is not counted twice (admit and meter recognise their own copy, the rest are
+//! idempotent). The state checks (persistence, eviction policy, the marker) go to every master
+//! ([`checks`]).
 
 mod breaker;
+mod checks;
+mod connection;
 mod journal;
 mod keys;
 mod link;
 mod persistence;
 #[cfg(test)]
 mod tests;
+mod topology;
 
 pub use journal::PendingSettle;
 pub use link::Unavailable;
@@ -32,14 +42,15 @@ use super::outage::{Known, OutagePolicy};
 use super::refusal::Refusal;
 use super::usage::Counts;
 use crate::calendar::DAY_MS;
-use crate::config::Config;
+use crate::config::{Config, RedisNodes};
 use crate::pricing::Price;
 use crate::telemetry::Metrics;
-use deadpool_redis::redis::{cmd, Script};
+use deadpool_redis::redis::{cmd, FromRedisValue, Script};
 use journal::Journal;
 use link::Link;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -56,19 +67,35 @@ struct Scripts {
     usage: Script,
     org: Script,
     admin: Script,
+    /// Every script's source, to load on every master at start-up.
+    sources: Vec<String>,
 }
 
 impl Scripts {
     fn new() -> Self {
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        let bodies = [
+            include_str!("admit.lua"),
+            include_str!("meter.lua"),
+            include_str!("reprice.lua"),
+            include_str!("settle.lua"),
+            include_str!("usage.lua"),
+            include_str!("org.lua"),
+            include_str!("admin.lua"),
+        ];
+        let sources: Vec<String> = bodies
+            .iter()
+            .map(|body| format!("{PRELUDE}\n{body}"))
+            .collect();
+        let script = |i: usize| Script::new(&sources[i]);
         Self {
-            admit: with_prelude(include_str!("admit.lua")),
-            meter: with_prelude(include_str!("meter.lua")),
-            reprice: with_prelude(include_str!("reprice.lua")),
-            settle: with_prelude(include_str!("settle.lua")),
-            usage: with_prelude(include_str!("usage.lua")),
-            org: with_prelude(include_str!("org.lua")),
-            admin: with_prelude(include_str!("admin.lua")),
+            admit: script(0),
+            meter: script(1),
+            reprice: script(2),
+            settle: script(3),
+            usage: script(4),
+            org: script(5),
+            admin: script(6),
+            sources,
         }
     }
 }
@@ -157,6 +184,8 @@ pub struct OrgAnswer {
 }
 
 pub struct RedisLedger {
+    /// One server or a cluster, and the URLs given.
+    nodes: RedisNodes,
     link: Link,
     scripts: Scripts,
     journal: Journal,
@@ -171,8 +200,11 @@ pub struct RedisLedger {
     metrics: Metrics,
     /// How Redis persists, as last asked ([`Persistence`] as `u8`).
     persistence: AtomicU8,
-    /// The marker value this ledger saw last; `None` before the first check.
-    marker: Mutex<Option<String>>,
+    /// The marker keys this ledger checks (one per master in a cluster) and the value each held
+    /// at the last check.
+    markers: Mutex<BTreeMap<String, String>>,
+    /// Ids of meter calls (so a call applied twice counts once).
+    meter_calls: AtomicU64,
     /// A state check is owed (none succeeded yet, or the connection came back).
     check_due: AtomicBool,
     /// Checks that found tollgate's keys gone.
@@ -192,10 +224,15 @@ impl RedisLedger {
     /// Builds the ledger (connects lazily). Fails only on an unusable `redis.url`.
     pub fn new(config: &Config, metrics: Metrics) -> Result<Self, String> {
         let r = &config.redis;
+        let nodes = r
+            .nodes()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| String::from("redis.url is empty: no Redis to use"))?;
         metrics.set_redis_up(true);
         metrics.declare_redis_state();
         Ok(Self {
-            link: Link::new(r, metrics.clone())?,
+            link: Link::new(r, &nodes, metrics.clone())?,
+            nodes,
             scripts: Scripts::new(),
             journal: Journal::new(r.journal_max, metrics.clone()),
             key_prefix: r.key_prefix.clone(),
@@ -206,10 +243,17 @@ impl RedisLedger {
             policy: OutagePolicy::new(r),
             metrics,
             persistence: AtomicU8::new(Persistence::Unknown.to_u8()),
-            marker: Mutex::new(None),
+            markers: Mutex::new(BTreeMap::new()),
+            meter_calls: AtomicU64::new(0),
             check_due: AtomicBool::new(true),
             losses: AtomicU64::new(0),
         })
+    }
+
+    /// How Redis is reached: `single node` or `cluster`, and how many URLs were given (a
+    /// cluster's seed nodes).
+    pub fn mode(&self) -> (&'static str, usize) {
+        (self.nodes.mode(), self.nodes.urls().len())
     }
 
     /// The key prefix of a user's keys.
@@ -400,6 +444,7 @@ impl RedisLedger {
             ask.batch.max,
             limits.daily_cap_micro_usd,
             limits.monthly_cap_micro_usd,
+            self.meter_calls.fetch_add(1, Ordering::Relaxed),
             admin_version,
         ];
         let reply: Vec<u64> = self
@@ -430,13 +475,9 @@ impl RedisLedger {
     }
 
     /// Every user's settled spend today (`month` false) or this month, in micro-USD: a SCAN of
-    /// the day (or month) keys, then their `spend` fields. Admin-only; O(users).
+    /// the day (or month) keys on every master, then their `spend` fields. Admin-only; O(users).
     pub async fn spenders(&self, month: bool) -> Result<Vec<(String, u64)>, Unavailable> {
-        let now: Vec<u64> = self
-            .link
-            .command("top", false, cmd("TIME"))
-            .await
-            .map(|t: Vec<u64>| t)?;
+        let now: Vec<u64> = self.link.command("top", false, cmd("TIME")).await?;
         let day = now.first().copied().unwrap_or(0) / 86_400;
         let suffix = if month {
             format!("month:{}", crate::calendar::month_key(day * DAY_MS))
@@ -444,31 +485,39 @@ impl RedisLedger {
             format!("day:{day}")
         };
         let pattern = format!("{}:{{*}}:{suffix}", glob_escape(&self.key_prefix));
-        let mut cursor: u64 = 0;
+        let masters = self.link.on_every_master("top", false, cmd("PING")).await?;
         let mut found = Vec::new();
-        loop {
-            let mut scan = cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.link.command("top", false, scan).await?;
-            for key in keys {
-                let mut get = cmd("HGET");
-                get.arg(&key).arg("spend");
-                let spend: Option<u64> = self.link.command("top", false, get).await?;
-                if let (Some(user), Some(spend)) = (keys::user_of(&self.key_prefix, &key), spend) {
-                    if spend > 0 {
-                        found.push((user, spend));
+        for (node, _) in masters {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                let reply = self.link.on_master("top", &node, scan).await?;
+                let (next, keys): (u64, Vec<String>) =
+                    FromRedisValue::from_redis_value(reply).map_err(|_| malformed("top"))?;
+                for key in keys {
+                    let mut get = cmd("HGET");
+                    get.arg(&key).arg("spend");
+                    let spend: Option<u64> = self.link.command("top", false, get).await?;
+                    if let (Some(user), Some(spend)) =
+                        (keys::user_of(&self.key_prefix, &key), spend)
+                    {
+                        if spend > 0 {
+                            found.push((user, spend));
+                        }
                     }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(found);
-            }
-            cursor = next;
         }
+        Ok(found)
     }
 
     /// The operator's settings for the user at `prefix`, and their version (0: never set).
@@ -673,20 +722,26 @@ impl RedisLedger {
     }
 
     /// Claims the alert for `window` in `period` across replicas: `true` for exactly one caller.
+    /// The claim holds a value of this call's own, so a claim the cluster client sent again
+    /// (after a broken connection) still finds it was this caller's.
     pub async fn claim_alert(
         &self,
         prefix: &str,
         window: &str,
         period: u64,
     ) -> Result<bool, Unavailable> {
+        let key = format!("{prefix}alert:{window}:{period}");
+        let mine = uuid::Uuid::new_v4().simple().to_string();
         let mut c = cmd("SET");
-        c.arg(format!("{prefix}alert:{window}:{period}"))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(40 * DAY_MS);
+        c.arg(&key).arg(&mine).arg("NX").arg("PX").arg(40 * DAY_MS);
         let reply: Option<String> = self.link.command("alert", false, c).await?;
-        Ok(reply.is_some())
+        if reply.is_some() {
+            return Ok(true);
+        }
+        let mut get = cmd("GET");
+        get.arg(&key);
+        let holder: Option<String> = self.link.command("alert", false, get).await?;
+        Ok(holder.as_deref() == Some(mine.as_str()))
     }
 
     /// Runs until the process ends: while the circuit is open or settlements wait, probes Redis
@@ -728,136 +783,6 @@ impl RedisLedger {
         }
     }
 
-    /// How Redis persists, as last asked (`/readyz`).
-    pub fn persistence(&self) -> Persistence {
-        Persistence::from_u8(self.persistence.load(Ordering::Acquire))
-    }
-
-    /// Checks Redis' state: how it persists (when `ask_config`), and whether tollgate's keys
-    /// survived since the last check (the marker). Warns about a Redis that does not persist
-    /// and logs lost keys as an error; a check not fully answered stays owed.
-    pub async fn check_state(&self, ask_config: bool) -> StateCheck {
-        let mut complete = true;
-        let persistence = if ask_config {
-            match self.ask_persistence().await {
-                Ok(persistence) => persistence,
-                // CONFIG refused (managed services disable it): Redis will not say.
-                Err(e) if e.is_answer() => Persistence::Unknown,
-                Err(_) => {
-                    complete = false;
-                    self.persistence()
-                }
-            }
-        } else {
-            self.persistence()
-        };
-        if ask_config && complete {
-            self.note_persistence(persistence);
-        }
-        let keys_lost = match self.check_marker().await {
-            Ok(lost) => lost,
-            Err(_) => {
-                complete = false;
-                false
-            }
-        };
-        if keys_lost {
-            self.losses.fetch_add(1, Ordering::AcqRel);
-            self.metrics.record_redis_state_lost();
-            tracing::error!(
-                key_prefix = %self.key_prefix,
-                "tollgate's keys vanished from Redis (it restarted without persistence, or was \
-                 flushed): users' windows and spend restarted from zero"
-            );
-        }
-        self.check_due.store(!complete, Ordering::Release);
-        StateCheck {
-            persistence,
-            keys_lost,
-            complete,
-        }
-    }
-
-    /// `CONFIG GET appendonly` and `save`.
-    async fn ask_persistence(&self) -> Result<Persistence, Unavailable> {
-        let mut values = Vec::with_capacity(2);
-        for parameter in ["appendonly", "save"] {
-            let mut c = cmd("CONFIG");
-            c.arg("GET").arg(parameter);
-            let reply: Vec<String> = self.link.command("config", true, c).await?;
-            values.push(reply.get(1).cloned().unwrap_or_default());
-        }
-        Ok(Persistence::from_config(&values[0], &values[1]))
-    }
-
-    /// Records how Redis persists; says so loudly when that changed to something weaker.
-    fn note_persistence(&self, persistence: Persistence) {
-        let before =
-            Persistence::from_u8(self.persistence.swap(persistence.to_u8(), Ordering::AcqRel));
-        self.metrics.set_redis_persistence(persistence.as_str());
-        if before == persistence {
-            return;
-        }
-        match persistence {
-            Persistence::None => tracing::warn!(
-                redis_persistence = persistence.as_str(),
-                "Redis does not persist its data (appendonly no, no save rules): if it restarts, \
-                 every user's windows and spend restart from zero. Turn on appendonly yes."
-            ),
-            Persistence::Snapshots => tracing::warn!(
-                redis_persistence = persistence.as_str(),
-                "Redis persists by snapshots only: a crash loses the usage since the last one. \
-                 appendonly yes loses at most a second."
-            ),
-            Persistence::Unknown => tracing::warn!(
-                "Redis does not say how it persists (CONFIG refused): make sure it does, or a \
-                 restart resets every user's windows and spend"
-            ),
-            Persistence::AppendOnly => {
-                tracing::info!(redis_persistence = persistence.as_str(), "Redis persists")
-            }
-        }
-    }
-
-    /// Looks for the marker; `true` when the one seen before is gone or replaced. Leaves a
-    /// marker in place (renewed) either way.
-    async fn check_marker(&self) -> Result<bool, Unavailable> {
-        let key = keys::marker_key(&self.key_prefix);
-        let seen = self
-            .marker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut get = cmd("GET");
-        get.arg(&key);
-        let current: Option<String> = self.link.command("marker", true, get).await?;
-        let (value, lost) = match current {
-            Some(value) => {
-                let mut renew = cmd("PEXPIRE");
-                renew.arg(&key).arg(MARKER_TTL_MS);
-                let _: u64 = self.link.command("marker", true, renew).await?;
-                let lost = seen.as_ref().is_some_and(|seen| *seen != value);
-                (value, lost)
-            }
-            None => {
-                let mut set = cmd("SET");
-                set.arg(&key)
-                    .arg(uuid::Uuid::new_v4().simple().to_string())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(MARKER_TTL_MS);
-                let _: Option<String> = self.link.command("marker", true, set).await?;
-                // Another replica may have set it first: keep whichever value is there.
-                let mut get = cmd("GET");
-                get.arg(&key);
-                let value: Option<String> = self.link.command("marker", true, get).await?;
-                (value.unwrap_or_default(), seen.is_some())
-            }
-        };
-        *self.marker.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
-        Ok(lost)
-    }
-
     async fn replay(&self) -> usize {
         let mut replayed = 0;
         while let Some(entry) = self.journal.take() {
@@ -877,28 +802,6 @@ impl RedisLedger {
             }
         }
         replayed
-    }
-
-    /// Warns when Redis may evict keys (limits would silently reset) or cannot be reached; the
-    /// probe task then checks how it persists ([`RedisLedger::check_state`]).
-    pub async fn check_server(&self) {
-        let mut c = cmd("CONFIG");
-        c.arg("GET").arg("maxmemory-policy");
-        match self.link.command::<Vec<String>>("config", true, c).await {
-            Ok(reply) => {
-                let policy = reply.get(1).map_or("unknown", String::as_str);
-                if policy.starts_with("allkeys") || policy.starts_with("volatile") {
-                    tracing::warn!(
-                        maxmemory_policy = policy,
-                        "Redis may evict keys under memory pressure: evicted limit keys reset \
-                         users' windows and budgets. Use maxmemory-policy noeviction."
-                    );
-                } else {
-                    tracing::info!(maxmemory_policy = policy, "Redis is reachable");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "Redis is not reachable at start-up"),
-        }
     }
 }
 

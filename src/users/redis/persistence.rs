@@ -34,6 +34,21 @@ impl Persistence {
         Persistence::AppendOnly,
     ];
 
+    /// The mode that says least about keeping the data, of several masters': none, then
+    /// snapshots, then unknown, then the append-only file (`Unknown` for no master at all).
+    pub fn weakest(modes: impl IntoIterator<Item = Persistence>) -> Self {
+        let rank = |mode: &Persistence| match mode {
+            Persistence::None => 0,
+            Persistence::Snapshots => 1,
+            Persistence::Unknown => 2,
+            Persistence::AppendOnly => 3,
+        };
+        modes
+            .into_iter()
+            .min_by_key(rank)
+            .unwrap_or(Persistence::Unknown)
+    }
+
     /// From the values of `CONFIG GET appendonly` and `CONFIG GET save`.
     pub fn from_config(appendonly: &str, save: &str) -> Self {
         if appendonly.eq_ignore_ascii_case("yes") {
@@ -105,5 +120,18 @@ mod tests {
         for mode in Persistence::ALL {
             assert_eq!(Persistence::from_u8(mode.to_u8()), mode);
         }
+    }
+
+    #[test]
+    fn a_cluster_is_as_weak_as_its_weakest_master() {
+        use Persistence::*;
+        assert_eq!(Persistence::weakest([AppendOnly, None, Snapshots]), None);
+        assert_eq!(
+            Persistence::weakest([AppendOnly, Unknown, Snapshots]),
+            Snapshots
+        );
+        assert_eq!(Persistence::weakest([AppendOnly, Unknown]), Unknown);
+        assert_eq!(Persistence::weakest([AppendOnly, AppendOnly]), AppendOnly);
+        assert_eq!(Persistence::weakest([]), Unknown);
     }
 }

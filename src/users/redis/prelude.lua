@@ -1,5 +1,7 @@
 -- tollgate: shared helpers, prepended to every script (see scripts.rs).
--- KEYS[1] is the user's key prefix "<prefix>:{<user>}:" (one Cluster slot per user).
+-- KEYS[1] is the user's key prefix "<prefix>:{<user>}:" (one Cluster slot per user); KEYS[2]
+-- its guard key, never written (while the slot moves between Cluster masters, Redis refuses
+-- the call rather than run it on a node holding only some of the keys).
 -- Time is Redis TIME, never a replica's clock. Every key written gets its expiry here.
 local P = KEYS[1]
 local DAY_MS = 86400000
@@ -35,19 +37,24 @@ local function cost(input, output, in_nano, out_nano)
   return math.floor((input * in_nano + output * out_nano + 999) / 1000)
 end
 
--- An open request: day,month,in_nano,out_nano,input,reserved,metered,stream,promised
+-- An open request: day,month,in_nano,out_nano,input,reserved,metered,stream,promised[,last]
 -- (promised: output tokens it may still relay before it reports again: a stream's allowance,
--- a non-streamed request's whole grant).
+-- a non-streamed request's whole grant; last: the id of the last meter call applied, so a call
+-- the client sends again after a broken connection is not counted twice).
 local function decode(s)
   local f = {}
-  for v in string.gmatch(s, '[^,]+') do f[#f + 1] = tonumber(v) end
-  return { day = f[1], month = f[2], in_nano = f[3], out_nano = f[4], input = f[5],
-    reserved = f[6], metered = f[7], stream = f[8], promised = f[9] or 0 }
+  for v in string.gmatch(s, '[^,]+') do f[#f + 1] = v end
+  return { day = tonumber(f[1]), month = tonumber(f[2]), in_nano = tonumber(f[3]),
+    out_nano = tonumber(f[4]), input = tonumber(f[5]), reserved = tonumber(f[6]),
+    metered = tonumber(f[7]), stream = tonumber(f[8]), promised = tonumber(f[9] or 0) or 0,
+    last = f[10] }
 end
 
 local function encode(o)
-  return table.concat({ int(o.day), int(o.month), int(o.in_nano), int(o.out_nano),
+  local s = table.concat({ int(o.day), int(o.month), int(o.in_nano), int(o.out_nano),
     int(o.input), int(o.reserved), int(o.metered), int(o.stream), int(o.promised or 0) }, ',')
+  if o.last then s = s .. ',' .. o.last end
+  return s
 end
 
 -- The allowance rule (allowance.rs `share`): half the free headroom split among the open

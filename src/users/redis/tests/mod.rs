@@ -13,7 +13,11 @@
 //! - [`replicas`]: limits hold across replicas sharing one Redis;
 //! - [`expiry`]: every key written expires;
 //! - [`replay`]: settlements made while Redis is away are replayed once it is back;
-//! - [`persistence`]: how Redis persists is reported, and lost keys are detected.
+//! - [`persistence`]: how Redis persists is reported, and lost keys are detected;
+//! - [`resend`]: a call applied twice (a cluster client sends one again after a broken
+//!   connection) counts once;
+//! - [`cluster`]: against a Redis Cluster, every master is loaded and checked, and no script
+//!   runs while a user's slot is split between two masters.
 //!
 //! This file holds their shared setup: a deterministic RNG, the config and ledger for a server,
 //! prices, limits, requests and settlements. These tests only observe the ledger from outside
@@ -21,6 +25,7 @@
 //! user's keys behind the scripts' back.
 
 mod book;
+mod cluster;
 mod expiry;
 mod leases;
 mod lua;
@@ -29,6 +34,7 @@ mod persistence;
 mod replay;
 mod replicas;
 mod reprice;
+mod resend;
 mod settle;
 
 use super::{Admitted, PendingSettle, RedisLedger};
