@@ -262,6 +262,8 @@ impl RedisLedger {
                     "Redis may evict keys under memory pressure: evicted limit keys reset \
                      users' windows and budgets. Use maxmemory-policy noeviction."
                 );
+            } else {
+                tracing::info!(maxmemory_policy = %policy, %node, "Redis does not evict tollgate's keys");
             }
         }
         tracing::info!(

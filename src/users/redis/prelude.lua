@@ -152,5 +152,5 @@ end
 -- Whether the operator's settings for the user (block, overrides: the hash P .. 'admin', field
 -- v counts changes) are newer than `known`, the version the caller computed its limits with.
 local function admin_changed(known)
-  return num(redis.call('HGET', P .. 'admin', 'v')) ~= known
+  return num(redis.call('HGET', P .. 'admin', 'v')) ~= num(known)
 end
