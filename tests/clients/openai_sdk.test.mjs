@@ -4,6 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import OpenAI from "openai";
 import { BIN, startGateway, token as mint } from "../node_support/gateway.mjs";
 const SECRET = "client-test-secret";
@@ -14,7 +15,14 @@ const [KEY, KEY_SHA256] = (() => {
   return [out.split("\n")[0], out.match(/key_sha256 = "([0-9a-f]{64})"/)[1]];
 })();
 
+/** The admin API's key (its SHA-256 in the gateway's config). */
+const ADMIN_KEY = "sdk-test-admin-key-0b1d";
+
 const ENV = {
+  TOLLGATE__ADMIN__KEY_SHA256: createHash("sha256").update(ADMIN_KEY).digest("hex"),
+  // Streams report every 16 tokens: an operator's block reaches an open stream within a moment.
+  TOLLGATE__RELAY__METER_BATCH_TOKENS: "16",
+  TOLLGATE__RELAY__METER_BATCH_MAX_TOKENS: "16",
   TOLLGATE_JWT_SECRET: SECRET,
   TOLLGATE__USERS__SNAPSHOT_PATH: "",
   TOLLGATE__MOCK__TOKENS: "12",
@@ -137,4 +145,28 @@ test("a trusted front end's users are their own users; its model list is its key
     }),
     (e) => e.status === 400 && e.code === "missing_user",
   );
+});
+
+test("an operator's block: an open stream raises in the SDK, the next request is a 403", async () => {
+  const sdk = client({ jwtUser: "sdk-mallory" });
+  const body = { model: "mock-gpt:tokens=400,tps=100", messages: [{ role: "user", content: "Say something." }] };
+  const stream = await sdk.chat.completions.create({ ...body, stream: true });
+  const chunks = stream[Symbol.asyncIterator]();
+  assert.equal((await chunks.next()).done, false);
+  const blocked = await fetch(`${base}/admin/v1/users/sdk-mallory/block`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${ADMIN_KEY}` },
+  });
+  assert.equal(blocked.status, 200);
+  await assert.rejects(
+    (async () => { while (!(await chunks.next()).done) { /* read to the end */ } })(),
+    (e) => e instanceof OpenAI.APIError && /blocked by an operator/.test(e.message),
+  );
+  await assert.rejects(
+    sdk.chat.completions.create(body),
+    (e) => e instanceof OpenAI.PermissionDeniedError && e.code === "user_blocked",
+  );
+  const cut = logLines.find((l) => l.user_id === "sdk-mallory" && l.outcome === "cut_blocked");
+  assert.ok(cut, "the cut stream's log line");
+  assert.ok(cut.output_tokens > 0 && cut.output_tokens < 400, `${cut.output_tokens} tokens`);
 });
