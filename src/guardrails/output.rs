@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
 use regex_automata::meta::{self, Regex};
+use regex_automata::util::pool::Pool;
 use regex_automata::util::syntax;
 use regex_automata::{Anchored, Input};
 
@@ -161,17 +162,57 @@ struct Found {
     end: usize,
 }
 
-/// Scans one response stream. Create one per response with [`StreamScanner::new`], feed deltas in
-/// order with [`push`](Self::push), then call [`finish`](Self::finish) at the end of the stream.
-#[derive(Debug, Clone)]
-pub struct StreamScanner {
-    rules: Vec<CompiledRule>,
-    /// One lazy-DFA cache per rule.
-    caches: Vec<DfaCache>,
+/// One lazy-DFA cache per rule, in rule order.
+type Caches = Vec<DfaCache>;
+/// Makes a scanner's caches: clones of the warmed ones (or fresh ones before a warm-up).
+type MakeCaches = Box<dyn Fn() -> Caches + Send + Sync + std::panic::RefUnwindSafe>;
+
+/// The compiled rules a template and all its clones share (compiled once, never copied per
+/// reply), with a pool of lazy-DFA caches: a scanner takes one set for the length of a `push`,
+/// so the automata states built for one reply serve the next one too.
+struct Rules {
+    list: Vec<CompiledRule>,
     /// Characters a regex rule needs after its start position before it can be decided, minus one.
     regex_hold: usize,
     /// Visible characters a literal rule needs, minus one.
     literal_hold: usize,
+    caches: Pool<Caches, MakeCaches>,
+}
+
+impl Rules {
+    /// Rules whose scanners start from clones of `seed` (one cache per rule).
+    fn new(list: Vec<CompiledRule>, regex_hold: usize, literal_hold: usize, seed: Caches) -> Self {
+        let make: MakeCaches = Box::new(move || seed.clone());
+        Self {
+            list,
+            regex_hold,
+            literal_hold,
+            caches: Pool::new(make),
+        }
+    }
+
+    /// Fresh (cold) caches for `list`.
+    fn cold_caches(list: &[CompiledRule]) -> Caches {
+        list.iter().map(|rule| rule.dfa.create_cache()).collect()
+    }
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("list", &self.list)
+            .field("regex_hold", &self.regex_hold)
+            .field("literal_hold", &self.literal_hold)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scans one response stream. Create one per response with [`StreamScanner::new`], feed deltas in
+/// order with [`push`](Self::push), then call [`finish`](Self::finish) at the end of the stream.
+/// Cloning one is cheap (its compiled rules are shared): clone a compiled template per reply.
+#[derive(Debug, Clone)]
+pub struct StreamScanner {
+    rules: Arc<Rules>,
     /// Raw text: `buf[..start]` is one already-released character kept as look-behind context,
     /// `buf[start..]` is held back.
     buf: String,
@@ -190,10 +231,7 @@ impl StreamScanner {
     /// Compiling is not free (see [`add_rule`](Self::add_rule) for sharing compiled rules).
     pub fn new(rules: Vec<OutputRule>) -> Result<Self, String> {
         let mut scanner = Self {
-            rules: Vec::with_capacity(rules.len()),
-            caches: Vec::with_capacity(rules.len()),
-            regex_hold: 0,
-            literal_hold: 0,
+            rules: Arc::new(Rules::new(Vec::new(), 0, 0, Vec::new())),
             buf: String::new(),
             start: 0,
             blocked: None,
@@ -207,14 +245,14 @@ impl StreamScanner {
     }
 
     /// Append one rule (lowest priority so far), with the same checks as [`new`](Self::new).
-    /// Meant for a fresh scanner: the usual pattern is to compile the shared rules once, then per
-    /// response `clone()` that template (cheap: compiled regexes are reference-counted) and add
-    /// the request's [`canary_rule`].
+    /// Meant for a fresh scanner: this scanner gets rules of its own (its clones from here on
+    /// share them), with cold caches. Rules shared by every reply belong in the template,
+    /// compiled once (as the canary family's rule is).
     pub fn add_rule(&mut self, rule: OutputRule) -> Result<(), String> {
         if rule.id.trim().is_empty() {
             return Err("output rule with an empty id".to_string());
         }
-        if self.rules.iter().any(|c| c.id == rule.id) {
+        if self.rules.list.iter().any(|c| c.id == rule.id) {
             return Err(format!("output rule {}: duplicate id", rule.id));
         }
         let (pattern, case_insensitive, window, validate) = match &rule.pattern {
@@ -247,7 +285,6 @@ impl StreamScanner {
                 // character, so choose literals whose first letter rarely ends a chunk (the
                 // canary starts with `q`).
                 let pattern = atoms.join(&format!("{INVISIBLE_CLASS}*"));
-                self.literal_hold = self.literal_hold.max(atoms.len() - 1);
                 (pattern, true, Window::Literal { len: atoms.len() }, None)
             }
             OutputPattern::Regex { regex, max_len }
@@ -271,7 +308,6 @@ impl StreamScanner {
                 }
                 // A look-around that can end a match needs the character after the window.
                 let lookahead = !props.look_set_suffix_any().is_empty();
-                self.regex_hold = self.regex_hold.max(max_len - 1 + usize::from(lookahead));
                 let validate = match &rule.pattern {
                     OutputPattern::Checked { check, .. } => Some(*check),
                     _ => None,
@@ -289,8 +325,15 @@ impl StreamScanner {
         };
         let regex = compile(&rule.id, &pattern, case_insensitive)?;
         let dfa = compile_dfa(&rule.id, &pattern, case_insensitive)?;
-        self.caches.push(dfa.create_cache());
-        self.rules.push(CompiledRule {
+        let (mut regex_hold, mut literal_hold) = (self.rules.regex_hold, self.rules.literal_hold);
+        match window {
+            Window::Literal { len } => literal_hold = literal_hold.max(len - 1),
+            Window::Regex { max_len, lookahead } => {
+                regex_hold = regex_hold.max(max_len - 1 + usize::from(lookahead))
+            }
+        }
+        let mut list = self.rules.list.clone();
+        list.push(CompiledRule {
             id: rule.id,
             check: rule.check,
             action: rule.action,
@@ -299,6 +342,8 @@ impl StreamScanner {
             window,
             validate,
         });
+        let seed = Rules::cold_caches(&list);
+        self.rules = Arc::new(Rules::new(list, regex_hold, literal_hold, seed));
         Ok(())
     }
 
@@ -306,7 +351,7 @@ impl StreamScanner {
     /// invisible characters inside a partial literal. Ordinary text is held far less: only from
     /// a position where a match could still begin (see [`held_chars`](Self::held_chars)).
     pub fn max_hold_chars(&self) -> usize {
-        self.regex_hold.max(self.literal_hold)
+        self.rules.regex_hold.max(self.rules.literal_hold)
     }
 
     /// Characters currently held back (received, not yet released).
@@ -324,19 +369,29 @@ impl StreamScanner {
 
     /// Runs a sample of ordinary text (every printable ASCII character, and the first letters of
     /// each rule) through a copy, keeping the automata states it built: clones of a warmed
-    /// template start with them instead of building them on a reply's first characters.
+    /// template (and their clones) start with them instead of building them on a reply's first
+    /// characters.
     pub fn warm_up(&mut self) {
+        let mut caches = Rules::cold_caches(&self.rules.list);
         let mut probe = self.clone();
+        probe.buf.clear();
+        probe.start = 0;
         let printable: String = (' '..='~').collect();
         let sample = format!(
             "{printable}\nThe quick brown fox, 42 times; see https://example.com/a?b=c. \
              sk ghp xoxb AKIA ASIA eyJ BEGIN qz Q\n{printable}"
         );
+        let rules = Arc::clone(&self.rules);
         for piece in sample.split_inclusive(' ') {
-            let _ = probe.push(piece);
+            let _ = probe.push_with(&rules.list, &mut caches, piece);
         }
-        let _ = probe.finish();
-        self.caches = probe.caches;
+        let _ = probe.finish_with(&rules.list, &mut caches);
+        self.rules = Arc::new(Rules::new(
+            rules.list.clone(),
+            rules.regex_hold,
+            rules.literal_hold,
+            caches,
+        ));
     }
 
     /// Whether a `Block` rule has matched.
@@ -346,6 +401,25 @@ impl StreamScanner {
 
     /// Feed the next delta; returns what can be released now.
     pub fn push(&mut self, delta: &str) -> ScanOutput {
+        let rules = Arc::clone(&self.rules);
+        let mut caches = rules.caches.get();
+        self.push_with(&rules.list, &mut caches, delta)
+    }
+
+    /// End of stream: scan and release the held tail.
+    pub fn finish(&mut self) -> ScanOutput {
+        let rules = Arc::clone(&self.rules);
+        let mut caches = rules.caches.get();
+        self.finish_with(&rules.list, &mut caches)
+    }
+
+    /// [`push`](Self::push) with these rules' caches in hand.
+    fn push_with(
+        &mut self,
+        rules: &[CompiledRule],
+        caches: &mut Caches,
+        delta: &str,
+    ) -> ScanOutput {
         if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
                 rule: rule.clone(),
@@ -357,14 +431,14 @@ impl StreamScanner {
             return ScanOutput::Text(String::new());
         }
         self.buf.push_str(delta);
-        let out = self.advance(false);
+        let out = self.advance(rules, caches, false);
         // Characters of this delta still held are delayed (each is counted once, here).
         self.delayed_chars += self.held_chars().min(delta.chars().count());
         out
     }
 
-    /// End of stream: scan and release the held tail.
-    pub fn finish(&mut self) -> ScanOutput {
+    /// [`finish`](Self::finish) with these rules' caches in hand.
+    fn finish_with(&mut self, rules: &[CompiledRule], caches: &mut Caches) -> ScanOutput {
         if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
                 rule: rule.clone(),
@@ -375,24 +449,24 @@ impl StreamScanner {
             return ScanOutput::Text(String::new());
         }
         self.finished = true;
-        let out = self.advance(true);
+        let out = self.advance(rules, caches, true);
         self.buf.clear();
         self.start = 0;
         out
     }
 
     /// Release everything decidable; act on matches.
-    fn advance(&mut self, ended: bool) -> ScanOutput {
+    fn advance(&mut self, rules: &[CompiledRule], caches: &mut Caches, ended: bool) -> ScanOutput {
         let mut out = String::new();
         loop {
             let decidable = if ended {
                 self.buf.len()
             } else {
-                self.decidable_end()
+                self.decidable_end(rules, caches)
             };
             let mut best: Option<(usize, Found)> = None;
-            for index in 0..self.rules.len() {
-                if let Some(found) = self.first_match(index, self.start, decidable) {
+            for (index, rule) in rules.iter().enumerate() {
+                if let Some(found) = self.first_match(rule, self.start, decidable) {
                     if best.is_none_or(|(_, b)| found.start < b.start) {
                         best = Some((index, found));
                     }
@@ -406,7 +480,7 @@ impl StreamScanner {
                 break;
             };
             out.push_str(&self.buf[self.start..found.start]);
-            let Some(rule) = self.rules.get(index) else {
+            let Some(rule) = rules.get(index) else {
                 break;
             };
             match &rule.action {
@@ -441,10 +515,10 @@ impl StreamScanner {
     /// Byte offset of the first held position where some rule could still begin a match (its
     /// automaton, run over the text received so far, has neither died nor filled its window);
     /// everything before it can be decided now. The end of the buffer when there is none.
-    fn decidable_end(&mut self) -> usize {
+    fn decidable_end(&self, rules: &[CompiledRule], caches: &mut Caches) -> usize {
         let mut at = self.start;
         while at < self.buf.len() {
-            for (rule, cache) in self.rules.iter().zip(self.caches.iter_mut()) {
+            for (rule, cache) in rules.iter().zip(caches.iter_mut()) {
                 if could_start(rule, cache, &self.buf, at) {
                     return at;
                 }
@@ -454,9 +528,8 @@ impl StreamScanner {
         self.buf.len()
     }
 
-    /// The first match of rule `index` starting in `from..decidable`.
-    fn first_match(&self, index: usize, from: usize, decidable: usize) -> Option<Found> {
-        let rule = self.rules.get(index)?;
+    /// The first match of `rule` starting in `from..decidable`.
+    fn first_match(&self, rule: &CompiledRule, from: usize, decidable: usize) -> Option<Found> {
         let mut at = from;
         while at < decidable {
             let candidate = rule

@@ -527,6 +527,7 @@ impl Relay<'_> {
             // Without output guardrails the provider's payload goes out as it came.
             let (send, blocked) = match self.filter.as_mut().map(|f| f.filter_chunk(&payload)) {
                 None => (Some(payload), None),
+                Some(Filtered::Unchanged) => (Some(payload), None),
                 Some(Filtered::Send(p)) => (Some(Cow::Owned(p)), None),
                 Some(Filtered::Skip) => (None, None),
                 Some(Filtered::Blocked { payload, rule }) => (payload.map(Cow::Owned), Some(rule)),
