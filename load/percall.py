@@ -19,17 +19,24 @@ def main() -> int:
     model = sys.argv[5] if len(sys.argv) > 5 else "mock-gpt"
     host, port = addr.rsplit(":", 1)
     stream = kind == "stream"
-    body = json.dumps(
-        {
-            "model": model,
-            "stream": stream,
-            "max_tokens": 20,
-            "messages": [
-                {"role": "system", "content": "You are a helpful support assistant."},
-                {"role": "user", "content": "hello there, how do I reset my password?"},
-            ],
-        }
-    ).encode()
+    # Unique per run against one gateway (percall.sh's warm-up and measured runs differ in N).
+    run = f"{kind}{n}"
+
+    def body(i: int) -> bytes:
+        # The system prompt repeats (as a chat's does); the user's question is new each time
+        # (never seen by the gateway before, in this run or another of another kind or N).
+        return json.dumps(
+            {
+                "model": model,
+                "stream": stream,
+                "max_tokens": 20,
+                "messages": [
+                    {"role": "system", "content": "You are a helpful support assistant."},
+                    {"role": "user", "content": f"hello there, how do I reset my password? ({run}-{i})"},
+                ],
+            }
+        ).encode()
+
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": "application/json",
@@ -37,7 +44,7 @@ def main() -> int:
     }
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     for i in range(n):
-        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        conn.request("POST", "/v1/chat/completions", body=body(i), headers=headers)
         reply = conn.getresponse()
         data = reply.read()
         if reply.status != 200:
