@@ -3,17 +3,16 @@
 //! client. Chunks are rewritten with what the scanner releases (the held-back tail goes out with
 //! a later chunk or at the finish); a block ends the stream after the safe prefix.
 //!
-//! The common case costs one borrowed parse: a chunk whose texts the scanners release whole
-//! goes out as the provider wrote it ([`Filtered::Unchanged`]). Only a chunk the scanners
-//! change (text held back, redacted, blocked, or tails released at its finish) is parsed into a
-//! `serde_json::Value` and written again; a chunk the borrowed view cannot read (unexpected
-//! types, duplicate fields) takes that path from the start.
+//! The common case costs nothing beyond the relay's own borrowed [`ChunkView`] of the chunk: a
+//! chunk whose texts the scanners release whole goes out as the provider wrote it
+//! ([`Filtered::Unchanged`]). Only a chunk the scanners change (text held back, redacted,
+//! blocked, or tails released at its finish) is parsed into a `serde_json::Value` and written
+//! again; a chunk the view cannot read (unexpected types, duplicate fields) takes that path
+//! from the start.
 
+use super::chunk::ChunkView;
 use crate::guardrails::{Check, OutputRule, RuleHit, ScanOutput, StreamScanner};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// The rule id reported when the provider's indexes are out of range (fail closed).
@@ -86,31 +85,32 @@ impl OutputFilter {
     /// Passes a chunk's texts through the scanners; a choice that finishes in this chunk also
     /// releases its held tails.
     pub fn filter_chunk(&mut self, data: &str) -> Filtered {
-        match serde_json::from_str::<ChunkTexts>(data) {
-            Ok(view) => self.filter_view(data, view),
+        match serde_json::from_str::<ChunkView>(data) {
+            Ok(view) => self.filter_view(data, &view),
             Err(_) => self.filter_value(data),
         }
     }
 
-    /// [`filter_chunk`](Self::filter_chunk) from the borrowed view: the scanners see the same
-    /// texts in the same order as in [`filter_value`](Self::filter_value); the chunk is
-    /// rewritten only if they changed something.
-    fn filter_view(&mut self, data: &str, view: ChunkTexts<'_>) -> Filtered {
-        let choices = match view.choices {
-            Some(choices) if !choices.is_empty() => choices,
-            _ => return Filtered::Unchanged, // usage-only or not a chunk
-        };
+    /// [`filter_chunk`](Self::filter_chunk) for a chunk `data` already read as `view`: the
+    /// scanners see the same texts in the same order as in
+    /// [`filter_value`](Self::filter_value); the chunk is rewritten only if they changed
+    /// something.
+    pub fn filter_view(&mut self, data: &str, view: &ChunkView<'_>) -> Filtered {
+        let choices = view.choices();
+        if choices.is_empty() {
+            return Filtered::Unchanged; // usage-only or not a chunk
+        }
         let mut blocked: Option<RuleHit> = None;
         let mut anything_to_send = false;
         let mut changed = false;
         let mut edits: Vec<ChoiceEdits> = Vec::new();
-        for (position, choice) in choices.into_iter().enumerate() {
+        for (position, choice) in choices.iter().enumerate() {
             let index = match choice.index.unwrap_or(0) {
                 i if i < MAX_INDEX => i as usize,
                 _ => return unavailable(),
             };
             let finishing = choice.finish_reason.is_some();
-            let Some(delta) = choice.delta else {
+            let Some(delta) = &choice.delta else {
                 anything_to_send |= finishing;
                 continue;
             };
@@ -119,13 +119,14 @@ impl OutputFilter {
                 ..ChoiceEdits::default()
             };
             for (slot, text) in [
-                (Slot::Content, delta.content),
-                (Slot::Refusal, delta.refusal),
+                (Slot::Content, &delta.content),
+                (Slot::Refusal, &delta.refusal),
             ] {
                 if let Some(text) = text {
                     let mut released = String::new();
-                    let out = self.push((index, slot), &text);
-                    let unchanged = matches!(&out, ScanOutput::Text(t) if *t == text);
+                    let out = self.push((index, slot), text);
+                    let unchanged =
+                        matches!(&out, ScanOutput::Text(t) if t.as_str() == text.as_ref());
                     anything_to_send |= apply(out, &mut released, &mut blocked);
                     if !unchanged {
                         changed = true;
@@ -133,18 +134,19 @@ impl OutputFilter {
                     }
                 }
             }
-            if let Some(calls) = delta.tool_calls {
+            if let Some(calls) = &delta.tool_calls {
                 anything_to_send = true; // ids and names go out even while arguments are held
-                for (call_position, call) in calls.into_iter().enumerate() {
+                for (call_position, call) in calls.iter().enumerate() {
                     let tool = call.index.unwrap_or(call_position as u64);
                     if tool >= MAX_INDEX {
                         return unavailable();
                     }
                     let key = (index, Slot::ToolArguments(tool as usize));
-                    if let Some(args) = call.function.and_then(|f| f.arguments) {
+                    let args = call.function.as_ref().and_then(|f| f.arguments.as_ref());
+                    if let Some(args) = args.map(|a| a.0.as_ref()) {
                         let mut released = String::new();
-                        let out = self.push(key, &args);
-                        let unchanged = matches!(&out, ScanOutput::Text(t) if *t == args);
+                        let out = self.push(key, args);
+                        let unchanged = matches!(&out, ScanOutput::Text(t) if t == args);
                         apply(out, &mut released, &mut blocked);
                         if !unchanged {
                             changed = true;
@@ -392,103 +394,6 @@ fn rewrite(data: &str, edits: Vec<ChoiceEdits>) -> Option<String> {
         }
     }
     Some(value.to_string())
-}
-
-/// The parts of a chunk the filter reads, borrowed from it (text with escapes is copied).
-/// Stricter than a `Value` (a field of an unexpected type or given twice fails to read), so
-/// whatever it reads, [`OutputFilter::filter_value`] would have read the same way.
-#[derive(Deserialize)]
-struct ChunkTexts<'a> {
-    #[serde(borrow, default)]
-    choices: Option<Vec<ChoiceTexts<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceTexts<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    /// Present and not `null`.
-    #[serde(default)]
-    finish_reason: Option<IgnoredAny>,
-    #[serde(borrow, default)]
-    delta: Option<DeltaTexts<'a>>,
-}
-
-/// A delta's texts, and whether it has any other field (which goes out even when its texts
-/// are held back).
-#[derive(Default)]
-struct DeltaTexts<'a> {
-    content: Option<Cow<'a, str>>,
-    refusal: Option<Cow<'a, str>>,
-    tool_calls: Option<Vec<ToolCallTexts<'a>>>,
-    other_keys: bool,
-}
-
-#[derive(Deserialize)]
-struct ToolCallTexts<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(borrow, default)]
-    function: Option<FunctionTexts<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FunctionTexts<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
-}
-
-/// A borrowed string: a plain `Cow<str>` field always copies.
-#[derive(Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for DeltaTexts<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct DeltaVisitor;
-        impl<'de> Visitor<'de> for DeltaVisitor {
-            type Value = DeltaTexts<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a delta object")
-            }
-
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut delta = DeltaTexts::default();
-                let (mut content, mut refusal, mut calls) = (false, false, false);
-                // A key with escapes fails to borrow: the chunk is then read as a value.
-                while let Some(key) = map.next_key::<&'de str>()? {
-                    let seen = match key {
-                        "content" => &mut content,
-                        "refusal" => &mut refusal,
-                        "tool_calls" => &mut calls,
-                        _ => {
-                            delta.other_keys = true;
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    if std::mem::replace(seen, true) {
-                        return Err(de::Error::custom(format_args!("duplicate field {key}")));
-                    }
-                    match key {
-                        "content" => {
-                            delta.content = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)
-                        }
-                        "refusal" => {
-                            delta.refusal = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0)
-                        }
-                        _ => {
-                            // A key besides the texts: it goes out even while they are held.
-                            delta.other_keys = true;
-                            delta.tool_calls = map.next_value()?;
-                        }
-                    }
-                }
-                Ok(delta)
-            }
-        }
-        deserializer.deserialize_map(DeltaVisitor)
-    }
 }
 
 /// Writes a scanner's answer into `text`; true when there is something to send.
