@@ -6,9 +6,14 @@
 #   load/percall.sh callgrind   # instructions per request (valgrind --tool=callgrind)
 #   load/percall.sh stat        # context switches and CPU per request (perf stat)
 #   load/percall.sh record      # perf record -g of both workloads, folded into $OUT/*.folded
+#   load/percall.sh nginx       # CPU per request of nginx and of the gateway, side by side:
+#                               # wrk -t1 -c1 (keep-alive, a new question per request) for SECS
+#                               # seconds per arm and ROUNDS rounds, each proxy pinned to CPU 0
+#                               # (the mock and wrk to CPU 1); needs nginx and wrk
 #
 # Env: TOLLGATE_BIN (default target/release/tollgate, or $CARGO_TARGET_DIR's), N (200),
-# WARM (20), OUT (a temp dir), REDIS_URL (gateway in Redis mode), WORKERS (HTTP workers, 1).
+# WARM (20), OUT (a temp dir), REDIS_URL (gateway in Redis mode), WORKERS (HTTP workers, 1);
+# for `nginx`: SECS (10), ROUNDS (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +40,10 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
 MOCK_PORT=$(free_port)
-"$BIN" mock-provider --listen "127.0.0.1:$MOCK_PORT" --tokens 20 --tokens-per-second 0 \
+PIN_MOCK=()
+PIN_PROXY=()
+if [ "$MODE" = nginx ]; then PIN_MOCK=(taskset -c 1); PIN_PROXY=(taskset -c 0); fi
+"${PIN_MOCK[@]}" "$BIN" mock-provider --listen "127.0.0.1:$MOCK_PORT" --tokens 20 --tokens-per-second 0 \
   --first-token-delay-ms 0 >"$OUT/mock.log" 2>&1 &
 PIDS+=($!)
 wait_port "$MOCK_PORT"
@@ -63,12 +71,55 @@ case $MODE in
       >"$OUT/requests.log" 2>"$OUT/gateway.log" &
     ;;
   *)
-    "$BIN" >"$OUT/requests.log" 2>"$OUT/gateway.log" &
+    "${PIN_PROXY[@]}" "$BIN" >"$OUT/requests.log" 2>"$OUT/gateway.log" &
     ;;
 esac
 GW=$!
 PIDS+=($GW)
 wait_port "$GW_PORT"
+
+if [ "$MODE" = nginx ]; then
+  NGINX_PORT=$(free_port)
+  sed -e "s#{{PREFIX}}#$OUT#g" -e "s#{{LISTEN}}#127.0.0.1:$NGINX_PORT#" \
+    -e "s#{{UPSTREAM}}#127.0.0.1:$MOCK_PORT#" -e "s#{{WORKER_CONNECTIONS}}#1024#" \
+    -e "s#{{RLIMIT_NOFILE}}#4096#" load/nginx.conf.template >"$OUT/nginx.conf"
+  taskset -c 0 nginx -p "$OUT" -c "$OUT/nginx.conf" -e "$OUT/error.log" &
+  NGINX=$!
+  PIDS+=($NGINX)
+  wait_port "$NGINX_PORT"
+  # A POST per request with a question of its own (counter), as load/percall.py sends.
+  cat >"$OUT/post.lua" <<LUA
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"model":"mock-gpt","stream":STREAM,"max_tokens":20,"messages":[' ..
+    '{"role":"system","content":"You are a helpful support assistant."},' ..
+    '{"role":"user","content":"hello there, how do I reset my password? (' .. RUN .. '-' .. counter .. ')"}]}'
+  return wrk.format("POST", "/v1/chat/completions", {
+    ["Authorization"] = "Bearer $TOKEN", ["Content-Type"] = "application/json"}, body)
+end
+LUA
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  # arm PID PORT KIND ROUND: wrk for SECS against PORT; prints the proxy's CPU per request.
+  arm() {
+    local pid=$1 port=$2 kind=$3 round=$4 stream=false
+    [ "$kind" = stream ] && stream=true
+    sed -e "s/STREAM/$stream/" -e "s/RUN/'$kind$round$port'/" "$OUT/post.lua" >"$OUT/run.lua"
+    local t0 t1 n
+    t0=$(ticks "$pid")
+    n=$(taskset -c 1 wrk -t1 -c1 -d"${SECS:-10}s" -s "$OUT/run.lua" "http://127.0.0.1:$port" |
+      awk '/requests in/ {print $1}')
+    t1=$(ticks "$pid")
+    awk -v t="$((t1 - t0))" -v n="$n" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN {printf "%.1f us CPU per request (%d requests)", t * 1e6 / hz / n, n}'
+  }
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    for kind in stream whole; do
+      echo "round $round $kind: nginx $(arm "$NGINX" "$NGINX_PORT" "$kind" "$round"); tollgate $(arm "$GW" "$GW_PORT" "$kind" "$round")"
+    done
+  done
+  exit 0
+fi
 
 drive() { python3 load/percall.py "127.0.0.1:$GW_PORT" "$TOKEN" "$1" "$2"; }
 nudge() { curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/healthz" || true; }
