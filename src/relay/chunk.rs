@@ -42,9 +42,9 @@ impl<'a> Payload<'a> {
 #[derive(Debug, Deserialize)]
 pub struct ChunkView<'a> {
     #[serde(borrow, default)]
-    pub id: Option<Cow<'a, str>>,
+    pub id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub model: Option<Cow<'a, str>>,
+    pub model: Option<Text<'a>>,
     #[serde(default)]
     pub created: Option<u64>,
     #[serde(borrow, default)]
@@ -349,10 +349,10 @@ pub struct StreamIdentity {
 impl StreamIdentity {
     pub fn learn(&mut self, view: &ChunkView<'_>) {
         if self.id.is_empty() {
-            if let Some(id) = &view.id {
+            if let Some(Text(id)) = &view.id {
                 self.id = id.to_string();
             }
-            if let Some(model) = &view.model {
+            if let Some(Text(model)) = &view.model {
                 self.model = model.to_string();
             }
             self.created = view.created.unwrap_or(self.created);
