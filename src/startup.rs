@@ -157,14 +157,19 @@ pub fn start(
     let store: Arc<dyn UserStore> = memory;
     let lasting = Lasting {
         auth_failures: Arc::new(FailureLimiter::new(&config.auth)),
-        users: Arc::new(UserRegistry::new(
-            workers,
-            &config,
-            options.clock,
-            metrics.clone(),
-            store,
-            redis,
-        )),
+        // Embedded actors run on the HTTP workers (one dedicated thread left as a fallback);
+        // Redis-mode actors on threads of their own.
+        users: Arc::new(
+            UserRegistry::new(
+                if redis.is_some() { workers } else { 1 },
+                &config,
+                options.clock,
+                metrics.clone(),
+                store,
+                redis,
+            )
+            .actors_on_callers(),
+        ),
         metrics,
         hasher: PromptHasher::new(&config.logging.prompt_hash_key),
         log_sink: options.log_sink,

@@ -4,9 +4,58 @@
 //! chosen by tiktoken-rs from the model name). Other models, the mock's included, are estimated
 //! with `o200k_base`: close for most modern BPE vocabularies, and exact for the mock, whose
 //! words are single `o200k_base` tokens. Encodings are built once per process and shared.
+//!
+//! Counts are remembered per thread ([`Memo`]): the same texts come back all the time (a
+//! stream's deltas are mostly common one-token words; a chat resends its system prompt and its
+//! history with every turn), and the encoder costs about half a microsecond per character.
 
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
+
+/// Counts one thread remembers before it starts over.
+const MEMO_ENTRIES: usize = 8192;
+
+/// Token counts of texts seen recently on this thread, by encoding and a keyed 128-bit hash of
+/// the text (two independent SipHash keys: no text is kept, and a collision needs one of
+/// 2^128 values).
+struct Memo {
+    keys: (RandomState, RandomState),
+    counts: HashMap<(usize, u64, u64), u64>,
+}
+
+impl Memo {
+    fn new() -> Self {
+        Self {
+            keys: (RandomState::new(), RandomState::new()),
+            counts: HashMap::new(),
+        }
+    }
+
+    fn count(&mut self, bpe: &'static CoreBPE, text: &str) -> u64 {
+        let key = (
+            std::ptr::from_ref(bpe) as usize,
+            self.keys.0.hash_one(text),
+            self.keys.1.hash_one(text),
+        );
+        if let Some(&count) = self.counts.get(&key) {
+            return count;
+        }
+        let count = bpe.encode_ordinary(text).len() as u64;
+        if self.counts.len() >= MEMO_ENTRIES {
+            self.counts.clear();
+        }
+        self.counts.insert(key, count);
+        count
+    }
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::new());
+}
 
 /// Counts tokens for one model.
 #[derive(Clone, Copy)]
@@ -52,7 +101,12 @@ impl TokenCounter {
         if text.is_empty() {
             return 0;
         }
-        self.bpe.encode_ordinary(text).len() as u64
+        let bpe = self.bpe;
+        MEMO.try_with(|memo| match memo.try_borrow_mut() {
+            Ok(mut memo) => memo.count(bpe, text),
+            Err(_) => bpe.encode_ordinary(text).len() as u64,
+        })
+        .unwrap_or_else(|_| bpe.encode_ordinary(text).len() as u64)
     }
 
     /// The longest prefix of `text` holding at most `max_tokens` tokens, and its token count.
@@ -97,6 +151,31 @@ mod tests {
         assert!(!TokenCounter::for_model("mock-gpt").is_exact());
         assert_eq!(TokenCounter::for_model("gpt-4o").count("hello world"), 2);
         assert_eq!(TokenCounter::for_model("gpt-4o").count(""), 0);
+    }
+
+    #[test]
+    fn remembered_counts_are_the_encoders() {
+        let (o200k, cl100k) = (
+            TokenCounter::for_model("gpt-4o"),
+            TokenCounter::for_model("gpt-4"),
+        );
+        let texts = [" the", "hello world", " 12345", "🦀 crab", " the"];
+        for _ in 0..3 {
+            for text in texts {
+                for c in [o200k, cl100k] {
+                    assert_eq!(c.count(text), c.bpe.encode_ordinary(text).len() as u64);
+                }
+            }
+        }
+        // Past the bound the memo starts over, and still answers right.
+        for i in 0..MEMO_ENTRIES + 10 {
+            let text = format!(" word{i}");
+            assert_eq!(
+                o200k.count(&text),
+                o200k.bpe.encode_ordinary(&text).len() as u64
+            );
+        }
+        MEMO.with(|memo| assert!(memo.borrow().counts.len() <= MEMO_ENTRIES));
     }
 
     #[test]

@@ -21,6 +21,11 @@ use unicode_normalization::UnicodeNormalization;
 /// 4. lowercase;
 /// 5. collapse every run of whitespace to one space and trim both ends.
 pub fn normalize(text: &str) -> String {
+    // ASCII has no invisible or confusable characters and is its own NFKC: only case and
+    // whitespace change (a test holds this to the general path).
+    if text.is_ascii() {
+        return normalize_ascii(text);
+    }
     let mut out = String::with_capacity(text.len());
     // `true` while the last pushed char is a space (or nothing was pushed yet: trims the start).
     let mut in_space = true;
@@ -37,6 +42,27 @@ pub fn normalize(text: &str) -> String {
             Some(latin) => out.push(latin),
             None => out.extend(c.to_lowercase()),
         }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+/// [`normalize`] for ASCII text: lowercase, whitespace runs collapsed, both ends trimmed.
+fn normalize_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_space = true;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if !in_space {
+                out.push(' ');
+                in_space = true;
+            }
+            continue;
+        }
+        in_space = false;
+        out.push(c.to_ascii_lowercase());
     }
     if out.ends_with(' ') {
         out.pop();
@@ -149,6 +175,47 @@ fn confusable(c: char) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general path of [`normalize`], for comparing with its ASCII path.
+    fn normalize_general(text: &str) -> String {
+        let mut out = String::new();
+        let mut in_space = true;
+        for c in text.chars().filter(|&c| !is_invisible(c)).nfkc() {
+            if c.is_whitespace() {
+                if !in_space {
+                    out.push(' ');
+                    in_space = true;
+                }
+                continue;
+            }
+            in_space = false;
+            match confusable(c) {
+                Some(latin) => out.push(latin),
+                None => out.extend(c.to_lowercase()),
+            }
+        }
+        if out.ends_with(' ') {
+            out.pop();
+        }
+        out
+    }
+
+    #[test]
+    fn ascii_takes_a_shortcut_to_the_same_answer() {
+        let every: String = (0u8..128).map(char::from).collect();
+        assert_eq!(normalize(&every), normalize_general(&every));
+        for c in (0u8..128).map(char::from) {
+            let text = format!(" a{c}{c}B \t{c}\n");
+            assert_eq!(normalize(&text), normalize_general(&text), "{:?}", c);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ascii_normalizes_as_the_general_path(text in "[\\x00-\\x7F]{0,60}") {
+            proptest::prop_assert_eq!(normalize(&text), normalize_general(&text));
+        }
+    }
 
     #[test]
     fn folds_case_and_whitespace() {

@@ -25,8 +25,10 @@
 use std::sync::Arc;
 
 use regex_automata::hybrid::dfa::{Cache as DfaCache, DFA};
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::meta::{self, Regex};
-use regex_automata::util::syntax;
+use regex_automata::util::pool::Pool;
+use regex_automata::util::{start, syntax};
 use regex_automata::{Anchored, Input};
 
 use super::normalize::is_invisible;
@@ -161,17 +163,142 @@ struct Found {
     end: usize,
 }
 
-/// Scans one response stream. Create one per response with [`StreamScanner::new`], feed deltas in
-/// order with [`push`](Self::push), then call [`finish`](Self::finish) at the end of the stream.
-#[derive(Debug, Clone)]
-pub struct StreamScanner {
-    rules: Vec<CompiledRule>,
-    /// One lazy-DFA cache per rule.
-    caches: Vec<DfaCache>,
+/// One lazy-DFA cache per rule, in rule order.
+type Caches = Vec<DfaCache>;
+/// Makes a scanner's caches: clones of the warmed ones (or fresh ones before a warm-up).
+type MakeCaches = Box<dyn Fn() -> Caches + Send + Sync + std::panic::RefUnwindSafe>;
+
+/// The compiled rules a template and all its clones share (compiled once, never copied per
+/// reply), with a pool of lazy-DFA caches: a scanner takes one set for the length of a `push`,
+/// so the automata states built for one reply serve the next one too.
+struct Rules {
+    list: Vec<CompiledRule>,
     /// Characters a regex rule needs after its start position before it can be decided, minus one.
     regex_hold: usize,
     /// Visible characters a literal rule needs, minus one.
     literal_hold: usize,
+    caches: Pool<Caches, MakeCaches>,
+    starts: StartFilter,
+}
+
+impl Rules {
+    /// Rules whose scanners start from clones of `seed` (one cache per rule).
+    fn new(list: Vec<CompiledRule>, regex_hold: usize, literal_hold: usize, seed: Caches) -> Self {
+        let make: MakeCaches = Box::new(move || seed.clone());
+        Self {
+            starts: StartFilter::build(&list),
+            list,
+            regex_hold,
+            literal_hold,
+            caches: Pool::new(make),
+        }
+    }
+
+    /// Fresh (cold) caches for `list`.
+    fn cold_caches(list: &[CompiledRule]) -> Caches {
+        list.iter().map(|rule| rule.dfa.create_cache()).collect()
+    }
+}
+
+/// Which bytes may begin a match, by the byte before them: at a position whose byte no rule's
+/// anchored automaton survives, no match can begin, and [`could_start`] need not run every
+/// rule there (most positions of ordinary text). Read off the automata themselves: the byte
+/// before a position only matters through each automaton's start state, so bytes giving every
+/// rule the same start state share a class. An automaton that gives up counts as surviving.
+struct StartFilter {
+    /// The class of the byte before a position; index 256: no byte (the text's start).
+    class_of: [u16; 257],
+    /// Per class, per byte: some rule may begin a match at a byte of this value.
+    may_start: Vec<[bool; 256]>,
+}
+
+impl StartFilter {
+    fn build(list: &[CompiledRule]) -> Self {
+        let mut caches = Rules::cold_caches(list);
+        let mut class_of = [0u16; 257];
+        let mut starts: Vec<Vec<Option<LazyStateID>>> = Vec::new();
+        for (before, class) in class_of.iter_mut().enumerate() {
+            let look_behind = u8::try_from(before).ok();
+            let config = start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(look_behind);
+            let states: Vec<Option<LazyStateID>> = list
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(rule, cache)| rule.dfa.start_state(cache, &config).ok())
+                .collect();
+            let index = match starts.iter().position(|s| *s == states) {
+                Some(index) => index,
+                None => {
+                    starts.push(states);
+                    starts.len() - 1
+                }
+            };
+            *class = u16::try_from(index).unwrap_or(u16::MAX);
+        }
+        let may_start: Vec<[bool; 256]> = starts
+            .iter()
+            .map(|states| {
+                let mut row = [false; 256];
+                for (byte, may) in row.iter_mut().enumerate() {
+                    let byte = u8::try_from(byte).unwrap_or(u8::MAX);
+                    *may = list.iter().zip(caches.iter_mut()).zip(states).any(
+                        |((rule, cache), state)| match state {
+                            None => true,
+                            Some(state) if state.is_dead() => false,
+                            Some(state) => rule
+                                .dfa
+                                .next_state(cache, *state, byte)
+                                .map_or(true, |next| !next.is_dead()),
+                        },
+                    );
+                }
+                row
+            })
+            .collect();
+        // State ids are valid only while a cache is not cleared: if one was, trust nothing.
+        if caches.iter().any(|cache| cache.clear_count() > 0) || starts.len() > 256 {
+            return Self {
+                class_of: [0; 257],
+                may_start: vec![[true; 256]],
+            };
+        }
+        Self {
+            class_of,
+            may_start,
+        }
+    }
+
+    /// Whether some rule may begin a match at byte `at` of `buf` (a character boundary).
+    fn may_start_at(&self, buf: &[u8], at: usize) -> bool {
+        let before = at
+            .checked_sub(1)
+            .and_then(|i| buf.get(i))
+            .map_or(256, |&b| usize::from(b));
+        let class = usize::from(self.class_of[before]);
+        match (self.may_start.get(class), buf.get(at)) {
+            (Some(row), Some(&byte)) => row[usize::from(byte)],
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("list", &self.list)
+            .field("regex_hold", &self.regex_hold)
+            .field("literal_hold", &self.literal_hold)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scans one response stream. Create one per response with [`StreamScanner::new`], feed deltas in
+/// order with [`push`](Self::push), then call [`finish`](Self::finish) at the end of the stream.
+/// Cloning one is cheap (its compiled rules are shared): clone a compiled template per reply.
+#[derive(Debug, Clone)]
+pub struct StreamScanner {
+    rules: Arc<Rules>,
     /// Raw text: `buf[..start]` is one already-released character kept as look-behind context,
     /// `buf[start..]` is held back.
     buf: String,
@@ -190,10 +317,7 @@ impl StreamScanner {
     /// Compiling is not free (see [`add_rule`](Self::add_rule) for sharing compiled rules).
     pub fn new(rules: Vec<OutputRule>) -> Result<Self, String> {
         let mut scanner = Self {
-            rules: Vec::with_capacity(rules.len()),
-            caches: Vec::with_capacity(rules.len()),
-            regex_hold: 0,
-            literal_hold: 0,
+            rules: Arc::new(Rules::new(Vec::new(), 0, 0, Vec::new())),
             buf: String::new(),
             start: 0,
             blocked: None,
@@ -207,14 +331,14 @@ impl StreamScanner {
     }
 
     /// Append one rule (lowest priority so far), with the same checks as [`new`](Self::new).
-    /// Meant for a fresh scanner: the usual pattern is to compile the shared rules once, then per
-    /// response `clone()` that template (cheap: compiled regexes are reference-counted) and add
-    /// the request's [`canary_rule`].
+    /// Meant for a fresh scanner: this scanner gets rules of its own (its clones from here on
+    /// share them), with cold caches. Rules shared by every reply belong in the template,
+    /// compiled once (as the canary family's rule is).
     pub fn add_rule(&mut self, rule: OutputRule) -> Result<(), String> {
         if rule.id.trim().is_empty() {
             return Err("output rule with an empty id".to_string());
         }
-        if self.rules.iter().any(|c| c.id == rule.id) {
+        if self.rules.list.iter().any(|c| c.id == rule.id) {
             return Err(format!("output rule {}: duplicate id", rule.id));
         }
         let (pattern, case_insensitive, window, validate) = match &rule.pattern {
@@ -247,7 +371,6 @@ impl StreamScanner {
                 // character, so choose literals whose first letter rarely ends a chunk (the
                 // canary starts with `q`).
                 let pattern = atoms.join(&format!("{INVISIBLE_CLASS}*"));
-                self.literal_hold = self.literal_hold.max(atoms.len() - 1);
                 (pattern, true, Window::Literal { len: atoms.len() }, None)
             }
             OutputPattern::Regex { regex, max_len }
@@ -271,7 +394,6 @@ impl StreamScanner {
                 }
                 // A look-around that can end a match needs the character after the window.
                 let lookahead = !props.look_set_suffix_any().is_empty();
-                self.regex_hold = self.regex_hold.max(max_len - 1 + usize::from(lookahead));
                 let validate = match &rule.pattern {
                     OutputPattern::Checked { check, .. } => Some(*check),
                     _ => None,
@@ -289,8 +411,15 @@ impl StreamScanner {
         };
         let regex = compile(&rule.id, &pattern, case_insensitive)?;
         let dfa = compile_dfa(&rule.id, &pattern, case_insensitive)?;
-        self.caches.push(dfa.create_cache());
-        self.rules.push(CompiledRule {
+        let (mut regex_hold, mut literal_hold) = (self.rules.regex_hold, self.rules.literal_hold);
+        match window {
+            Window::Literal { len } => literal_hold = literal_hold.max(len - 1),
+            Window::Regex { max_len, lookahead } => {
+                regex_hold = regex_hold.max(max_len - 1 + usize::from(lookahead))
+            }
+        }
+        let mut list = self.rules.list.clone();
+        list.push(CompiledRule {
             id: rule.id,
             check: rule.check,
             action: rule.action,
@@ -299,6 +428,8 @@ impl StreamScanner {
             window,
             validate,
         });
+        let seed = Rules::cold_caches(&list);
+        self.rules = Arc::new(Rules::new(list, regex_hold, literal_hold, seed));
         Ok(())
     }
 
@@ -306,7 +437,7 @@ impl StreamScanner {
     /// invisible characters inside a partial literal. Ordinary text is held far less: only from
     /// a position where a match could still begin (see [`held_chars`](Self::held_chars)).
     pub fn max_hold_chars(&self) -> usize {
-        self.regex_hold.max(self.literal_hold)
+        self.rules.regex_hold.max(self.rules.literal_hold)
     }
 
     /// Characters currently held back (received, not yet released).
@@ -324,19 +455,29 @@ impl StreamScanner {
 
     /// Runs a sample of ordinary text (every printable ASCII character, and the first letters of
     /// each rule) through a copy, keeping the automata states it built: clones of a warmed
-    /// template start with them instead of building them on a reply's first characters.
+    /// template (and their clones) start with them instead of building them on a reply's first
+    /// characters.
     pub fn warm_up(&mut self) {
+        let mut caches = Rules::cold_caches(&self.rules.list);
         let mut probe = self.clone();
+        probe.buf.clear();
+        probe.start = 0;
         let printable: String = (' '..='~').collect();
         let sample = format!(
             "{printable}\nThe quick brown fox, 42 times; see https://example.com/a?b=c. \
              sk ghp xoxb AKIA ASIA eyJ BEGIN qz Q\n{printable}"
         );
+        let rules = Arc::clone(&self.rules);
         for piece in sample.split_inclusive(' ') {
-            let _ = probe.push(piece);
+            let _ = probe.push_with(&rules, &mut caches, piece);
         }
-        let _ = probe.finish();
-        self.caches = probe.caches;
+        let _ = probe.finish_with(&rules, &mut caches);
+        self.rules = Arc::new(Rules::new(
+            rules.list.clone(),
+            rules.regex_hold,
+            rules.literal_hold,
+            caches,
+        ));
     }
 
     /// Whether a `Block` rule has matched.
@@ -346,6 +487,20 @@ impl StreamScanner {
 
     /// Feed the next delta; returns what can be released now.
     pub fn push(&mut self, delta: &str) -> ScanOutput {
+        let rules = Arc::clone(&self.rules);
+        let mut caches = rules.caches.get();
+        self.push_with(&rules, &mut caches, delta)
+    }
+
+    /// End of stream: scan and release the held tail.
+    pub fn finish(&mut self) -> ScanOutput {
+        let rules = Arc::clone(&self.rules);
+        let mut caches = rules.caches.get();
+        self.finish_with(&rules, &mut caches)
+    }
+
+    /// [`push`](Self::push) with these rules' caches in hand.
+    fn push_with(&mut self, rules: &Rules, caches: &mut Caches, delta: &str) -> ScanOutput {
         if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
                 rule: rule.clone(),
@@ -357,14 +512,14 @@ impl StreamScanner {
             return ScanOutput::Text(String::new());
         }
         self.buf.push_str(delta);
-        let out = self.advance(false);
+        let out = self.advance(rules, caches, false);
         // Characters of this delta still held are delayed (each is counted once, here).
         self.delayed_chars += self.held_chars().min(delta.chars().count());
         out
     }
 
-    /// End of stream: scan and release the held tail.
-    pub fn finish(&mut self) -> ScanOutput {
+    /// [`finish`](Self::finish) with these rules' caches in hand.
+    fn finish_with(&mut self, rules: &Rules, caches: &mut Caches) -> ScanOutput {
         if let Some(rule) = &self.blocked {
             return ScanOutput::Blocked {
                 rule: rule.clone(),
@@ -375,24 +530,24 @@ impl StreamScanner {
             return ScanOutput::Text(String::new());
         }
         self.finished = true;
-        let out = self.advance(true);
+        let out = self.advance(rules, caches, true);
         self.buf.clear();
         self.start = 0;
         out
     }
 
     /// Release everything decidable; act on matches.
-    fn advance(&mut self, ended: bool) -> ScanOutput {
+    fn advance(&mut self, rules: &Rules, caches: &mut Caches, ended: bool) -> ScanOutput {
         let mut out = String::new();
         loop {
             let decidable = if ended {
                 self.buf.len()
             } else {
-                self.decidable_end()
+                self.decidable_end(&rules.list, &rules.starts, caches)
             };
             let mut best: Option<(usize, Found)> = None;
-            for index in 0..self.rules.len() {
-                if let Some(found) = self.first_match(index, self.start, decidable) {
+            for (index, rule) in rules.list.iter().enumerate() {
+                if let Some(found) = self.first_match(rule, self.start, decidable) {
                     if best.is_none_or(|(_, b)| found.start < b.start) {
                         best = Some((index, found));
                     }
@@ -406,7 +561,7 @@ impl StreamScanner {
                 break;
             };
             out.push_str(&self.buf[self.start..found.start]);
-            let Some(rule) = self.rules.get(index) else {
+            let Some(rule) = rules.list.get(index) else {
                 break;
             };
             match &rule.action {
@@ -441,12 +596,19 @@ impl StreamScanner {
     /// Byte offset of the first held position where some rule could still begin a match (its
     /// automaton, run over the text received so far, has neither died nor filled its window);
     /// everything before it can be decided now. The end of the buffer when there is none.
-    fn decidable_end(&mut self) -> usize {
+    fn decidable_end(
+        &self,
+        rules: &[CompiledRule],
+        starts: &StartFilter,
+        caches: &mut Caches,
+    ) -> usize {
         let mut at = self.start;
         while at < self.buf.len() {
-            for (rule, cache) in self.rules.iter().zip(self.caches.iter_mut()) {
-                if could_start(rule, cache, &self.buf, at) {
-                    return at;
+            if starts.may_start_at(self.buf.as_bytes(), at) {
+                for (rule, cache) in rules.iter().zip(caches.iter_mut()) {
+                    if could_start(rule, cache, &self.buf, at) {
+                        return at;
+                    }
                 }
             }
             at += self.buf[at..].chars().next().map_or(1, char::len_utf8);
@@ -454,9 +616,8 @@ impl StreamScanner {
         self.buf.len()
     }
 
-    /// The first match of rule `index` starting in `from..decidable`.
-    fn first_match(&self, index: usize, from: usize, decidable: usize) -> Option<Found> {
-        let rule = self.rules.get(index)?;
+    /// The first match of `rule` starting in `from..decidable`.
+    fn first_match(&self, rule: &CompiledRule, from: usize, decidable: usize) -> Option<Found> {
         let mut at = from;
         while at < decidable {
             let candidate = rule
@@ -881,6 +1042,45 @@ mod tests {
             std::hint::black_box(s.finish());
             println!("{name} in 16-byte deltas: {:?}", start.elapsed());
         }
+    }
+
+    proptest! {
+        /// The start filter only skips positions where no rule could begin a match: wherever
+        /// it says no, every rule's automaton says no too.
+        #[test]
+        fn the_start_filter_skips_only_what_every_rule_would(
+            text in r"(\PC|[ \n\r_\x{200B}]|sk-|AKIA|eyJ|ghp_|qzcn-|Q|BEGIN|@|[0-9]{4}){0,40}"
+        ) {
+            let mut rules = default_secret_rules();
+            rules.extend(pii_redaction_rules());
+            rules.push(canary_family_rule());
+            let mut literal = canary_rule("zq\u{200B}lit");
+            literal.id = "literal".into();
+            rules.push(literal);
+            let scanner = StreamScanner::new(rules).unwrap();
+            let shared = &scanner.rules;
+            let mut caches = Rules::cold_caches(&shared.list);
+            for (at, _) in text.char_indices() {
+                if !shared.starts.may_start_at(text.as_bytes(), at) {
+                    for (rule, cache) in shared.list.iter().zip(caches.iter_mut()) {
+                        prop_assert!(!could_start(rule, cache, &text, at), "{} at {}", rule.id, at);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_start_filter_skips_ordinary_words() {
+        let mut rules = default_secret_rules();
+        rules.push(canary_family_rule());
+        let scanner = StreamScanner::new(rules).unwrap();
+        let text = "The quick brown fox jumps over the lazy dog, then rests.";
+        let skipped = text
+            .char_indices()
+            .filter(|&(at, _)| !scanner.rules.starts.may_start_at(text.as_bytes(), at))
+            .count();
+        assert!(skipped * 10 >= text.chars().count() * 8, "{skipped}");
     }
 
     fn chars_of(text: &str) -> Vec<String> {

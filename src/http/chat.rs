@@ -81,9 +81,9 @@ pub(super) async fn chat_completions(
         Err(e) => return refuse(exchange, &e),
     };
     // The canary goes upstream as input too: it is admitted and estimated with the rest.
-    if let Some(canary) = output.as_ref().and_then(|o| o.canary_message.as_deref()) {
+    if let Some(output) = output.as_ref().filter(|o| o.canary_message.is_some()) {
         let counter = TokenCounter::for_model(&request.model);
-        checked.estimated_input_tokens += ChatRequest::system_message_tokens(canary, &counter);
+        checked.estimated_input_tokens += output.canary_tokens(&counter);
         exchange
             .log()
             .estimated(checked.price, checked.estimated_input_tokens);

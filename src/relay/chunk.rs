@@ -1,14 +1,17 @@
 //! Reading and writing OpenAI `chat.completion.chunk` payloads.
 //!
-//! The hot path deserialises each chunk into a borrowed view (no copies of the text unless it
-//! holds escapes). Chunks are relayed as the provider wrote them; only a chunk that crosses the
-//! output cap is rewritten, and the gateway's own closing chunks are built here.
+//! The hot path deserialises each chunk once, into a borrowed view (no copies of the text unless
+//! it holds escapes) that the relay and the output filter both read. Chunks are relayed as the
+//! provider wrote them; only a chunk that crosses the output cap is rewritten, and the
+//! gateway's own closing chunks are built here.
 
 use crate::accounting::Usage;
 use crate::tokenize::TokenCounter;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::borrow::Cow;
+use std::fmt;
 
 /// What one upstream `data:` payload is.
 #[derive(Debug)]
@@ -39,9 +42,9 @@ impl<'a> Payload<'a> {
 #[derive(Debug, Deserialize)]
 pub struct ChunkView<'a> {
     #[serde(borrow, default)]
-    pub id: Option<Cow<'a, str>>,
+    pub id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub model: Option<Cow<'a, str>>,
+    pub model: Option<Text<'a>>,
     #[serde(default)]
     pub created: Option<u64>,
     #[serde(borrow, default)]
@@ -52,34 +55,225 @@ pub struct ChunkView<'a> {
     error: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(borrow, default)]
-    delta: Option<DeltaView<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+/// One choice of a chunk. Read as a map: `index` of any type (an unsigned integer is kept, as
+/// `Value::as_u64` reads it; given twice, the last counts, as in a `Value`), `delta` and
+/// `finish_reason` at most once each, other fields ignored.
+#[derive(Debug, Default)]
+pub struct ChoiceView<'a> {
+    pub index: Option<u64>,
+    pub delta: Option<DeltaView<'a>>,
+    pub finish_reason: Option<Cow<'a, str>>,
+}
+
+/// A choice's delta: its texts, and whether it has any other field (which the client gets even
+/// while a guardrail holds the texts back). Each text field at most once.
+#[derive(Debug, Default)]
+pub struct DeltaView<'a> {
+    pub content: Option<Cow<'a, str>>,
+    pub refusal: Option<Cow<'a, str>>,
+    pub tool_calls: Option<Vec<ToolCallView<'a>>>,
+    /// A field besides `content` and `refusal` (`role`, `tool_calls`, ...).
+    pub other_keys: bool,
+}
+
+/// A tool call in a delta: `index` read like a choice's, `function` at most once.
+#[derive(Debug, Default)]
+pub struct ToolCallView<'a> {
+    pub index: Option<u64>,
+    pub function: Option<FunctionView<'a>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct DeltaView<'a> {
+pub struct FunctionView<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCallView<'a>>>,
+    pub arguments: Option<Text<'a>>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ToolCallView<'a> {
-    #[serde(borrow, default)]
-    function: Option<FunctionView<'a>>,
+/// A JSON string, borrowed from the chunk unless it holds escapes (a plain `Option<Cow<str>>`
+/// field is always copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
 }
 
-#[derive(Debug, Deserialize)]
-struct FunctionView<'a> {
-    #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+/// An `index` of any JSON type: `Some` for an unsigned integer, as `Value::as_u64` reads it.
+struct AnyIndex(Option<u64>);
+
+impl<'de> Deserialize<'de> for AnyIndex {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IndexVisitor;
+        impl<'de> Visitor<'de> for IndexVisitor {
+            type Value = AnyIndex;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(AnyIndex(Some(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(AnyIndex(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(AnyIndex(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(AnyIndex(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(AnyIndex(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(AnyIndex(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(AnyIndex(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                AnyIndex::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AnyIndex(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyIndex(None))
+            }
+        }
+        deserializer.deserialize_any(IndexVisitor)
+    }
+}
+
+/// Marks `field` seen, or fails if it was (serde's derived structs refuse a field given twice).
+fn once<E: de::Error>(seen: &mut bool, field: &'static str) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(E::duplicate_field(field));
+    }
+    Ok(())
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ChoiceView<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ChoiceVisitor;
+        impl<'de> Visitor<'de> for ChoiceVisitor {
+            type Value = ChoiceView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a choice object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut choice = ChoiceView::default();
+                let (mut delta, mut finish) = (false, false);
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    match key.as_ref() {
+                        "index" => choice.index = map.next_value::<AnyIndex>()?.0,
+                        "delta" => {
+                            once(&mut delta, "delta")?;
+                            choice.delta = map.next_value()?;
+                        }
+                        "finish_reason" => {
+                            once(&mut finish, "finish_reason")?;
+                            choice.finish_reason =
+                                map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(choice)
+            }
+        }
+        deserializer.deserialize_map(ChoiceVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for DeltaView<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DeltaVisitor;
+        impl<'de> Visitor<'de> for DeltaVisitor {
+            type Value = DeltaView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a delta object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut delta = DeltaView::default();
+                let (mut content, mut refusal, mut calls) = (false, false, false);
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    match key.as_ref() {
+                        "content" => {
+                            once(&mut content, "content")?;
+                            delta.content = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        "refusal" => {
+                            once(&mut refusal, "refusal")?;
+                            delta.refusal = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                        }
+                        "tool_calls" => {
+                            once(&mut calls, "tool_calls")?;
+                            delta.other_keys = true;
+                            delta.tool_calls = map.next_value()?;
+                        }
+                        _ => {
+                            delta.other_keys = true;
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(delta)
+            }
+        }
+        deserializer.deserialize_map(DeltaVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ToolCallView<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CallVisitor;
+        impl<'de> Visitor<'de> for CallVisitor {
+            type Value = ToolCallView<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a tool call object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut call = ToolCallView::default();
+                let mut function = false;
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    match key.as_ref() {
+                        "index" => call.index = map.next_value::<AnyIndex>()?.0,
+                        "function" => {
+                            once(&mut function, "function")?;
+                            call.function = map.next_value()?;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(call)
+            }
+        }
+        deserializer.deserialize_map(CallVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +300,11 @@ impl ChunkView<'_> {
         self.usage.is_some() && self.choices.as_ref().is_none_or(Vec::is_empty)
     }
 
+    /// The chunk's choices (none for a usage-only chunk).
+    pub fn choices(&self) -> &[ChoiceView<'_>] {
+        self.choices.as_deref().unwrap_or_default()
+    }
+
     /// Whether a choice finished in this chunk.
     pub fn has_finish_reason(&self) -> bool {
         self.choices
@@ -129,7 +328,7 @@ impl ChunkView<'_> {
                     .tool_calls
                     .iter()
                     .flatten()
-                    .filter_map(|t| t.function.as_ref()?.arguments.as_deref());
+                    .filter_map(|t| Some(t.function.as_ref()?.arguments.as_ref()?.0.as_ref()));
                 d.content
                     .as_deref()
                     .into_iter()
@@ -150,10 +349,10 @@ pub struct StreamIdentity {
 impl StreamIdentity {
     pub fn learn(&mut self, view: &ChunkView<'_>) {
         if self.id.is_empty() {
-            if let Some(id) = &view.id {
+            if let Some(Text(id)) = &view.id {
                 self.id = id.to_string();
             }
-            if let Some(model) = &view.model {
+            if let Some(Text(model)) = &view.model {
                 self.model = model.to_string();
             }
             self.created = view.created.unwrap_or(self.created);
@@ -301,6 +500,45 @@ mod tests {
                 output_tokens: 4
             })
         );
+    }
+
+    #[test]
+    fn the_view_borrows_text_and_reads_fields_as_a_value_would() {
+        let Payload::Chunk(c) = Payload::parse(
+            r#"{"choices":[{"index":"x","index":1,"delta":{"role":"assistant","content":"plain","refusal":"a\nb"},"finish_reason":null},{"delta":{"tool_calls":[{"index":-1,"function":{"arguments":"{}"}}]}}]}"#,
+        ) else {
+            panic!("expected a chunk")
+        };
+        let choices = c.choices();
+        assert_eq!(choices.len(), 2);
+        // The last `index` counts; a text without escapes is borrowed.
+        assert_eq!(choices[0].index, Some(1));
+        let delta = choices[0].delta.as_ref().unwrap();
+        assert!(matches!(delta.content, Some(Cow::Borrowed("plain"))));
+        assert_eq!(delta.refusal.as_deref(), Some("a\nb"));
+        assert!(delta.other_keys && choices[0].finish_reason.is_none());
+        // An index that is not an unsigned integer reads as absent.
+        let calls = choices[1]
+            .delta
+            .as_ref()
+            .unwrap()
+            .tool_calls
+            .as_ref()
+            .unwrap();
+        assert_eq!((choices[1].index, calls[0].index), (None, None));
+        // Escaped keys are keys; a text field given twice is refused, as before.
+        let Payload::Chunk(c) = Payload::parse(r#"{"choices":[{"delta":{"cont\u0065nt":"x"}}]}"#)
+        else {
+            panic!("expected a chunk")
+        };
+        assert_eq!(
+            c.choices()[0].delta.as_ref().unwrap().content.as_deref(),
+            Some("x")
+        );
+        assert!(matches!(
+            Payload::parse(r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#),
+            Payload::Malformed
+        ));
     }
 
     #[test]

@@ -2,7 +2,15 @@
 //! goes through its own [`StreamScanner`], so a forbidden string split over any number of chunks never reaches the
 //! client. Chunks are rewritten with what the scanner releases (the held-back tail goes out with
 //! a later chunk or at the finish); a block ends the stream after the safe prefix.
+//!
+//! The common case costs nothing beyond the relay's own borrowed [`ChunkView`] of the chunk: a
+//! chunk whose texts the scanners release whole goes out as the provider wrote it
+//! ([`Filtered::Unchanged`]). Only a chunk the scanners change (text held back, redacted,
+//! blocked, or tails released at its finish) is parsed into a `serde_json::Value` and written
+//! again; a chunk the view cannot read (unexpected types, duplicate fields) takes that path
+//! from the start.
 
+use super::chunk::ChunkView;
 use crate::guardrails::{Check, OutputRule, RuleHit, ScanOutput, StreamScanner};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -15,7 +23,9 @@ const MAX_INDEX: u64 = 128;
 /// What to do with one upstream chunk.
 #[derive(Debug, PartialEq)]
 pub enum Filtered {
-    /// Send this payload.
+    /// Send the chunk as it came: the scanners released its texts whole.
+    Unchanged,
+    /// Send this payload (the chunk rewritten).
     Send(String),
     /// Nothing left to send from this chunk (its text is held back).
     Skip,
@@ -75,14 +85,127 @@ impl OutputFilter {
     /// Passes a chunk's texts through the scanners; a choice that finishes in this chunk also
     /// releases its held tails.
     pub fn filter_chunk(&mut self, data: &str) -> Filtered {
+        match serde_json::from_str::<ChunkView>(data) {
+            Ok(view) => self.filter_view(data, &view),
+            Err(_) => self.filter_value(data),
+        }
+    }
+
+    /// [`filter_chunk`](Self::filter_chunk) for a chunk `data` already read as `view`: the
+    /// scanners see the same texts in the same order as in
+    /// [`filter_value`](Self::filter_value); the chunk is rewritten only if they changed
+    /// something.
+    pub fn filter_view(&mut self, data: &str, view: &ChunkView<'_>) -> Filtered {
+        let choices = view.choices();
+        if choices.is_empty() {
+            return Filtered::Unchanged; // usage-only or not a chunk
+        }
+        let mut blocked: Option<RuleHit> = None;
+        let mut anything_to_send = false;
+        let mut changed = false;
+        let mut edits: Vec<ChoiceEdits> = Vec::new();
+        for (position, choice) in choices.iter().enumerate() {
+            let index = match choice.index.unwrap_or(0) {
+                i if i < MAX_INDEX => i as usize,
+                _ => return unavailable(),
+            };
+            let finishing = choice.finish_reason.is_some();
+            let Some(delta) = &choice.delta else {
+                anything_to_send |= finishing;
+                continue;
+            };
+            let mut edit = ChoiceEdits {
+                position,
+                ..ChoiceEdits::default()
+            };
+            for (slot, text) in [
+                (Slot::Content, &delta.content),
+                (Slot::Refusal, &delta.refusal),
+            ] {
+                if let Some(text) = text {
+                    let mut released = String::new();
+                    let out = self.push((index, slot), text);
+                    let unchanged =
+                        matches!(&out, ScanOutput::Text(t) if t.as_str() == text.as_ref());
+                    anything_to_send |= apply(out, &mut released, &mut blocked);
+                    if !unchanged {
+                        changed = true;
+                        edit.texts.push((slot, released));
+                    }
+                }
+            }
+            if let Some(calls) = &delta.tool_calls {
+                anything_to_send = true; // ids and names go out even while arguments are held
+                for (call_position, call) in calls.iter().enumerate() {
+                    let tool = call.index.unwrap_or(call_position as u64);
+                    if tool >= MAX_INDEX {
+                        return unavailable();
+                    }
+                    let key = (index, Slot::ToolArguments(tool as usize));
+                    let args = call.function.as_ref().and_then(|f| f.arguments.as_ref());
+                    if let Some(args) = args.map(|a| a.0.as_ref()) {
+                        let mut released = String::new();
+                        let out = self.push(key, args);
+                        let unchanged = matches!(&out, ScanOutput::Text(t) if t == args);
+                        apply(out, &mut released, &mut blocked);
+                        if !unchanged {
+                            changed = true;
+                            edit.texts
+                                .push((Slot::ToolArguments(call_position), released));
+                        }
+                    }
+                }
+            }
+            anything_to_send |= delta.other_keys;
+            if finishing && blocked.is_none() {
+                let tails = match self.finish_choice(index) {
+                    Ok(tails) => tails,
+                    Err((tails, rule)) => {
+                        blocked = Some(rule);
+                        tails
+                    }
+                };
+                changed |= !tails.is_empty();
+                edit.tails = tails;
+                anything_to_send = true;
+            }
+            edit.null_finish = blocked.is_some();
+            edits.push(edit);
+        }
+        if !changed && blocked.is_none() {
+            return if anything_to_send {
+                Filtered::Unchanged
+            } else {
+                Filtered::Skip
+            };
+        }
+        let payload = if anything_to_send {
+            match rewrite(data, edits) {
+                Some(payload) => Some(payload),
+                // Read by the view but not as a value: nothing of it may go out.
+                None => return unavailable(),
+            }
+        } else {
+            None
+        };
+        match (blocked, payload) {
+            (Some(rule), payload) => Filtered::Blocked { payload, rule },
+            (None, Some(payload)) => Filtered::Send(payload),
+            (None, None) => Filtered::Skip,
+        }
+    }
+
+    /// [`filter_chunk`](Self::filter_chunk) on the chunk as a `serde_json::Value`, rewritten
+    /// with what the scanners release.
+    fn filter_value(&mut self, data: &str) -> Filtered {
         let Ok(mut value) = serde_json::from_str::<Value>(data) else {
-            return Filtered::Send(data.to_string());
+            return Filtered::Unchanged;
         };
         let mut blocked: Option<RuleHit> = None;
         let mut anything_to_send = false;
         let choices = match value.get_mut("choices").and_then(Value::as_array_mut) {
             Some(choices) if !choices.is_empty() => choices,
-            _ => return Filtered::Send(data.to_string()), // usage-only or not a chunk
+            _ => return Filtered::Unchanged, // usage-only or not a chunk
         };
         for choice in choices.iter_mut() {
             let index = match choice.get("index").and_then(Value::as_u64).unwrap_or(0) {
@@ -227,6 +350,52 @@ fn unavailable() -> Filtered {
     }
 }
 
+/// What the scanners changed in one choice of a chunk read by the borrowed view.
+#[derive(Debug, Default)]
+struct ChoiceEdits {
+    /// The choice's position in `choices`.
+    position: usize,
+    /// Texts to replace: content, refusal, or the arguments of the tool call at a position in
+    /// `tool_calls` (the slot's number is the position, not the tool's index).
+    texts: Vec<(Slot, String)>,
+    /// Held tails the choice's finish releases.
+    tails: SlotTails,
+    /// A block came before the end of this choice: its `finish_reason` is cleared.
+    null_finish: bool,
+}
+
+/// `data` with the edits applied (as [`OutputFilter::filter_value`] would have written it);
+/// `None` if it does not read as a value.
+fn rewrite(data: &str, edits: Vec<ChoiceEdits>) -> Option<String> {
+    let mut value = serde_json::from_str::<Value>(data).ok()?;
+    let choices = value.get_mut("choices")?.as_array_mut()?;
+    for edit in edits {
+        let choice = choices.get_mut(edit.position)?;
+        let delta = choice.get_mut("delta")?.as_object_mut()?;
+        for (slot, text) in edit.texts {
+            match slot {
+                Slot::Content => {
+                    delta.insert("content".into(), Value::String(text));
+                }
+                Slot::Refusal => {
+                    delta.insert("refusal".into(), Value::String(text));
+                }
+                Slot::ToolArguments(position) => {
+                    let call = delta.get_mut("tool_calls")?.get_mut(position)?;
+                    *call.pointer_mut("/function/arguments")? = Value::String(text);
+                }
+            }
+        }
+        merge_tails(delta, edit.tails);
+        if edit.null_finish {
+            if let Some(reason) = choice.get_mut("finish_reason") {
+                *reason = Value::Null;
+            }
+        }
+    }
+    Some(value.to_string())
+}
+
 /// Writes a scanner's answer into `text`; true when there is something to send.
 fn apply(out: ScanOutput, text: &mut String, blocked: &mut Option<RuleHit>) -> bool {
     match out {
@@ -319,7 +488,9 @@ mod tests {
         let mut released = String::new();
         let mut blocked = None;
         for c in text.chars() {
-            match filter.filter_chunk(&chunk(&c.to_string(), None)) {
+            let data = chunk(&c.to_string(), None);
+            match filter.filter_chunk(&data) {
+                Filtered::Unchanged => released.push_str(&content(&data)),
                 Filtered::Send(p) => released.push_str(&content(&p)),
                 Filtered::Skip => {}
                 Filtered::Blocked { payload, rule } => {
@@ -358,7 +529,7 @@ mod tests {
         let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
         let usage =
             json!({"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}).to_string();
-        assert_eq!(filter.filter_chunk(&usage), Filtered::Send(usage.clone()));
+        assert_eq!(filter.filter_chunk(&usage), Filtered::Unchanged);
         let wild = json!({"choices":[{"index":u64::MAX,"delta":{"content":"x"}}]}).to_string();
         assert!(matches!(
             filter.filter_chunk(&wild),
@@ -371,14 +542,129 @@ mod tests {
         let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
         let mut released = String::new();
         for piece in [" the quick", " brown fox", " jumps"] {
-            if let Filtered::Send(p) = filter.filter_chunk(&chunk(piece, None)) {
-                released.push_str(&content(&p));
+            let data = chunk(piece, None);
+            match filter.filter_chunk(&data) {
+                Filtered::Unchanged => released.push_str(&content(&data)),
+                Filtered::Send(p) => released.push_str(&content(&p)),
+                Filtered::Skip => {}
+                other => panic!("{other:?}"),
             }
         }
-        match filter.filter_chunk(&chunk("", Some("stop"))) {
+        let last = chunk("", Some("stop"));
+        match filter.filter_chunk(&last) {
+            Filtered::Unchanged => released.push_str(&content(&last)),
             Filtered::Send(p) => released.push_str(&content(&p)),
             other => panic!("{other:?}"),
         }
         assert_eq!(released, " the quick brown fox jumps");
+    }
+
+    /// What the client gets for a chunk: the payload as a value (`None`: nothing sent), and
+    /// the rule that blocked.
+    fn sent(data: &str, filtered: Filtered) -> (Option<Value>, Option<String>) {
+        let value = |p: &str| serde_json::from_str::<Value>(p).unwrap_or(Value::String(p.into()));
+        match filtered {
+            Filtered::Unchanged => (Some(value(data)), None),
+            Filtered::Send(p) => (Some(value(&p)), None),
+            Filtered::Skip => (None, None),
+            Filtered::Blocked { payload, rule } => (payload.as_deref().map(value), Some(rule.id)),
+        }
+    }
+
+    /// A chunk of `choices` (index, content, tool arguments, finish) with an id, a role and
+    /// whatever else a provider writes.
+    fn chunk_of(choices: &[(u64, Option<&str>, Option<&str>, bool)]) -> String {
+        let choices: Vec<Value> = choices
+            .iter()
+            .map(|(index, text, args, finish)| {
+                let mut delta = Map::new();
+                if let Some(text) = text {
+                    delta.insert("content".into(), json!(text));
+                }
+                if let Some(args) = args {
+                    delta.insert(
+                        "tool_calls".into(),
+                        json!([{"index": 0, "id": "t", "function": {"arguments": args}}]),
+                    );
+                }
+                json!({
+                    "index": index,
+                    "delta": delta,
+                    "finish_reason": if *finish { json!("stop") } else { Value::Null },
+                })
+            })
+            .collect();
+        json!({"id": "c", "object": "chat.completion.chunk", "choices": choices}).to_string()
+    }
+
+    use proptest::prelude::*;
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(" the".to_string()),
+            Just(" quick\nbrown".to_string()),
+            Just(" \"quoted\" é".to_string()),
+            Just(" sk".to_string()),
+            Just("-proj-".to_string()),
+            Just("abcdefghijklmnopqrstuvwxyz0123".to_string()),
+            Just(" qzcn-".to_string()),
+            Just("0123456789abcdef".to_string()),
+            Just(" A".to_string()),
+            Just("KIA".to_string()),
+            Just("{\"x\":".to_string()),
+            Just(String::new()),
+        ]
+    }
+
+    proptest! {
+        /// The borrowed view and the value path send the client the same thing, chunk by
+        /// chunk, whatever the scanners hold back, block or release at a finish.
+        #[test]
+        fn the_borrowed_view_sends_what_the_value_path_sends(
+            steps in prop::collection::vec(
+                (0u64..2, prop::option::of(piece()), prop::option::of(piece()), any::<bool>()),
+                1..24,
+            ),
+        ) {
+            let mut rules = crate::guardrails::default_secret_rules();
+            rules.push(crate::guardrails::canary_family_rule());
+            let template = crate::guardrails::StreamScanner::new(rules).unwrap();
+            let mut view = OutputFilter::from_template(template.clone());
+            let mut value = OutputFilter::from_template(template);
+            for (index, text, args, finish) in &steps {
+                let data = chunk_of(&[(*index, text.as_deref(), args.as_deref(), *finish)]);
+                let a = sent(&data, view.filter_chunk(&data));
+                let b = sent(&data, value.filter_value(&data));
+                prop_assert_eq!(&a, &b, "chunk {}", data);
+                if a.1.is_some() {
+                    break;
+                }
+            }
+            let (a, b) = (view.finish(), value.finish());
+            prop_assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        }
+    }
+
+    #[test]
+    fn chunks_the_view_cannot_read_take_the_value_path() {
+        let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
+        // Duplicate text fields: the value keeps the last one, which is what gets scanned.
+        let twice = r#"{"choices":[{"index":0,"delta":{"content":"ok","content":" sk-proj-abcdefghijklmnopqrstuvwxyz"}}]}"#;
+        assert!(matches!(
+            filter.filter_chunk(twice),
+            Filtered::Blocked { .. }
+        ));
+        // A key with escapes, a content of another type: read as a value.
+        let mut filter = OutputFilter::new(default_secret_rules()).unwrap();
+        let escaped = r#"{"choices":[{"index":0,"delta":{"content":" sk-proj-abcdefghijklmnopqrstuvwxyz"}}]}"#;
+        assert!(matches!(
+            filter.filter_chunk(escaped),
+            Filtered::Blocked { .. }
+        ));
+        let number = r#"{"choices":[{"index":0,"delta":{"content":7,"role":"assistant"}}]}"#;
+        assert_eq!(
+            filter.filter_chunk(number),
+            Filtered::Send(serde_json::from_str::<Value>(number).unwrap().to_string())
+        );
     }
 }

@@ -62,13 +62,21 @@ impl SseParser {
             }
         }
         while !input.is_empty() {
-            match input.iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', input) {
                 None => {
                     self.push_line_bytes(input)?;
                     break;
                 }
                 Some(i) => {
-                    self.push_line_bytes(&input[..i])?;
+                    let line = &input[..i];
+                    if self.line.is_empty() && !self.at_start {
+                        // A whole line in this read: read in place, not copied first.
+                        self.check_size(line.len())?;
+                        self.take_line(line, out);
+                    } else {
+                        self.push_line_bytes(line)?;
+                        self.end_line(out);
+                    }
                     let was_cr = input[i] == b'\r';
                     input = &input[i + 1..];
                     if was_cr {
@@ -78,7 +86,6 @@ impl SseParser {
                             None => self.after_cr = true,
                         }
                     }
-                    self.end_line(out);
                 }
             }
         }
@@ -94,12 +101,18 @@ impl SseParser {
         self.after_cr = false;
     }
 
-    fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), SseError> {
-        if self.line.len() + self.data.len() + bytes.len() > self.max_event_bytes {
+    /// Refuses `more` bytes of the current line if the event would pass its bound.
+    fn check_size(&self, more: usize) -> Result<(), SseError> {
+        if self.line.len() + self.data.len() + more > self.max_event_bytes {
             return Err(SseError::EventTooLarge {
                 limit: self.max_event_bytes,
             });
         }
+        Ok(())
+    }
+
+    fn push_line_bytes(&mut self, bytes: &[u8]) -> Result<(), SseError> {
+        self.check_size(bytes.len())?;
         self.line.extend_from_slice(bytes);
         if self.at_start {
             if self.line.starts_with(BOM) {
@@ -113,17 +126,24 @@ impl SseParser {
     }
 
     fn end_line(&mut self, out: &mut Vec<SseEvent>) {
+        let mut line = std::mem::take(&mut self.line);
+        self.take_line(&line, out);
+        line.clear();
+        self.line = line;
+    }
+
+    /// Acts on one complete line (without its terminator).
+    fn take_line(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
         self.at_start = false;
-        let line = std::mem::take(&mut self.line);
         if line.is_empty() {
             self.dispatch(out);
         } else if line[0] != b':' {
-            let (field, value) = match line.iter().position(|&b| b == b':') {
+            let (field, value) = match memchr::memchr(b':', line) {
                 Some(i) => {
                     let value = &line[i + 1..];
                     (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
                 }
-                None => (&line[..], &b""[..]),
+                None => (line, &b""[..]),
             };
             match field {
                 b"data" => {
@@ -137,8 +157,6 @@ impl SseParser {
                 _ => {}
             }
         }
-        self.line = line;
-        self.line.clear();
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {

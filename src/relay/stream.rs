@@ -524,9 +524,15 @@ impl Relay<'_> {
             None => payload,
         };
         if !capped || tokens > 0 {
-            // Without output guardrails the provider's payload goes out as it came.
-            let (send, blocked) = match self.filter.as_mut().map(|f| f.filter_chunk(&payload)) {
+            // Without output guardrails the provider's payload goes out as it came. A payload
+            // as the provider wrote it is filtered from the view already read.
+            let filtered = self.filter.as_mut().map(|filter| match &payload {
+                Cow::Borrowed(data) => filter.filter_view(data, &view),
+                Cow::Owned(rewritten) => filter.filter_chunk(rewritten),
+            });
+            let (send, blocked) = match filtered {
                 None => (Some(payload), None),
+                Some(Filtered::Unchanged) => (Some(payload), None),
                 Some(Filtered::Send(p)) => (Some(Cow::Owned(p)), None),
                 Some(Filtered::Skip) => (None, None),
                 Some(Filtered::Blocked { payload, rule }) => (payload.map(Cow::Owned), Some(rule)),

@@ -157,6 +157,77 @@ pub struct Alert {
 pub struct Book {
     state: UserState,
     open: HashMap<String, OpenRequest>,
+    /// Entries that left the minute log's front, and joined its back, since the book was built
+    /// (a store saves just those: [`UserState::update_saved`]).
+    minute_changes: MinuteChanges,
+}
+
+/// Entries that left a minute log's front and joined its back, counted from some moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteChanges {
+    pub popped: u64,
+    pub pushed: u64,
+}
+
+impl MinuteChanges {
+    /// The changes from `earlier` to `self`.
+    pub fn since(self, earlier: MinuteChanges) -> MinuteChanges {
+        MinuteChanges {
+            popped: self.popped.saturating_sub(earlier.popped),
+            pushed: self.pushed.saturating_sub(earlier.pushed),
+        }
+    }
+}
+
+impl UserState {
+    /// Makes `saved` (this user's state as saved before the minute log's `changes`) equal to
+    /// this state, moving only the minute log's ends: a busy user's log holds an entry per
+    /// request of the last minute, too many to copy on every settlement. Copies the whole log
+    /// when `saved` does not have the length those changes started from.
+    pub fn update_saved(&self, saved: &mut UserState, changes: MinuteChanges) {
+        let popped = usize::try_from(changes.popped).unwrap_or(usize::MAX);
+        let pushed = usize::try_from(changes.pushed).unwrap_or(usize::MAX);
+        let kept = self.minute.len().checked_sub(pushed);
+        if kept.is_some() && saved.minute.len().checked_sub(popped) == kept {
+            saved.minute.drain(..popped);
+            saved.minute.extend(self.minute.range(kept.unwrap_or(0)..));
+        } else {
+            saved.minute.clone_from(&self.minute);
+        }
+        debug_assert_eq!(saved.minute, self.minute);
+        // Every other field (a new one fails to compile here until it is copied).
+        let UserState {
+            minute: _,
+            day,
+            requests_today,
+            tokens_today,
+            spend_today_micro_usd,
+            month,
+            spend_month_micro_usd,
+            alerted_day,
+            alerted_month,
+            requests,
+            input_tokens,
+            output_tokens,
+            cut_requests,
+            admin,
+        } = self;
+        saved.day = *day;
+        saved.requests_today = *requests_today;
+        saved.tokens_today = *tokens_today;
+        saved.spend_today_micro_usd = *spend_today_micro_usd;
+        saved.month = *month;
+        saved.spend_month_micro_usd = *spend_month_micro_usd;
+        saved.alerted_day = *alerted_day;
+        saved.alerted_month = *alerted_month;
+        saved.requests = *requests;
+        saved.input_tokens = *input_tokens;
+        saved.output_tokens = *output_tokens;
+        saved.cut_requests = *cut_requests;
+        if saved.admin != *admin {
+            saved.admin = admin.clone();
+        }
+    }
 }
 
 impl Book {
@@ -164,11 +235,17 @@ impl Book {
         Self {
             state,
             open: HashMap::new(),
+            minute_changes: MinuteChanges::default(),
         }
     }
 
     pub fn state(&self) -> &UserState {
         &self.state
+    }
+
+    /// The minute log's changes since the book was built.
+    pub fn minute_changes(&self) -> MinuteChanges {
+        self.minute_changes
     }
 
     /// An operator's settings for the user, as this book keeps them.
@@ -186,7 +263,10 @@ impl Book {
         self.roll(now_ms);
         for window in windows {
             match window {
-                Window::Minute => self.state.minute.clear(),
+                Window::Minute => {
+                    self.minute_changes.popped += self.state.minute.len() as u64;
+                    self.state.minute.clear();
+                }
                 Window::Day => {
                     self.state.requests_today = 0;
                     self.state.tokens_today = 0;
@@ -240,6 +320,7 @@ impl Book {
             .is_some_and(|t| t + MINUTE_MS <= now_ms)
         {
             self.state.minute.pop_front();
+            self.minute_changes.popped += 1;
         }
         let day = day_key(now_ms);
         if day != self.state.day {
@@ -430,6 +511,7 @@ impl Book {
         let granted = u32::try_from(granted).unwrap_or(u32::MAX);
 
         self.state.minute.push_back(now_ms);
+        self.minute_changes.pushed += 1;
         self.state.requests_today += 1;
         self.state.requests += 1;
         let request_id = request.request_id;
@@ -728,6 +810,50 @@ mod tests {
             book.admit(r, T0, &org).unwrap_err().code,
             ErrorCode::TokensPerDay
         );
+    }
+
+    /// A store's copy kept current by moving the minute log's ends equals the book's state,
+    /// through admissions, expiries, resets and saves skipped (then the whole log is copied).
+    #[test]
+    fn saving_only_the_minute_logs_changes_keeps_an_equal_copy() {
+        let limits = UserLimits {
+            requests_per_minute: 1_000_000,
+            requests_per_day: 1_000_000,
+            max_concurrent_streams: 1_000_000,
+            ..limits()
+        };
+        let org = OrgLedger::new(0);
+        let mut book = Book::default();
+        let mut saved = book.state().clone();
+        let mut saved_at = book.minute_changes();
+        let mut now = T0;
+        for i in 0..3_000u64 {
+            // Bursts and gaps: some steps expire part of the log, some all of it.
+            now += match i % 97 {
+                0 => 61_000,
+                n if n % 7 == 0 => 9_000,
+                _ => 40,
+            };
+            let id = format!("r{i}");
+            book.admit(request(&id, limits), now, &org).unwrap();
+            book.settle(&id, Usage::default(), Outcome::Completed, now, &org);
+            if i % 501 == 0 {
+                book.reset(&[Window::Minute], now);
+            }
+            // Some saves are skipped (the next one moves more), and one copy is stale on
+            // purpose (the whole log is copied then).
+            if i % 5 == 3 {
+                continue;
+            }
+            if i == 1_234 {
+                saved.minute.push_back(1);
+            }
+            let changes = book.minute_changes();
+            book.state()
+                .update_saved(&mut saved, changes.since(saved_at));
+            saved_at = changes;
+            assert_eq!(&saved, book.state(), "step {i}");
+        }
     }
 
     fn code(result: Result<Grant, ApiError>) -> Option<ErrorCode> {

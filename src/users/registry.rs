@@ -1,5 +1,9 @@
-//! Finds (or starts) a user's actor. Actors are spread over dedicated arbiter threads by a hash
-//! of the user id, so one busy user never stalls the HTTP workers or other users' actors.
+//! Finds (or starts) a user's actor. By default actors are spread over dedicated arbiter threads
+//! by a hash of the user id. A gateway in embedded mode starts each user's actor on the arbiter
+//! of the HTTP worker that first asks for it instead ([`UserRegistry::actors_on_callers`]): an
+//! embedded actor's answers take microseconds and never wait on I/O, and its user's requests on
+//! that worker (a keep-alive connection's, for one) then reach it without a hop to another
+//! thread and back. Requests arriving on other workers reach it across threads, as before.
 //! An actor that evicted itself answers `None`; the registry then starts a fresh one, which
 //! loads the saved state.
 
@@ -32,6 +36,8 @@ const ATTEMPTS: usize = 3;
 /// The user-id → actor map and the threads the actors run on.
 pub struct UserRegistry {
     arbiters: Vec<Arbiter>,
+    /// New actors start on the caller's arbiter (when it runs on one), not on `arbiters`.
+    on_callers: bool,
     alert_arbiter: Arbiter,
     env: Env,
     mode: Mode,
@@ -62,6 +68,7 @@ impl UserRegistry {
         }
         Self {
             arbiters: (0..threads.max(1)).map(|_| Arbiter::new()).collect(),
+            on_callers: false,
             alert_arbiter,
             env: Env {
                 clock,
@@ -77,6 +84,14 @@ impl UserRegistry {
                 None => Mode::Local(store),
             },
         }
+    }
+
+    /// Embedded mode: starts each user's actor on the arbiter of the thread that first asks for
+    /// the user (an HTTP worker), falling back to the dedicated threads off an arbiter. In
+    /// Redis mode this changes nothing: actors there wait on Redis, and stay on their threads.
+    pub fn actors_on_callers(mut self) -> Self {
+        self.on_callers = matches!(self.mode, Mode::Local(_));
+        self
     }
 
     /// Applies a reloaded config: the organisation cap's value (switching it on or off needs a
@@ -102,15 +117,15 @@ impl UserRegistry {
         if let Some(addr) = directory.get(user_id).filter(|a| a.connected()) {
             return addr.clone();
         }
-        let mut hasher = DefaultHasher::new();
-        user_id.hash(&mut hasher);
-        let arbiter = &self.arbiters[(hasher.finish() as usize) % self.arbiters.len()];
-        let addr = UserAddr::start(
-            &arbiter.handle(),
-            user_id.to_string(),
-            self.env.clone(),
-            &self.mode,
-        );
+        let arbiter = match Arbiter::try_current().filter(|_| self.on_callers) {
+            Some(caller) => caller,
+            None => {
+                let mut hasher = DefaultHasher::new();
+                user_id.hash(&mut hasher);
+                self.arbiters[(hasher.finish() as usize) % self.arbiters.len()].handle()
+            }
+        };
+        let addr = UserAddr::start(&arbiter, user_id.to_string(), self.env.clone(), &self.mode);
         directory.insert(user_id.to_string(), addr.clone());
         addr
     }

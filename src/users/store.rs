@@ -3,7 +3,7 @@
 //! In memory here, written to a snapshot file by [`Snapshots`] so a restart does not either;
 //! the Redis store arrives with the shared-state issue.
 
-use super::book::UserState;
+use super::book::{MinuteChanges, UserState};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,12 @@ use std::sync::{Arc, Mutex};
 pub trait UserStore: Send + Sync + std::fmt::Debug {
     fn load(&self, user_id: &str) -> Option<UserState>;
     fn save(&self, user_id: &str, state: UserState);
+    /// Saves `state` over the one saved for the user before its minute log's `changes` (a
+    /// settlement's save): a store may move just the log's ends. By default, saves it whole.
+    fn save_changes(&self, user_id: &str, state: &UserState, changes: MinuteChanges) {
+        let _ = changes;
+        self.save(user_id, state.clone());
+    }
     /// Every user's state (the admin API's top spenders).
     fn all(&self) -> Vec<(String, UserState)>;
 }
@@ -35,6 +41,16 @@ impl UserStore for MemoryStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(user_id.to_string(), state);
+    }
+
+    fn save_changes(&self, user_id: &str, state: &UserState, changes: MinuteChanges) {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        match users.get_mut(user_id) {
+            Some(saved) => state.update_saved(saved, changes),
+            None => {
+                users.insert(user_id.to_string(), state.clone());
+            }
+        }
     }
 
     fn all(&self) -> Vec<(String, UserState)> {

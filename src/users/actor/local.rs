@@ -6,22 +6,37 @@ use super::{now_reply, Authority, Reply, UserActor, UserAddr};
 use crate::error::ApiError;
 use crate::users::admin::{AdminOp, UserAdmin};
 use crate::users::alerts::UserAlert;
-use crate::users::book::{AdmitRequest, Book, Grant, UserState};
+use crate::users::book::{AdmitRequest, Book, Grant, MinuteChanges, UserState};
 use crate::users::limits::UserLimits;
 use crate::users::messages::{AdminChange, Meter, MeterAnswer, Reprice, Settle};
 use crate::users::store::UserStore;
 use crate::users::usage::UsageReport;
 use actix::Addr;
+use std::cell::Cell;
 use std::sync::Arc;
 
 /// Embedded mode's authority: the book, backed by the store.
 pub(in crate::users) struct Local {
     store: Arc<dyn UserStore>,
+    /// The book's minute-log changes when its state was last saved: a settlement saves only
+    /// the changes since.
+    saved_at: Cell<MinuteChanges>,
 }
 
 impl Local {
     pub(super) fn new(store: Arc<dyn UserStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            saved_at: Cell::new(MinuteChanges::default()),
+        }
+    }
+
+    /// Saves the book's state over the last one saved, moving only what changed.
+    fn save_changes(&self, user_id: &str, book: &Book) {
+        let now = book.minute_changes();
+        self.store
+            .save_changes(user_id, book.state(), now.since(self.saved_at.get()));
+        self.saved_at.set(now);
     }
 }
 
@@ -34,6 +49,7 @@ impl Authority for Local {
 
     fn save(&self, user_id: &str, book: &Book) {
         self.store.save(user_id, book.state().clone());
+        self.saved_at.set(book.minute_changes());
     }
 
     fn holds_actor(&self, _: &Book) -> bool {
@@ -84,7 +100,7 @@ impl Authority for Local {
             .book
             .settle(&msg.request_id, msg.usage, msg.outcome, now, &actor.env.org);
         // Keep the store current, so a snapshot holds settled usage.
-        actor.authority.save(&actor.user_id, &actor.book);
+        actor.authority.save_changes(&actor.user_id, &actor.book);
         actor.touched();
         now_reply(())
     }
