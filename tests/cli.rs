@@ -26,6 +26,17 @@ fn tollgate(args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// A 10-minute `pro` token for `sub`, signed with `secret` (`tollgate token`).
+fn pro_token(secret: &str, sub: &str) -> String {
+    let out = tollgate(
+        &["token", "--sub", sub, "--plan", "pro", "--ttl", "600"],
+        &[("TOLLGATE_JWT_SECRET", secret)],
+    )
+    .output()
+    .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn an_invalid_config_file_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -439,15 +450,7 @@ fn a_restart_in_embedded_mode_keeps_windows_and_spend() {
         ("TOLLGATE__USERS__SNAPSHOT_PATH", snapshot.to_str().unwrap()),
         ("TOLLGATE__MOCK__FIRST_TOKEN_DELAY_MS", "0"),
     ];
-    let token = {
-        let out = tollgate(
-            &["token", "--sub", "rita", "--plan", "pro", "--ttl", "600"],
-            &env[..1],
-        )
-        .output()
-        .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let token = pro_token("restart-secret", "rita");
     let (running, listen) = start_gateway(&env);
     let body = r#"{"model":"mock-gpt","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
     let response = http(
@@ -726,15 +729,7 @@ fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     );
     assert_eq!(reloaded["generation"], 2);
     assert_eq!(reloaded["changed"], "[\"rate.requests_per_minute\"]");
-    let token = {
-        let out = tollgate(
-            &["token", "--sub", "hugo", "--plan", "pro", "--ttl", "600"],
-            &[("TOLLGATE_JWT_SECRET", "sighup-secret")],
-        )
-        .output()
-        .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let token = pro_token("sighup-secret", "hugo");
     assert_eq!(
         usage_of(&listen, &token)["requests_per_minute"]["limit"],
         25
