@@ -66,7 +66,13 @@ pub fn start(
 ) -> std::io::Result<Gateway> {
     // One TLS backend for awc (ring); ignore the error if a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    TokenCounter::warm_up();
+    // The encodings of the priced models (by their names and the providers' names for them).
+    TokenCounter::warm_up(
+        config
+            .pricing
+            .iter()
+            .flat_map(|(model, price)| [model.as_str(), price.upstream_model.as_str()]),
+    );
     if config.auth.jwt_secret.expose() == DEVELOPMENT_JWT_SECRET {
         tracing::warn!(
             "auth.jwt_secret is the public development secret: anyone can mint tokens. \

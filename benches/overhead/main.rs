@@ -40,7 +40,8 @@
 //! Run: `load/bench.sh` (installs nginx and redis-server, raises the fd limit) or
 //! `cargo bench --bench overhead`.
 //! Knobs: ONE_STREAMS (300), CONC (1000), ROUNDS (2), WINDOW_SECS (10), SAT_CONC (50),
-//! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PIN (auto), NGINX (path), ARMS
+//! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PHASES ("1,2,3,4": the phases to run),
+//! PIN (auto), NGINX (path), ARMS
 //! ("direct,nginx,tollgate,tollgate-anthropic,tollgate-redis"), TOLLGATE_BIN (the gateway binary
 //! under test; default the one built with this bench — set it to another build to compare builds
 //! against nginx). Prints figures; asserts nothing (targets are reported, not tested), among them
@@ -119,11 +120,20 @@ fn main() {
         );
         run.print_addresses(mock_addr);
         run.warm_up().await;
-        run.one_stream_at_a_time().await; // phase 1
-        run.paced_streams().await; // phase 2
-        run.saturation().await; // phase 3
+        let wanted = |phase: u8| knobs.phases.contains(&phase);
+        if wanted(1) {
+            run.one_stream_at_a_time().await;
+        }
+        if wanted(2) {
+            run.paced_streams().await;
+        }
+        if wanted(3) {
+            run.saturation().await;
+        }
         proxies.stop();
-        run.memory(&launcher).await; // phase 4
+        if wanted(4) {
+            run.memory(&launcher).await;
+        }
         run.reports
     });
     drop(mock);

@@ -28,6 +28,8 @@ pub struct Knobs {
     pub pin: bool,
     /// The nginx binary: a name on `PATH` or a path.
     pub nginx: String,
+    /// The phases to run (`PHASES`, e.g. "1,4"; default all four).
+    pub phases: Vec<u8>,
 }
 
 impl Knobs {
@@ -47,6 +49,11 @@ impl Knobs {
             arms: std::env::var("ARMS").unwrap_or_else(|_| DEFAULT_ARMS.into()),
             pin: std::env::var("PIN").map_or(true, |v| v != "0"),
             nginx: std::env::var("NGINX").unwrap_or_else(|_| "nginx".into()),
+            phases: std::env::var("PHASES")
+                .unwrap_or_else(|_| "1,2,3,4".into())
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .collect(),
         }
     }
 }

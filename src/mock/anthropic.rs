@@ -74,15 +74,15 @@ pub(crate) fn parse_request(body: &Value) -> Result<MessagesRequest, String> {
 /// text blocks), plus 3 per message (the system prompt counts as one), plus 3. An OpenAI request
 /// whose system message moved to `system` keeps its estimate.
 fn input_tokens(system: Option<&Value>, messages: &[Value]) -> u32 {
-    let bpe = tiktoken_rs::o200k_base_singleton();
+    let bpe = crate::tokenize::TokenCounter::o200k_estimate();
     let count = |content: &Value| -> usize {
         match content {
-            Value::String(text) => bpe.count_ordinary(text),
+            Value::String(text) => bpe.count(text) as usize,
             Value::Array(blocks) => blocks
                 .iter()
                 .filter(|block| block.get("type").and_then(Value::as_str) == Some("text"))
                 .filter_map(|block| block.get("text").and_then(Value::as_str))
-                .map(|text| bpe.count_ordinary(text))
+                .map(|text| bpe.count(text) as usize)
                 .sum(),
             _ => 0,
         }

@@ -99,7 +99,7 @@ fn warm_tokenizer() {
     let spawned = std::thread::Builder::new()
         .name("mock-tokenizer".to_owned())
         .spawn(|| {
-            tiktoken_rs::o200k_base_singleton();
+            crate::tokenize::TokenCounter::o200k_estimate();
         });
     if let Err(err) = spawned {
         tracing::debug!(%err, "mock: tokenizer warm-up thread not started");
@@ -377,7 +377,7 @@ fn tool_call(api: Api, name: &str) -> ToolCall {
         Api::OpenAi => "call_mock_",
         Api::Anthropic => "toolu_mock_",
     };
-    let tokens = tiktoken_rs::o200k_base_singleton().count_ordinary(TOOL_ARGUMENTS);
+    let tokens = crate::tokenize::TokenCounter::o200k_estimate().count(TOOL_ARGUMENTS);
     ToolCall {
         id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()),
         name: name.to_owned(),
@@ -387,11 +387,11 @@ fn tool_call(api: Api, name: &str) -> ToolCall {
 
 /// Prompt estimate: o200k tokens of each message's string content, plus 3 per message, plus 3.
 fn prompt_tokens(messages: &[Value]) -> u32 {
-    let bpe = tiktoken_rs::o200k_base_singleton();
+    let bpe = crate::tokenize::TokenCounter::o200k_estimate();
     let content: usize = messages
         .iter()
         .filter_map(|message| message.get("content").and_then(Value::as_str))
-        .map(|text| bpe.count_ordinary(text))
+        .map(|text| bpe.count(text) as usize)
         .sum();
     let total = content.saturating_add(3 * messages.len()).saturating_add(3);
     u32::try_from(total).unwrap_or(u32::MAX)
@@ -673,8 +673,8 @@ mod tests {
         let call = fits.tool.clone().unwrap_or_else(|| panic!("no tool call"));
         assert!(call.id.starts_with("toolu_mock_"));
         assert_eq!(call.name, "get_weather");
-        let arguments = tiktoken_rs::o200k_base_singleton().count_ordinary(TOOL_ARGUMENTS);
-        assert_eq!(call.argument_tokens as usize, arguments);
+        let arguments = crate::tokenize::TokenCounter::o200k_estimate().count(TOOL_ARGUMENTS);
+        assert_eq!(u64::from(call.argument_tokens), arguments);
         assert_eq!(fits.output_tokens(), 10 + call.argument_tokens);
         let tight = tool(10 + call.argument_tokens);
         assert_eq!(tight.stop_reason, "tool_use");

@@ -3,18 +3,101 @@
 //! OpenAI models are counted with their real tiktoken encoding (`o200k_base`, `cl100k_base`, …,
 //! chosen by tiktoken-rs from the model name). Other models, the mock's included, are estimated
 //! with `o200k_base`: close for most modern BPE vocabularies, and exact for the mock, whose
-//! words are single `o200k_base` tokens. Encodings are built once per process and shared.
+//! words are single `o200k_base` tokens. Encodings are built once per process, on first use
+//! (start-up warms the ones the price table names), and shared. `o200k_base` and `cl100k_base`
+//! run on the compact encoder of [`bpe`] (≈ 3 MiB resident instead of tiktoken-rs's ≈ 40 MiB);
+//! older encodings (`p50k`, `r50k`, `gpt2`) on tiktoken-rs itself.
 //!
 //! Counts are remembered per thread ([`Memo`]): the same texts come back all the time (a
 //! stream's deltas are mostly common one-token words; a chat resends its system prompt and its
 //! history with every turn), and the encoder costs about half a microsecond per character.
 
+mod bpe;
+
+use bpe::Vocabulary;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
+
+/// tiktoken's `o200k_base` split pattern (also `o200k_harmony`'s, whose ordinary tokens are
+/// `o200k_base`'s).
+const O200K_PATTERN: &str = tiktoken_rs::O200K_BASE_PAT_STR;
+
+/// tiktoken's `cl100k_base` split pattern.
+const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+
+static O200K: OnceLock<Vocabulary> = OnceLock::new();
+static CL100K: OnceLock<Vocabulary> = OnceLock::new();
+
+fn load(
+    cell: &'static OnceLock<Vocabulary>,
+    file: &'static [u8],
+    pattern: &str,
+) -> &'static Vocabulary {
+    cell.get_or_init(|| {
+        // The files are compiled in and checked by this module's tests: a failure here is a
+        // broken build, not something input can cause.
+        Vocabulary::from_file(file, pattern)
+            .unwrap_or_else(|e| panic!("the compiled-in token vocabulary is unreadable: {e}"))
+    })
+}
+
+fn o200k() -> &'static Vocabulary {
+    load(&O200K, include_bytes!("o200k_base.vocab"), O200K_PATTERN)
+}
+
+fn cl100k() -> &'static Vocabulary {
+    load(&CL100K, include_bytes!("cl100k_base.vocab"), CL100K_PATTERN)
+}
+
+/// An encoding: the compact one, or tiktoken-rs's for the older encodings.
+#[derive(Clone, Copy)]
+enum Encoder {
+    Compact(&'static Vocabulary),
+    Tiktoken(&'static CoreBPE),
+}
+
+impl Encoder {
+    fn id(self) -> usize {
+        match self {
+            Encoder::Compact(v) => std::ptr::from_ref(v) as usize,
+            Encoder::Tiktoken(b) => std::ptr::from_ref(b) as usize,
+        }
+    }
+
+    fn count(self, text: &str) -> u64 {
+        match self {
+            Encoder::Compact(v) => v.count(text) as u64,
+            Encoder::Tiktoken(b) => b.encode_ordinary(text).len() as u64,
+        }
+    }
+
+    /// Byte offsets where each token of `text` ends.
+    fn token_ends(self, text: &str) -> Vec<usize> {
+        match self {
+            Encoder::Compact(v) => {
+                let mut ends = Vec::new();
+                v.for_each_token_end(text, |end| ends.push(end));
+                ends
+            }
+            Encoder::Tiktoken(b) => {
+                // Tokens of `encode_ordinary` concatenate to the text's bytes.
+                let mut end = 0;
+                b.encode_ordinary(text)
+                    .iter()
+                    .map(|&token| {
+                        end += b.decode_bytes(&[token]).map(|t| t.len()).unwrap_or(0);
+                        end
+                    })
+                    .collect()
+            }
+        }
+    }
+}
 
 /// Counts one thread remembers before it starts over.
 const MEMO_ENTRIES: usize = 8192;
@@ -35,16 +118,16 @@ impl Memo {
         }
     }
 
-    fn count(&mut self, bpe: &'static CoreBPE, text: &str) -> u64 {
+    fn count(&mut self, encoder: Encoder, text: &str) -> u64 {
         let key = (
-            std::ptr::from_ref(bpe) as usize,
+            encoder.id(),
             self.keys.0.hash_one(text),
             self.keys.1.hash_one(text),
         );
         if let Some(&count) = self.counts.get(&key) {
             return count;
         }
-        let count = bpe.encode_ordinary(text).len() as u64;
+        let count = encoder.count(text);
         if self.counts.len() >= MEMO_ENTRIES {
             self.counts.clear();
         }
@@ -60,7 +143,7 @@ thread_local! {
 /// Counts tokens for one model.
 #[derive(Clone, Copy)]
 pub struct TokenCounter {
-    bpe: &'static CoreBPE,
+    encoder: Encoder,
     exact: bool,
 }
 
@@ -75,20 +158,36 @@ impl std::fmt::Debug for TokenCounter {
 impl TokenCounter {
     /// The counter for `model`: its own encoding when known, the `o200k_base` estimate otherwise.
     pub fn for_model(model: &str) -> Self {
-        let known = get_tokenizer(model).and_then(|t| tiktoken_rs::bpe_for_tokenizer(t).ok());
-        match known {
-            Some(bpe) => Self { bpe, exact: true },
-            None => Self {
-                bpe: tiktoken_rs::o200k_base_singleton(),
-                exact: false,
+        let encoder = match get_tokenizer(model) {
+            Some(Tokenizer::O200kBase | Tokenizer::O200kHarmony) => Some(Encoder::Compact(o200k())),
+            Some(Tokenizer::Cl100kBase) => Some(Encoder::Compact(cl100k())),
+            Some(older) => tiktoken_rs::bpe_for_tokenizer(older)
+                .ok()
+                .map(Encoder::Tiktoken),
+            None => None,
+        };
+        match encoder {
+            Some(encoder) => Self {
+                encoder,
+                exact: true,
             },
+            None => Self::o200k_estimate(),
         }
     }
 
-    /// Builds the common encodings now, so the first request does not pay for it.
-    pub fn warm_up() {
-        for t in [Tokenizer::O200kBase, Tokenizer::Cl100kBase] {
-            let _ = tiktoken_rs::bpe_for_tokenizer(t);
+    /// The `o200k_base` counter, as an estimate (unknown models, the mock).
+    pub fn o200k_estimate() -> Self {
+        Self {
+            encoder: Encoder::Compact(o200k()),
+            exact: false,
+        }
+    }
+
+    /// Builds the encodings `models` use now, so their first request does not pay for it.
+    pub fn warm_up<'m>(models: impl IntoIterator<Item = &'m str>) {
+        Self::o200k_estimate();
+        for model in models {
+            Self::for_model(model);
         }
     }
 
@@ -101,30 +200,29 @@ impl TokenCounter {
         if text.is_empty() {
             return 0;
         }
-        let bpe = self.bpe;
+        let encoder = self.encoder;
         MEMO.try_with(|memo| match memo.try_borrow_mut() {
-            Ok(mut memo) => memo.count(bpe, text),
-            Err(_) => bpe.encode_ordinary(text).len() as u64,
+            Ok(mut memo) => memo.count(encoder, text),
+            Err(_) => encoder.count(text),
         })
-        .unwrap_or_else(|_| bpe.encode_ordinary(text).len() as u64)
+        .unwrap_or_else(|_| encoder.count(text))
     }
 
     /// The longest prefix of `text` holding at most `max_tokens` tokens, and its token count.
     pub fn truncate<'t>(&self, text: &'t str, max_tokens: u64) -> (&'t str, u64) {
-        let tokens = self.bpe.encode_ordinary(text);
-        if tokens.len() as u64 <= max_tokens {
-            return (text, tokens.len() as u64);
+        let ends = self.encoder.token_ends(text);
+        if ends.len() as u64 <= max_tokens {
+            return (text, ends.len() as u64);
         }
-        // Tokens of `encode_ordinary` concatenate to the text's bytes, so the byte length of
-        // the first k tokens is a cut position; step back to a character boundary if a token
-        // split one. Re-tokenising a prefix can yield more tokens than it was cut from (BPE
-        // merges differ at the new end), so shorten until the recount fits.
+        // The end of the first k tokens is a cut position; step back to a character boundary
+        // if a token split one. Re-tokenising a prefix can yield more tokens than it was cut
+        // from (BPE merges differ at the new end), so shorten until the recount fits.
         let mut keep = max_tokens as usize;
         loop {
-            let mut end = self
-                .bpe
-                .decode_bytes(&tokens[..keep])
-                .map(|b| b.len())
+            let mut end = keep
+                .checked_sub(1)
+                .and_then(|last| ends.get(last))
+                .copied()
                 .unwrap_or(0)
                 .min(text.len());
             while !text.is_char_boundary(end) {
@@ -141,7 +239,10 @@ impl TokenCounter {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod counter_tests {
     use super::*;
 
     #[test]
@@ -163,17 +264,14 @@ mod tests {
         for _ in 0..3 {
             for text in texts {
                 for c in [o200k, cl100k] {
-                    assert_eq!(c.count(text), c.bpe.encode_ordinary(text).len() as u64);
+                    assert_eq!(c.count(text), c.encoder.count(text));
                 }
             }
         }
         // Past the bound the memo starts over, and still answers right.
         for i in 0..MEMO_ENTRIES + 10 {
             let text = format!(" word{i}");
-            assert_eq!(
-                o200k.count(&text),
-                o200k.bpe.encode_ordinary(&text).len() as u64
-            );
+            assert_eq!(o200k.count(&text), o200k.encoder.count(&text));
         }
         MEMO.with(|memo| assert!(memo.borrow().counts.len() <= MEMO_ENTRIES));
     }

@@ -1,0 +1,155 @@
+//! The compact encoder against tiktoken-rs: the same vocabulary, the same tokens.
+
+use super::*;
+use tiktoken_rs::{cl100k_base_singleton, o200k_base_singleton};
+
+fn pairs() -> [(&'static str, &'static Vocabulary, &'static CoreBPE); 2] {
+    [
+        ("o200k_base", o200k(), o200k_base_singleton()),
+        ("cl100k_base", cl100k(), cl100k_base_singleton()),
+    ]
+}
+
+/// tiktoken-rs's token ends for `text`.
+fn reference_ends(bpe: &'static CoreBPE, text: &str) -> Vec<usize> {
+    Encoder::Tiktoken(bpe).token_ends(text)
+}
+
+fn compact_ends(vocabulary: &'static Vocabulary, text: &str) -> Vec<usize> {
+    Encoder::Compact(vocabulary).token_ends(text)
+}
+
+fn assert_same_tokens(text: &str) {
+    for (name, vocabulary, bpe) in pairs() {
+        assert_eq!(
+            compact_ends(vocabulary, text),
+            reference_ends(bpe, text),
+            "{name} on {text:?}"
+        );
+        assert_eq!(
+            vocabulary.count(text),
+            bpe.encode_ordinary(text).len(),
+            "{name} on {text:?}"
+        );
+    }
+}
+
+#[test]
+fn every_rank_holds_tiktokens_bytes() {
+    for (name, vocabulary, bpe) in pairs() {
+        for rank in 0..vocabulary.len() as u32 {
+            let expected = bpe.decode_bytes(&[rank]).unwrap_or_default();
+            assert_eq!(vocabulary.token(rank), &expected[..], "{name} rank {rank}");
+            assert_eq!(vocabulary.rank(&expected), Some(rank), "{name} rank {rank}");
+        }
+        // The first rank after the ordinary ones is a special token or none: not stored.
+        let next = bpe.decode_bytes(&[vocabulary.len() as u32]);
+        assert!(
+            next.is_err() || next.is_ok_and(|b| b.starts_with(b"<|")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn same_tokens_as_tiktoken_on_prose_code_and_unicode() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "README.md",
+        "docs/performance.md",
+        "src/tokenize/bpe.rs",
+        "config/default.toml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap_or_default();
+        assert!(!text.is_empty(), "{file}");
+        for line in text.lines() {
+            assert_same_tokens(line);
+        }
+        assert_same_tokens(&text);
+    }
+    for text in [
+        "",
+        " ",
+        "\n\n\n",
+        "   \n  x",
+        "hello world",
+        "I'm sure they'LL do it, won't they? It's 12345678 o'clock.",
+        "🦀 crab 日本語のテキスト Ünïcödé naïve café — “quotes”",
+        "\u{0301}\u{0301}a\u{0300}",
+        "x\r\n\r\ny \t\t z",
+        "https://example.com/a/b?c=d&e=f#g",
+        "sk-proj-AbCdEf0123456789abcdef0123456789",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7",
+    ] {
+        assert_same_tokens(text);
+    }
+}
+
+#[test]
+fn long_pieces_merge_as_tiktoken_does() {
+    // Pieces of 100 bytes and more take the heap-based merge.
+    for text in [
+        "a".repeat(99),
+        "a".repeat(100),
+        "a".repeat(1_000),
+        "ab".repeat(300),
+        "xyzzyplugh".repeat(40),
+        " ".repeat(500),
+        "0".repeat(400),
+        "!@#$%^&*()".repeat(30),
+        "日本語".repeat(60),
+        "🦀".repeat(120),
+        "\u{0301}".repeat(200),
+    ] {
+        assert_same_tokens(&text);
+    }
+}
+
+#[test]
+fn a_long_run_of_one_letter_is_linear_not_quadratic() {
+    // 200,000 letters are one piece; the heap merge takes well under a second (the short merge
+    // would rescan ~10^10 pairs). Counted once, compared with tiktoken-rs's count.
+    let text = "a".repeat(200_000);
+    assert_eq!(
+        o200k().count(&text),
+        o200k_base_singleton().encode_ordinary(&text).len()
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn same_tokens_as_tiktoken_on_random_text(text in "(\\PC|\\s){0,120}") {
+        assert_same_tokens(&text);
+    }
+
+    #[test]
+    fn same_tokens_on_random_ascii_words(text in "([a-zA-Z']{1,12}[ ,.!?\\n0-9]{0,3}){0,40}") {
+        assert_same_tokens(&text);
+    }
+
+    #[test]
+    fn same_tokens_on_long_random_pieces(text in "[a-z]{100,400}|[0-9a-f]{100,300}|[ \\t]{100,200}x") {
+        assert_same_tokens(&text);
+    }
+}
+
+#[test]
+fn the_table_finds_every_byte_and_no_stranger() {
+    for (_, vocabulary, _) in pairs() {
+        for b in 0..=255u8 {
+            assert!(vocabulary.rank(&[b]).is_some());
+        }
+        assert_eq!(vocabulary.rank(b"this is certainly not one token"), None);
+        assert_eq!(vocabulary.rank(b""), None);
+    }
+}
+
+#[test]
+fn a_damaged_file_is_refused() {
+    assert!(Vocabulary::from_file(b"", O200K_PATTERN).is_err());
+    assert!(Vocabulary::from_file(&[3, 0, 0, 0, 1, 1], O200K_PATTERN).is_err());
+    assert!(Vocabulary::from_file(&[1, 0, 0, 0, 0], O200K_PATTERN).is_err());
+    assert!(Vocabulary::from_file(&[2, 0, 0, 0, 1, 1, b'a', b'a'], O200K_PATTERN).is_err());
+    // Well formed, but bytes lack tokens of their own.
+    assert!(Vocabulary::from_file(&[1, 0, 0, 0, 1, b'a'], O200K_PATTERN).is_err());
+}
