@@ -13,7 +13,8 @@
 #
 # Env: TOLLGATE_BIN (default target/release/tollgate, or $CARGO_TARGET_DIR's), N (200),
 # WARM (20), OUT (a temp dir), REDIS_URL (gateway in Redis mode), WORKERS (HTTP workers, 1);
-# for `nginx`: SECS (10), ROUNDS (3).
+# for `nginx`: SECS (10), ROUNDS (3); for `record`: PERF_CALLGRAPH (perf's call-graph flag, "-g";
+# "--call-graph dwarf" gives whole stacks of a build without frame pointers, at a larger file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -141,7 +142,7 @@ for kind in stream whole; do
       kill -INT $s; wait $s || true
       ;;
     record)
-      perf record -e cpu-clock -F 4999 -g -p "$GW" -o "$OUT/perf.$kind.data" 2>/dev/null &
+      perf record -e cpu-clock -F 4999 ${PERF_CALLGRAPH:--g} -p "$GW" -o "$OUT/perf.$kind.data" 2>/dev/null &
       s=$!; sleep 0.3
       drive "$N" "$kind"
       kill -INT $s; wait $s || true

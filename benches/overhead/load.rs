@@ -160,6 +160,8 @@ pub struct MemResult {
     pub idle_kib: u64,
     pub loaded_kib: u64,
     pub open_secs: f64,
+    /// Each opened stream's time to first token (connect to first content delta), in ms.
+    pub ttft_ms: Vec<f64>,
 }
 
 impl MemResult {
@@ -169,12 +171,14 @@ impl MemResult {
 }
 
 /// Holds `n` streams open through `addr` (the mock stalls after the first token), at most
-/// `pending` of them between connect and first token; measures the proxy's RSS with all open.
+/// `pending` of them between connect and first token; measures the proxy's RSS with all open
+/// and each stream's time to first token.
 pub async fn hold_open(
     addr: SocketAddr,
     proxy_pid: u32,
     reqs: &Rc<Vec<Vec<u8>>>,
     n: usize,
+    pending: usize,
 ) -> MemResult {
     #[derive(Default)]
     struct Counts {
@@ -182,16 +186,18 @@ pub async fn hold_open(
         errors: usize,
         closed_early: usize,
         sample: Option<String>,
+        ttft_ms: Vec<f64>,
     }
     let idle_kib = rss_kib(proxy_pid);
     let counts = Rc::new(RefCell::new(Counts::default()));
-    let gate = Rc::new(tokio::sync::Semaphore::new(256));
+    let gate = Rc::new(tokio::sync::Semaphore::new(pending.max(1)));
     let started = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let (reqs, counts, gate) = (reqs.clone(), counts.clone(), gate.clone());
         handles.push(tokio::task::spawn_local(async move {
             let permit = gate.acquire().await;
+            let connecting = Instant::now();
             let result: Result<(), String> = async {
                 let mut socket =
                     tokio::time::timeout(Duration::from_secs(20), TcpStream::connect(addr))
@@ -227,7 +233,9 @@ pub async fn hold_open(
                     if reader.feed(&buf[..n])? > 0 && !opened {
                         opened = true;
                         permit.take();
-                        counts.borrow_mut().open += 1;
+                        let mut c = counts.borrow_mut();
+                        c.open += 1;
+                        c.ttft_ms.push(connecting.elapsed().as_secs_f64() * 1e3);
                     }
                 }
             }
@@ -257,13 +265,14 @@ pub async fn hold_open(
     let open_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let loaded_kib = rss_kib(proxy_pid);
-    let (open, errors, closed_early, sample) = {
+    let (open, errors, closed_early, sample, ttft_ms) = {
         let c = counts.borrow();
         (
             c.open - c.closed_early.min(c.open),
             c.errors,
             c.closed_early,
             c.sample.clone(),
+            c.ttft_ms.clone(),
         )
     };
     for h in &handles {
@@ -283,5 +292,6 @@ pub async fn hold_open(
         idle_kib,
         loaded_kib,
         open_secs,
+        ttft_ms,
     }
 }

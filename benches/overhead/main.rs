@@ -11,18 +11,20 @@
 //! comes from the mock's `/v1/messages` and goes through `StreamTranslator`. Then it drives the
 //! arms interleaved through the same mock:
 //!
-//! 1. **one stream at a time**: short unpaced streams (10 tokens, as `benches/ttft.rs`), arms
-//!    alternating stream by stream (rotated order);
-//!    time to first token (first request byte written → first content delta read) and the paired
-//!    difference against the direct stream next to it;
+//! 1. **one stream at a time**: short unpaced streams (20 tokens), arms alternating stream by
+//!    stream (rotated order); time to first token (first request byte written → first content
+//!    delta read) and the paired difference against the direct stream next to it; each proxy's
+//!    CPU time per stream (it serves only its arm's streams; `/proc/<pid>/task/*/schedstat`);
 //! 2. **`CONC` open streams** (1,000): paced streams (50 tokens at 20 tokens/s, ≈ 2.5 s), each slot
 //!    opening its next stream as soon as one ends; rounds × arms interleaved; time to first token,
 //!    gaps between chunks, completed streams/s, chunks/s and the proxy's CPU per chunk in a fixed
 //!    window after a warm-up;
 //! 3. **saturation**: `SAT_CONC` unpaced streams of 2,000 tokens; chunks relayed per second and
 //!    CPU per chunk when the mock sends as fast as it can;
-//! 4. **memory**: a fresh proxy, warmed with one stream per user, then N streams held open (the mock
-//!    stalls after the first token); (RSS with N open − RSS before) ÷ N, for N in `MEM_STREAMS`.
+//! 4. **memory and bursts**: a fresh proxy, warmed with one stream per user, then N streams
+//!    opened at once (`BURST` at a time) and held open (the mock stalls after the first token);
+//!    the idle RSS, (RSS with N open − RSS before) ÷ N, and the burst's time to first token
+//!    (connect → first content delta), for N in `MEM_STREAMS`.
 //!
 //! For the Redis arm it also counts Redis commands per request in every phase (`INFO
 //! commandstats` deltas ÷ the requests that arm served), charges redis-server's CPU per chunk
@@ -40,7 +42,8 @@
 //! Run: `load/bench.sh` (installs nginx and redis-server, raises the fd limit) or
 //! `cargo bench --bench overhead`.
 //! Knobs: ONE_STREAMS (300), CONC (1000), ROUNDS (2), WINDOW_SECS (10), SAT_CONC (50),
-//! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), PHASES ("1,2,3,4": the phases to run),
+//! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), BURST (1000: phase 4's streams opening at
+//! once, between connect and first token), PHASES ("1,2,3,4": the phases to run),
 //! PIN (auto), NGINX (path), ARMS
 //! ("direct,nginx,tollgate,tollgate-anthropic,tollgate-redis"), TOLLGATE_BIN (the gateway binary
 //! under test; default the one built with this bench — set it to another build to compare builds

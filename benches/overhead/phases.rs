@@ -3,7 +3,9 @@
 
 use crate::arms::{Arm, Launcher, Pid, Target};
 use crate::client::{one_stream, Stats, Window, Workload};
+use crate::hist::exact_percentile;
 use crate::load::{hold_open, run_load, LoadPlan, LoadResult, MemResult};
+use crate::measure::cpu_ns;
 use crate::redis_side::RedisSide;
 use crate::report::{fmt, ArmReport};
 use crate::setup::{Knobs, Machine, Pinning};
@@ -121,13 +123,15 @@ impl<'a> Run<'a> {
     /// (order rotated); each stream's TTFT and its difference from the direct stream next to it.
     pub async fn one_stream_at_a_time(&mut self) {
         let one_streams = self.knobs.one_streams;
-        println!("phase 1: {one_streams} streams per arm, one at a time (10 tokens, unpaced)");
-        let one = Workload::new("tokens=10,tps=0,delay_ms=0", 64, self.tokens);
+        println!("phase 1: {one_streams} streams per arm, one at a time (20 tokens, unpaced)");
+        let one = Workload::new("tokens=20,tps=0,delay_ms=0", 64, self.tokens);
         let targets = &self.targets;
         let one_stats: Vec<RefCell<Stats>> =
             targets.iter().map(|_| RefCell::new(Stats::new())).collect();
         let direct_index = targets.iter().position(|t| t.arm == Arm::Direct);
         let redis_before = self.redis_calls(Arm::TollgateRedis);
+        // Each proxy serves only its own arm's streams, so its CPU time over the phase is theirs.
+        let cpu_before: Vec<Option<u64>> = targets.iter().map(|t| t.pid.map(cpu_ns)).collect();
         for i in 0..one_streams {
             let mut ttft = vec![None; targets.len()];
             for j in 0..targets.len() {
@@ -150,7 +154,13 @@ impl<'a> Run<'a> {
             }
         }
         for (k, s) in one_stats.into_iter().enumerate() {
-            self.reports[k].1.one = Some(s.into_inner());
+            let s = s.into_inner();
+            let cpu = cpu_before[k].zip(targets[k].pid.map(cpu_ns));
+            self.reports[k].1.one_cpu_us =
+                cpu.filter(|_| s.completed > 0).map(|(before, after)| {
+                    after.saturating_sub(before) as f64 / 1e3 / s.completed as f64
+                });
+            self.reports[k].1.one = Some(s);
         }
         if let (Some(side), Some(before), Some(k)) = (
             self.redis_side.as_deref_mut(),
@@ -308,7 +318,7 @@ impl<'a> Run<'a> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         println!("phase 4: {} with {n} open streams", arm.name());
-        let m = hold_open(addr, proxy.pid(), stall.of(arm), n).await;
+        let m = hold_open(addr, proxy.pid(), stall.of(arm), n, self.knobs.burst).await;
         println!(
             "    open {} of {} in {:.1} s (errors {}, closed early {}); RSS {} → {} KiB: {} KiB per open stream",
             m.open,
@@ -319,6 +329,13 @@ impl<'a> Run<'a> {
             m.idle_kib,
             m.loaded_kib,
             fmt(m.kib_per_stream(), 1)
+        );
+        println!(
+            "    time to first token of the {} opened (at most {} at once): p50 {} ms, p99 {} ms",
+            m.open,
+            self.knobs.burst.min(n),
+            fmt(exact_percentile(&m.ttft_ms, 50.0), 3),
+            fmt(exact_percentile(&m.ttft_ms, 99.0), 3)
         );
         if let (Some(side), Some(before)) = (self.redis_side.as_deref_mut(), redis_before) {
             // Let the gateway settle the streams the driver just abandoned.

@@ -15,6 +15,8 @@ pub struct ArmReport {
     pub one: Option<Stats>,
     pub one_ttft_ms: Vec<f64>,
     pub one_added_ms: Vec<f64>,
+    /// Phase 1: the proxy's CPU time per stream it served, in µs (none for the direct arm).
+    pub one_cpu_us: Option<f64>,
     /// Phase 2, all rounds.
     pub many: Option<LoadResult>,
     /// Phase 3, all rounds.
@@ -40,6 +42,7 @@ pub fn print_table(reports: &[(Arm, ArmReport)], knobs: &Knobs, tck: f64, pinned
     let rows = figure_rows(reports, knobs, tck, pinned);
     print_figures(reports, &rows);
     print_targets(reports, knobs.conc);
+    print_cost_targets(reports, knobs.conc);
     print_translation_cost(reports, tck);
 }
 
@@ -180,6 +183,12 @@ fn figure_rows<'a>(
             Box::new(move |a, r| only_proxies(a, || exact_percentile(&r.one_added_ms, 99.0))),
             3,
             false,
+        ),
+        (
+            "proxy CPU per stream, 1 at a time (µs; 20 chunks)".into(),
+            Box::new(move |_, r| r.one_cpu_us),
+            1,
+            true,
         ),
         (
             format!("TTFT, {conc} streams, p50 (ms)"),
@@ -349,6 +358,20 @@ fn figure_rows<'a>(
             1,
             false,
         ));
+        rows.push((
+            format!("proxy RSS idle, before {n} open (MiB)"),
+            Box::new(move |_, r| mem_for(r, n).map(|m| m.idle_kib as f64 / 1024.0)),
+            1,
+            true,
+        ));
+        for p in [50.0, 99.0] {
+            rows.push((
+                format!("TTFT, {n} streams opening at once, p{p} (ms)"),
+                Box::new(move |_, r| mem_for(r, n).and_then(|m| exact_percentile(&m.ttft_ms, p))),
+                3,
+                true,
+            ));
+        }
     }
     rows
 }
@@ -414,6 +437,64 @@ fn print_figures(reports: &[(Arm, ArmReport)], rows: &[Row]) {
             line.push_str(&format!("{:>12}", fmt(r, 2)));
         }
         println!("{line}");
+    }
+}
+
+/// Each gateway against the targets of issue 16 (per-request cost at nginx's level), which ask
+/// for ratios to nginx in the same run.
+fn print_cost_targets(reports: &[(Arm, ArmReport)], conc: usize) {
+    let Some(ng) = report_of(reports, Arm::Nginx) else {
+        return;
+    };
+    println!();
+    println!("targets (issue 16, against nginx in this run; reported, not asserted):");
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    for arm in [Arm::Tollgate, Arm::TollgateAnthropic, Arm::TollgateRedis] {
+        let Some(tg) = report_of(reports, arm) else {
+            continue;
+        };
+        println!("  {}:", arm.name());
+        println!(
+            "    CPU per stream (1 at a time, 20 chunks) ≤ 1.25 × nginx: {} µs ÷ {} µs = {} ×",
+            fmt(tg.one_cpu_us, 1),
+            fmt(ng.one_cpu_us, 1),
+            fmt(ratio(tg.one_cpu_us, ng.one_cpu_us), 2)
+        );
+        let p50 = |r: &ArmReport| exact_percentile(&r.one_added_ms, 50.0);
+        println!(
+            "    added TTFT p50 (paired) ≤ nginx's + 0.030 ms: {} ms against {} ms (+{} ms)",
+            fmt(p50(tg), 3),
+            fmt(p50(ng), 3),
+            fmt(minus(p50(tg), p50(ng)), 3)
+        );
+        let p99 = |r: &ArmReport| load_ms(&r.many, 99.0, false);
+        println!(
+            "    TTFT p99 at {conc} paced streams ≤ nginx's (the issue asks at 100): {} ms against {} ms",
+            fmt(p99(tg), 3),
+            fmt(p99(ng), 3)
+        );
+        for m in &tg.mem {
+            println!(
+                "    {} streams opening at once, TTFT p99 ≤ 2 ms: {} ms (nginx {} ms)",
+                m.requested,
+                fmt(exact_percentile(&m.ttft_ms, 99.0), 3),
+                fmt(
+                    mem_for(ng, m.requested).and_then(|n| exact_percentile(&n.ttft_ms, 99.0)),
+                    3
+                )
+            );
+            println!(
+                "    idle RSS ≤ 40 MiB: {} MiB; memory per open stream ≤ 24 KiB: {} KiB (at {} open)",
+                fmt(Some(m.idle_kib as f64 / 1024.0), 1),
+                fmt(m.kib_per_stream(), 1),
+                m.open
+            );
+        }
+        let sat_ratio = ratio(per_s(&tg.sat, true), per_s(&ng.sat, true));
+        println!(
+            "    flat-out chunks/s ≥ 1.0 × nginx: {} ×",
+            fmt(sat_ratio, 2)
+        );
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Knobs {
     pub nginx: String,
     /// The phases to run (`PHASES`, e.g. "1,4"; default all four).
     pub phases: Vec<u8>,
+    /// Phase 4: streams opening at once (`BURST`; default 1,000).
+    pub burst: usize,
 }
 
 impl Knobs {
@@ -54,6 +56,7 @@ impl Knobs {
                 .split(',')
                 .filter_map(|v| v.trim().parse().ok())
                 .collect(),
+            burst: env_or("BURST", 1000),
         }
     }
 }

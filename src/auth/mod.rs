@@ -9,12 +9,14 @@
 //! present; `iss`/`aud` checked when configured; the user in `auth.user_claim` (default `sub`)
 //! and the plan in `auth.plan_claim` (default `plan`, else `auth.default_plan`) as strings;
 //! tokens that live longer than `auth.max_token_lifetime_secs` and oversized tokens are refused
-//! before they are trusted.
+//! before they are trusted. A token that verified is remembered for up to a minute
+//! ([`verified`]): the same bearer again skips the signature and claims check.
 
 mod authorize;
 mod failures;
 mod jwks;
 pub mod service_keys;
+mod verified;
 
 pub use authorize::{authorize_feature, authorize_model, authorize_parameters, models_in_plan};
 pub use failures::FailureLimiter;
@@ -22,6 +24,7 @@ use jwks::Jwks;
 pub use jwks::{JwksRefresher, JwksStatus};
 pub use service_keys::new_key;
 use service_keys::{Named, ServiceKeys};
+use verified::Verified;
 
 use crate::config::AuthConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -89,6 +92,8 @@ pub struct Authenticator {
     max_lifetime_secs: u64,
     leeway_secs: u64,
     max_token_bytes: usize,
+    /// Tokens verified in the last minute (see [`verified`]).
+    verified: Verified,
 }
 
 /// The configured key material could not be used.
@@ -133,6 +138,7 @@ impl Authenticator {
             max_lifetime_secs: config.max_token_lifetime_secs,
             leeway_secs: config.leeway_secs,
             max_token_bytes: config.max_token_bytes,
+            verified: Verified::new(),
         })
     }
 
@@ -226,6 +232,10 @@ impl Authenticator {
 
     /// Verifies a client JWT and maps its claims to an [`Identity`].
     fn verify_jwt(&self, token: &str) -> Result<Identity, ApiError> {
+        let now = unix_now();
+        if let Some(identity) = self.verified.get(token, now) {
+            return Ok(identity);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the bearer token is not valid"))?;
         refuse_critical(&header).map_err(|_| {
@@ -271,13 +281,16 @@ impl Authenticator {
                 _ => invalid("the bearer token is not valid"),
             })?
             .claims;
-        self.check_lifetime(&claims)?;
-        Ok(Identity {
+        let exp = self.check_lifetime(&claims)?;
+        let identity = Identity {
             user_id: self.user_of(&claims)?,
             plan: self.plan_of(&claims)?,
             session_id: None,
             max_message_chars: None,
-        })
+        };
+        let expires_after = exp.saturating_add(self.leeway_secs);
+        self.verified.put(token, &identity, now, expires_after);
+        Ok(identity)
     }
 
     /// The user claim: a non-empty string, at most 256 bytes, no control characters, and not
@@ -319,7 +332,8 @@ impl Authenticator {
         }
     }
 
-    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<(), ApiError> {
+    /// Checks `iat` and the token's lifetime; returns its `exp`.
+    fn check_lifetime(&self, claims: &Map<String, Value>) -> Result<u64, ApiError> {
         // jsonwebtoken has checked that `exp` is present and a number; `iat` is optional.
         let exp = claims
             .get("exp")
@@ -346,7 +360,7 @@ impl Authenticator {
                 "the bearer token lives longer than this gateway allows",
             ));
         }
-        Ok(())
+        Ok(exp)
     }
 }
 

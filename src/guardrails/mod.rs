@@ -33,7 +33,7 @@ pub use normalize::normalize;
 pub use output::{
     canary_family_rule, canary_rule, default_secret_rules, luhn_valid, new_canary,
     pii_redaction_rules, OutputAction, OutputPattern, OutputRule, RuleHit, ScanOutput,
-    StreamScanner, Validator,
+    StreamScanner, Validator, CANARY_PREFIX,
 };
 
 /// What a guardrail checks for (the `check` label of `tollgate_guardrail_events_total`).

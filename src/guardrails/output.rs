@@ -83,10 +83,10 @@ pub enum OutputPattern {
         /// Longest match, in characters (1..=[`MAX_PATTERN_CHARS`]).
         max_len: usize,
     },
-    /// A marker: `prefix` followed by `hex_digits` hexadecimal digits, matched like a
+    /// A marker: `prefix` followed by `digits` decimal digits, matched like a
     /// [`Literal`](Self::Literal) (case-insensitive, invisible characters allowed in between).
     /// One compiled rule catches every canary of a family, so nothing is compiled per request.
-    Marker { prefix: String, hex_digits: usize },
+    Marker { prefix: String, digits: usize },
     /// Like [`Regex`](Self::Regex), but a match counts only if `check` accepts its text; a
     /// rejected match is no match at that position.
     Checked {
@@ -345,11 +345,11 @@ impl StreamScanner {
             OutputPattern::Literal(_) | OutputPattern::Marker { .. } => {
                 // Each atom is one visible character (escaped) or class.
                 let atoms: Vec<String> = match &rule.pattern {
-                    OutputPattern::Marker { prefix, hex_digits } => prefix
+                    OutputPattern::Marker { prefix, digits } => prefix
                         .chars()
                         .filter(|&c| !is_invisible(c))
                         .map(|c| regex_syntax::escape(c.encode_utf8(&mut [0; 4])))
-                        .chain(std::iter::repeat_n("[0-9a-f]".to_string(), *hex_digits))
+                        .chain(std::iter::repeat_n("[0-9]".to_string(), *digits))
                         .collect(),
                     OutputPattern::Literal(text) => text
                         .chars()
@@ -870,8 +870,12 @@ pub fn luhn_valid(text: &str) -> bool {
 
 /// The prefix of every canary [`new_canary`] makes.
 pub const CANARY_PREFIX: &str = "qzcn-";
-/// Hex digits after [`CANARY_PREFIX`].
-pub const CANARY_HEX_DIGITS: usize = 16;
+/// Decimal digits after [`CANARY_PREFIX`]: 69.8 random bits. Digits, not hex: the token
+/// encoders cut a run of digits into groups of three that are each one token, so a canary's
+/// token count is known without encoding it ([`TokenCounter::count_with_digits`]).
+///
+/// [`TokenCounter::count_with_digits`]: crate::tokenize::TokenCounter::count_with_digits
+pub const CANARY_DIGITS: usize = 21;
 
 /// A `Block` rule (id `canary`) for every canary [`new_canary`] makes: compiled once and shared,
 /// where [`canary_rule`] would compile a regex per request (about half a millisecond). Any
@@ -882,7 +886,7 @@ pub fn canary_family_rule() -> OutputRule {
         check: Check::Canary,
         pattern: OutputPattern::Marker {
             prefix: CANARY_PREFIX.to_string(),
-            hex_digits: CANARY_HEX_DIGITS,
+            digits: CANARY_DIGITS,
         },
         action: OutputAction::Block,
     }
@@ -898,15 +902,17 @@ pub fn canary_rule(canary: &str) -> OutputRule {
     }
 }
 
-/// A fresh canary: `qzcn-` followed by 16 random hex characters (64 bits from a v4 UUID). It
-/// starts with `q`, the letter that least often ends an English word, because the scanner holds
-/// a chunk that ends in the canary's first letters (`q`, `qz`, …) until the next character: with
-/// `q` that almost never happens to ordinary text.
+/// A fresh canary: `qzcn-` followed by 21 random decimal digits (from the 122 random bits of
+/// a v4 UUID). It starts with `q`, the letter that least often ends an English word, because
+/// the scanner holds a chunk that ends in the canary's first letters (`q`, `qz`, …) until the
+/// next character: with `q` that almost never happens to ordinary text.
 pub fn new_canary() -> String {
     let bits = uuid::Uuid::new_v4().as_u128();
-    // Fold the halves so the UUID's fixed version and variant bits are mixed with random ones.
-    let folded = (bits >> 64) as u64 ^ bits as u64;
-    format!("{CANARY_PREFIX}{folded:016x}")
+    // The UUID's 6 fixed bits sit in the middle; the 64 low bits and the 58 high bits above
+    // them are random: joined, 122 bits, of which the number keeps log2(10^21) ≈ 69.8.
+    let random = (bits >> 80) << 64 | (bits & u128::from(u64::MAX));
+    let number = random % 10u128.pow(CANARY_DIGITS as u32);
+    format!("{CANARY_PREFIX}{number:0width$}", width = CANARY_DIGITS)
 }
 
 #[cfg(test)]
@@ -982,7 +988,7 @@ mod tests {
         let start = std::time::Instant::now();
         for _ in 0..1000 {
             let mut s = template.clone();
-            s.add_rule(canary_rule("qzcn-0000000000000001")).ok();
+            s.add_rule(canary_rule("qzcn-000000000000000000001")).ok();
             std::hint::black_box(s);
         }
         println!("clone template + add canary: {:?}", start.elapsed() / 1000);
@@ -1087,16 +1093,16 @@ mod tests {
         text.chars().map(String::from).collect()
     }
 
-    const CANARY: &str = "qzcn-7f3a9c1e0b2d4e6f";
+    const CANARY: &str = "qzcn-738190526411804273657";
 
     #[test]
     fn new_canary_shape() {
         let a = new_canary();
         let b = new_canary();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 21);
+        assert_eq!(a.len(), 5 + CANARY_DIGITS);
         assert!(a.starts_with("qzcn-"));
-        assert!(a[5..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(a[5..].chars().all(|c| c.is_ascii_digit()));
     }
 
     #[test]
@@ -1178,21 +1184,28 @@ mod tests {
             let upper = canary.to_uppercase().replace('-', "\u{200B}-");
             assert_eq!(run_with(&template, &[&upper]).1.as_deref(), Some("canary"));
         }
-        // Too few hex digits, or not hex: not a canary.
-        assert_eq!(run_with(&template, &["qzcn-0123456789abcde."]).1, None);
-        assert_eq!(run_with(&template, &["qzcn-0123456789abcdeg"]).1, None);
+        // Too few digits, or not digits: not a canary.
+        assert_eq!(run_with(&template, &["qzcn-01234567890123456789."]).1, None);
+        assert_eq!(run_with(&template, &["qzcn-0123456789012345678a"]).1, None);
+        assert_eq!(run_with(&template, &["qzcn-0123456789abcdef01234"]).1, None);
+        assert_eq!(
+            run_with(&template, &["qzcn-012345678901234567890"])
+                .1
+                .as_deref(),
+            Some("canary")
+        );
     }
 
     #[test]
     fn canary_in_three_chunks_with_zero_width_and_at_the_end() {
         let (released, blocked) = run(
             vec![canary_rule(CANARY)],
-            &["leak: QZCN", "-7f3a", "9c1e0b2d4e6f"],
+            &["leak: QZCN", "-7381", "90526411804273657"],
         );
         assert_eq!(blocked.as_deref(), Some("canary"));
         assert_eq!(released, "leak: ");
 
-        let sneaky = "qz\u{200B}cn-7f3a\u{200D}9c1e0b2d\u{FEFF}4e6f";
+        let sneaky = "qz\u{200B}cn-7381\u{200D}90526411\u{FEFF}804273657";
         let (released, blocked) = run(vec![canary_rule(CANARY)], &["x ", sneaky]);
         assert_eq!(blocked.as_deref(), Some("canary"));
         assert_eq!(released, "x ");
@@ -1401,8 +1414,9 @@ mod tests {
     fn fragment() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("qzcn-".to_string()),
-            Just("7f3a9c1e".to_string()),
-            Just("0b2d4e6f".to_string()),
+            Just("7381905".to_string()),
+            Just("26411804".to_string()),
+            Just("273657".to_string()),
             Just("\u{200B}".to_string()),
             Just("sk-".to_string()),
             Just("proj-".to_string()),
@@ -1454,7 +1468,7 @@ mod tests {
     }
 
     static TEMPLATE: std::sync::LazyLock<StreamScanner> = std::sync::LazyLock::new(|| {
-        StreamScanner::new(all_rules("qzcn-7f3a9c1e0b2d4e6f")).unwrap()
+        StreamScanner::new(all_rules("qzcn-738190526411804273657")).unwrap()
     });
 
     proptest! {
@@ -1476,7 +1490,7 @@ mod tests {
 
             // Nothing a Block rule matches is ever released (canary also with zero-widths removed).
             let visible: String = streamed.chars().filter(|&c| !is_invisible(c)).collect();
-            prop_assert!(!visible.to_lowercase().contains("qzcn-7f3a9c1e0b2d4e6f"));
+            prop_assert!(!visible.to_lowercase().contains("qzcn-738190526411804273657"));
             for rule in default_secret_rules() {
                 if let OutputPattern::Regex { regex, .. } = &rule.pattern {
                     let re = regex::Regex::new(regex).unwrap();

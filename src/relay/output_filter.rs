@@ -482,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_canary_split_over_one_character_chunks_never_reaches_the_client() {
-        let canary = "qzcn-0123456789abcdef";
+        let canary = "qzcn-012345678901234567890";
         let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let text = format!("hello {canary} world");
         let mut released = String::new();
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn refusals_tool_arguments_usage_and_wild_indexes() {
-        let canary = "qzcn-fedcba9876543210";
+        let canary = "qzcn-987654321098765432109";
         let mut filter = OutputFilter::new(vec![canary_rule(canary)]).unwrap();
         let refusal = json!({"choices":[{"index":0,"delta":{"refusal":format!("no: {canary}")},"finish_reason":null}]});
         assert!(matches!(

@@ -153,3 +153,43 @@ fn a_damaged_file_is_refused() {
     // Well formed, but bytes lack tokens of their own.
     assert!(Vocabulary::from_file(&[1, 0, 0, 0, 1, b'a'], O200K_PATTERN).is_err());
 }
+
+#[test]
+fn every_group_of_one_to_three_digits_is_one_token() {
+    // What `TokenCounter::count_with_digits` relies on.
+    for (name, vocabulary, _) in pairs() {
+        for width in 1..=3 {
+            for n in 0..10u32.pow(width) {
+                let group = format!("{n:0width$}", width = width as usize);
+                assert!(
+                    vocabulary.rank(group.as_bytes()).is_some(),
+                    "{name}: {group}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn digits_after_punctuation_count_without_encoding() {
+    for model in ["gpt-4o", "gpt-4", "mock-gpt"] {
+        let counter = TokenCounter::for_model(model);
+        for digits in [
+            "",
+            "7",
+            "42",
+            "007",
+            "1234",
+            "000000000000000000001",
+            "98765432109876543210",
+        ] {
+            for text in [" qzcn-", "marker:", "x (", " #"] {
+                assert_eq!(
+                    counter.count_with_digits(text, digits),
+                    counter.count(&format!("{text}{digits}")),
+                    "{model}: {text:?} + {digits:?}"
+                );
+            }
+        }
+    }
+}
