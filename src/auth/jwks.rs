@@ -40,6 +40,7 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// The usable keys of one fetched JWKS, by `kid`.
+#[cfg_attr(test, derive(Default))]
 pub(super) struct KeySet {
     keys: BTreeMap<String, (Algorithm, DecodingKey)>,
     /// The published form of those keys, to tell whether a fetch changed anything.

@@ -233,7 +233,8 @@ impl Authenticator {
     /// Verifies a client JWT and maps its claims to an [`Identity`].
     fn verify_jwt(&self, token: &str) -> Result<Identity, ApiError> {
         let now = unix_now();
-        if let Some(identity) = self.verified.get(token, now) {
+        let current_keys = self.jwks.as_ref().and_then(Jwks::current);
+        if let Some(identity) = self.verified.get(token, now, current_keys.as_ref()) {
             return Ok(identity);
         }
         let header = jsonwebtoken::decode_header(token)
@@ -246,11 +247,11 @@ impl Authenticator {
             .iter()
             .find(|(algorithm, _)| *algorithm == header.alg)
             .ok_or_else(|| invalid("the bearer token's algorithm is not accepted"))?;
-        // Holds the JWKS set the key is borrowed from.
-        let published;
+        // The JWKS set the key is borrowed from, when it is a JWKS key.
+        let mut published = None;
         let key = match (&self.jwks, header.kid.as_deref()) {
             (Some(jwks), Some(kid)) if *algorithm != Algorithm::HS256 => {
-                published = jwks.current();
+                published = current_keys;
                 match published.as_deref().and_then(|set| set.get(kid)) {
                     Some((alg, key)) if alg == *algorithm => key,
                     Some(_) => {
@@ -289,7 +290,8 @@ impl Authenticator {
             max_message_chars: None,
         };
         let expires_after = exp.saturating_add(self.leeway_secs);
-        self.verified.put(token, &identity, now, expires_after);
+        self.verified
+            .put(token, &identity, now, expires_after, published);
         Ok(identity)
     }
 
