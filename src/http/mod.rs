@@ -8,6 +8,7 @@ mod connections;
 mod cors;
 mod demo;
 mod errors;
+pub(crate) mod listener;
 mod models;
 mod request_headers;
 mod request_id;

@@ -116,7 +116,7 @@ pub fn serve(
     } else {
         server.disable_signals()
     };
-    Ok(server.listen(listener)?.run())
+    Ok(server.listen(super::listener::deepen(listener)?)?.run())
 }
 
 /// Serves only `/metrics` on its own listener (`server.metrics_listen`), to callers presenting
@@ -137,6 +137,6 @@ pub fn serve_metrics(
     })
     .workers(1)
     .disable_signals()
-    .listen(listener)?
+    .listen(super::listener::deepen(listener)?)?
     .run())
 }

@@ -85,7 +85,7 @@ pub fn serve(listener: TcpListener, options: MockOptions) -> io::Result<MockServ
     .shutdown_timeout(1)
     .h1_allow_half_closed(false)
     .tcp_nodelay(true)
-    .listen(listener)?
+    .listen(crate::http::listener::deepen(listener)?)?
     .run();
     Ok(MockServer {
         addr,

@@ -41,7 +41,7 @@ pub fn serve_admin(listener: TcpListener, live: Arc<Live>) -> std::io::Result<Se
     })
     .workers(1)
     .disable_signals()
-    .listen(listener)?
+    .listen(crate::http::listener::deepen(listener)?)?
     .run())
 }
 
