@@ -24,11 +24,19 @@ use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
 
 /// tiktoken's `o200k_base` split pattern (also `o200k_harmony`'s, whose ordinary tokens are
-/// `o200k_base`'s).
-const O200K_PATTERN: &str = tiktoken_rs::O200K_BASE_PAT_STR;
+/// `o200k_base`'s), its `\s+(?!\S)|\s+` written as `\s+` (see `bpe::Vocabulary`).
+const O200K_PATTERN: &str = concat!(
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+    r"|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]*",
+    r"|\s*[\r\n]+",
+    r"|\s+",
+);
 
-/// tiktoken's `cl100k_base` split pattern.
-const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+/// tiktoken's `cl100k_base` split pattern, its possessive quantifiers plain (nothing after them
+/// could take back what they matched) and its `\s+(?!\S)|\s` written as `\s+`.
+const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
 static O200K: OnceLock<Vocabulary> = OnceLock::new();
 static CL100K: OnceLock<Vocabulary> = OnceLock::new();

@@ -128,6 +128,11 @@ proptest::proptest! {
     }
 
     #[test]
+    fn same_tokens_around_runs_of_spaces(text in "([ \t\n\r\u{a0}\u{2003}\u{3000}]{0,5}([a-zA-Z]{1,6}|[0-9]{1,5}|[.,!?'/]{1,3}|\u{1F980}|\u{65e5}\u{672c}){0,2}){0,12}[ \t\n\r]{0,4}") {
+        assert_same_tokens(&text);
+    }
+
+    #[test]
     fn same_tokens_on_long_random_pieces(text in "[a-z]{100,400}|[0-9a-f]{100,300}|[ \\t]{100,200}x") {
         assert_same_tokens(&text);
     }
