@@ -164,7 +164,8 @@ impl Jwks {
         }
     }
 
-    /// Replaces the key set; true when it differs from the one before.
+    /// Replaces the key set when it differs from the one before (true then). An unchanged
+    /// set stays the same `Arc`, so tokens it verified stay remembered ([`super::verified`]).
     pub(super) fn install(&self, set: KeySet) -> bool {
         let mut current = self
             .shared
@@ -174,7 +175,9 @@ impl Jwks {
         let changed = current
             .as_ref()
             .is_none_or(|old| old.published != set.published);
-        *current = Some(Arc::new(set));
+        if changed {
+            *current = Some(Arc::new(set));
+        }
         changed
     }
 

@@ -908,9 +908,9 @@ pub fn canary_rule(canary: &str) -> OutputRule {
 /// next character: with `q` that almost never happens to ordinary text.
 pub fn new_canary() -> String {
     let bits = uuid::Uuid::new_v4().as_u128();
-    // The UUID's 6 fixed bits sit in the middle; the 64 low bits and the 58 high bits above
-    // them are random: joined, 122 bits, of which the number keeps log2(10^21) ≈ 69.8.
-    let random = (bits >> 80) << 64 | (bits & u128::from(u64::MAX));
+    // A v4 UUID's fixed bits are its version (bits 76–79) and variant (bits 62–63): the 122
+    // others, packed together, are random; the number keeps log2(10^21) ≈ 69.8 of them.
+    let random = (bits & ((1 << 62) - 1)) | (((bits >> 64) & 0xFFF) << 62) | ((bits >> 80) << 74);
     let number = random % 10u128.pow(CANARY_DIGITS as u32);
     format!("{CANARY_PREFIX}{number:0width$}", width = CANARY_DIGITS)
 }

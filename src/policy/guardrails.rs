@@ -52,12 +52,12 @@ impl OutputPlan {
         let Some(canary) = &self.canary else {
             return 0;
         };
-        let digits = canary.strip_prefix(CANARY_PREFIX).unwrap_or(canary);
+        let spaced = match canary.strip_prefix(CANARY_PREFIX) {
+            Some(digits) => counter.count_with_digits(SPACED_CANARY_PREFIX, digits),
+            None => counter.count(&format!(" {canary}")),
+        };
         // The framing `system_message_tokens` adds.
-        counter.count(CANARY_BEFORE)
-            + counter.count_with_digits(SPACED_CANARY_PREFIX, digits)
-            + counter.count(CANARY_AFTER)
-            + 3
+        counter.count(CANARY_BEFORE) + spaced + counter.count(CANARY_AFTER) + 3
     }
 }
 

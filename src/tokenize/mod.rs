@@ -217,14 +217,18 @@ impl TokenCounter {
     }
 
     /// Tokens in `text` followed by the ASCII digits `digits`, where `text` ends in a character
-    /// that is neither a letter nor a digit and whatever follows the digits starts a new piece
-    /// (punctuation, a space). `o200k_base` and `cl100k_base` cut a run of digits into groups
-    /// of three from its start, and every group of one to three digits is a single token in
-    /// both (the tests check all 1,110): so the digits count without being encoded. Other
-    /// encodings encode the whole text.
+    /// that is neither a letter, a digit nor a space (the canary's `-`), and whatever follows
+    /// the digits starts a new piece (punctuation, a space). `o200k_base` and `cl100k_base` cut
+    /// a run of digits into groups of three from its start, and every group of one to three
+    /// digits is a single token in both (the tests check all 1,110): so the digits count
+    /// without being encoded. Any other case, and other encodings, encode the whole text.
     pub fn count_with_digits(&self, text: &str, digits: &str) -> u64 {
+        let ends_apart = text
+            .chars()
+            .next_back()
+            .is_some_and(|c| !c.is_alphanumeric() && !c.is_whitespace());
         match self.encoder {
-            Encoder::Compact(_) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Encoder::Compact(_) if ends_apart && digits.bytes().all(|b| b.is_ascii_digit()) => {
                 self.count(text) + digits.len().div_ceil(3) as u64
             }
             _ => self.count(&format!("{text}{digits}")),

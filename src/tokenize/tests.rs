@@ -188,7 +188,9 @@ fn digits_after_punctuation_count_without_encoding() {
             "000000000000000000001",
             "98765432109876543210",
         ] {
-            for text in [" qzcn-", "marker:", "x (", " #"] {
+            for text in [
+                " qzcn-", "marker:", "x (", " #", "x  ", "x\n  ", "x ", "", "abc", "a1",
+            ] {
                 assert_eq!(
                     counter.count_with_digits(text, digits),
                     counter.count(&format!("{text}{digits}")),
