@@ -283,7 +283,7 @@ fn relayed_tokens(answer: &Answer) -> u64 {
 
 /// Asserts a stream ended with `budget_exceeded` + `[DONE]`.
 fn assert_cut_at_the_cap(stream: &Answer) {
-    assert_eq!(stream.status, 200);
+    assert_eq!(stream.status, 200, "{}", stream.body);
     let events = events(stream);
     assert_eq!(events.last(), Some(&"[DONE]"), "{}", stream.body);
     let error: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
@@ -311,9 +311,10 @@ fn concurrent_streams(replicas: &[&str], user: &str, n: usize) -> Vec<Answer> {
 }
 
 /// Streams of one user against a daily cap reached mid-stream, in Redis mode: one stream, five
-/// at once on one replica, four over two replicas. Every stream is cut with `budget_exceeded`
-/// at the token that would cross the cap; the spend billed is within the cap (less than a
-/// token below it), and the output billed is the output the clients got.
+/// at once on one replica, four over two replicas. Every stream admitted is cut with
+/// `budget_exceeded` at the token that would cross the cap (one asking while the others'
+/// allowances hold the headroom is refused `daily_budget`); the spend billed is within the cap
+/// (less than a token below it), and the output billed is the output the clients got.
 #[test]
 fn streams_of_one_user_are_cut_at_the_daily_cap_exactly_on_one_replica_and_on_two() {
     streams_cut_at_the_daily_cap(&RedisServer::start());
@@ -341,7 +342,26 @@ fn streams_cut_at_the_daily_cap(redis: &dyn SharedRedis) {
         ("bea", vec![a.as_str()], 5),
         ("cai", vec![a.as_str(), b.as_str()], 4),
     ] {
-        let streams = concurrent_streams(&replicas, user, n);
+        let all = concurrent_streams(&replicas, user, n);
+        // A stream that asks while the others' open allowances hold the whole headroom is
+        // refused, as designed (how many do depends on timing: on a loaded machine the first
+        // ones may relay before the last ones ask). Every stream admitted is cut at the cap.
+        let (streams, refused): (Vec<Answer>, Vec<Answer>) =
+            all.into_iter().partition(|s| s.status == 200);
+        assert!(!streams.is_empty(), "{user}: no stream admitted");
+        for r in &refused {
+            assert_eq!(r.status, 429, "{}", r.body);
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["error"]["code"], "daily_budget", "{}", r.body);
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("in flight"),
+                "{}",
+                r.body
+            );
+        }
         streams.iter().for_each(assert_cut_at_the_cap);
         let usage = usage(&b, &token(user));
         let spent_micro = (usage["daily_usd"]["used_usd"].as_f64().unwrap() * 1e6).round() as u64;
