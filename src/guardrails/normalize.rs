@@ -26,6 +26,11 @@ pub fn normalize(text: &str) -> String {
     if text.is_ascii() {
         return normalize_ascii(text);
     }
+    normalize_general(text)
+}
+
+/// Every step of [`normalize`], for any text.
+fn normalize_general(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     // `true` while the last pushed char is a space (or nothing was pushed yet: trims the start).
     let mut in_space = true;
@@ -175,30 +180,6 @@ fn confusable(c: char) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The general path of [`normalize`], for comparing with its ASCII path.
-    fn normalize_general(text: &str) -> String {
-        let mut out = String::new();
-        let mut in_space = true;
-        for c in text.chars().filter(|&c| !is_invisible(c)).nfkc() {
-            if c.is_whitespace() {
-                if !in_space {
-                    out.push(' ');
-                    in_space = true;
-                }
-                continue;
-            }
-            in_space = false;
-            match confusable(c) {
-                Some(latin) => out.push(latin),
-                None => out.extend(c.to_lowercase()),
-            }
-        }
-        if out.ends_with(' ') {
-            out.pop();
-        }
-        out
-    }
 
     #[test]
     fn ascii_takes_a_shortcut_to_the_same_answer() {
