@@ -4,7 +4,6 @@
 //! once content has gone out there is no fallback.
 
 use serde_json::{json, Value};
-use std::net::TcpListener;
 use tollgate::config::{Config, ModelPrice, NamedUpstreamConfig};
 use tollgate_testkit::app::sse::SseReader;
 use tollgate_testkit::app::{chat_body, error_code, fast_mock, spawn_app, TestApp};
@@ -34,11 +33,14 @@ fn route(config: &mut Config, upstream: &str, upstream_model: &str) {
 }
 
 /// An address nothing listens on.
-fn closed_port_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}/v1")
+fn closed_port_url() -> (String, socket2::Socket) {
+    // Bound but not listening: connections are refused, and no other test's listener can take
+    // the port while the socket is held (a port merely freed could be, and would answer).
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (format!("http://{addr}/v1"), socket)
 }
 
 fn streamed(model: &str) -> Value {
@@ -102,7 +104,7 @@ async fn assert_served_by_backup(app: &TestApp, first_failure: &str) -> Value {
 
 #[actix_web::test]
 async fn a_provider_refusing_connections_is_replaced_by_the_fallback() {
-    let dead = closed_port_url();
+    let (dead, _held) = closed_port_url();
     let app = spawn_app(fast_mock(), |c| {
         c.upstreams.insert(
             "dead".into(),
