@@ -4,11 +4,16 @@
 //! a release `tollgate` in front of it, then opens streams one at a time, alternating direct and
 //! through the gateway in one run. Time to first token is measured from the first byte of the
 //! request written to the arrival of the first content delta, on a fresh loopback connection
-//! for both arms. Prints p50/p90/p99 of both arms and of the difference.
+//! for both arms. Prints p50/p90/p99 of both arms and of the difference, and each gateway's CPU
+//! per stream (schedstat). Pinned when `taskset` exists and there are two CPUs or more: the
+//! gateways on CPU 1, the mock and this driver on CPU 0 (`TTFT_PIN=0` leaves placement to the
+//! scheduler, which moved one process's median by tens of microseconds against another's).
 //!
 //! Run: `cargo bench --bench ttft` (TTFT_STREAMS=N sets the number of streams per arm;
 //! TTFT_GUARDRAILS=off turns the default output checks, secrets and canary, off in the gateway,
-//! `secrets` or `canary` keeps only that one, to measure what they cost).
+//! `secrets` or `canary` keeps only that one; a comma-separated list such as `off,secrets,default`
+//! runs two gateways per mode (started A B … B A) in the same run and prints each mode's paired
+//! difference to the first; `compare` is `off,default`).
 
 #![allow(clippy::expect_used, clippy::print_stdout)]
 
@@ -22,9 +27,25 @@ const SECRET: &str = "bench-secret";
 
 use tollgate_testkit::process::{self, Running};
 
+// The overhead bench's `/proc` readers and CPU pinning; this bench needs a few of them.
+#[allow(dead_code)]
+#[path = "overhead/measure.rs"]
+mod measure;
+#[allow(dead_code)]
+#[path = "overhead/setup.rs"]
+mod setup;
+
+use setup::{Pinning, DRIVER_CPU, PROXY_CPU};
+
 /// Spawns the binary and returns it with the address it logged as `listen`.
-fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Running, String) {
-    let mut command = Command::new(BIN);
+fn spawn(
+    pin: Pinning,
+    cpu: u32,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready_message: &str,
+) -> (Running, String) {
+    let mut command = pin.command(cpu, BIN);
     command
         .args(args)
         .env_clear()
@@ -94,7 +115,24 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
+    // Pinned (`TTFT_PIN=0` turns it off): every gateway on one CPU, the mock and this driver on
+    // the other, so all gateways run where the others do; left to the scheduler, where a
+    // process lands moved its median by tens of microseconds.
+    let wanted = std::env::var("TTFT_PIN").map_or(true, |v| v != "0");
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let pin = Pinning::choose(wanted, cpus);
+    pin.move_to_driver_cpu(std::process::id(), "the bench driver");
+    println!(
+        "pinned: {}",
+        if pin.taskset.is_some() {
+            "gateways on CPU 1, mock and driver on CPU 0"
+        } else {
+            "no"
+        }
+    );
     let (_mock, mock_addr) = spawn(
+        pin,
+        DRIVER_CPU,
         &[
             "mock-provider",
             "--listen",
@@ -111,31 +149,28 @@ fn main() {
     );
     let upstream = format!("http://{mock_addr}/v1");
     let mode = std::env::var("TTFT_GUARDRAILS").unwrap_or_default();
-    let (output_secrets, canary) = match mode.as_str() {
-        "off" => ("off", "false"),
-        "secrets" => ("block", "false"),
-        "canary" => ("off", "true"),
-        _ => ("block", "true"),
+    // `compare` runs a gateway with the output checks off next to one with the defaults, in one
+    // run, so their difference is measured side by side on the same machine state.
+    let modes: Vec<&str> = if mode == "compare" {
+        vec!["off", "default"]
+    } else {
+        mode.split(',').collect()
     };
-    println!("output checks: secrets {output_secrets}, canary {canary}");
-    let (_gateway, gateway_addr) = spawn(
-        &[],
-        &[
-            ("TOLLGATE_LISTEN", "127.0.0.1:0"),
-            ("TOLLGATE__SERVER__METRICS_LISTEN", "127.0.0.1:0"),
-            ("TOLLGATE_UPSTREAM_URL", &upstream),
-            ("TOLLGATE_JWT_SECRET", SECRET),
-            // One user sends every stream: lift the per-user windows and caps.
-            ("TOLLGATE__RATE__REQUESTS_PER_MINUTE", "100000000"),
-            ("TOLLGATE__RATE__REQUESTS_PER_DAY", "100000000"),
-            ("TOLLGATE__RATE__TOKENS_PER_DAY", "100000000000"),
-            ("TOLLGATE__COST__MAX_DAILY_USD", "1000000"),
-            ("TOLLGATE__COST__MAX_MONTHLY_USD", "1000000"),
-            ("TOLLGATE__GUARDRAILS__OUTPUT_SECRETS", output_secrets),
-            ("TOLLGATE__GUARDRAILS__CANARY", canary),
-        ],
-        "tollgate is serving",
-    );
+    // With several modes each runs as two gateways, started in the order A B … B A, so neither
+    // mode gains from where its process landed (the first one started measured slower).
+    let order: Vec<usize> = if modes.len() > 1 {
+        (0..modes.len()).chain((0..modes.len()).rev()).collect()
+    } else {
+        vec![0]
+    };
+    let gateways: Vec<(usize, Running, String)> = order
+        .iter()
+        .map(|&mode| {
+            let (output_secrets, canary) = output_checks(modes[mode]);
+            let (running, addr) = spawn_gateway(pin, &upstream, output_secrets, canary);
+            (mode, running, addr)
+        })
+        .collect();
     let token = {
         let out = Command::new(BIN)
             .args(["token", "--sub", "bench", "--plan", "pro", "--ttl", "3600"])
@@ -148,39 +183,124 @@ fn main() {
             .trim()
             .to_string()
     };
-    // Warm both paths (tokenizer, connection pools, page cache).
+    // Warm every path (tokenizer, connection pools, page cache).
     for _ in 0..20 {
         time_to_first_token(&mock_addr, "/v1/chat/completions", None);
-        time_to_first_token(&gateway_addr, "/v1/chat/completions", Some(&token));
-    }
-    let mut direct = Vec::with_capacity(streams);
-    let mut via = Vec::with_capacity(streams);
-    for i in 0..streams {
-        let run_direct =
-            || time_to_first_token(&mock_addr, "/v1/chat/completions", None).as_secs_f64() * 1e3;
-        let run_gateway = || {
-            time_to_first_token(&gateway_addr, "/v1/chat/completions", Some(&token)).as_secs_f64()
-                * 1e3
-        };
-        if i % 2 == 0 {
-            direct.push(run_direct());
-            via.push(run_gateway());
-        } else {
-            via.push(run_gateway());
-            direct.push(run_direct());
+        for (_, _, addr) in &gateways {
+            time_to_first_token(addr, "/v1/chat/completions", Some(&token));
         }
     }
-    let added: Vec<f64> = via.iter().zip(&direct).map(|(g, d)| g - d).collect();
-    println!("time to first token, {streams} streams per arm, interleaved, one at a time");
+    let arms = gateways.len() + 1;
+    let cpu_before: Vec<u64> = gateways
+        .iter()
+        .map(|(_, running, _)| measure::cpu_ns(running.0.id()))
+        .collect();
+    // samples[0]: direct; samples[1 + m]: mode m, one value per round (the mean of its gateways).
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(streams); modes.len() + 1];
+    for i in 0..streams {
+        let mut round = vec![0.0; modes.len() + 1];
+        // Rotate the order each round so no arm always follows another.
+        for k in 0..arms {
+            let arm = (i + k) % arms;
+            let (slot, ttft) = if arm == 0 {
+                (
+                    0,
+                    time_to_first_token(&mock_addr, "/v1/chat/completions", None),
+                )
+            } else {
+                let (mode, _, addr) = &gateways[arm - 1];
+                let ttft = time_to_first_token(addr, "/v1/chat/completions", Some(&token));
+                (mode + 1, ttft)
+            };
+            round[slot] += ttft.as_secs_f64() * 1e3;
+        }
+        let per_mode = (arms - 1) / modes.len();
+        for (slot, total) in round.into_iter().enumerate() {
+            let count = if slot == 0 { 1 } else { per_mode };
+            samples[slot].push(total / count as f64);
+        }
+    }
+    let mut cpu_per_mode = vec![0u64; modes.len()];
+    for ((mode, running, _), before) in gateways.iter().zip(cpu_before) {
+        cpu_per_mode[*mode] += measure::cpu_ns(running.0.id()).saturating_sub(before);
+    }
+    let streams_per_mode = (streams * (arms - 1) / modes.len()) as f64;
+    let direct = &samples[0];
+    println!("time to first token, {streams} rounds, interleaved, one stream at a time");
     summary("direct to mock", direct.clone());
-    summary("through tollgate", via.clone());
-    summary("added (paired difference)", added);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         percentile(&v, 50.0)
     };
-    println!(
-        "ratio of medians (tollgate / direct): {:.2}",
-        median(via) / median(direct)
-    );
+    for (mode, name) in modes.iter().enumerate() {
+        let (output_secrets, canary) = output_checks(name);
+        let via = &samples[mode + 1];
+        let instances = if modes.len() > 1 {
+            ", mean of 2 gateways"
+        } else {
+            ""
+        };
+        println!("tollgate {name} (secrets {output_secrets}, canary {canary}{instances})");
+        summary("  through tollgate", via.clone());
+        summary("  added (paired difference)", paired(via, direct));
+        println!(
+            "  gateway CPU per stream: {:.1} us",
+            cpu_per_mode[mode] as f64 / streams_per_mode / 1e3
+        );
+        println!(
+            "  ratio of medians (tollgate / direct): {:.2}",
+            median(via.clone()) / median(direct.clone())
+        );
+    }
+    for (mode, name) in modes.iter().enumerate().skip(1) {
+        summary(
+            &format!("{name} - {}", modes[0]),
+            paired(&samples[mode + 1], &samples[1]),
+        );
+    }
+}
+
+/// Output checks `(output_secrets, canary)` for a `TTFT_GUARDRAILS` mode; anything else is the
+/// shipped default (secrets blocked, canary on).
+fn output_checks(mode: &str) -> (&'static str, &'static str) {
+    match mode {
+        "off" => ("off", "false"),
+        "secrets" => ("block", "false"),
+        "canary" => ("off", "true"),
+        _ => ("block", "true"),
+    }
+}
+
+/// Per-round differences `a[i] - b[i]` of two arms measured in the same rounds.
+fn paired(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+/// A release gateway in front of `upstream` with the given output checks.
+fn spawn_gateway(
+    pin: Pinning,
+    upstream: &str,
+    output_secrets: &str,
+    canary: &str,
+) -> (Running, String) {
+    spawn(
+        pin,
+        PROXY_CPU,
+        &[],
+        &[
+            ("TOLLGATE_LISTEN", "127.0.0.1:0"),
+            ("TOLLGATE__SERVER__METRICS_LISTEN", "127.0.0.1:0"),
+            ("TOLLGATE_UPSTREAM_URL", upstream),
+            ("TOLLGATE_JWT_SECRET", SECRET),
+            // One user sends every stream: lift the per-user windows and caps.
+            ("TOLLGATE__RATE__REQUESTS_PER_MINUTE", "100000000"),
+            ("TOLLGATE__RATE__REQUESTS_PER_DAY", "100000000"),
+            ("TOLLGATE__RATE__TOKENS_PER_DAY", "100000000000"),
+            ("TOLLGATE__COST__MAX_DAILY_USD", "1000000"),
+            ("TOLLGATE__COST__MAX_MONTHLY_USD", "1000000"),
+            ("TOLLGATE__GUARDRAILS__OUTPUT_SECRETS", output_secrets),
+            ("TOLLGATE__GUARDRAILS__CANARY", canary),
+        ],
+        "tollgate is serving",
+    )
 }

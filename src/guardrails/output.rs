@@ -271,15 +271,21 @@ impl StartFilter {
 
     /// Whether some rule may begin a match at byte `at` of `buf` (a character boundary).
     fn may_start_at(&self, buf: &[u8], at: usize) -> bool {
-        let before = at
-            .checked_sub(1)
-            .and_then(|i| buf.get(i))
-            .map_or(256, |&b| usize::from(b));
-        let class = usize::from(self.class_of[before]);
-        match (self.may_start.get(class), buf.get(at)) {
-            (Some(row), Some(&byte)) => row[usize::from(byte)],
-            _ => true,
+        let before = at.checked_sub(1).and_then(|i| buf.get(i)).copied();
+        match buf.get(at) {
+            Some(&byte) => self.may_start_after(before, byte),
+            None => true,
         }
+    }
+
+    /// Whether some rule may begin a match at a character starting with `byte`, after the byte
+    /// `before` (`None`: the text's start).
+    fn may_start_after(&self, before: Option<u8>, byte: u8) -> bool {
+        let before = before.map_or(256, usize::from);
+        let class = usize::from(self.class_of[before]);
+        self.may_start
+            .get(class)
+            .is_none_or(|row| row[usize::from(byte)])
     }
 }
 
@@ -487,6 +493,9 @@ impl StreamScanner {
 
     /// Feed the next delta; returns what can be released now.
     pub fn push(&mut self, delta: &str) -> ScanOutput {
+        if self.release_whole(delta) {
+            return ScanOutput::Text(delta.to_string());
+        }
         let rules = Arc::clone(&self.rules);
         let mut caches = rules.caches.get();
         self.push_with(&rules, &mut caches, delta)
@@ -497,6 +506,36 @@ impl StreamScanner {
         let rules = Arc::clone(&self.rules);
         let mut caches = rules.caches.get();
         self.finish_with(&rules, &mut caches)
+    }
+
+    /// The fast path of ordinary text: when nothing is held and no rule may begin a match at
+    /// any character of `delta` (by the start filter, which sees the character before each
+    /// one), takes all of it as released, as it came, without running an automaton (only its
+    /// last character stays, as look-behind context) and answers true. Otherwise changes
+    /// nothing and answers false: [`push`](Self::push) it. [`push`](Self::push) answers the
+    /// same for such a delta, with a copy of it.
+    pub fn release_whole(&mut self, delta: &str) -> bool {
+        if self.blocked.is_some()
+            || self.finished
+            || self.start != self.buf.len()
+            || delta.is_empty()
+        {
+            return false;
+        }
+        let starts = &self.rules.starts;
+        let mut before = self.buf.as_bytes().last().copied();
+        for &byte in delta.as_bytes() {
+            // UTF-8 continuation bytes are inside a character: no match begins there.
+            if !is_utf8_continuation(byte) && starts.may_start_after(before, byte) {
+                return false;
+            }
+            before = Some(byte);
+        }
+        let last = delta.char_indices().next_back().map_or(0, |(i, _)| i);
+        self.buf.clear();
+        self.buf.push_str(&delta[last..]);
+        self.start = self.buf.len();
+        true
     }
 
     /// [`push`](Self::push) with these rules' caches in hand.
@@ -540,16 +579,20 @@ impl StreamScanner {
     fn advance(&mut self, rules: &Rules, caches: &mut Caches, ended: bool) -> ScanOutput {
         let mut out = String::new();
         loop {
-            let decidable = if ended {
-                self.buf.len()
+            let (decidable, candidates) = if ended {
+                let end = self.buf.len();
+                (end, self.may_start_in(&rules.starts, end))
             } else {
                 self.decidable_end(&rules.list, &rules.starts, caches)
             };
             let mut best: Option<(usize, Found)> = None;
-            for (index, rule) in rules.list.iter().enumerate() {
-                if let Some(found) = self.first_match(rule, self.start, decidable) {
-                    if best.is_none_or(|(_, b)| found.start < b.start) {
-                        best = Some((index, found));
+            // No rule can begin a match where the start filter says none may: skip the search.
+            if candidates {
+                for (index, rule) in rules.list.iter().enumerate() {
+                    if let Some(found) = self.first_match(rule, self.start, decidable) {
+                        if best.is_none_or(|(_, b)| found.start < b.start) {
+                            best = Some((index, found));
+                        }
                     }
                 }
             }
@@ -595,25 +638,37 @@ impl StreamScanner {
 
     /// Byte offset of the first held position where some rule could still begin a match (its
     /// automaton, run over the text received so far, has neither died nor filled its window);
-    /// everything before it can be decided now. The end of the buffer when there is none.
+    /// everything before it can be decided now. The end of the buffer when there is none. With
+    /// it, whether the start filter let any position before that offset through (if not, no
+    /// match begins in the decidable text).
     fn decidable_end(
         &self,
         rules: &[CompiledRule],
         starts: &StartFilter,
         caches: &mut Caches,
-    ) -> usize {
+    ) -> (usize, bool) {
         let mut at = self.start;
+        let mut candidates = false;
         while at < self.buf.len() {
             if starts.may_start_at(self.buf.as_bytes(), at) {
                 for (rule, cache) in rules.iter().zip(caches.iter_mut()) {
                     if could_start(rule, cache, &self.buf, at) {
-                        return at;
+                        return (at, candidates);
                     }
                 }
+                candidates = true;
             }
             at += self.buf[at..].chars().next().map_or(1, char::len_utf8);
         }
-        self.buf.len()
+        (self.buf.len(), candidates)
+    }
+
+    /// Whether the start filter lets some position of the held text before byte `end` through.
+    fn may_start_in(&self, starts: &StartFilter, end: usize) -> bool {
+        self.buf.get(self.start..end).is_some_and(|held| {
+            held.char_indices()
+                .any(|(i, _)| starts.may_start_at(self.buf.as_bytes(), self.start + i))
+        })
     }
 
     /// The first match of `rule` starting in `from..decidable`.
@@ -673,6 +728,11 @@ impl StreamScanner {
             self.start -= keep_from;
         }
     }
+}
+
+/// Whether `byte` continues a UTF-8 character (is not the first byte of one).
+fn is_utf8_continuation(byte: u8) -> bool {
+    byte & 0xC0 == 0x80
 }
 
 fn compile(id: &str, pattern: &str, case_insensitive: bool) -> Result<Regex, String> {

@@ -75,11 +75,19 @@ impl OutputFilter {
     }
 
     fn push(&mut self, key: (usize, Slot), text: &str) -> ScanOutput {
+        self.scanner(key).push(text)
+    }
+
+    /// [`push`](Self::push) without a copy when the text is released whole, as it came
+    /// (ordinary text): `None` then.
+    fn scan(&mut self, key: (usize, Slot), text: &str) -> Option<ScanOutput> {
+        let scanner = self.scanner(key);
+        (!scanner.release_whole(text)).then(|| scanner.push(text))
+    }
+
+    fn scanner(&mut self, key: (usize, Slot)) -> &mut StreamScanner {
         let template = &self.template;
-        self.scanners
-            .entry(key)
-            .or_insert_with(|| template.clone())
-            .push(text)
+        self.scanners.entry(key).or_insert_with(|| template.clone())
     }
 
     /// Passes a chunk's texts through the scanners; a choice that finishes in this chunk also
@@ -123,8 +131,11 @@ impl OutputFilter {
                 (Slot::Refusal, &delta.refusal),
             ] {
                 if let Some(text) = text {
+                    let Some(out) = self.scan((index, slot), text) else {
+                        anything_to_send |= !text.is_empty();
+                        continue;
+                    };
                     let mut released = String::new();
-                    let out = self.push((index, slot), text);
                     let unchanged =
                         matches!(&out, ScanOutput::Text(t) if t.as_str() == text.as_ref());
                     anything_to_send |= apply(out, &mut released, &mut blocked);
@@ -144,8 +155,10 @@ impl OutputFilter {
                     let key = (index, Slot::ToolArguments(tool as usize));
                     let args = call.function.as_ref().and_then(|f| f.arguments.as_ref());
                     if let Some(args) = args.map(|a| a.0.as_ref()) {
+                        let Some(out) = self.scan(key, args) else {
+                            continue;
+                        };
                         let mut released = String::new();
-                        let out = self.push(key, args);
                         let unchanged = matches!(&out, ScanOutput::Text(t) if t == args);
                         apply(out, &mut released, &mut blocked);
                         if !unchanged {
@@ -170,7 +183,9 @@ impl OutputFilter {
                 anything_to_send = true;
             }
             edit.null_finish = blocked.is_some();
-            edits.push(edit);
+            if !edit.texts.is_empty() || !edit.tails.is_empty() || edit.null_finish {
+                edits.push(edit);
+            }
         }
         if !changed && blocked.is_none() {
             return if anything_to_send {

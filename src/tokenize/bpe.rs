@@ -10,6 +10,7 @@
 //! becomes a plain `\s+` whose match gives back its last character when a non-space follows
 //! ([`Vocabulary::for_each_piece`]). The tests check the tokens against tiktoken-rs.
 
+use regex_automata::{meta, Anchored, Input};
 use rustc_hash::FxBuildHasher;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
@@ -26,7 +27,7 @@ pub struct Vocabulary {
     slots: Vec<u32>,
     /// The pre-tokenizer: text is cut into pieces first, and each piece is encoded on its own.
     /// tiktoken's pattern with `\s+(?!\S)` written as `\s+` (see [`Vocabulary::for_each_piece`]).
-    splitter: regex::Regex,
+    splitter: meta::Regex,
 }
 
 impl std::fmt::Debug for Vocabulary {
@@ -66,7 +67,7 @@ impl Vocabulary {
         if at as usize != bytes.len() {
             return Err(format!("lengths add up to {at}, data is {}", bytes.len()));
         }
-        let splitter = regex::Regex::new(pattern).map_err(|e| e.to_string())?;
+        let splitter = meta::Regex::new(pattern).map_err(|e| e.to_string())?;
         let mut vocabulary = Self {
             bytes,
             starts,
@@ -148,11 +149,20 @@ impl Vocabulary {
     fn for_each_piece(&self, text: &str, mut piece: impl FnMut(usize, usize)) {
         let mut at = 0;
         while at < text.len() {
-            let Some(found) = self.splitter.find_at(text, at) else {
+            // Every character starts a match of some alternative of tiktoken's patterns, so the
+            // next piece starts where the last one ended: an anchored search finds it without
+            // the reverse scan an unanchored one needs for the start (the unanchored search
+            // stays as the rule, should a pattern ever leave a character unmatched).
+            let rest = Input::new(text).range(at..);
+            let found = self
+                .splitter
+                .search(&rest.clone().anchored(Anchored::Yes))
+                .or_else(|| self.splitter.search(&rest));
+            let Some(found) = found else {
                 break;
             };
             let (start, mut end) = (found.start(), found.end());
-            let run = found.as_str();
+            let run = &text[start..end];
             if end < text.len()
                 && run
                     .chars()
