@@ -138,6 +138,62 @@ proptest::proptest! {
     }
 }
 
+/// Pieces of `text` by the hand-written ASCII split and by the regex, for both encodings.
+fn assert_same_ascii_pieces(text: &str) {
+    for (name, vocabulary, _) in pairs() {
+        let split = match name {
+            "o200k_base" => AsciiSplit::O200k,
+            _ => AsciiSplit::Cl100k,
+        };
+        let mut by_hand = Vec::new();
+        vocabulary.for_each_piece_with(text, Some(split), |s, e| by_hand.push((s, e)));
+        let mut by_regex = Vec::new();
+        vocabulary.for_each_piece_with(text, None, |s, e| by_regex.push((s, e)));
+        assert_eq!(by_hand, by_regex, "{name} on {text:?}");
+    }
+}
+
+/// Every ASCII character, with the ones the patterns treat specially weighted up.
+fn ascii_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let special = prop::sample::select(vec![
+        "'s", "'S", "'t", "'re", "'RE", "'ve", "'m", "'ll", "'Ll", "'d", "'x", "'", " ", "  ",
+        "\n", "\r\n", " \n ", "\t", "\x0B", "\x0C", "/", " /", "!/\n/", "A", "AB", "Ab", "aB",
+        "ab", "1", "1234", " 12", "-", " -", ".", "\x00", "\x1F", "\x7F", "~",
+    ])
+    .prop_map(str::to_owned);
+    let any = (0u8..128).prop_map(|b| char::from(b).to_string());
+    prop::collection::vec(prop_oneof![special, any], 0..60).prop_map(|parts| parts.concat())
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_ascii_split_cuts_as_the_regex_does(text in ascii_text()) {
+        assert_same_ascii_pieces(&text);
+    }
+
+    #[test]
+    fn same_tokens_as_tiktoken_on_random_ascii(text in ascii_text()) {
+        assert_same_tokens(&text);
+    }
+}
+
+#[test]
+fn the_ascii_split_cuts_prose_and_code_as_the_regex_does() {
+    for text in [
+        "",
+        "Hello, World! It's a test: don't STOP'S we'LL see.\r\n\tIndented  twice   end  ",
+        "fn main() {\n    let x = 42; // answer\n}\n\n",
+        "  leading and trailing   ",
+        "a\n\n\nb \n \n c\r\r",
+        "ALLCAPS lower CamelCase mixedCASE X y Z's",
+        "12345678 1.5e10 0x1F -3 +4 a1b2c3",
+    ] {
+        assert_same_ascii_pieces(text);
+        assert_same_tokens(text);
+    }
+}
+
 #[test]
 fn the_table_finds_every_byte_and_no_stranger() {
     for (_, vocabulary, _) in pairs() {
