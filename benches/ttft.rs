@@ -151,10 +151,10 @@ fn main() {
     let mode = std::env::var("TTFT_GUARDRAILS").unwrap_or_default();
     // `compare` runs a gateway with the output checks off next to one with the defaults, in one
     // run, so their difference is measured side by side on the same machine state.
-    let modes: Vec<&str> = if mode == "compare" {
-        vec!["off", "default"]
-    } else {
-        mode.split(',').collect()
+    let modes: Vec<&str> = match mode.as_str() {
+        "compare" => vec!["off", "default"],
+        "" => vec!["default"],
+        _ => mode.split(',').collect(),
     };
     // With several modes each runs as two gateways, started in the order A B … B A, so neither
     // mode gains from where its process landed (the first one started measured slower).
