@@ -246,7 +246,15 @@ fn users_on(cluster: &RedisCluster, master: usize, n: usize) -> Vec<&'static str
 #[test]
 fn slots_moving_between_masters_under_load_lose_and_double_count_nothing() {
     let cluster = RedisCluster::start(3);
-    let env = env_for(&cluster, ROOMY);
+    // A call that meets the split retries until the slot has moved. The test moves it key by
+    // key through redis-cli processes, which on a loaded machine took over the usual 2 s (two
+    // meter calls timed out in a CI run): here calls may wait as long as the move can take.
+    let patient: Vec<(&str, &str)> = ROOMY
+        .iter()
+        .copied()
+        .chain([("TOLLGATE__REDIS__OP_TIMEOUT_MS", "10000")])
+        .collect();
+    let env = env_for(&cluster, &patient);
     let (a, b) = (logged_gateway(&env), logged_gateway(&env));
     let replicas = [a.listen.clone(), b.listen.clone()];
     let movers = users_on(&cluster, 0, 2);
