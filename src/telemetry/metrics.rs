@@ -21,14 +21,17 @@
 //!
 //! This module reaches into nothing else of the crate; callers hand it plain values.
 
-use std::collections::{BTreeMap, HashSet};
+use rustc_hash::FxBuildHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
 };
 use metrics_exporter_prometheus::{
     BuildError, Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -207,6 +210,23 @@ struct Global {
     local: Option<PrometheusRecorder>,
     /// micro-USD by (feature, plan, model); bounded because all three labels are.
     cost: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// The request counters of each label set seen, by a hash of the labels; bounded because
+    /// every label is.
+    request_series: Mutex<HashMap<u64, Vec<Arc<RequestSeries>>, FxBuildHasher>>,
+    /// The unlabelled latency histograms, resolved once.
+    request_duration: Histogram,
+    time_to_first_token: Histogram,
+}
+
+/// The counters one finished request moves, for one (feature, plan, model, outcome): resolved
+/// once, where the `counter!` macro would build three labelled keys (twelve label strings),
+/// hash them and search the registry on every request.
+#[derive(Debug)]
+struct RequestSeries {
+    labels: [String; 4],
+    requests: Counter,
+    input_tokens: Counter,
+    output_tokens: Counter,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
@@ -236,10 +256,26 @@ impl Global {
                 Some(error.into_inner())
             }
         };
+        let histograms = |local: &Option<PrometheusRecorder>| {
+            let resolve = || {
+                (
+                    histogram!(REQUEST_DURATION_SECONDS),
+                    histogram!(TIME_TO_FIRST_TOKEN_SECONDS),
+                )
+            };
+            match local {
+                Some(recorder) => metrics::with_local_recorder(recorder, resolve),
+                None => resolve(),
+            }
+        };
+        let (request_duration, time_to_first_token) = histograms(&local);
         let global = Global {
             handle,
             local,
             cost: Mutex::new(BTreeMap::new()),
+            request_series: Mutex::new(HashMap::default()),
+            request_duration,
+            time_to_first_token,
         };
         global.with_recorder(|| {
             describe_all();
@@ -252,6 +288,50 @@ impl Global {
             }
         });
         global
+    }
+
+    /// The request counters of `(feature, plan, model, outcome)`, registered on first use.
+    fn request_series(&self, labels: [&str; 4]) -> Arc<RequestSeries> {
+        let key = FxBuildHasher.hash_one(labels);
+        let mut series = self
+            .request_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let bucket = series.entry(key).or_default();
+        if let Some(found) = bucket.iter().find(|s| s.labels == labels) {
+            return Arc::clone(found);
+        }
+        let [feature, plan, model, outcome] = labels.map(str::to_owned);
+        let found = Arc::new(self.with_recorder(|| {
+            let tokens = |direction: &'static str| {
+                counter!(
+                    TOKENS_TOTAL,
+                    "direction" => direction,
+                    "feature" => feature.clone(),
+                    "plan" => plan.clone(),
+                    "model" => model.clone(),
+                )
+            };
+            RequestSeries {
+                requests: counter!(
+                    REQUESTS_TOTAL,
+                    "feature" => feature.clone(),
+                    "plan" => plan.clone(),
+                    "model" => model.clone(),
+                    "outcome" => outcome.clone(),
+                ),
+                input_tokens: tokens("input"),
+                output_tokens: tokens("output"),
+                labels: [
+                    feature.clone(),
+                    plan.clone(),
+                    model.clone(),
+                    outcome.clone(),
+                ],
+            }
+        }));
+        bucket.push(Arc::clone(&found));
+        found
     }
 
     /// Runs `f` so that the `metrics` macros inside it reach our recorder.
@@ -455,30 +535,15 @@ impl Metrics {
         let labels = self.inner.labels.load();
         let feature = labels.feature(r.feature);
         let model = labels.model(r.model);
-        self.inner.global.with_recorder(|| {
-            counter!(
-                REQUESTS_TOTAL,
-                "feature" => feature.to_owned(),
-                "plan" => r.plan.to_owned(),
-                "model" => model.to_owned(),
-                "outcome" => r.outcome.to_owned(),
-            )
-            .increment(1);
-            for (direction, tokens) in [("input", r.input_tokens), ("output", r.output_tokens)] {
-                counter!(
-                    TOKENS_TOTAL,
-                    "direction" => direction,
-                    "feature" => feature.to_owned(),
-                    "plan" => r.plan.to_owned(),
-                    "model" => model.to_owned(),
-                )
-                .increment(tokens);
-            }
-            histogram!(REQUEST_DURATION_SECONDS).record(r.duration.as_secs_f64());
-            if let Some(ttft) = r.ttft {
-                histogram!(TIME_TO_FIRST_TOKEN_SECONDS).record(ttft.as_secs_f64());
-            }
-        });
+        let global = &self.inner.global;
+        let series = global.request_series([feature, r.plan, model, r.outcome]);
+        series.requests.increment(1);
+        series.input_tokens.increment(r.input_tokens);
+        series.output_tokens.increment(r.output_tokens);
+        global.request_duration.record(r.duration.as_secs_f64());
+        if let Some(ttft) = r.ttft {
+            global.time_to_first_token.record(ttft.as_secs_f64());
+        }
         {
             let mut cost = self
                 .inner

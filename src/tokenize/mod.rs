@@ -17,6 +17,7 @@ mod bpe;
 
 use ascii_split::AsciiSplit;
 use bpe::Vocabulary;
+use rustc_hash::FxBuildHasher;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -126,17 +127,18 @@ const MEMO_ENTRIES: usize = 8192;
 
 /// Token counts of texts seen recently on this thread, by encoding and a keyed 128-bit hash of
 /// the text (two independent SipHash keys: no text is kept, and a collision needs one of
-/// 2^128 values).
+/// 2^128 values). The table hashes those keys again with Fx, not a third SipHash: they are
+/// already uniform and secret, so no one can aim texts at one bucket.
 struct Memo {
     keys: (RandomState, RandomState),
-    counts: HashMap<(usize, u64, u64), u64>,
+    counts: HashMap<(usize, u64, u64), u64, FxBuildHasher>,
 }
 
 impl Memo {
     fn new() -> Self {
         Self {
             keys: (RandomState::new(), RandomState::new()),
-            counts: HashMap::new(),
+            counts: HashMap::default(),
         }
     }
 
