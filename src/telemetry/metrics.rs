@@ -256,19 +256,12 @@ impl Global {
                 Some(error.into_inner())
             }
         };
-        let histograms = |local: &Option<PrometheusRecorder>| {
-            let resolve = || {
-                (
-                    histogram!(REQUEST_DURATION_SECONDS),
-                    histogram!(TIME_TO_FIRST_TOKEN_SECONDS),
-                )
-            };
-            match local {
-                Some(recorder) => metrics::with_local_recorder(recorder, resolve),
-                None => resolve(),
-            }
-        };
-        let (request_duration, time_to_first_token) = histograms(&local);
+        let (request_duration, time_to_first_token) = in_recorder(local.as_ref(), || {
+            (
+                histogram!(REQUEST_DURATION_SECONDS),
+                histogram!(TIME_TO_FIRST_TOKEN_SECONDS),
+            )
+        });
         let global = Global {
             handle,
             local,
@@ -336,10 +329,15 @@ impl Global {
 
     /// Runs `f` so that the `metrics` macros inside it reach our recorder.
     fn with_recorder<T>(&self, f: impl FnOnce() -> T) -> T {
-        match &self.local {
-            Some(recorder) => metrics::with_local_recorder(recorder, f),
-            None => f(),
-        }
+        in_recorder(self.local.as_ref(), f)
+    }
+}
+
+/// Runs `f` so that the `metrics` macros inside it reach `local`, or the global recorder.
+fn in_recorder<T>(local: Option<&PrometheusRecorder>, f: impl FnOnce() -> T) -> T {
+    match local {
+        Some(recorder) => metrics::with_local_recorder(recorder, f),
+        None => f(),
     }
 }
 
