@@ -165,6 +165,10 @@ async def http(port, method, path, headers=None, body=None, timeout=30.0):
         except ConnectionRefusedError:
             resp.error = "refused"
             return
+        except (ConnectionResetError, ConnectionAbortedError):
+            # A replica killed with the connection still in its listen backlog.
+            resp.error = "reset"
+            return
         try:
             payload = body if body is not None else b""
             lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
