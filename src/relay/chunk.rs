@@ -48,11 +48,62 @@ pub struct ChunkView<'a> {
     #[serde(default)]
     pub created: Option<u64>,
     #[serde(borrow, default)]
-    choices: Option<Vec<ChoiceView<'a>>>,
+    pub(super) choices: Option<Vec<ChoiceView<'a>>>,
     #[serde(default)]
-    usage: Option<UsageView>,
+    pub(super) usage: Option<UsageView>,
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    pub(super) error: Option<serde::de::IgnoredAny>,
+    /// OpenAI's padding string (random per chunk): read for where it lies, which
+    /// [`super::chunk_layout`] needs, and otherwise ignored.
+    #[serde(borrow, default)]
+    pub(super) obfuscation: Padding<'a>,
+}
+
+/// A field of any JSON value, kept when it is a string without escapes (borrowed from the
+/// chunk); any other value is read past, as an ignored field is.
+#[derive(Debug, Default)]
+pub struct Padding<'a>(pub Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Padding<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PaddingVisitor;
+        impl<'de> Visitor<'de> for PaddingVisitor {
+            type Value = Padding<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Padding(Some(v)))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Padding(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Padding(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Padding(None))
+            }
+        }
+        deserializer.deserialize_any(PaddingVisitor)
+    }
 }
 
 /// One choice of a chunk. Read as a map: `index` of any type (an unsigned integer is kept, as
@@ -277,7 +328,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ToolCallView<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-struct UsageView {
+pub(super) struct UsageView {
     #[serde(default)]
     prompt_tokens: Option<u64>,
     #[serde(default)]

@@ -10,6 +10,7 @@
 pub mod anthropic;
 pub mod attempts;
 pub mod chunk;
+pub mod chunk_layout;
 pub mod complete;
 pub mod health;
 pub mod output_filter;

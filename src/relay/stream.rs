@@ -21,6 +21,7 @@
 use super::anthropic::StreamTranslator;
 use super::attempts::{failed_before_content, Attempts, Started};
 use super::chunk::{truncate_chunk, with_cost, Payload, StreamIdentity};
+use super::chunk_layout::ChunkReader;
 use super::output_filter::{Filtered, OutputFilter};
 use super::sse::{encode_data, SseEvent, SseParser, DONE};
 use super::upstream::UpstreamResponse;
@@ -141,6 +142,8 @@ struct Relay<'t> {
     batch: Batch,
     started: Instant,
     identity: StreamIdentity,
+    /// Reads the provider's payloads (repeat content chunks without a parse).
+    reader: ChunkReader,
     output_tokens: u64,
     upstream_usage: Option<Usage>,
     /// The provider's usage-only chunk, held until the ending is known: it goes out (with the
@@ -199,6 +202,7 @@ impl StreamTask {
             batch: job.batch,
             started: job.started,
             identity: StreamIdentity::default(),
+            reader: ChunkReader::default(),
             output_tokens: 0,
             upstream_usage: None,
             held_usage: None,
@@ -464,7 +468,7 @@ impl Relay<'_> {
         let payload = if name == Some("error") {
             Payload::Error
         } else {
-            Payload::parse(data)
+            self.reader.parse(data)
         };
         let view = match payload {
             Payload::Done => return Some(Outcome::Completed),
