@@ -366,15 +366,15 @@ impl Relay<'_> {
         self.output_tokens >= self.max_output_tokens
     }
 
-    /// How long the upstream may stay silent now: until its first-byte time before its first
+    /// Until when the upstream may stay silent now: its first-byte time before its first
     /// event, a short grace once the cap is reached, else the idle timeout.
-    fn silence_allowed(&self) -> Duration {
+    fn quiet_until(&self) -> Instant {
         if let Some(by) = self.first_event_by {
-            by.saturating_duration_since(Instant::now())
+            by
         } else if self.at_cap() {
-            AFTER_CAP_GRACE
+            Instant::now() + AFTER_CAP_GRACE
         } else {
-            self.idle_timeout
+            Instant::now() + self.idle_timeout
         }
     }
 
@@ -386,40 +386,49 @@ impl Relay<'_> {
         let mut parser = SseParser::new(max_event_bytes);
         let mut events: Vec<SseEvent> = Vec::new();
         let mut translated: Vec<String> = Vec::new();
+        // One timer and one watch on the client for the whole stream, re-armed per read
+        // (a timer pushed later is not moved in tokio's wheel until it would fire).
+        let client = self.tx.clone();
+        let client_gone = client.closed();
+        tokio::pin!(client_gone);
+        let quiet = tokio::time::sleep_until(self.quiet_until());
+        tokio::pin!(quiet);
         loop {
-            let silence = self.silence_allowed();
+            let until = self.quiet_until();
+            quiet.as_mut().reset(until);
             let read = tokio::select! {
                 biased;
-                _ = self.tx.closed() => return Outcome::ClientGone,
+                _ = &mut client_gone => return Outcome::ClientGone,
                 _ = &mut self.deadline => return Outcome::CutDeadline,
-                read = tokio::time::timeout(silence, upstream.next()) => read,
+                read = upstream.next() => Some(read),
+                _ = &mut quiet => None,
             };
             let at_eof = match read {
-                Err(_) if self.first_event_by.is_some() => {
+                None if self.first_event_by.is_some() => {
                     tracing::warn!("upstream sent no first event within its first-byte timeout");
                     return self.failed(AttemptFailure::Timeout);
                 }
-                Err(_) => {
+                None => {
                     if !self.at_cap() {
                         tracing::warn!(
-                            idle_ms = silence.as_millis() as u64,
+                            idle_ms = self.idle_timeout.as_millis() as u64,
                             "upstream went silent"
                         );
                     }
                     return self.failed(AttemptFailure::Broken);
                 }
-                Ok(Some(Ok(bytes))) => {
+                Some(Some(Ok(bytes))) => {
                     if let Err(e) = parser.feed(&bytes, &mut events) {
                         tracing::warn!(error = %e, "upstream stream is not usable SSE");
                         return self.failed(AttemptFailure::Unusable);
                     }
                     false
                 }
-                Ok(Some(Err(e))) => {
+                Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, "upstream stream broke");
                     return self.failed(AttemptFailure::Broken);
                 }
-                Ok(None) => {
+                Some(None) => {
                     self.upstream_ended = true;
                     parser.finish(&mut events);
                     true
