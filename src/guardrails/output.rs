@@ -493,12 +493,19 @@ impl StreamScanner {
 
     /// Feed the next delta; returns what can be released now.
     pub fn push(&mut self, delta: &str) -> ScanOutput {
+        self.push_unless_whole(delta)
+            .unwrap_or_else(|| ScanOutput::Text(delta.to_string()))
+    }
+
+    /// [`push`](Self::push) without copying ordinary text: `None` when
+    /// [`release_whole`](Self::release_whole) took all of `delta`, as it came.
+    pub fn push_unless_whole(&mut self, delta: &str) -> Option<ScanOutput> {
         if self.release_whole(delta) {
-            return ScanOutput::Text(delta.to_string());
+            return None;
         }
         let rules = Arc::clone(&self.rules);
         let mut caches = rules.caches.get();
-        self.push_with(&rules, &mut caches, delta)
+        Some(self.push_with(&rules, &mut caches, delta))
     }
 
     /// End of stream: scan and release the held tail.
@@ -512,9 +519,8 @@ impl StreamScanner {
     /// any character of `delta` (by the start filter, which sees the character before each
     /// one), takes all of it as released, as it came, without running an automaton (only its
     /// last character stays, as look-behind context) and answers true. Otherwise changes
-    /// nothing and answers false: [`push`](Self::push) it. [`push`](Self::push) answers the
-    /// same for such a delta, with a copy of it.
-    pub fn release_whole(&mut self, delta: &str) -> bool {
+    /// nothing and answers false. [`push`](Self::push) tries this first.
+    fn release_whole(&mut self, delta: &str) -> bool {
         if self.blocked.is_some()
             || self.finished
             || self.start != self.buf.len()

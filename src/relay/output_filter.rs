@@ -81,8 +81,7 @@ impl OutputFilter {
     /// [`push`](Self::push) without a copy when the text is released whole, as it came
     /// (ordinary text): `None` then.
     fn scan(&mut self, key: (usize, Slot), text: &str) -> Option<ScanOutput> {
-        let scanner = self.scanner(key);
-        (!scanner.release_whole(text)).then(|| scanner.push(text))
+        self.scanner(key).push_unless_whole(text)
     }
 
     fn scanner(&mut self, key: (usize, Slot)) -> &mut StreamScanner {
