@@ -18,7 +18,7 @@ cd "$ROOT/fuzz"
 
 TARGETS=("$@")
 if ((${#TARGETS[@]} == 0)); then
-    TARGETS=(sse_parser chat_request jwt anthropic_events output_scanner)
+    TARGETS=(sse_parser chat_request jwt anthropic_events output_scanner chunk_reader)
 fi
 SECONDS_EACH="${SECONDS_EACH:-60}"
 
