@@ -66,43 +66,10 @@ pub struct Padding<'a>(pub Option<&'a str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Padding<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PaddingVisitor;
-        impl<'de> Visitor<'de> for PaddingVisitor {
-            type Value = Padding<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Padding(Some(v)))
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Padding(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Padding(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Padding(None))
-            }
-        }
-        deserializer.deserialize_any(PaddingVisitor)
+        Ok(Padding(match AnyValue::deserialize(deserializer)? {
+            AnyValue::BorrowedStr(text) => Some(text),
+            _ => None,
+        }))
     }
 }
 
@@ -172,46 +139,68 @@ struct AnyIndex(Option<u64>);
 
 impl<'de> Deserialize<'de> for AnyIndex {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct IndexVisitor;
-        impl<'de> Visitor<'de> for IndexVisitor {
-            type Value = AnyIndex;
+        Ok(AnyIndex(match AnyValue::deserialize(deserializer)? {
+            AnyValue::Unsigned(v) => Some(v),
+            AnyValue::Signed(v) => u64::try_from(v).ok(),
+            _ => None,
+        }))
+    }
+}
+
+/// Any JSON value, read past; integers and strings without escapes are kept (what
+/// [`AnyIndex`] and [`Padding`] look for).
+enum AnyValue<'de> {
+    Unsigned(u64),
+    Signed(i64),
+    BorrowedStr(&'de str),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for AnyValue<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnyVisitor;
+        impl<'de> Visitor<'de> for AnyVisitor {
+            type Value = AnyValue<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any value")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(AnyIndex(Some(v)))
+                Ok(AnyValue::Unsigned(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(AnyIndex(u64::try_from(v).ok()))
+                Ok(AnyValue::Signed(v))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(AnyIndex(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(AnyIndex(None))
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(AnyValue::BorrowedStr(v))
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(AnyIndex(None))
+                Ok(AnyValue::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(AnyValue::Other)
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(AnyIndex(None))
+                Ok(AnyValue::Other)
             }
             fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(AnyIndex(None))
+                Ok(AnyValue::Other)
             }
             fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                AnyIndex::deserialize(d)
+                AnyValue::deserialize(d)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(AnyIndex(None))
+                Ok(AnyValue::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyIndex(None))
+                Ok(AnyValue::Other)
             }
         }
-        deserializer.deserialize_any(IndexVisitor)
+        deserializer.deserialize_any(AnyVisitor)
     }
 }
 
@@ -590,6 +579,20 @@ mod tests {
             Payload::parse(r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#),
             Payload::Malformed
         ));
+        // OpenAI's padding: kept where it is a plain string, any other value read past.
+        for (padding, kept) in [
+            (r#""Ab3""#, Some("Ab3")),
+            (r#""A\u0062""#, None),
+            (r#"7"#, None),
+            (r#"{"x":[1,null]}"#, None),
+        ] {
+            let data =
+                format!(r#"{{"choices":[{{"delta":{{"content":"x"}}}}],"obfuscation":{padding}}}"#);
+            let Payload::Chunk(c) = Payload::parse(&data) else {
+                panic!("expected a chunk: {data}")
+            };
+            assert_eq!(c.obfuscation.0, kept, "{data}");
+        }
     }
 
     #[test]
