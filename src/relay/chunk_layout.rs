@@ -14,22 +14,34 @@ use super::chunk::{ChoiceView, ChunkView, DeltaView, Padding, Payload, Text};
 use std::borrow::Cow;
 use std::ops::Range;
 
+/// Layouts learned in a row without a chunk read from any of them, after which a stream stops
+/// learning: its provider writes each content chunk differently (a per-chunk id or time), and
+/// learning would only add work to every full parse.
+const MAX_UNUSED_LAYOUTS: u8 = 4;
+
 /// Reads one stream's payloads, remembering the layout of its last plain content chunk.
 #[derive(Debug, Default)]
 pub struct ChunkReader {
     layout: Option<Layout>,
+    /// Layouts learned since a chunk was last read from one.
+    unused: u8,
 }
 
 impl ChunkReader {
     /// What `data` is; the same answer as [`Payload::parse`].
     pub fn parse<'a>(&mut self, data: &'a str) -> Payload<'a> {
         if let Some(view) = self.layout.as_ref().and_then(|l| l.read(data)) {
+            self.unused = 0;
             return Payload::Chunk(view);
         }
         let payload = Payload::parse(data);
+        if self.unused >= MAX_UNUSED_LAYOUTS {
+            return payload;
+        }
         if let Payload::Chunk(view) = &payload {
             if let Some(layout) = Layout::learn(data, view) {
                 self.layout = Some(layout);
+                self.unused += 1;
             }
         }
         payload
@@ -348,6 +360,30 @@ mod tests {
             panic!("expected a chunk")
         };
         assert_eq!(view.model, Some(Text(Cow::Borrowed("m1"))));
+    }
+
+    #[test]
+    fn a_stream_whose_chunks_never_repeat_stops_learning() {
+        let chunks: Vec<String> = (0..10)
+            .map(|i| openai("Hello", "ab").replace("chatcmpl-1", &format!("chatcmpl-{i}")))
+            .collect();
+        assert_eq!(read_all(&chunks), 0);
+        let mut reader = ChunkReader::default();
+        for chunk in &chunks {
+            reader.parse(chunk);
+        }
+        assert_eq!(reader.unused, MAX_UNUSED_LAYOUTS);
+        // The last layout learned is the fourth chunk's: the later ones were not learned.
+        assert!(reader
+            .layout
+            .as_ref()
+            .is_some_and(|l| l.read(&chunks[3]).is_some()));
+        // A layout that is read from keeps being learned after misses.
+        let mut reader = ChunkReader::default();
+        for chunk in [&chunks[0], &chunks[1], &chunks[2], &chunks[2], &chunks[5]] {
+            reader.parse(chunk);
+        }
+        assert_eq!(reader.unused, 1);
     }
 
     fn json_text() -> impl Strategy<Value = String> {

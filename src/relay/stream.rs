@@ -394,8 +394,6 @@ impl Relay<'_> {
         let quiet = tokio::time::sleep_until(self.quiet_until());
         tokio::pin!(quiet);
         loop {
-            let until = self.quiet_until();
-            quiet.as_mut().reset(until);
             let read = tokio::select! {
                 biased;
                 _ = &mut client_gone => return Outcome::ClientGone,
@@ -457,6 +455,8 @@ impl Relay<'_> {
                     return end;
                 }
             }
+            let until = self.quiet_until();
+            quiet.as_mut().reset(until);
             if at_eof {
                 // A provider that ends without `[DONE]` after finishing the reply is done; one
                 // that ends mid-reply broke.
