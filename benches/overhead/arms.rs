@@ -1,7 +1,8 @@
-//! The arms and the proxies behind them: nginx and the gateway in each configuration
-//! (`tollgate.rs` starts those), the model each arm asks for, which arms can run here, and the
+//! The arms and the proxies behind them: nginx, the stack's floor (`floor.rs`) and the gateway
+//! in each configuration (`tollgate.rs` starts those), the model each arm asks for, which arms can run here, and the
 //! start of each proxy, for phases 1–3 together and fresh for each memory measurement.
 
+use crate::floor::start_floor;
 use crate::process::Running;
 use crate::redis_side::RedisSide;
 use crate::setup::{Pinning, PROXY_CPU};
@@ -85,6 +86,8 @@ fn start_nginx(
 pub enum Arm {
     Direct,
     Nginx,
+    /// The stack's floor: a bare actix-web + awc proxy (`floor.rs`).
+    Floor,
     Tollgate,
     /// The same gateway in Redis mode (`TOLLGATE_REDIS_URL`).
     TollgateRedis,
@@ -95,9 +98,10 @@ pub enum Arm {
 
 impl Arm {
     /// Every arm, in the order of the table.
-    pub const ALL: [Arm; 5] = [
+    pub const ALL: [Arm; 6] = [
         Arm::Direct,
         Arm::Nginx,
+        Arm::Floor,
         Arm::Tollgate,
         Arm::TollgateAnthropic,
         Arm::TollgateRedis,
@@ -107,6 +111,7 @@ impl Arm {
         match self {
             Arm::Direct => "direct",
             Arm::Nginx => "nginx",
+            Arm::Floor => "floor",
             Arm::Tollgate => "tollgate",
             Arm::TollgateRedis => "tollgate-redis",
             Arm::TollgateAnthropic => "tollgate-anthropic",
@@ -117,7 +122,9 @@ impl Arm {
     pub fn model(self) -> &'static str {
         match self {
             Arm::TollgateAnthropic => ANTHROPIC_MODEL,
-            Arm::Direct | Arm::Nginx | Arm::Tollgate | Arm::TollgateRedis => "mock-gpt",
+            Arm::Direct | Arm::Nginx | Arm::Floor | Arm::Tollgate | Arm::TollgateRedis => {
+                "mock-gpt"
+            }
         }
     }
 }
@@ -204,6 +211,7 @@ impl Launcher {
         match arm {
             Arm::Direct => None,
             Arm::Nginx => Some(self.nginx(&format!("nginx-{tag}"))),
+            Arm::Floor => Some(start_floor(self.pin, self.mock)),
             Arm::Tollgate => Some(gateway(Gateway::Memory)),
             Arm::TollgateRedis => {
                 let side = redis_side.expect("redis arm without redis-server");

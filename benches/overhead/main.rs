@@ -32,6 +32,9 @@
 //! `tollgate_redis_errors_total` if it is not zero. In phases 2 and 3 it also reports what else
 //! kept the proxy's CPU busy (a disturbed window shows there).
 //!
+//! The floor arm (`floor.rs`) is a bare actix-web + awc proxy served by this same binary: what the
+//! chosen stack costs before tollgate does anything.
+//!
 //! Every stream uses a fresh loopback connection (`Connection: close`) and the same request bytes
 //! in every arm but the model name (`mock-claude` instead of `mock-gpt` in the Anthropic arm).
 //! With `PIN=1` (default when `taskset` exists and there are ≥ 2 CPUs) the proxy under test runs
@@ -45,7 +48,7 @@
 //! SAT_WINDOW_SECS (6), MEM_STREAMS ("1000,10000"), BURST (1000: phase 4's streams opening at
 //! once, between connect and first token), PHASES ("1,2,3,4": the phases to run),
 //! PIN (auto), NGINX (path), ARMS
-//! ("direct,nginx,tollgate,tollgate-anthropic,tollgate-redis"), TOLLGATE_BIN (the gateway binary
+//! ("direct,nginx,floor,tollgate,tollgate-anthropic,tollgate-redis"), TOLLGATE_BIN (the gateway binary
 //! under test; default the one built with this bench — set it to another build to compare builds
 //! against nginx). Prints figures; asserts nothing (targets are reported, not tested), among them
 //! the Anthropic arm's proxy CPU per chunk at saturation over the `tollgate` arm's (target
@@ -54,7 +57,7 @@
 //! package `redis-server`).
 //!
 //! The driver's files: `setup.rs` (knobs, machine, CPU pinning), `tollgate.rs` (the mock, the
-//! tokens and each gateway's configuration), `arms.rs` (the arms and the proxies behind them),
+//! tokens and each gateway's configuration), `floor.rs` (the floor arm's proxy), `arms.rs` (the arms and the proxies behind them),
 //! `client.rs` and `sse.rs` (one stream), `load.rs` (many streams, held-open streams),
 //! `phases.rs` (the four phases), `redis_side.rs` (the Redis arm's redis-server), `measure.rs`
 //! (`/proc`), `hist.rs` (latency histograms) and `report.rs` (the table and the targets).
@@ -66,6 +69,7 @@ use tollgate_testkit::{process, redis};
 
 mod arms;
 mod client;
+mod floor;
 mod hist;
 mod load;
 mod measure;
@@ -87,7 +91,13 @@ use tollgate::{mint_tokens, start_mock};
 const PACED_TOKENS: u32 = 50;
 const PACED_TPS: u32 = 20;
 
+/// tollgate's allocator (src/main.rs): the floor arm, served by this binary, runs on it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    // Started again as the floor arm's proxy (floor.rs): serve, never return.
+    floor::serve_if_asked();
     let knobs = Knobs::from_env();
     let machine = Machine::read();
     // Pinning: the proxy under test on CPU 1, the mock and this driver on CPU 0.

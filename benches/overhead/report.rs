@@ -382,6 +382,8 @@ fn print_figures(reports: &[(Arm, ArmReport)], rows: &[Row]) {
     let ratios = [
         (Arm::Tollgate, Arm::Direct, "tg÷direct"),
         (Arm::Tollgate, Arm::Nginx, "tg÷nginx"),
+        (Arm::Floor, Arm::Nginx, "fl÷nginx"),
+        (Arm::Tollgate, Arm::Floor, "tg÷fl"),
         (Arm::TollgateRedis, Arm::Direct, "tgR÷direct"),
         (Arm::TollgateRedis, Arm::Nginx, "tgR÷nginx"),
         (Arm::TollgateRedis, Arm::Tollgate, "tgR÷tg"),
@@ -396,7 +398,8 @@ fn print_figures(reports: &[(Arm, ArmReport)], rows: &[Row]) {
     println!();
     println!(
         "tg = tollgate (in-memory state), tgR = tollgate-redis (TOLLGATE_REDIS_URL), \
-         tgA = tollgate-anthropic (the same as tg, relaying an Anthropic-format provider)"
+         tgA = tollgate-anthropic (the same as tg, relaying an Anthropic-format provider), \
+         fl = floor (actix-web + awc relaying bytes, none of tollgate's work)"
     );
     // A column as wide as the longest arm name needs.
     let width = reports
@@ -449,7 +452,13 @@ fn print_cost_targets(reports: &[(Arm, ArmReport)], conc: usize) {
     println!();
     println!("targets (issue 16, against nginx in this run; reported, not asserted):");
     let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
-    for arm in [Arm::Tollgate, Arm::TollgateAnthropic, Arm::TollgateRedis] {
+    // The floor's line says what the stack alone leaves of each target.
+    for arm in [
+        Arm::Floor,
+        Arm::Tollgate,
+        Arm::TollgateAnthropic,
+        Arm::TollgateRedis,
+    ] {
         let Some(tg) = report_of(reports, arm) else {
             continue;
         };

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The arms run when `ARMS` is not set.
-const DEFAULT_ARMS: &str = "direct,nginx,tollgate,tollgate-anthropic,tollgate-redis";
+const DEFAULT_ARMS: &str = "direct,nginx,floor,tollgate,tollgate-anthropic,tollgate-redis";
 
 /// The env knobs (listed at the top of `main.rs`), with their defaults.
 pub struct Knobs {
