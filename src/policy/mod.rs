@@ -6,12 +6,14 @@
 //! guardrail settings: the prompt-injection filter and the output rules of a request.
 
 pub mod guardrails;
+mod upstream_body;
 
 use crate::config::LimitsConfig;
 use crate::error::{ApiError, ErrorCode};
 use crate::tokenize::TokenCounter;
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use upstream_body::UpstreamBody;
 
 /// Roles the gateway accepts in `messages`.
 const ROLES: &[&str] = &[
@@ -66,6 +68,8 @@ pub struct ChatRequest {
     /// The cap the client asked for, if any.
     pub requested_max_tokens: Option<u32>,
     pub max_tokens_field: MaxTokensField,
+    /// Bytes of the body as the client sent it (what the upstream body is sized from).
+    body_len: usize,
 }
 
 impl ChatRequest {
@@ -113,6 +117,7 @@ impl ChatRequest {
             client_wants_usage,
             requested_max_tokens,
             max_tokens_field,
+            body_len: bytes.len(),
         })
     }
 
@@ -314,32 +319,23 @@ impl ChatRequest {
 
     /// The body sent to an OpenAI-format provider: the client's body under the provider's name
     /// for the model, with the granted cap set explicitly and, for streams, usage reporting
-    /// switched on.
+    /// switched on (providers refuse stream options on a non-streamed request: those go
+    /// without).
     pub fn upstream_body(&self, model: &str, max_tokens: u32) -> Result<Bytes, ApiError> {
-        let mut body = self.body.clone();
-        if model != self.model {
-            body.insert("model".into(), Value::from(model));
-        }
-        body.remove("max_tokens");
-        body.remove("max_completion_tokens");
-        body.insert(self.max_tokens_field.name().into(), Value::from(max_tokens));
-        if !self.stream {
-            // Providers refuse stream options on a non-streamed request.
-            body.remove("stream_options");
-        } else {
-            let options = body
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !options.is_object() {
-                *options = Value::Object(Map::new());
-            }
-            if let Value::Object(o) = options {
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
-        serde_json::to_vec(&body)
-            .map(Bytes::from)
-            .map_err(|_| ApiError::new(ErrorCode::Internal, "cannot encode the upstream request"))
+        let body = UpstreamBody {
+            body: &self.body,
+            model: (model != self.model).then_some(model),
+            cap_field: self.max_tokens_field.name(),
+            max_tokens,
+            stream: self.stream,
+        };
+        // Room for the client's body and what the gateway adds (a canary message, the
+        // options), so the writer rarely grows its buffer.
+        let mut out = Vec::with_capacity(self.body_len + 512);
+        serde_json::to_writer(&mut out, &body).map_err(|_| {
+            ApiError::new(ErrorCode::Internal, "cannot encode the upstream request")
+        })?;
+        Ok(Bytes::from(out))
     }
 }
 
