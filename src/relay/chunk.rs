@@ -10,10 +10,14 @@ use crate::tokenize::TokenCounter;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::fmt;
 
 /// What one upstream `data:` payload is.
+// A chunk's view holds its one choice in place and lives for one event: boxing it would
+// allocate for every chunk of every stream.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Payload<'a> {
     /// `[DONE]`
@@ -48,7 +52,7 @@ pub struct ChunkView<'a> {
     #[serde(default)]
     pub created: Option<u64>,
     #[serde(borrow, default)]
-    pub(super) choices: Option<Vec<ChoiceView<'a>>>,
+    pub(super) choices: Option<Choices<'a>>,
     #[serde(default)]
     pub(super) usage: Option<UsageView>,
     #[serde(default)]
@@ -58,6 +62,10 @@ pub struct ChunkView<'a> {
     #[serde(borrow, default)]
     pub(super) obfuscation: Padding<'a>,
 }
+
+/// A chunk's choices: one, almost always, held in place (a stream reads every content chunk
+/// without allocating for it).
+pub(super) type Choices<'a> = SmallVec<[ChoiceView<'a>; 1]>;
 
 /// A field of any JSON value, kept when it is a string without escapes (borrowed from the
 /// chunk); any other value is read past, as an ignored field is.
@@ -337,7 +345,7 @@ impl ChunkView<'_> {
 
     /// A usage-only chunk (`choices: []`), which the client gets only if it asked for usage.
     pub fn is_usage_only(&self) -> bool {
-        self.usage.is_some() && self.choices.as_ref().is_none_or(Vec::is_empty)
+        self.usage.is_some() && self.choices.as_ref().is_none_or(|c| c.is_empty())
     }
 
     /// The chunk's choices (none for a usage-only chunk).
@@ -347,10 +355,7 @@ impl ChunkView<'_> {
 
     /// Whether a choice finished in this chunk.
     pub fn has_finish_reason(&self) -> bool {
-        self.choices
-            .iter()
-            .flatten()
-            .any(|c| c.finish_reason.is_some())
+        self.choices().iter().any(|c| c.finish_reason.is_some())
     }
 
     /// Output tokens in this chunk: content, refusals and tool-call arguments of every choice.
@@ -359,9 +364,8 @@ impl ChunkView<'_> {
     }
 
     fn output_texts(&self) -> impl Iterator<Item = &str> {
-        self.choices
+        self.choices()
             .iter()
-            .flatten()
             .filter_map(|c| c.delta.as_ref())
             .flat_map(|d| {
                 let calls = d

@@ -207,7 +207,7 @@ impl Layout {
             id: fixed(&self.id),
             model: fixed(&self.model),
             created: self.created,
-            choices: Some(vec![ChoiceView {
+            choices: Some(smallvec::smallvec![ChoiceView {
                 index: self.index,
                 delta: Some(DeltaView {
                     content: Some(content?),
