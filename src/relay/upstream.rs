@@ -10,7 +10,8 @@ use crate::config::{ProviderConfig, Secret, UpstreamFormat};
 use crate::error::{ApiError, ErrorCode};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection, ConnectorService};
-use awc::http::Uri;
+use awc::http::header::{HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use awc::http::{Method, Uri};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -30,7 +31,12 @@ pub struct SendFailure {
 pub struct UpstreamClient {
     client: awc::Client,
     endpoint: String,
-    api_key: Secret,
+    /// `endpoint`, parsed once (`None` if it does not parse: each request then fails as
+    /// unreachable, as awc answers an unparsable URL).
+    uri: Option<Uri>,
+    /// The headers every request carries (the key's, the format's), built once; `None` when
+    /// the key cannot be sent as a header value (each request then fails as unreachable).
+    headers: Option<Vec<(HeaderName, HeaderValue)>>,
     format: UpstreamFormat,
 }
 
@@ -57,8 +63,9 @@ impl UpstreamClient {
         };
         Self {
             client,
+            uri: Uri::try_from(endpoint.as_str()).ok(),
             endpoint,
-            api_key: provider.api_key.clone(),
+            headers: request_headers(provider.format, &provider.api_key),
             format: provider.format,
         }
     }
@@ -70,23 +77,17 @@ impl UpstreamClient {
     /// POSTs `body` and waits at most `wait` for the response head. A non-2xx answer is a
     /// failure.
     pub async fn send(&self, body: Bytes, wait: Duration) -> Result<UpstreamResponse, SendFailure> {
-        let mut request = self
-            .client
-            .post(&self.endpoint)
-            .timeout(wait)
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("accept", "application/json, text/event-stream"));
-        match self.format {
-            UpstreamFormat::OpenAi if !self.api_key.is_empty() => {
-                request = request.bearer_auth(self.api_key.expose());
-            }
-            UpstreamFormat::OpenAi => {}
-            UpstreamFormat::Anthropic => {
-                if !self.api_key.is_empty() {
-                    request = request.insert_header(("x-api-key", self.api_key.expose()));
-                }
-                request = request.insert_header(("anthropic-version", ANTHROPIC_VERSION));
-            }
+        let request = match &self.uri {
+            Some(uri) => self.client.request(Method::POST, uri.clone()),
+            None => self.client.post(&self.endpoint),
+        };
+        let Some(headers) = &self.headers else {
+            tracing::warn!("the provider's API key cannot be sent as a header value");
+            return Err(not_reached());
+        };
+        let mut request = request.timeout(wait);
+        for header in headers {
+            request = request.insert_header(header.clone());
         }
         let response = request.send_body(body).await.map_err(|e| {
             use awc::error::SendRequestError as E;
@@ -107,14 +108,7 @@ impl UpstreamClient {
                 },
                 other => {
                     tracing::warn!(error = %other, "upstream request failed");
-                    SendFailure {
-                        error: ApiError::new(
-                            ErrorCode::UpstreamUnavailable,
-                            "the upstream provider is unreachable",
-                        )
-                        .retry_after(1),
-                        failure: AttemptFailure::Connect,
-                    }
+                    not_reached()
                 }
             }
         })?;
@@ -132,6 +126,56 @@ impl UpstreamClient {
             error: refusal(status.as_u16(), retry_after),
             failure: AttemptFailure::Status(status.as_u16()),
         })
+    }
+}
+
+/// The headers of every request to a provider in `format` holding `api_key` (none when it is
+/// empty): the body's type, what is accepted, the key (marked sensitive) and, for Anthropic,
+/// the API version.
+fn request_headers(
+    format: UpstreamFormat,
+    api_key: &Secret,
+) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    let mut headers = vec![
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+        (
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        ),
+    ];
+    let key = |value: String| {
+        let mut value = HeaderValue::from_str(&value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    };
+    match format {
+        UpstreamFormat::OpenAi if !api_key.is_empty() => {
+            headers.push((AUTHORIZATION, key(format!("Bearer {}", api_key.expose()))?));
+        }
+        UpstreamFormat::OpenAi => {}
+        UpstreamFormat::Anthropic => {
+            if !api_key.is_empty() {
+                let value = key(api_key.expose().to_string())?;
+                headers.push((HeaderName::from_static("x-api-key"), value));
+            }
+            headers.push((
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            ));
+        }
+    }
+    Some(headers)
+}
+
+/// A request that never reached the provider.
+fn not_reached() -> SendFailure {
+    SendFailure {
+        error: ApiError::new(
+            ErrorCode::UpstreamUnavailable,
+            "the upstream provider is unreachable",
+        )
+        .retry_after(1),
+        failure: AttemptFailure::Connect,
     }
 }
 
@@ -157,5 +201,65 @@ fn refusal(status: u16, retry_after: Option<u64>) -> ApiError {
             ErrorCode::UpstreamFailed,
             format!("the upstream provider answered with status {code}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names_and_values(headers: &[(HeaderName, HeaderValue)]) -> Vec<(String, String, bool)> {
+        headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    v.to_str().unwrap().to_string(),
+                    v.is_sensitive(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_format_carries_its_key_marked_sensitive() {
+        let shared = |extra: &[(&str, &str, bool)]| {
+            let mut all = vec![
+                ("content-type".into(), "application/json".into(), false),
+                (
+                    "accept".into(),
+                    "application/json, text/event-stream".into(),
+                    false,
+                ),
+            ];
+            all.extend(
+                extra
+                    .iter()
+                    .map(|(n, v, s)| (n.to_string(), v.to_string(), *s)),
+            );
+            all
+        };
+        let openai = request_headers(UpstreamFormat::OpenAi, &Secret::new("sk-1")).unwrap();
+        assert_eq!(
+            names_and_values(&openai),
+            shared(&[("authorization", "Bearer sk-1", true)])
+        );
+        let keyless = request_headers(UpstreamFormat::OpenAi, &Secret::default()).unwrap();
+        assert_eq!(names_and_values(&keyless), shared(&[]));
+        let anthropic = request_headers(UpstreamFormat::Anthropic, &Secret::new("sk-ant")).unwrap();
+        assert_eq!(
+            names_and_values(&anthropic),
+            shared(&[
+                ("x-api-key", "sk-ant", true),
+                ("anthropic-version", ANTHROPIC_VERSION, false)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_value_leaves_the_provider_unreachable() {
+        for format in [UpstreamFormat::OpenAi, UpstreamFormat::Anthropic] {
+            assert!(request_headers(format, &Secret::new("sk-1\n")).is_none());
+        }
     }
 }
