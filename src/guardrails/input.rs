@@ -369,10 +369,10 @@ fn deobfuscate(normalized: &str) -> String {
     let mut single_run = String::new();
     let flush_run = |run: &mut String, out: &mut String| {
         if run.chars().count() >= 3 {
-            push_token(out, &deleet(run));
+            push_deleeted(out, run);
         } else {
             for c in run.chars() {
-                push_token(out, &deleet(&c.to_string()));
+                push_deleeted(out, c.encode_utf8(&mut [0; 4]));
             }
         }
         run.clear();
@@ -387,7 +387,7 @@ fn deobfuscate(normalized: &str) -> String {
             (Some(c), None) if c.is_alphanumeric() => single_run.push(c),
             _ => {
                 flush_run(&mut single_run, &mut out);
-                push_token(&mut out, &deleet(token));
+                push_deleeted(&mut out, token);
             }
         }
     }
@@ -433,26 +433,31 @@ fn push_token(out: &mut String, token: &str) {
     out.push_str(token);
 }
 
-/// Map leetspeak in a token that has at least one letter: `4ll` → `all`, `pr3v10u5` → `previous`.
-/// Tokens without letters (`1337`, `5591`) are left alone.
-fn deleet(token: &str) -> String {
-    if !token.chars().any(char::is_alphabetic) {
-        return token.to_string();
+/// [`push_token`] with leetspeak mapped in a token that has at least one letter: `4ll` →
+/// `all`, `pr3v10u5` → `previous`. Tokens without letters (`1337`, `5591`) are left alone.
+/// Written straight into `out` (a long prompt has a token per word).
+fn push_deleeted(out: &mut String, token: &str) {
+    if token.is_empty() {
+        return;
     }
-    token
-        .chars()
-        .map(|c| match c {
-            '0' => 'o',
-            '1' => 'i',
-            '3' => 'e',
-            '4' | '@' => 'a',
-            '5' | '$' => 's',
-            '7' => 't',
-            '8' => 'b',
-            '9' => 'g',
-            other => other,
-        })
-        .collect()
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    if !token.chars().any(char::is_alphabetic) {
+        out.push_str(token);
+        return;
+    }
+    out.extend(token.chars().map(|c| match c {
+        '0' => 'o',
+        '1' => 'i',
+        '3' => 'e',
+        '4' | '@' => 'a',
+        '5' | '$' => 's',
+        '7' => 't',
+        '8' => 'b',
+        '9' => 'g',
+        other => other,
+    }));
 }
 
 /// The ASCII text hidden in Unicode TAG characters (U+E0020..U+E007E), or "" when there is none.
