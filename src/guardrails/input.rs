@@ -423,19 +423,10 @@ fn mark_wide_gaps(text: &str) -> String {
     out
 }
 
-fn push_token(out: &mut String, token: &str) {
-    if token.is_empty() {
-        return;
-    }
-    if !out.is_empty() {
-        out.push(' ');
-    }
-    out.push_str(token);
-}
-
-/// [`push_token`] with leetspeak mapped in a token that has at least one letter: `4ll` →
-/// `all`, `pr3v10u5` → `previous`. Tokens without letters (`1337`, `5591`) are left alone.
-/// Written straight into `out` (a long prompt has a token per word).
+/// Appends a non-empty `token` to `out` (after a space unless `out` is empty), with leetspeak
+/// mapped in a token that has at least one letter: `4ll` → `all`, `pr3v10u5` → `previous`.
+/// Tokens without letters (`1337`, `5591`) are left alone. Written straight into `out` (a
+/// long prompt has a token per word).
 fn push_deleeted(out: &mut String, token: &str) {
     if token.is_empty() {
         return;

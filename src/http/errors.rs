@@ -2,6 +2,7 @@
 
 use crate::accounting::RateLimitHeaders;
 use crate::error::{ApiError, ErrorCode};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, HttpResponseBuilder};
 
@@ -10,20 +11,15 @@ pub(super) fn add_rate_limit_headers(
     response: &mut HttpResponseBuilder,
     limits: &RateLimitHeaders,
 ) {
-    response
-        .insert_header((
-            "x-ratelimit-limit-requests",
-            limits.limit_requests.to_string(),
-        ))
-        .insert_header((
-            "x-ratelimit-remaining-requests",
-            limits.remaining_requests.to_string(),
-        ))
-        .insert_header(("x-ratelimit-limit-tokens", limits.limit_tokens.to_string()))
-        .insert_header((
-            "x-ratelimit-remaining-tokens",
-            limits.remaining_tokens.to_string(),
-        ));
+    // Static names and numbers formatted into the values: no name is parsed per response.
+    for (name, value) in [
+        ("x-ratelimit-limit-requests", limits.limit_requests),
+        ("x-ratelimit-remaining-requests", limits.remaining_requests),
+        ("x-ratelimit-limit-tokens", limits.limit_tokens),
+        ("x-ratelimit-remaining-tokens", limits.remaining_tokens),
+    ] {
+        response.insert_header((HeaderName::from_static(name), HeaderValue::from(value)));
+    }
 }
 
 pub(super) fn error_response(error: &ApiError) -> HttpResponse {
