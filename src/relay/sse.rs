@@ -36,13 +36,7 @@ pub struct SseParser {
     after_cr: bool,
     at_start: bool,
     max_event_bytes: usize,
-    /// A buffer handed back by [`SseParser::recycle`]: the next event's data goes into it.
-    spare: Vec<u8>,
 }
-
-/// The largest buffer [`SseParser::recycle`] keeps: a stream holds at most this much spare
-/// between events (most events are a few hundred bytes).
-const MAX_SPARE_BYTES: usize = 4096;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -56,17 +50,6 @@ impl SseParser {
             after_cr: false,
             at_start: true,
             max_event_bytes,
-            spare: Vec::new(),
-        }
-    }
-
-    /// Hands back an event once read, so the next event's data is written into its buffer: a
-    /// stream reads its events into the same two allocations instead of one per event.
-    pub fn recycle(&mut self, event: SseEvent) {
-        let mut buffer = event.data.into_bytes();
-        if buffer.capacity() <= MAX_SPARE_BYTES && buffer.capacity() > self.spare.capacity() {
-            buffer.clear();
-            self.spare = buffer;
         }
     }
 
@@ -180,11 +163,8 @@ impl SseParser {
         if self.has_data {
             out.push(SseEvent {
                 event: self.event.take(),
-                data: String::from_utf8(std::mem::replace(
-                    &mut self.data,
-                    std::mem::take(&mut self.spare),
-                ))
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                data: String::from_utf8(std::mem::take(&mut self.data))
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             });
         }
         self.event = None;
@@ -231,23 +211,6 @@ mod tests {
         }
         p.finish(&mut out);
         out
-    }
-
-    /// [`parse_chunks`] as the relay reads: every event handed back once read.
-    fn parse_chunks_recycling(chunks: &[&[u8]]) -> Vec<SseEvent> {
-        let mut p = SseParser::new(1 << 20);
-        let mut read = Vec::new();
-        let mut out = Vec::new();
-        for c in chunks {
-            p.feed(c, &mut out).unwrap();
-            for event in out.drain(..) {
-                read.push(event.clone());
-                p.recycle(event);
-            }
-        }
-        p.finish(&mut out);
-        read.append(&mut out);
-        read
     }
 
     fn data(d: &str) -> SseEvent {
@@ -320,37 +283,6 @@ mod tests {
         let bytes = encode_data("a\nb");
         assert_eq!(&bytes[..], b"data: a\ndata: b\n\n");
         assert_eq!(parse_chunks(&[&bytes]), vec![data("a\nb")]);
-    }
-
-    #[test]
-    fn a_recycled_buffer_holds_a_later_event() {
-        let mut p = SseParser::new(1 << 20);
-        let mut out = Vec::new();
-        p.feed(b"data: first event\n\n", &mut out).unwrap();
-        let first = out.pop().unwrap();
-        let first_buffer = first.data.as_ptr();
-        p.recycle(first);
-        // The event being written when `first` came back is in the parser's own buffer; the
-        // one after it goes into `first`'s.
-        p.feed(b"data: second\n\ndata: third\n\n", &mut out)
-            .unwrap();
-        let third = out.pop().unwrap();
-        let second = out.pop().unwrap();
-        assert_eq!(
-            (second.data.as_str(), third.data.as_str()),
-            ("second", "third")
-        );
-        p.recycle(second);
-        assert_eq!(third.data.as_ptr(), first_buffer);
-    }
-
-    #[test]
-    fn a_large_buffer_is_not_kept() {
-        let mut p = SseParser::new(1 << 20);
-        p.recycle(data(&"x".repeat(MAX_SPARE_BYTES + 1)));
-        assert_eq!(p.spare.capacity(), 0);
-        p.recycle(data("small"));
-        assert!(p.spare.capacity() >= 5 && p.spare.is_empty());
     }
 
     #[derive(Debug, Clone)]
@@ -440,8 +372,7 @@ mod tests {
             let whole = parse_chunks(&[&bytes]);
             let pieces = split_at(&bytes, &cuts);
             let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-            prop_assert_eq!(parse_chunks(&refs), whole.clone());
-            prop_assert_eq!(parse_chunks_recycling(&refs), whole);
+            prop_assert_eq!(parse_chunks(&refs), whole);
         }
 
         #[test]

@@ -454,8 +454,6 @@ impl Relay<'_> {
                 if let Some(end) = end {
                     return end;
                 }
-                // The next event is read into this one's buffer.
-                parser.recycle(event);
             }
             let until = self.quiet_until();
             quiet.as_mut().reset(until);
