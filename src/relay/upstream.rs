@@ -77,13 +77,13 @@ impl UpstreamClient {
     /// POSTs `body` and waits at most `wait` for the response head. A non-2xx answer is a
     /// failure.
     pub async fn send(&self, body: Bytes, wait: Duration) -> Result<UpstreamResponse, SendFailure> {
-        let request = match &self.uri {
-            Some(uri) => self.client.request(Method::POST, uri.clone()),
-            None => self.client.post(&self.endpoint),
-        };
         let Some(headers) = &self.headers else {
             tracing::warn!("the provider's API key cannot be sent as a header value");
             return Err(not_reached());
+        };
+        let request = match &self.uri {
+            Some(uri) => self.client.request(Method::POST, uri.clone()),
+            None => self.client.post(&self.endpoint),
         };
         let mut request = request.timeout(wait);
         for header in headers {
