@@ -5,6 +5,7 @@
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 /// The client's body as sent upstream.
 pub(super) struct UpstreamBody<'a> {
@@ -55,7 +56,8 @@ impl Serialize for UpstreamBody<'_> {
             Some(Value::Object(options)) => Some(options),
             _ => None,
         };
-        let mut own: Vec<(&str, Own<'_>)> = Vec::with_capacity(3);
+        // At most three: held in place, not allocated per request.
+        let mut own: SmallVec<[(&str, Own<'_>); 3]> = SmallVec::new();
         if let Some(model) = self.model {
             own.push(("model", Own::Text(model)));
         }
