@@ -423,10 +423,10 @@ fn mark_wide_gaps(text: &str) -> String {
     out
 }
 
-/// Appends `token` (nothing when it is empty) to `out`, after a space unless `out` is empty, with leetspeak
-/// mapped in a token that has at least one letter: `4ll` → `all`, `pr3v10u5` → `previous`.
-/// Tokens without letters (`1337`, `5591`) are left alone. Written straight into `out` (a
-/// long prompt has a token per word).
+/// Appends `token` (nothing when it is empty) to `out`, after a space unless `out` is empty,
+/// with leetspeak mapped in a token that has at least one letter: `4ll` → `all`, `pr3v10u5` →
+/// `previous`. Tokens without letters (`1337`, `5591`) are left alone. Written straight into
+/// `out` (a long prompt has a token per word).
 fn push_deleeted(out: &mut String, token: &str) {
     if token.is_empty() {
         return;
