@@ -109,12 +109,14 @@ class Proc:
 
 @dataclasses.dataclass
 class Incarnation:
-    """One life of a replica process: its request log file and when it was killed."""
+    """One life of a replica process: its request log file, when it was sent SIGKILL and when it
+    was gone (reaped: its listening socket closed, so no connect can reach it any more)."""
 
     name: str
     proc: Proc
     started: float
     killed_at: float | None = None
+    dead_at: float | None = None
     last_scrape: dict | None = None
 
 
@@ -698,7 +700,12 @@ async def main():
             victim.current.proc.kill()
             victim.current.killed_at = time.monotonic()
             events["replica_killed"] = victim.current.killed_at
-            log(f"SIGKILL replica {victim.current.name}")
+            # The process dies some milliseconds after the signal: until then its listening
+            # socket still takes connections into the backlog, and each is reset at its death.
+            await asyncio.to_thread(victim.current.proc.p.wait)
+            victim.current.dead_at = time.monotonic()
+            log(f"SIGKILL replica {victim.current.name} "
+                f"(gone {1000 * (victim.current.dead_at - victim.current.killed_at):.1f} ms later)")
             await until(at["replica_restart"])
             victim.start()
             ok = await wait_ready(victim, 30)
@@ -752,13 +759,25 @@ def reconcile(table, load, replicas, users, events, final, open_after, redis_por
     lives = {life.name: life for r in replicas for life in r.lives}
     killed = {name for name, life in lives.items() if life.killed_at is not None}
     kill_at = {name: lives[name].killed_at for name in killed}
+    dead_at = {name: lives[name].dead_at or lives[name].killed_at for name in killed}
 
     # What the clients saw.
     endings = collections.Counter(s.ending for s in sent)
     codes = collections.Counter(f"{s.ending}:{s.code}" for s in sent if s.code)
 
     def in_flight_on_killed(s):
-        return s.incarnation in killed and s.started <= kill_at[s.incarnation] <= s.ended + 0.5
+        # Sent before the process was gone (a connect between the signal and the death lands in
+        # its backlog), and not ended well before the signal.
+        return (s.incarnation in killed and s.started <= dead_at[s.incarnation]
+                and kill_at[s.incarnation] <= s.ended + 0.5)
+
+    def when(s):
+        """A request's times against its life's kill, for a row's detail."""
+        if s.incarnation not in killed:
+            return ""
+        k = kill_at[s.incarnation]
+        return (f" sent {1000 * (s.started - k):+.1f} ms, ended {1000 * (s.ended - k):+.1f} ms "
+                f"from the SIGKILL (gone {1000 * (dead_at[s.incarnation] - k):+.1f} ms)")
 
     unclean = [s for s in sent if s.ending in ("reset", "bad", "timeout")
                and not (s.ending == "reset" and in_flight_on_killed(s))]
@@ -771,9 +790,9 @@ def reconcile(table, load, replicas, users, events, final, open_after, redis_por
     table.row("clients", "connections cut by the SIGKILL (in flight on the killed replica)",
               f"{len(killed_resets)} ({sum(1 for s in killed_resets if s.status == 200)} mid-stream, "
               f"{sum(s.content_chunks for s in killed_resets)} content chunks received)")
+    unclean_shown = [(s.incarnation, s.kind, s.ending, s.detail + when(s)) for s in unclean[:5]]
     table.row("clients", "any other ending than a complete reply, a clean error or a clean cut",
-              f"{len(unclean)}" + (f": {[(s.incarnation, s.kind, s.ending, s.detail) for s in unclean[:5]]}"
-                                   if unclean else ""), not unclean)
+              f"{len(unclean)}" + (f": {unclean_shown}" if unclean else ""), not unclean)
     table.row("clients", f"longest request (deadline {DEADLINE_SECS} s)", f"{longest:.2f} s",
               longest <= DEADLINE_SECS + HANG_SLACK_SECS)
 
