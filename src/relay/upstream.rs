@@ -52,9 +52,13 @@ impl UpstreamClient {
             .connector(tcp)
             .timeout(Duration::from_secs(provider.connect_timeout_secs))
             .limit(provider.max_connections);
+        // Redirects are not followed: awc would re-send the request (body and all) wherever a
+        // `Location` points, and across origins it drops `authorization` but not Anthropic's
+        // `x-api-key`. A 3xx is the provider's failure, named in the operator's log.
         let client = awc::Client::builder()
             .connector(connector)
             .disable_timeout()
+            .disable_redirects()
             .finish();
         let base = url.trim_end_matches('/');
         let endpoint = match provider.format {
@@ -75,7 +79,7 @@ impl UpstreamClient {
     }
 
     /// POSTs `body` and waits at most `wait` for the response head. A non-2xx answer is a
-    /// failure.
+    /// failure, a redirect included (never followed).
     pub async fn send(&self, body: Bytes, wait: Duration) -> Result<UpstreamResponse, SendFailure> {
         let Some(headers) = &self.headers else {
             tracing::warn!("the provider's API key cannot be sent as a header value");
@@ -116,7 +120,15 @@ impl UpstreamClient {
         if status.is_success() {
             return Ok(response);
         }
-        tracing::warn!(status = status.as_u16(), "upstream refused the request");
+        if status.is_redirection() {
+            tracing::warn!(
+                status = status.as_u16(),
+                "the provider answered with a redirect, which is not followed: \
+                 point the provider's url at the address it redirects to"
+            );
+        } else {
+            tracing::warn!(status = status.as_u16(), "upstream refused the request");
+        }
         let retry_after = response
             .headers()
             .get("retry-after")

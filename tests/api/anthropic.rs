@@ -379,3 +379,73 @@ async fn the_spend_cap_cuts_an_anthropic_stream_live() {
     let spent = (spent * 1e6).round() as u64;
     assert!(spent <= 1000 && spent > 1000 - 15, "{spent}");
 }
+
+/// What a raw upstream that answers every request with `307 Temporary Redirect` saw: the
+/// requests it read; its `location` is set once the mock it points at is up.
+#[derive(Default)]
+struct Redirector {
+    location: std::sync::Mutex<String>,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+/// Starts a [`Redirector`] on a free loopback port.
+async fn redirecting_upstream() -> (std::net::SocketAddr, std::sync::Arc<Redirector>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let redirector = std::sync::Arc::new(Redirector::default());
+    let seen = redirector.clone();
+    actix_rt::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tollgate_testkit::app::scripted::read_request(&mut socket).await;
+            seen.asked.fetch_add(1, Ordering::SeqCst);
+            let location = seen.location.lock().unwrap().clone();
+            let head = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    (addr, redirector)
+}
+
+#[actix_web::test]
+async fn a_providers_redirect_is_not_followed_and_its_key_goes_nowhere_else() {
+    // The provider's URL answers 307 to the mock's own Messages API on another port: another
+    // origin, to which awc's redirect handling drops `authorization` but still sends
+    // `x-api-key`.
+    let (redirector_addr, redirector) = redirecting_upstream().await;
+    let app = spawn_app(fast_mock(), |c| {
+        anthropic(c, "");
+        *redirector.location.lock().unwrap() =
+            format!("{}/v1/messages", c.upstream.url.trim_end_matches("/v1"));
+        if let Some(provider) = c.upstreams.get_mut("anthropic") {
+            provider.url = format!("http://{redirector_addr}");
+        }
+    })
+    .await;
+    let response = app
+        .post_chat("alice")
+        .send_json(&streamed(None))
+        .await
+        .unwrap();
+    assert_eq!(
+        tollgate_testkit::app::error_code(response).await,
+        (502, "upstream_failed".into())
+    );
+    assert_eq!(
+        redirector.asked.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    tollgate_testkit::app::assert_upstream_untouched(&app).await;
+    let line = app.wait_for_logs(1).await[0].clone();
+    assert_eq!(line["outcome"], "upstream_error", "{line}");
+    assert_eq!(
+        line["attempts"],
+        json!([{"model": "claude", "failure": "status_307"}])
+    );
+    assert_eq!(line["output_tokens"], 0);
+}

@@ -36,7 +36,7 @@ pub async fn scripted_upstream(pieces: Vec<Vec<u8>>) -> SocketAddr {
 }
 
 /// Reads the request head and its Content-Length body.
-pub(super) async fn read_request(socket: &mut tokio::net::TcpStream) {
+pub async fn read_request(socket: &mut tokio::net::TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
