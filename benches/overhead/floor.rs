@@ -8,11 +8,15 @@
 
 use crate::process::{self, Running};
 use crate::setup::{Pinning, PROXY_CPU};
+use actix_service::ServiceExt;
+use actix_tls::connect::{Connection, ConnectorService};
+use actix_web::http::Uri;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// The environment variable that makes this binary the floor proxy.
 const ROLE: &str = "OVERHEAD_ROLE";
@@ -63,11 +67,7 @@ async fn serve(url: String) -> std::io::Result<()> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(Upstream {
-                client: awc::Client::builder()
-                    .connector(awc::Connector::new().limit(30_000))
-                    .timeout(Duration::from_secs(600))
-                    .disable_redirects()
-                    .finish(),
+                client: upstream_client(),
                 url: url.clone(),
             }))
             .route("/v1/chat/completions", web::post().to(relay))
@@ -81,7 +81,26 @@ async fn serve(url: String) -> std::io::Result<()> {
     server.await
 }
 
-/// Forwards the body and relays the reply as it comes.
+/// A worker's client to the mock, built as tollgate's `UpstreamClient` builds its own:
+/// `TCP_NODELAY` on each connection, a 5 s connect timeout, no request timeout (the caller
+/// bounds the wait), redirects off.
+fn upstream_client() -> awc::Client {
+    let tcp = ConnectorService::default().map(|conn: Connection<Uri, TcpStream>| {
+        let _ = conn.io_ref().set_nodelay(true);
+        conn
+    });
+    let connector = awc::Connector::new()
+        .connector(tcp)
+        .timeout(Duration::from_secs(5))
+        .limit(30_000);
+    awc::Client::builder()
+        .connector(connector)
+        .disable_timeout()
+        .disable_redirects()
+        .finish()
+}
+
+/// Forwards the body and relays the reply (its status, its bytes) as it comes.
 async fn relay(body: Bytes, upstream: web::Data<Upstream>) -> HttpResponse {
     let sent = upstream
         .client
@@ -90,7 +109,7 @@ async fn relay(body: Bytes, upstream: web::Data<Upstream>) -> HttpResponse {
         .send_body(body)
         .await;
     match sent {
-        Ok(reply) => HttpResponse::Ok()
+        Ok(reply) => HttpResponse::build(reply.status())
             .content_type("text/event-stream")
             .streaming(reply),
         Err(_) => HttpResponse::BadGateway().finish(),
